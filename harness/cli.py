@@ -1,0 +1,267 @@
+"""Command line: ``harness run | validate | list | report | data``.
+
+Exit codes: 0 ok, 1 failure (e.g. an unexpected error), 2 invalid spec or usage, 3 data missing
+or corrupt, 4 plugin problem, 130 interrupted. Errors are one line each; ``--debug`` (anywhere on
+the command line) shows the traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from harness.errors import HarnessError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Benchmark harness for pretraining methods in computational pathology.")
+data_app = typer.Typer(no_args_is_help=True, help="Prepare, verify and list datasets.")
+app.add_typer(data_app, name="data")
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="override a spec value, e.g. --set finetune.epochs=2 (repeatable)")]
+StoreOpt = Annotated[Optional[Path], typer.Option(
+    "--store", help="artifact store folder (default: $HARNESS_STORE or the user cache dir)")]
+
+
+def _store(path: Path | None):
+    from harness.store import ArtifactStore
+
+    return ArtifactStore(path)
+
+
+@app.command()
+def validate(specs: Annotated[list[Path], typer.Argument(help="spec files")],
+             set_: SetOpt = None) -> None:
+    """Check specs without running anything: every problem at once, with its field path."""
+    from harness.errors import SpecError
+    from harness.spec import load_spec
+
+    failures: list[HarnessError] = []
+    for spec in specs:
+        try:
+            rspec = load_spec(spec, set_ or [])
+        except HarnessError as exc:
+            failures.append(exc)
+            for line in _lines(exc, spec):
+                err.print(line, markup=False)
+            continue
+        out.print(f"{spec}: ok ({_cell_count(rspec)} cells)", markup=False)
+    if failures:
+        code = 2 if any(isinstance(f, SpecError) for f in failures) else failures[0].exit_code
+        raise typer.Exit(code)
+
+
+def _lines(exc: HarnessError, source: Path) -> list[str]:
+    from harness.errors import SpecError
+
+    if isinstance(exc, SpecError):
+        return [p if p.startswith(str(source)) else f"{source}: {p}" for p in exc.problems]
+    return [f"{source}: {exc}"]
+
+
+def _cell_count(rspec) -> int:
+    s = rspec.spec
+    folds = len(s.folds) if s.folds else None
+    n = len(s.methods) * len(s.protocols) * len(s.fractions) * len(s.seeds)
+    return n * folds if folds else n * _dataset_folds(rspec)
+
+
+def _dataset_folds(rspec) -> int:
+    from harness.plugins import get_registry
+
+    info = get_registry().dataset(rspec.spec.dataset.name)
+    try:
+        return len(info.cls(rspec.dataset_config, root=Path(".")).folds())
+    except Exception:  # noqa: BLE001
+        return 1
+
+
+@app.command()
+def run(spec: Annotated[Path, typer.Argument(help="spec file")],
+        set_: SetOpt = None,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="print cells and stages, run nothing")] = False,
+        store: StoreOpt = None,
+        output: Annotated[Optional[Path], typer.Option("--output", help="run folder (default: the spec's output)")] = None,
+        quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False) -> None:
+    """Compute every cell of a comparison (reusing the store) and write its report."""
+    from harness.plugins import get_registry
+    from harness.runner import Runner
+    from harness.spec import load_spec
+
+    rspec = load_spec(spec, set_ or [])
+    registry = get_registry()
+    output_dir = output or rspec.output_dir()
+    runner = Runner(rspec, registry, _store(store), output_dir, quiet=True if quiet else None)
+    plan, _, _ = runner.plan(prepare=not dry_run)
+    if dry_run:
+        _print_plan(runner, plan)
+        return
+    result = runner.run(plan)
+    out.print(f"{len(result.records)} cells; {len(result.computed)} stages computed, "
+              f"{len(result.reused)} reused", markup=False)
+    out.print(f"report: {output_dir / 'report.md'}", markup=False)
+    out.print((output_dir / "report.md").read_text(), markup=False)
+
+
+def _print_plan(runner, plan) -> None:
+    rows = runner.describe(plan)
+    table = Table(title=f"{len(plan.cells)} cells, {len(rows)} distinct stages")
+    for col in ("stage", "label", "key", "status"):
+        table.add_column(col)
+    for r in rows:
+        status = "done" if r["done"] else ("checkpoint (resumes)" if r["checkpoint"] else "to do")
+        table.add_row(r["kind"], r["label"], r["key"][:12], status)
+    out.print(table)
+    cells = Table(title="cells")
+    for col in ("cell", "stages", "done"):
+        cells.add_column(col)
+    for cell in plan.cells:
+        stages = cell.stages()
+        done = sum(runner.store.is_done(s.kind, s.key) for s in stages)
+        cells.add_row(cell.cell_id, " -> ".join(s.kind for s in stages), f"{done}/{len(stages)}")
+    out.print(cells)
+
+
+@app.command("list")
+def list_plugins(what: Annotated[str, typer.Argument(help="methods, datasets or all")] = "all") -> None:
+    """Installed method and dataset plugins, their kind and distribution; broken plugins with
+    their error."""
+    from harness.plugins import get_registry
+
+    if what not in ("methods", "datasets", "all"):
+        raise click.BadParameter(f"'{what}': choose methods, datasets or all", param_hint="WHAT")
+    registry = get_registry()
+    table = Table()
+    for col in ("name", "type", "kind", "distribution", "version", "description"):
+        table.add_column(col)
+    tables = []
+    if what in ("methods", "all"):
+        tables.append(("method", registry.methods))
+    if what in ("datasets", "all"):
+        tables.append(("dataset", registry.datasets))
+    for category, entries in tables:
+        for name, info in sorted(entries.items()):
+            table.add_row(name, category, info.kind, info.distribution, info.dist_version,
+                          getattr(info.cls, "description", "") or "")
+    out.print(table)
+    for broken in registry.broken:
+        out.print(f"BROKEN {broken.entry_point} (from {broken.distribution}): {broken.error}",
+                  markup=False)
+    for dup in registry.duplicates:
+        out.print(f"CONFLICT {dup}", markup=False)
+    if registry.duplicates:
+        raise typer.Exit(4)
+
+
+@app.command()
+def report(run_dirs: Annotated[list[Path], typer.Argument(help="run folders (merged)")],
+           output: Annotated[Optional[Path], typer.Option("--output", help="where to write (default: the first run folder)")] = None) -> None:
+    """Rebuild the report from result records (several runs are merged)."""
+    import json
+
+    from harness.errors import DataError
+    from harness.report.tables import load_records, write_report
+
+    records = load_records(run_dirs)
+    if not records:
+        raise DataError(f"no result records under {', '.join(str(d / 'records') for d in run_dirs)}")
+    run_json = run_dirs[0] / "run.json"
+    run_info = json.loads(run_json.read_text()) if run_json.exists() else {"name": run_dirs[0].name}
+    paths = write_report(output or run_dirs[0], records, run_info)
+    for p in paths:
+        out.print(str(p), markup=False)
+
+
+@data_app.command("prepare")
+def data_prepare(name: str, source: Annotated[Optional[Path], typer.Option("--source", help="the official download (folder or archive)")] = None,
+                 store: StoreOpt = None) -> None:
+    """Convert a dataset's official download into the local cache (generated datasets need no source)."""
+    dataset = _dataset(name, store)
+    if dataset.is_prepared():
+        out.print(f"{name}: already prepared in {dataset.root}", markup=False)
+        return
+    if source is None and not dataset.auto_prepare:
+        raise HarnessError(f"{name}: --source PATH is required ({dataset.source_hint or 'the official download'})")
+    dataset.prepare(source)
+    out.print(f"{name}: prepared in {dataset.root}", markup=False)
+
+
+@data_app.command("verify")
+def data_verify(name: str, store: StoreOpt = None) -> None:
+    """Check a prepared dataset: counts, shapes, dtypes, class ids, splits."""
+    from harness.errors import DataError
+
+    dataset = _dataset(name, store)
+    if not dataset.is_prepared():
+        raise DataError(f"{name}: not prepared; run `{dataset.prepare_command()}`")
+    problems = dataset.verify()
+    if problems:
+        raise DataError(f"{name}: {len(problems)} problems: " + "; ".join(problems))
+    out.print(f"{name}: ok ({dataset.root})", markup=False)
+
+
+@data_app.command("list")
+def data_list(store: StoreOpt = None) -> None:
+    """Datasets and whether they are prepared."""
+    from harness.plugins import get_registry
+
+    registry = get_registry()
+    table = Table()
+    for col in ("dataset", "prepared", "where"):
+        table.add_column(col)
+    for name in sorted(registry.datasets):
+        ds = _dataset(name, store)
+        table.add_row(name, "yes" if ds.is_prepared() else "no", str(ds.root))
+    out.print(table)
+
+
+def _dataset(name: str, store: Path | None):
+    from harness.plugins import get_registry
+
+    info = get_registry().dataset(name)
+    probe = info.cls(None, root=Path("."))
+    return info.cls(None, root=_store(store).dataset_dir(name, probe.fingerprint()))
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv[1:]
+    argv = [a for a in sys.argv[1:] if a != "--debug"]
+    try:
+        app(args=argv, prog_name="harness", standalone_mode=False)
+    except HarnessError as exc:
+        if debug:
+            raise
+        from harness.errors import SpecError
+
+        lines = exc.problems if isinstance(exc, SpecError) else [str(exc)]
+        src = f"{exc.source}: " if isinstance(exc, SpecError) and exc.source else ""
+        for line in lines:
+            err.print(f"error: {src}{line}", markup=False)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        err.print("interrupted: finished stages are kept and the running one resumes from its "
+                  "last checkpoint; rerun the same command to continue", markup=False)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001
+        if debug:
+            raise
+        err.print(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for the "
+                  f"traceback)", markup=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Sample/dataset contract, folds, label fractions and augmentations."""

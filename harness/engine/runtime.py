@@ -1,0 +1,131 @@
+"""Device selection, mixed precision, seeding, checkpoints and progress reporting."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from harness.store import atomic_torch_save
+
+console = Console(stderr=True, highlight=False)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from harness.errors import HarnessError
+
+        raise HarnessError(f"finetune.device is '{name}' but CUDA is not available; "
+                           f"use device: auto or cpu")
+    return torch.device(name)
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+@dataclass
+class Precision:
+    """Mixed precision on CUDA: bf16 where supported, else fp16 with a grad scaler."""
+
+    device: torch.device
+    enabled: bool
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        if not self.enabled or self.device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def autocast(self):
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.dtype)
+
+    def scaler(self) -> torch.amp.GradScaler:
+        return torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """Seed python/numpy in data-loader workers from the torch seed torch gave the worker."""
+    base = torch.initial_seed() % (2**32)
+    random.seed(base + worker_id)
+    np.random.seed((base + worker_id) % (2**32))
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpoint:
+    """One resumable training state file in a stage's work folder, written atomically."""
+
+    def __init__(self, work_dir: Path, name: str = "checkpoint.pt"):
+        self.path = Path(work_dir) / name
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def save(self, state: dict[str, Any]) -> None:
+        atomic_torch_save({**state, "rng": rng_state()}, self.path)
+
+    def load(self) -> dict[str, Any]:
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        set_rng_state(state.pop("rng"))
+        return state
+
+
+def is_quiet() -> bool:
+    return bool(os.environ.get("CI")) or not sys.stderr.isatty()
+
+
+@contextmanager
+def progress_bar(description: str, total: int, quiet: bool | None = None) -> Iterator[Callable[..., None]]:
+    """Yields ``advance(n=1, **fields)``. Quiet (CI, pipes): no bar."""
+    quiet = is_quiet() if quiet is None else quiet
+    if quiet:
+        yield lambda n=1, **kw: None
+        return
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=console, transient=True)
+    with progress:
+        task = progress.add_task(description, total=total, info="")
+
+        def advance(n: int = 1, **fields: Any) -> None:
+            info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                            for k, v in fields.items())
+            progress.update(task, advance=n, info=info)
+
+        yield advance

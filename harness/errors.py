@@ -1,0 +1,45 @@
+"""Errors a user can fix, each with the process exit code the CLI returns for it.
+
+The CLI prints ``error: <message>`` on one line and exits with ``exit_code``; a traceback is
+shown only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+
+class HarnessError(Exception):
+    """Base class: a problem the user can act on. The message must name the file/field and the fix."""
+
+    exit_code = 1
+
+
+class SpecError(HarnessError):
+    """An invalid spec (exit 2). ``problems`` holds one line per problem."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str] | str, source: str | None = None):
+        if isinstance(problems, str):
+            problems = [problems]
+        self.problems = list(problems)
+        self.source = source
+        prefix = f"{source}: " if source else ""
+        if len(self.problems) == 1:
+            message = prefix + self.problems[0]
+        else:
+            message = f"{prefix}{len(self.problems)} problems:\n" + "\n".join(
+                f"  - {p}" for p in self.problems
+            )
+        super().__init__(message)
+
+
+class DataError(HarnessError):
+    """Data (or weights) missing or corrupt (exit 3)."""
+
+    exit_code = 3
+
+
+class PluginError(HarnessError):
+    """A plugin is missing, duplicated or broken (exit 4)."""
+
+    exit_code = 4

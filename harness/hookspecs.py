@@ -1,0 +1,72 @@
+"""Every hook of the harness, in one place.
+
+A plugin is a module (or object) named by an entry point in the ``harness`` group::
+
+    [project.entry-points.harness]
+    my_method = "my_package.my_method"
+
+and implements any of the hooks below with :data:`hookimpl`::
+
+    from harness.hookspecs import hookimpl
+
+    @hookimpl
+    def harness_register_methods():
+        return [MyMethod]
+
+Registration hooks return plugin *classes*; the harness instantiates them. Lifecycle hooks are
+called during ``harness run`` so that a plugin can observe a run (loggers such as wandb,
+mlflow or tensorboard attach here); their return values are ignored, and an exception raised
+in one stops the run, so observers should be defensive.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+PROJECT = "harness"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --- registration -----------------------------------------------------------------------------
+
+@hookspec
+def harness_register_methods() -> list[type]:
+    """Return method classes (subclasses of :class:`harness.methods.Method`)."""
+
+
+@hookspec
+def harness_register_datasets() -> list[type]:
+    """Return dataset classes (subclasses of :class:`harness.data.base.Dataset`)."""
+
+
+# --- lifecycle (observers) -------------------------------------------------------------------
+
+@hookspec
+def harness_run_started(run: dict[str, Any]) -> None:
+    """A run begins. ``run`` holds ``name``, ``spec`` (resolved, as a dict), ``overrides``,
+    ``output_dir``, ``store`` and ``cells`` (the number of cells)."""
+
+
+@hookspec
+def harness_stage_finished(stage: dict[str, Any]) -> None:
+    """A stage finished. ``stage`` holds ``kind``, ``key``, ``label``, ``cached`` (True when it
+    was reused from the store rather than computed), ``path`` and ``seconds``."""
+
+
+@hookspec
+def harness_metrics_logged(stage: dict[str, Any], step: int, metrics: dict[str, float]) -> None:
+    """Training metrics of a running stage (``kind``, ``key``, ``label``) at ``step`` (global
+    iteration); called at least once per epoch."""
+
+
+@hookspec
+def harness_cell_finished(cell: dict[str, Any], record: dict[str, Any]) -> None:
+    """One cell (method x protocol x fraction x fold x seed) has its result ``record``."""
+
+
+@hookspec
+def harness_run_finished(run: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    """All cells are done; ``records`` are the result records of the run."""

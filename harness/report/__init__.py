@@ -1,0 +1,1 @@
+"""Reports built from result records only (so they can be rebuilt and runs merged)."""

@@ -1,0 +1,488 @@
+"""Specs: pydantic models (``extra="forbid"``), YAML loading, ``--set`` overrides and validation.
+
+Validation reports every problem at once, each as ``file:line: field.path: what is wrong (got X;
+allowed: ...; did you mean ...?)``. Structural problems come from pydantic; cross-field problems
+(unknown plugins, a ``frozen`` protocol for a method without an encoder stage, folds the dataset
+does not have, a batch larger than the training set a fraction leaves...) are checked against the
+installed plugins, without touching data or starting any work.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from harness.errors import PluginError, SpecError
+from harness.plugins import Registry, did_you_mean
+
+Protocol = Literal["frozen", "full"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FinetuneSettings(_Strict):
+    """Fine-tuning recipe shared by all methods (thesis §4.1.3 and A.1 defaults)."""
+
+    architecture: Literal["unet"] = Field("unet", description="segmentation model (smp)")
+    encoder: str = Field("resnet18", description="any segmentation-models-pytorch encoder name")
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    image_size: int | None = Field(
+        None, ge=32, description="training crop size (random crop); None = full image. "
+        "Evaluation always uses full images.")
+    augment: bool = Field(True, description="thesis A.1 augmentations (flips, rot90, blur, noise)")
+    frozen_bn: Literal["adapt", "fixed"] = Field(
+        "adapt", description="frozen protocol: encoder batch-norm statistics keep adapting "
+        "('adapt', what the thesis's code did) or stay fixed ('fixed')")
+    normalization: Literal["encoder", "thesis_quirk"] = Field(
+        "encoder", description="'encoder': the normalisation recorded with the encoder weights; "
+        "'thesis_quirk': inputs scaled to [-1/255, 1/255] as the thesis's fine-tuning code did")
+    eval_batch_size: int = Field(32, ge=1)
+    num_workers: int = Field(0, ge=0)
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    amp: bool = Field(True, description="mixed precision on CUDA (bf16 where supported, else fp16)")
+    channels_last: bool = Field(True, description="channels_last memory format on CUDA")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    @field_validator("image_size")
+    @classmethod
+    def _div32(cls, v: int | None) -> int | None:
+        if v is not None and v % 32:
+            raise ValueError(f"must be a multiple of 32 (U-Net downsamples 5 times); "
+                             f"try {max(32, round(v / 32) * 32)}")
+        return v
+
+
+class MetricSettings(_Strict):
+    name: Literal["mpq", "bpq", "dice"] = Field("mpq", description="headline metric of the report")
+    pq_variant: Literal["instance", "thesis"] = Field(
+        "instance", description="'instance': PanNuke protocol with connected components; "
+        "'thesis': each class of an image scored as one segment, as the thesis's code did")
+
+
+class DatasetRef(BaseModel):
+    """``dataset: NAME`` or ``dataset: {name: NAME, <the dataset's own options>}``."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Spec(_Strict):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="identifier of the comparison")
+    description: str = ""
+    reference: str | None = Field(
+        None, description="table of the thesis's published numbers to show beside ours "
+        "(a key of harness/references/thesis_results.yaml)")
+    dataset: DatasetRef
+    methods: dict[str, dict[str, Any] | None]
+    protocols: list[Protocol] = Field(default_factory=lambda: ["frozen", "full"], min_length=1)
+    fractions: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
+    folds: list[str] | None = Field(None, description="evaluation folds; default: all")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
+    metric: MetricSettings = Field(default_factory=MetricSettings)
+    output: str = Field("reports/{name}", description="run folder; {name} is the spec name")
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _dataset_str(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _methods_list(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            if not all(isinstance(m, str) for m in v):
+                raise ValueError("a list of method names, or a mapping name -> settings")
+            return {m: None for m in v}
+        return v
+
+    @field_validator("methods")
+    @classmethod
+    def _methods_nonempty(cls, v: dict) -> dict:
+        if not v:
+            raise ValueError("name at least one method")
+        return v
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        bad = [f for f in v if not (0.0 < f <= 1.0)]
+        if bad:
+            raise ValueError(f"label fractions must lie in (0, 1]; got {bad}")
+        return v
+
+    @field_validator("protocols", "fractions", "seeds", "folds")
+    @classmethod
+    def _unique(cls, v: list | None) -> list | None:
+        if v is not None and len(set(v)) != len(v):
+            dupes = sorted({str(x) for x in v if v.count(x) > 1})
+            raise ValueError(f"duplicate entries: {', '.join(dupes)}")
+        return v
+
+
+@dataclass
+class ResolvedSpec:
+    """A validated spec with each plugin's own settings parsed."""
+
+    spec: Spec
+    source: str
+    overrides: list[str]
+    method_configs: dict[str, Any]
+    dataset_config: Any
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def output_dir(self, root: Path | None = None) -> Path:
+        out = Path(self.spec.output.format(name=self.spec.name))
+        if root is not None and not out.is_absolute():
+            out = root / out
+        return out
+
+    def resolved(self) -> dict[str, Any]:
+        """Every setting, defaults filled in (what a record stores as provenance)."""
+        data = self.spec.model_dump(mode="json")
+        data["methods"] = {m: c.model_dump(mode="json") for m, c in self.method_configs.items()}
+        data["dataset"] = {"name": self.spec.dataset.name,
+                           **self.dataset_config.model_dump(mode="json")}
+        return data
+
+
+# --- YAML with line numbers ---------------------------------------------------------------
+
+def _line_index(text: str) -> dict[tuple, int]:
+    """Map each key path of a YAML document to its 1-based line."""
+    index: dict[tuple, int] = {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return index
+
+    def walk(node: Any, path: tuple) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                p = path + (key.value,)
+                index[p] = key.start_mark.line + 1
+                walk(value, p)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                p = path + (i,)
+                index[p] = item.start_mark.line + 1
+                walk(item, p)
+
+    if root is not None:
+        walk(root, ())
+    return index
+
+
+def _read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
+    if not path.exists():
+        raise SpecError(f"spec file not found: {path}")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(f"{where}: not valid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a spec is a YAML mapping (name:, dataset:, methods:, ...), "
+                        f"got {type(data).__name__}")
+    return data, _line_index(text)
+
+
+# --- overrides ----------------------------------------------------------------------------
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``--set finetune.epochs=2`` style overrides; values are parsed as YAML."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise SpecError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. finetune.epochs=2")
+        key, raw = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise SpecError(f"--set {item!r}: empty key path")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.get(part) if isinstance(node, dict) else None
+            if nxt is None:
+                nxt = {}
+                node[part] = nxt
+            if not isinstance(nxt, dict):
+                if isinstance(nxt, list) and parts[i + 1].isdigit():
+                    node = nxt
+                    continue
+                raise SpecError(f"--set {item!r}: '{'.'.join(parts[:i + 1])}' is not a mapping")
+            node = nxt
+        last = parts[-1]
+        if isinstance(node, list):
+            idx = int(last)
+            if idx >= len(node):
+                raise SpecError(f"--set {item!r}: index {idx} out of range")
+            node[idx] = value
+        else:
+            node[last] = value
+    return data
+
+
+# --- error formatting ---------------------------------------------------------------------
+
+def _fmt_value(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that owns the last element of ``loc`` (for did-you-mean on keys)."""
+    current: Any = model
+    for part in loc[:-1]:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        f = current.model_fields.get(part)
+        if f is None:
+            return None
+        ann = f.annotation
+        current = next((a for a in getattr(ann, "__args__", (ann,))
+                        if isinstance(a, type) and issubclass(a, BaseModel)), ann)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _where(source: str, lines: dict[tuple, int], loc: tuple) -> str:
+    for n in range(len(loc), 0, -1):
+        if tuple(loc[:n]) in lines:
+            return f"{source}:{lines[tuple(loc[:n])]}"
+    return source
+
+
+def format_errors(exc: ValidationError, model: type[BaseModel], source: str,
+                  lines: dict[tuple, int], prefix: tuple = ()) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+        full = prefix + loc
+        path = ".".join(str(x) for x in full) or "(top level)"
+        where = _where(source, lines, full)
+        etype = err["type"]
+        if etype == "extra_forbidden":
+            owner = _model_at(model, loc)
+            allowed = sorted(owner.model_fields) if owner else []
+            hint = did_you_mean(str(loc[-1]), allowed)
+            problems.append(f"{where}: {path}: unknown key{hint}; allowed keys: "
+                            f"{', '.join(allowed)}")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        got = f" (got {_fmt_value(err.get('input'))})" if etype != "missing" else ""
+        hint = ""
+        if etype == "literal_error":
+            expected = err.get("ctx", {}).get("expected", "")
+            options = [o.strip().strip("'") for o in expected.replace(" or ", ",").split(",")]
+            hint = did_you_mean(str(err.get("input")), [o for o in options if o])
+        if etype == "missing":
+            msg = "required field is missing"
+        problems.append(f"{where}: {path}: {msg}{got}{hint}")
+    return problems
+
+
+# --- loading and validation ---------------------------------------------------------------
+
+def _plugin_problem(where: str, path: str, name: str, category: str, registry: Registry,
+                    plugin_missing: list[str]) -> str | None:
+    table = registry.methods if category == "method" else registry.datasets
+    if name in table:
+        return None
+    hint = did_you_mean(name, table)
+    if hint:
+        return f"{where}: {path}: unknown {category} '{name}'{hint}"
+    plugin_missing.append(f"{where}: {path}: {registry.missing_message(name, category)}")
+    return None
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None,
+              registry: Registry | None = None) -> ResolvedSpec:
+    """Read, override and validate a spec. Raises :class:`SpecError` (exit 2) listing every
+    problem, or :class:`PluginError` (exit 4) when the only problem is a plugin that is not
+    installed."""
+    from harness.plugins import get_registry
+
+    path = Path(path)
+    overrides = list(overrides or [])
+    source = str(path)
+    data, lines = _read_yaml(path)
+    data = apply_overrides(data, overrides)
+    registry = registry or get_registry()
+    registry.raise_duplicates()
+
+    problems: list[str] = []
+    plugin_missing: list[str] = []
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(format_errors(exc, Spec, source, lines))
+        spec = None
+
+    # Plugin names can be checked even when other fields are broken.
+    ds_name = data.get("dataset", {}).get("name") if isinstance(data.get("dataset"), dict) \
+        else data.get("dataset")
+    if isinstance(ds_name, str):
+        p = _plugin_problem(_where(source, lines, ("dataset",)), "dataset", ds_name, "dataset",
+                            registry, plugin_missing)
+        if p:
+            problems.append(p)
+    raw_methods = data.get("methods")
+    method_names = list(raw_methods) if isinstance(raw_methods, (list, dict)) else []
+    for i, m in enumerate(method_names):
+        if not isinstance(m, str):
+            continue
+        loc = ("methods", m) if isinstance(raw_methods, dict) else ("methods", i)
+        p = _plugin_problem(_where(source, lines, loc), f"methods.{m}", m, "method", registry,
+                            plugin_missing)
+        if p:
+            problems.append(p)
+
+    method_configs: dict[str, Any] = {}
+    dataset_config = None
+    if spec is not None and not plugin_missing:
+        dataset_config = _check_dataset(spec, registry, source, lines, problems)
+        method_configs = _check_methods(spec, registry, source, lines, problems)
+        if not problems:
+            _cross_checks(spec, registry, dataset_config, source, lines, problems)
+
+    if problems:
+        raise SpecError(problems + plugin_missing, source=None)
+    if plugin_missing:
+        raise PluginError(plugin_missing[0] if len(plugin_missing) == 1
+                          else "; ".join(plugin_missing))
+    assert spec is not None
+    return ResolvedSpec(spec=spec, source=source, overrides=overrides,
+                        method_configs=method_configs, dataset_config=dataset_config)
+
+
+def _check_dataset(spec: Spec, registry: Registry, source: str, lines: dict, problems: list[str]):
+    info = registry.datasets.get(spec.dataset.name)
+    if info is None:
+        return None
+    try:
+        return info.cls.Config.model_validate(spec.dataset.options)
+    except ValidationError as exc:
+        problems.extend(format_errors(exc, info.cls.Config, source, lines, prefix=("dataset",)))
+        return None
+
+
+def _check_methods(spec: Spec, registry: Registry, source: str, lines: dict,
+                   problems: list[str]) -> dict[str, Any]:
+    configs = {}
+    for name, settings in spec.methods.items():
+        info = registry.methods.get(name)
+        if info is None:
+            continue
+        try:
+            configs[name] = info.cls.Config.model_validate(settings or {})
+        except ValidationError as exc:
+            problems.extend(format_errors(exc, info.cls.Config, source, lines,
+                                          prefix=("methods", name)))
+    return configs
+
+
+def _cross_checks(spec: Spec, registry: Registry, dataset_config: Any, source: str,
+                  lines: dict, problems: list[str]) -> None:
+    import segmentation_models_pytorch as smp
+
+    def at(*loc: Any) -> str:
+        return _where(source, lines, loc)
+
+    # An encoder the U-Net cannot build.
+    encoders = smp.encoders.get_encoder_names()
+    if spec.finetune.encoder not in encoders:
+        problems.append(f"{at('finetune', 'encoder')}: finetune.encoder: unknown encoder "
+                        f"'{spec.finetune.encoder}'{did_you_mean(spec.finetune.encoder, encoders)}"
+                        f"; see segmentation_models_pytorch.encoders.get_encoder_names()")
+
+    # Protocols that a method cannot run.
+    for name in spec.methods:
+        info = registry.methods[name]
+        if "frozen" in spec.protocols and info.cls.kind == "semisupervised":
+            problems.append(
+                f"{at('methods', name)}: methods.{name}: protocol 'frozen' is not possible: "
+                f"'{name}' is semi-supervised and trains a whole U-Net (no separate encoder "
+                f"stage to freeze); use protocols: [full] for it")
+
+    ds_info = registry.datasets[spec.dataset.name]
+    dataset = ds_info.cls(dataset_config, root=Path("/nonexistent"))
+
+    # Metric family.
+    family = ds_info.cls.metric_family
+    allowed_metrics = ["dice"] if family == "dice" else ["mpq", "bpq"]
+    if spec.metric.name not in allowed_metrics:
+        problems.append(f"{at('metric', 'name')}: metric.name: '{spec.metric.name}' does not "
+                        f"apply to dataset '{spec.dataset.name}' (metric family {family}); "
+                        f"allowed: {', '.join(allowed_metrics)}")
+
+    # Folds the dataset has.
+    try:
+        folds = dataset.folds()
+    except Exception:  # noqa: BLE001 - a dataset that needs its data to list folds
+        folds = None
+    if folds is not None and spec.folds is not None:
+        for i, f in enumerate(spec.folds):
+            if f not in folds:
+                problems.append(f"{at('folds', i)}: folds: unknown fold '{f}'{did_you_mean(f, folds)}"
+                                f"; dataset '{spec.dataset.name}' has {', '.join(folds)}")
+
+    # Fractions that leave too few training images (needs the dataset's expected counts).
+    sizes = dataset.expected_group_sizes() if hasattr(dataset, "expected_group_sizes") else None
+    if sizes and folds:
+        eval_folds = spec.folds or folds
+        for frac in spec.fractions:
+            for fold in eval_folds:
+                train_groups = {g: n for g, n in sizes.items()
+                                if (g != fold if ds_info.cls.split_scheme == "kfold" else g == "train")}
+                per_group = {g: math.ceil(frac * n) for g, n in train_groups.items()}
+                empty = [g for g, n in train_groups.items() if n == 0 or frac * n <= 0]
+                if empty:
+                    problems.append(f"{at('fractions')}: fractions: {frac} leaves no training "
+                                    f"image in {', '.join(empty)}")
+                total = sum(per_group.values())
+                if total < spec.finetune.batch_size:
+                    problems.append(
+                        f"{at('fractions')}: fractions: {frac} leaves {total} training images for "
+                        f"fold '{fold}', fewer than finetune.batch_size "
+                        f"{spec.finetune.batch_size}; raise the fraction or lower the batch size")
+                    break
+
+    # Reference table.
+    if spec.reference is not None:
+        from harness.references import load_thesis_results
+
+        tables = load_thesis_results()
+        if spec.reference not in tables:
+            problems.append(f"{at('reference')}: reference: unknown table "
+                            f"'{spec.reference}'{did_you_mean(spec.reference, tables)}; "
+                            f"known: {', '.join(tables)}")

@@ -1,0 +1,147 @@
+"""Content-addressed artifact store.
+
+Every stage output lives under ``<root>/stages/<kind>/<key>/`` where ``key`` hashes the stage's
+resolved config, its upstream keys and the plugin's version. A stage is written into a temporary
+folder and renamed into place only when complete, so nothing half-written is ever read as
+finished. Training stages checkpoint into ``<root>/work/<kind>/<key>/`` and resume from there
+after a crash; the work folder is removed once the stage is committed.
+
+Location: ``--store PATH`` on the command line, else ``$HARNESS_STORE``, else the user's cache
+directory (``~/.cache/harness/store`` on Linux).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+STORE_ENV = "HARNESS_STORE"
+
+
+def default_store_root() -> Path:
+    env = os.environ.get(STORE_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_cache_dir("harness")) / "store"
+
+
+def canonical_json(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def hash_key(data: Any, length: int = 24) -> str:
+    return hashlib.sha256(canonical_json(data).encode()).hexdigest()[:length]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def json_safe(data: Any) -> Any:
+    """NaN/inf become null so that the files are strict JSON (browsers, jq, other languages)."""
+    import math
+
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {str(k): json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(v) for v in data]
+    try:
+        import numpy as np
+
+        if isinstance(data, np.generic):
+            return json_safe(data.item())
+        if isinstance(data, np.ndarray):
+            return json_safe(data.tolist())
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(data, Path):
+        return str(data)
+    return data
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(json_safe(data), indent=2, sort_keys=True,
+                                       allow_nan=False) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ArtifactStore:
+    def __init__(self, root: Path | str | None = None):
+        self.root = Path(root).expanduser() if root else default_store_root()
+
+    # --- locations ---------------------------------------------------------------------------
+    def stage_dir(self, kind: str, key: str) -> Path:
+        return self.root / "stages" / kind / key
+
+    def work_dir(self, kind: str, key: str) -> Path:
+        return self.root / "work" / kind / key
+
+    def dataset_dir(self, name: str, fingerprint: Any) -> Path:
+        return self.root / "datasets" / name / hash_key(fingerprint, 16)
+
+    # --- state -------------------------------------------------------------------------------
+    def is_done(self, kind: str, key: str) -> bool:
+        return (self.stage_dir(kind, key) / "meta.json").exists()
+
+    def has_checkpoint(self, kind: str, key: str) -> bool:
+        return any(self.work_dir(kind, key).glob("*.pt"))
+
+    def meta(self, kind: str, key: str) -> dict[str, Any]:
+        return json.loads((self.stage_dir(kind, key) / "meta.json").read_text())
+
+    # --- writing -----------------------------------------------------------------------------
+    def new_tmp(self, kind: str, key: str) -> Path:
+        base = self.root / "tmp"
+        base.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f"{kind}-{key}-", dir=base))
+
+    def commit(self, kind: str, key: str, tmp: Path, meta: dict[str, Any]) -> Path:
+        """Write ``meta.json`` last and rename ``tmp`` into place; drop the work folder."""
+        meta = {**meta, "kind": kind, "key": key, "committed_at": time.time()}
+        atomic_write_json(tmp / "meta.json", meta)
+        final = self.stage_dir(kind, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():  # computed concurrently by someone else: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+        shutil.rmtree(self.work_dir(kind, key), ignore_errors=True)
+        return final
+
+    def discard(self, tmp: Path) -> None:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,84 @@
+"""``supervised``: ImageNet-supervised torchvision weights (thesis §A.2, reference §7.6, §8).
+
+Nothing is downloaded: the file is read from ``methods.supervised.weights`` or from torch's hub
+cache (``$TORCH_HOME/hub/checkpoints``, by default ``~/.cache/torch/hub/checkpoints``), under
+either of torchvision's file names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from harness.errors import DataError
+from harness.hookspecs import hookimpl
+from harness.methods import InitMethod, MethodConfig
+
+#: torchvision IMAGENET1K_V1 files per encoder: current name first, then the legacy name that
+#: smp <= 0.4 (the thesis's pinned 0.2.1) used; both hold the same weights.
+TORCHVISION_FILES = {
+    "resnet18": ("resnet18-f37072fd.pth", "resnet18-5c106cde.pth"),
+    "resnet34": ("resnet34-b627a593.pth", "resnet34-333f7ec4.pth"),
+    "resnet50": ("resnet50-0676ba61.pth", "resnet50-19c8e357.pth"),
+    "resnet101": ("resnet101-63fe2227.pth", "resnet101-5d3b4d8f.pth"),
+    "resnet152": ("resnet152-394f9c45.pth", "resnet152-b121ed2d.pth"),
+}
+IMAGENET_NORMALIZATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+DOWNLOAD_BASE = "https://download.pytorch.org/models/"
+
+
+class SupervisedConfig(MethodConfig):
+    weights: Path | None = Field(
+        None, description="path to a torchvision ImageNet state dict; default: torch's hub cache")
+
+
+class Supervised(InitMethod):
+    name: ClassVar[str] = "supervised"
+    description: ClassVar[str] = "ImageNet-supervised torchvision weights"
+    seed_dependent: ClassVar[bool] = False
+    Config: ClassVar[type[MethodConfig]] = SupervisedConfig
+
+    def weights_path(self, encoder_name: str) -> Path:
+        if self.config.weights is not None:
+            path = Path(self.config.weights).expanduser()
+            if not path.is_file():
+                raise DataError(f"methods.supervised.weights: file not found: {path}")
+            return path
+        names = TORCHVISION_FILES.get(encoder_name)
+        if names is None:
+            raise DataError(f"supervised: no known torchvision ImageNet file for encoder "
+                            f"'{encoder_name}'; set methods.supervised.weights: PATH")
+        hub = Path(torch.hub.get_dir()) / "checkpoints"
+        for name in names:
+            if (hub / name).is_file():
+                return hub / name
+        raise DataError(
+            f"supervised: ImageNet weights for {encoder_name} not found; download "
+            f"{DOWNLOAD_BASE}{names[0]} into {hub}/ (or set TORCH_HOME, or "
+            f"methods.supervised.weights: PATH)")
+
+    def preflight(self, spec: Any) -> None:
+        self.weights_path(spec.finetune.encoder)
+
+    def init_encoder(self, encoder: nn.Module, encoder_name: str, seed: int) -> dict[str, Any]:
+        path = self.weights_path(encoder_name)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is a data problem
+            raise DataError(f"supervised: cannot read weights {path}: {exc}") from None
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        try:
+            encoder.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+            raise DataError(f"supervised: {path} does not fit encoder '{encoder_name}': {first}") from None
+        return IMAGENET_NORMALIZATION
+
+
+@hookimpl
+def harness_register_methods():
+    return [Supervised]
