@@ -24,6 +24,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Prepare, verify and list data
 app.add_typer(data_app, name="data")
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+_DEBUG = False  # set by main() from `--debug`
 
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", help="override a spec value, e.g. --set finetune.epochs=2 (repeatable)")]
@@ -50,6 +51,10 @@ def validate(specs: Annotated[list[Path], typer.Argument(help="spec files")],
             rspec = load_spec(spec, set_ or [])
         except HarnessError as exc:
             failures.append(exc)
+            if _DEBUG:
+                import traceback
+
+                traceback.print_exception(exc, file=sys.stderr)
             for line in _lines(exc, spec):
                 err.print(line, markup=False)
             continue
@@ -62,9 +67,8 @@ def validate(specs: Annotated[list[Path], typer.Argument(help="spec files")],
 def _lines(exc: HarnessError, source: Path) -> list[str]:
     from harness.errors import SpecError
 
-    if isinstance(exc, SpecError):
-        return [p if p.startswith(str(source)) else f"{source}: {p}" for p in exc.problems]
-    return [f"{source}: {exc}"]
+    problems = exc.problems if isinstance(exc, SpecError) else [str(exc)]
+    return [p if p.startswith(str(source)) else f"{source}: {p}" for p in problems]
 
 
 def _cell_count(rspec) -> int:
@@ -87,7 +91,7 @@ def _dataset_folds(rspec) -> int:
 @app.command()
 def run(spec: Annotated[Path, typer.Argument(help="spec file")],
         set_: SetOpt = None,
-        dry_run: Annotated[bool, typer.Option("--dry-run", help="print cells and stages, run nothing")] = False,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="print cells and stages, run no stage (a generated dataset is generated if missing)")] = False,
         store: StoreOpt = None,
         output: Annotated[Optional[Path], typer.Option("--output", help="run folder (default: the spec's output)")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False) -> None:
@@ -100,7 +104,9 @@ def run(spec: Annotated[Path, typer.Argument(help="spec file")],
     registry = get_registry()
     output_dir = output or rspec.output_dir()
     runner = Runner(rspec, registry, _store(store), output_dir, quiet=True if quiet else None)
-    plan, _, _ = runner.plan(prepare=not dry_run)
+    # A dry run runs no stage, but a generated (auto-prepared) dataset is generated: the plan's
+    # stage keys depend on its sample ids, so without it a dry run on a fresh store cannot plan.
+    plan, _, _ = runner.plan(prepare=True)
     if dry_run:
         _print_plan(runner, plan)
         return
@@ -231,11 +237,19 @@ def _dataset(name: str, store: Path | None):
     return info.cls(None, root=_store(store).dataset_dir(name, probe.fingerprint()))
 
 
+def _interrupted() -> None:
+    err.print("interrupted: finished stages are kept and the running one resumes from its "
+              "last checkpoint; rerun the same command to continue", markup=False)
+
+
 def main() -> None:
     debug = "--debug" in sys.argv[1:]
     argv = [a for a in sys.argv[1:] if a != "--debug"]
+    global _DEBUG
+    _DEBUG = debug
     try:
-        app(args=argv, prog_name="harness", standalone_mode=False)
+        # In non-standalone mode click *returns* the code of a `typer.Exit` instead of raising it.
+        code = app(args=argv, prog_name="harness", standalone_mode=False)
     except HarnessError as exc:
         if debug:
             raise
@@ -246,14 +260,15 @@ def main() -> None:
         for line in lines:
             err.print(f"error: {src}{line}", markup=False)
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
+    except (click.exceptions.Exit, typer.Exit) as exc:
+        if exc.exit_code == 130:  # typer turns KeyboardInterrupt into Exit(130)
+            _interrupted()
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        err.print("interrupted: finished stages are kept and the running one resumes from its "
-                  "last checkpoint; rerun the same command to continue", markup=False)
+    except (KeyboardInterrupt, click.exceptions.Abort, typer.Abort):
+        _interrupted()
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001
         if debug:
@@ -261,6 +276,10 @@ def main() -> None:
         err.print(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for the "
                   f"traceback)", markup=False)
         sys.exit(1)
+    code = code if isinstance(code, int) else 0
+    if code == 130:  # typer turns KeyboardInterrupt into an exit code of 130
+        _interrupted()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

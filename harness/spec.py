@@ -10,7 +10,6 @@ installed plugins, without touching data or starting any work.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -230,6 +229,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
+        # Short forms (`dataset: NAME`, `methods: [a, b]`) become their mapping form so that
+        # `--set dataset.image_size=64` or `--set methods.supervised.weights=PATH` reach into them.
+        if len(parts) > 1 and parts[0] == "dataset" and isinstance(data.get("dataset"), str):
+            data["dataset"] = {"name": data["dataset"]}
+        if (len(parts) > 1 and parts[0] == "methods" and not parts[1].isdigit()
+                and isinstance(data.get("methods"), list)
+                and all(isinstance(m, str) for m in data["methods"])):
+            data["methods"] = {m: None for m in data["methods"]}
         node: Any = data
         for i, part in enumerate(parts[:-1]):
             nxt = node.get(part) if isinstance(node, dict) else None
@@ -415,6 +422,8 @@ def _cross_checks(spec: Spec, registry: Registry, dataset_config: Any, source: s
                   lines: dict, problems: list[str]) -> None:
     import segmentation_models_pytorch as smp
 
+    from harness.data.fractions import fraction_count
+
     def at(*loc: Any) -> str:
         return _where(source, lines, loc)
 
@@ -464,7 +473,7 @@ def _cross_checks(spec: Spec, registry: Registry, dataset_config: Any, source: s
             for fold in eval_folds:
                 train_groups = {g: n for g, n in sizes.items()
                                 if (g != fold if ds_info.cls.split_scheme == "kfold" else g == "train")}
-                per_group = {g: math.ceil(frac * n) for g, n in train_groups.items()}
+                per_group = {g: fraction_count(frac, n) for g, n in train_groups.items()}
                 empty = [g for g, n in train_groups.items() if n == 0 or frac * n <= 0]
                 if empty:
                     problems.append(f"{at('fractions')}: fractions: {frac} leaves no training "

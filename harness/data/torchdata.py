@@ -29,7 +29,7 @@ class SegmentationSamples(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         row = int(self.rows[i])
-        image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(self.arrays.images[row]))
+        image = tv_tensors.Image(torch.from_numpy(np.array(self.arrays.images[row]))
                                  .permute(2, 0, 1))
         mask = tv_tensors.Mask(torch.from_numpy(np.asarray(self.arrays.classes[row], dtype=np.int64)))
         image, mask = self.transform(image, mask)

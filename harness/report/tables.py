@@ -113,7 +113,7 @@ def write_report(output_dir: Path, records: list[dict[str, Any]], run_info: dict
     md += ["## Provenance", "",
            f"- harness {prov.get('harness_version')} (commit {prov.get('git_commit')})",
            f"- device: {prov.get('device')}",
-           f"- packages: " + ", ".join(f"{k} {v}" for k, v in prov.get("packages", {}).items()),
+           f"- packages: " + ", ".join(f"{k} {v}" for k, v in sorted(prov.get("packages", {}).items())),
            ""]
     md_path = output_dir / "report.md"
     atomic_write_text(md_path, "\n".join(md))

@@ -1,0 +1,72 @@
+"""Shared fixtures: an isolated artifact store and torch hub dir per test, tiny specs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+TINY_SPEC = """
+name: tiny
+dataset:
+  name: synthetic
+  image_size: 32
+  images_per_fold: 8
+  unlabeled_images: 0
+methods: [scratch]
+protocols: [frozen, full]
+folds: [fold1]
+finetune:
+  epochs: 2
+  batch_size: 8
+  eval_batch_size: 16
+"""
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "store"
+    monkeypatch.setenv("HARNESS_STORE", str(path))
+    return path
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch) -> Path:
+    """An empty TORCH_HOME so that nothing from the user's cache leaks into a test."""
+    home = tmp_path / "torch_home"
+    (home / "hub" / "checkpoints").mkdir(parents=True)
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    import torch
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
+    return home
+
+
+@pytest.fixture
+def imagenet_weights(torch_home) -> Path:
+    """A generated (random) torchvision ResNet-18 state dict where torchvision keeps ImageNet
+    weights; nothing touches the network."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(123)
+    path = torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return path
+
+
+def write_spec(tmp_path: Path, text: str = TINY_SPEC, name: str = "spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True,
+                          text=True, env=full_env, timeout=timeout, cwd=kw.pop("cwd", REPO), **kw)
