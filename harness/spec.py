@@ -128,7 +128,7 @@ class Spec(_Strict):
     def _fractions(cls, v: list[float]) -> list[float]:
         bad = [f for f in v if not (0.0 < f <= 1.0)]
         if bad:
-            raise ValueError(f"label fractions must lie in (0, 1]; got {bad}")
+            raise ValueError(f"label fractions must lie in (0, 1]; {bad} do not")
         return v
 
     @field_validator("protocols", "fractions", "seeds", "folds")

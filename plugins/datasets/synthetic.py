@@ -238,6 +238,9 @@ class SyntheticDataset(Dataset):
     def folds(self) -> list[str]:
         return self._group_names()
 
+    def expected_group_sizes(self) -> dict[str, int]:
+        return {group: self.config.images_per_fold for group in self._group_names()}
+
 
 @hookimpl
 def harness_register_datasets():
