@@ -147,7 +147,7 @@ def list_plugins(what: Annotated[str, typer.Argument(help="methods, datasets or 
     registry = get_registry()
     table = Table()
     for col in ("name", "type", "kind", "distribution", "version", "description"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col != "description", overflow="fold")
     tables = []
     if what in ("methods", "all"):
         tables.append(("method", registry.methods))

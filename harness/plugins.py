@@ -96,7 +96,7 @@ def _dist_of(ep: md.EntryPoint) -> tuple[str, str]:
     dist = getattr(ep, "dist", None)
     if dist is None:
         return "unknown", "0"
-    return dist.metadata["Name"], dist.version
+    return dist.metadata["Name"] or dist.name or "unknown", dist.version or "0"
 
 
 def _entry_points() -> list[md.EntryPoint]:

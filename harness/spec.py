@@ -325,6 +325,9 @@ def _plugin_problem(where: str, path: str, name: str, category: str, registry: R
     table = registry.methods if category == "method" else registry.datasets
     if name in table:
         return None
+    if any(b.entry_point == name for b in registry.broken):  # installed but failed to load
+        plugin_missing.append(f"{where}: {path}: {registry.missing_message(name, category)}")
+        return None
     hint = did_you_mean(name, table)
     if hint:
         return f"{where}: {path}: unknown {category} '{name}'{hint}"

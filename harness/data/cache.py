@@ -1,0 +1,188 @@
+"""The prepared-dataset cache shared by dataset plugins.
+
+A prepared labeled dataset is a folder of uint8/int32 ``.npy`` arrays (memory-mapped on load),
+``samples.json`` (id, tissue and group of every sample, in array order), optional split files,
+and ``manifest.json`` (shape, dtype and sha256 of every file), written atomically with
+``READY`` last. A plugin converts the official download into this layout in ``prepare`` (with
+:class:`CacheWriter`) and inherits loading and the generic checks from :class:`CachedDataset`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from harness.data.base import Dataset, LabeledArrays, atomic_directory, mark_ready
+
+LABELED_ARRAYS = ("images", "instances", "classes")
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class CacheWriter:
+    """Writes a prepared cache into a temporary folder that becomes ``root`` only on success::
+
+        with CacheWriter(root) as w:
+            images = w.array("images", (n, 256, 256, 3), np.uint8)   # a writable memmap
+            ...fill images[i] one sample at a time...
+            w.samples(ids, tissues, groups)
+            w.json("split.json", {...})
+            w.finish({"source": str(source)})
+    """
+
+    def __init__(self, root: Path):
+        self._atomic = atomic_directory(Path(root))
+        self.dir: Path | None = None
+        self._arrays: dict[str, np.memmap] = {}
+        self._finished = False
+
+    def __enter__(self) -> "CacheWriter":
+        self.dir = self._atomic.__enter__()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._arrays.clear()  # drop the memory maps before the folder is renamed or removed
+        if exc_type is None and not self._finished:
+            self._atomic.__exit__(RuntimeError, None, None)  # discard the partial folder
+            raise RuntimeError("CacheWriter closed without finish(): nothing was written")
+        self._atomic.__exit__(exc_type, exc, tb)
+
+    def array(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.memmap:
+        """A writable ``.npy`` memory map, so arrays larger than memory can be filled in parts."""
+        assert self.dir is not None
+        arr = np.lib.format.open_memmap(self.dir / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+        self._arrays[name] = arr
+        return arr
+
+    def json(self, name: str, data: Any) -> None:
+        assert self.dir is not None
+        (self.dir / name).write_text(json.dumps(data, indent=1, sort_keys=True))
+
+    def samples(self, ids: list[str], tissues: list[str], groups: list[str]) -> None:
+        if len(set(ids)) != len(ids):
+            raise ValueError("sample ids are not unique")
+        self.json("samples.json", {"ids": ids, "tissues": tissues, "groups": groups})
+
+    def finish(self, info: dict[str, Any]) -> None:
+        """Flush arrays, write the manifest (checksums) and READY."""
+        assert self.dir is not None
+        for arr in self._arrays.values():
+            arr.flush()
+        files = {}
+        for path in sorted(self.dir.iterdir()):
+            if path.is_file():
+                entry: dict[str, Any] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+                if path.suffix == ".npy":
+                    arr = np.load(path, mmap_mode="r")
+                    entry.update(shape=list(arr.shape), dtype=str(arr.dtype))
+                files[path.name] = entry
+        (self.dir / "manifest.json").write_text(json.dumps({"files": files}, indent=1, sort_keys=True))
+        mark_ready(self.dir, info)
+        self._finished = True
+
+
+def verify_manifest(root: Path, checksums: bool = True) -> list[str]:
+    """Missing files, changed sizes, shapes, dtypes or checksums of a prepared cache."""
+    root = Path(root)
+    manifest_path = root / "manifest.json"
+    if not manifest_path.exists():
+        return [f"{manifest_path}: missing (prepare the dataset again)"]
+    problems = []
+    files = json.loads(manifest_path.read_text())["files"]
+    for name, entry in files.items():
+        path = root / name
+        if not path.exists():
+            problems.append(f"{path}: missing")
+            continue
+        if path.stat().st_size != entry["bytes"]:
+            problems.append(f"{path}: size {path.stat().st_size} != {entry['bytes']} recorded")
+            continue
+        if "shape" in entry:
+            try:
+                arr = np.load(path, mmap_mode="r")
+            except ValueError as exc:
+                problems.append(f"{path}: unreadable ({exc})")
+                continue
+            if list(arr.shape) != entry["shape"] or str(arr.dtype) != entry["dtype"]:
+                problems.append(f"{path}: shape/dtype {arr.shape} {arr.dtype} != recorded "
+                                f"{tuple(entry['shape'])} {entry['dtype']}")
+        if checksums and file_sha256(path) != entry["sha256"]:
+            problems.append(f"{path}: checksum differs from the one recorded at prepare time")
+    return problems
+
+
+class CachedDataset(Dataset):
+    """A labeled dataset stored in the :class:`CacheWriter` layout. Subclasses implement
+    ``prepare`` (and may extend ``verify`` with their expected counts)."""
+
+    def load(self) -> LabeledArrays:
+        if not self.is_prepared():
+            raise FileNotFoundError(f"{self.root} is not a prepared '{self.name}' cache")
+        samples = json.loads((self.root / "samples.json").read_text())
+        arrays = {n: np.load(self.root / f"{n}.npy", mmap_mode="r") for n in LABELED_ARRAYS}
+        return LabeledArrays(ids=samples["ids"], tissues=samples["tissues"],
+                             groups=samples["groups"], **arrays)
+
+    def verify(self) -> list[str]:
+        if not self.is_prepared():
+            return [f"{self.root}: not prepared (run `{self.prepare_command()}`)"]
+        problems = verify_manifest(self.root)
+        if problems:
+            return problems
+        arrays = self.load()
+        problems += check_labeled_arrays(arrays, len(self.class_names))
+        expected = self.expected_group_sizes()
+        if expected:
+            counts = group_counts(arrays.groups)
+            for group, n in expected.items():
+                if counts.get(group, 0) != n:
+                    problems.append(f"{self.root}: group '{group}' has {counts.get(group, 0)} "
+                                    f"samples, expected {n}")
+        return problems
+
+
+def check_labeled_arrays(arrays: LabeledArrays, num_fg_classes: int,
+                         chunk: int = 256) -> list[str]:
+    """Shapes, dtypes, class ids in range and instance/class agreement, chunk by chunk."""
+    problems = []
+    n = len(arrays)
+    if arrays.images.ndim != 4 or arrays.images.shape[-1] != 3 or arrays.images.dtype != np.uint8:
+        problems.append(f"images: expected (N, H, W, 3) uint8, got {arrays.images.shape} {arrays.images.dtype}")
+    hw = arrays.images.shape[1:3]
+    for name, dtype in (("instances", np.int32), ("classes", np.uint8)):
+        arr = getattr(arrays, name)
+        if arr.shape != (n, *hw) or arr.dtype != dtype:
+            problems.append(f"{name}: expected {(n, *hw)} {np.dtype(dtype)}, got {arr.shape} {arr.dtype}")
+    if problems:
+        return problems
+    for start in range(0, n, chunk):
+        cls = np.asarray(arrays.classes[start:start + chunk])
+        inst = np.asarray(arrays.instances[start:start + chunk])
+        if cls.max(initial=0) > num_fg_classes:
+            bad = start + int(np.argmax(cls.reshape(len(cls), -1).max(1) > num_fg_classes))
+            problems.append(f"classes: sample '{arrays.ids[bad]}' has class id "
+                            f"{int(cls.max())} > {num_fg_classes}")
+            break
+        if ((inst > 0) != (cls > 0)).any():
+            bad = start + int(np.argmax(((inst > 0) != (cls > 0)).reshape(len(cls), -1).any(1)))
+            problems.append(f"sample '{arrays.ids[bad]}': instance and class maps disagree "
+                            f"about which pixels are nuclei")
+            break
+    return problems
+
+
+def group_counts(groups: Iterable[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for g in groups:
+        counts[g] = counts.get(g, 0) + 1
+    return counts
