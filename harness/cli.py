@@ -147,7 +147,10 @@ def list_plugins(what: Annotated[str, typer.Argument(help="methods, datasets or 
     registry = get_registry()
     table = Table()
     for col in ("name", "type", "kind", "distribution", "version", "description"):
-        table.add_column(col, no_wrap=col != "description", overflow="fold")
+        if col == "description":
+            table.add_column(col, ratio=1)
+        else:
+            table.add_column(col, no_wrap=True)
     tables = []
     if what in ("methods", "all"):
         tables.append(("method", registry.methods))
@@ -232,9 +235,10 @@ def data_list(store: StoreOpt = None) -> None:
 def _dataset(name: str, store: Path | None):
     from harness.plugins import get_registry
 
+    from harness.runner import dataset_root
+
     info = get_registry().dataset(name)
-    probe = info.cls(None, root=Path("."))
-    return info.cls(None, root=_store(store).dataset_dir(name, probe.fingerprint()))
+    return info.cls(None, root=dataset_root(info.cls, None, _store(store)))
 
 
 def _interrupted() -> None:

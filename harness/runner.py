@@ -22,11 +22,17 @@ from harness.store import ArtifactStore, atomic_write_json
 RECORD_SCHEMA = "harness.record/1"
 
 
+def dataset_root(cls: type[Dataset], config: Any, store: ArtifactStore) -> Path:
+    """Where a dataset's prepared cache lives: keyed by what changes the cache, so options that
+    only matter at load time share one prepared copy."""
+    probe = cls(config, root=Path("."))
+    return store.dataset_dir(cls.name, probe.cache_identity())
+
+
 def open_dataset(rspec: ResolvedSpec, registry: Registry, store: ArtifactStore,
                  prepare: bool = True) -> Dataset:
     info = registry.dataset(rspec.spec.dataset.name)
-    probe = info.cls(rspec.dataset_config, root=Path("."))
-    dataset = info.cls(rspec.dataset_config, root=store.dataset_dir(info.name, probe.fingerprint()))
+    dataset = info.cls(rspec.dataset_config, root=dataset_root(info.cls, rspec.dataset_config, store))
     if not dataset.is_prepared():
         if dataset.auto_prepare and prepare:
             console.log(f"generating dataset '{info.name}' into {dataset.root}")

@@ -93,10 +93,21 @@ class Dataset:
         """Number of model outputs: background + foreground classes."""
         return len(self.class_names) + 1
 
+    #: Config fields that change the prepared cache (None: all of them). Fields left out (e.g.
+    #: a load-time policy) share one prepared copy; they still enter stage keys.
+    cache_fields: ClassVar[tuple[str, ...] | None] = None
+
     def fingerprint(self) -> dict[str, Any]:
-        """What identifies the prepared data in stage keys."""
+        """What identifies the data as loaded, in stage keys."""
         return {"name": self.name, "version": self.version,
                 "config": self.config.model_dump(mode="json")}
+
+    def cache_identity(self) -> dict[str, Any]:
+        """What identifies the prepared cache (its folder in the store)."""
+        config = self.config.model_dump(mode="json")
+        if self.cache_fields is not None:
+            config = {k: v for k, v in config.items() if k in self.cache_fields}
+        return {"name": self.name, "version": self.version, "config": config}
 
     # --- preparation ---------------------------------------------------------------------------
     def is_prepared(self) -> bool:
