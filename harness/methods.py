@@ -14,10 +14,10 @@ Kinds:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 KINDS = ("init", "pretrain", "semisupervised")
 
@@ -65,3 +65,76 @@ class InitMethod(Method):
         Returns the input normalisation the weights expect, ``{"mean": [...], "std": [...]}``.
         """
         raise NotImplementedError
+
+
+class LabelerSettings(MethodConfig):
+    """The segmentation model that pseudo-labels the unlabeled images for methods that learn
+    from masks (PRICon): a U-Net trained with the shared fine-tuning engine."""
+
+    dataset: str | None = Field(None, description="labeled dataset plugin; default: the spec's "
+                                "fine-tuning dataset with its options")
+    train_groups: list[str] | None = Field(
+        None, description="groups (folds/splits) to train on; default: every k-fold group but "
+        "the last (the thesis's folds 1+2), or the 'train' split")
+    epochs: int = Field(100, ge=1, description="fine-tuning epochs (Table A.4 varies this)")
+    max_images: int | None = Field(None, ge=1, description="train on a seeded subset (Table A.4)")
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+
+
+class PretrainSettings(MethodConfig):
+    """Settings shared by pretraining methods (thesis §4.1.2 / A.2 defaults)."""
+
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(0.2, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    optimizer: Literal["lars", "sgd"] = Field("lars", description="LARS (timm) excludes biases and "
+                                              "norm parameters from adaptation and weight decay")
+    lars_trust_coeff: float = Field(0.02, gt=0, description="LARS eta (reference wrapper's 0.02)")
+    max_images: int | None = Field(None, ge=1, description="use a seeded subset of the unlabeled images")
+    num_workers: int = Field(0, ge=0, description="data-loader workers (not part of result keys)")
+
+
+class PretrainMethod(Method):
+    """Trains an encoder on unlabeled images (two augmented views each, plus aligned
+    pseudo-label masks when ``needs_masks``). The engine (:mod:`harness.engine.pretrain`) owns
+    the loop, the optimiser, AMP, checkpoints and progress; the method builds its heads and
+    computes the loss of one batch."""
+
+    kind: ClassVar[str] = "pretrain"
+    needs_masks: ClassVar[bool] = False
+    Config: ClassVar[type[MethodConfig]] = PretrainSettings
+
+    def view_config(self) -> Any:
+        """The two-view augmentation (:class:`harness.data.views.ViewAugmentConfig`)."""
+        from harness.data.views import ViewAugmentConfig
+
+        return getattr(self.config, "augment", None) or ViewAugmentConfig()
+
+    def labeler(self) -> LabelerSettings | None:
+        """Labeler settings when ``needs_masks``."""
+        return getattr(self.config, "labeler", None)
+
+    def build_model(self, encoder: torch.nn.Module, encoder_channels: list[int]) -> torch.nn.Module:
+        """Wrap ``encoder`` (an smp encoder whose forward returns a list of feature maps, the last
+        one un-pooled) with the method's heads; the result must keep it as ``.encoder``."""
+        raise NotImplementedError
+
+    def param_groups(self, model: torch.nn.Module) -> list[dict[str, Any]]:
+        """Optimiser parameter groups. Default: timm's rule (1-D parameters and biases get no
+        weight decay, hence no LARS adaptation). A group with ``"fixed_lr": True`` keeps its
+        learning rate instead of following the schedule (SimSiam's predictor)."""
+        from timm.optim import param_groups_weight_decay
+
+        return param_groups_weight_decay(model, self.config.weight_decay)
+
+    def training_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor],
+                      num_classes: int | None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss of one batch (``view1``, ``view2`` and, with masks, ``mask1``/``mask2``) and
+        extra values to log."""
+        raise NotImplementedError
+
+    def init_encoder(self, encoder: torch.nn.Module, encoder_name: str, seed: int) -> None:
+        """Starting weights (random by default; PRICon can start from ImageNet)."""

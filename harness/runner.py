@@ -32,14 +32,20 @@ def dataset_root(cls: type[Dataset], config: Any, store: ArtifactStore) -> Path:
 def open_dataset(rspec: ResolvedSpec, registry: Registry, store: ArtifactStore,
                  prepare: bool = True) -> Dataset:
     info = registry.dataset(rspec.spec.dataset.name)
-    dataset = info.cls(rspec.dataset_config, root=dataset_root(info.cls, rspec.dataset_config, store))
+    return _open(info.cls, rspec.dataset_config, store, prepare)
+
+
+def _open(cls: type[Dataset], config: Any, store: ArtifactStore, prepare: bool) -> Dataset:
+    """A dataset in the store, generated on first use if it can be; else a DataError with the
+    command that prepares it."""
+    dataset = cls(config, root=dataset_root(cls, config, store))
     if not dataset.is_prepared():
         if dataset.auto_prepare and prepare:
-            console.log(f"generating dataset '{info.name}' into {dataset.root}")
+            console.log(f"generating dataset '{cls.name}' into {dataset.root}")
             dataset.prepare(None)
         elif not dataset.auto_prepare:
             hint = f" ({dataset.source_hint})" if dataset.source_hint else ""
-            raise DataError(f"dataset '{info.name}' is not prepared (looked in {dataset.root}); "
+            raise DataError(f"dataset '{cls.name}' is not prepared (looked in {dataset.root}); "
                             f"run `{dataset.prepare_command()}`{hint}")
     return dataset
 
@@ -51,6 +57,46 @@ def load_arrays(dataset: Dataset) -> LabeledArrays:
         raise DataError(f"dataset '{dataset.name}' in {dataset.root} cannot be read "
                         f"({type(exc).__name__}: {exc}); run `harness data verify {dataset.name}` "
                         f"or prepare it again") from None
+
+
+class Resources:
+    """The datasets a plan needs, each opened once; unlabeled images only when a stage that
+    needs them actually runs (a dry run never touches them)."""
+
+    def __init__(self, rspec: ResolvedSpec, registry: Registry, store: ArtifactStore, prepare: bool = True):
+        self.rspec, self.registry, self.store, self.prepare = rspec, registry, store, prepare
+        self.dataset = open_dataset(rspec, registry, store, prepare=prepare)
+        self.arrays = load_arrays(self.dataset)
+        self._labeled: dict[str, tuple[Dataset, LabeledArrays]] = {}
+        self._unlabeled: Dataset | None = None
+
+    def labeled(self, name: str | None) -> tuple[Dataset, LabeledArrays]:
+        """A labeled dataset by plugin name (default options); None = the spec's own."""
+        if name is None or name == self.dataset.name:
+            return self.dataset, self.arrays
+        if name not in self._labeled:
+            info = self.registry.dataset(name)
+            ds = _open(info.cls, None, self.store, self.prepare)
+            self._labeled[name] = (ds, load_arrays(ds))
+        return self._labeled[name]
+
+    def unlabeled_dataset(self) -> Dataset:
+        if self._unlabeled is None:
+            ref = self.rspec.spec.unlabeled
+            if ref is None:
+                self._unlabeled = self.dataset
+            else:
+                info = self.registry.dataset(ref.name)
+                self._unlabeled = _open(info.cls, self.rspec.unlabeled_config, self.store, self.prepare)
+        return self._unlabeled
+
+    def unlabeled_images(self):
+        ds = self.unlabeled_dataset()
+        try:
+            return ds.unlabeled_images()
+        except (OSError, ValueError) as exc:
+            raise DataError(f"unlabeled images of dataset '{ds.name}' in {ds.root} cannot be read "
+                            f"({type(exc).__name__}: {exc})") from None
 
 
 @dataclass
@@ -75,9 +121,8 @@ class Runner:
     def plan(self, prepare: bool = True) -> tuple[Plan, Dataset, LabeledArrays]:
         for name, config in self.rspec.method_configs.items():
             self.registry.method(name).cls(config).preflight(self.rspec.spec)
-        dataset = open_dataset(self.rspec, self.registry, self.store, prepare=prepare)
-        arrays = load_arrays(dataset)
-        return build_plan(self.rspec, self.registry, dataset, arrays), dataset, arrays
+        resources = Resources(self.rspec, self.registry, self.store, prepare=prepare)
+        return build_plan(self.rspec, self.registry, resources), resources.dataset, resources.arrays
 
     def describe(self, plan: Plan) -> list[dict[str, Any]]:
         rows = []

@@ -100,9 +100,12 @@ class Spec(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
     metric: MetricSettings = Field(default_factory=MetricSettings)
+    unlabeled: DatasetRef | None = Field(
+        None, description="unlabeled images for pretraining and semi-supervised methods "
+        "(e.g. tcga); default: the fine-tuning dataset's own unlabeled set, if it has one")
     output: str = Field("reports/{name}", description="run folder; {name} is the spec name")
 
-    @field_validator("dataset", mode="before")
+    @field_validator("dataset", "unlabeled", mode="before")
     @classmethod
     def _dataset_str(cls, v: Any) -> Any:
         return {"name": v} if isinstance(v, str) else v
@@ -149,6 +152,7 @@ class ResolvedSpec:
     overrides: list[str]
     method_configs: dict[str, Any]
     dataset_config: Any
+    unlabeled_config: Any = None
 
     @property
     def name(self) -> str:
@@ -166,6 +170,9 @@ class ResolvedSpec:
         data["methods"] = {m: c.model_dump(mode="json") for m, c in self.method_configs.items()}
         data["dataset"] = {"name": self.spec.dataset.name,
                            **self.dataset_config.model_dump(mode="json")}
+        if self.spec.unlabeled is not None:
+            data["unlabeled"] = {"name": self.spec.unlabeled.name,
+                                 **self.unlabeled_config.model_dump(mode="json")}
         return data
 
 
@@ -359,13 +366,14 @@ def load_spec(path: str | Path, overrides: list[str] | None = None,
         spec = None
 
     # Plugin names can be checked even when other fields are broken.
-    ds_name = data.get("dataset", {}).get("name") if isinstance(data.get("dataset"), dict) \
-        else data.get("dataset")
-    if isinstance(ds_name, str):
-        p = _plugin_problem(_where(source, lines, ("dataset",)), "dataset", ds_name, "dataset",
-                            registry, plugin_missing)
-        if p:
-            problems.append(p)
+    for field in ("dataset", "unlabeled"):
+        raw = data.get(field)
+        ds_name = raw.get("name") if isinstance(raw, dict) else raw
+        if isinstance(ds_name, str):
+            p = _plugin_problem(_where(source, lines, (field,)), field, ds_name, "dataset",
+                                registry, plugin_missing)
+            if p:
+                problems.append(p)
     raw_methods = data.get("methods")
     method_names = list(raw_methods) if isinstance(raw_methods, (list, dict)) else []
     for i, m in enumerate(method_names):
@@ -378,9 +386,11 @@ def load_spec(path: str | Path, overrides: list[str] | None = None,
             problems.append(p)
 
     method_configs: dict[str, Any] = {}
-    dataset_config = None
+    dataset_config = unlabeled_config = None
     if spec is not None and not plugin_missing:
-        dataset_config = _check_dataset(spec, registry, source, lines, problems)
+        dataset_config = _check_dataset(spec.dataset, "dataset", registry, source, lines, problems)
+        unlabeled_config = (_check_dataset(spec.unlabeled, "unlabeled", registry, source, lines, problems)
+                            if spec.unlabeled is not None else None)
         method_configs = _check_methods(spec, registry, source, lines, problems)
         if not problems:
             _cross_checks(spec, registry, dataset_config, source, lines, problems)
@@ -392,17 +402,19 @@ def load_spec(path: str | Path, overrides: list[str] | None = None,
                           else "; ".join(plugin_missing))
     assert spec is not None
     return ResolvedSpec(spec=spec, source=source, overrides=overrides,
-                        method_configs=method_configs, dataset_config=dataset_config)
+                        method_configs=method_configs, dataset_config=dataset_config,
+                        unlabeled_config=unlabeled_config)
 
 
-def _check_dataset(spec: Spec, registry: Registry, source: str, lines: dict, problems: list[str]):
-    info = registry.datasets.get(spec.dataset.name)
+def _check_dataset(ref: DatasetRef, field: str, registry: Registry, source: str, lines: dict,
+                   problems: list[str]):
+    info = registry.datasets.get(ref.name)
     if info is None:
         return None
     try:
-        return info.cls.Config.model_validate(spec.dataset.options)
+        return info.cls.Config.model_validate(ref.options)
     except ValidationError as exc:
-        problems.extend(format_errors(exc, info.cls.Config, source, lines, prefix=("dataset",)))
+        problems.extend(format_errors(exc, info.cls.Config, source, lines, prefix=(field,)))
         return None
 
 
@@ -448,6 +460,24 @@ def _cross_checks(spec: Spec, registry: Registry, dataset_config: Any, source: s
 
     ds_info = registry.datasets[spec.dataset.name]
     dataset = ds_info.cls(dataset_config, root=Path("/nonexistent"))
+    if not ds_info.cls.labeled:
+        problems.append(f"{at('dataset')}: dataset: '{spec.dataset.name}' is unlabeled (images for "
+                        f"pretraining only) and cannot be the fine-tuning dataset; name it under "
+                        f"`unlabeled:` and fine-tune on a labeled dataset")
+        return
+
+    # Methods that learn from unlabeled images need some.
+    if spec.unlabeled is not None:
+        un_info = registry.datasets[spec.unlabeled.name]
+        if not un_info.cls.has_unlabeled:
+            problems.append(f"{at('unlabeled')}: unlabeled: dataset '{spec.unlabeled.name}' has no "
+                            f"unlabeled images")
+    elif not ds_info.cls.has_unlabeled:
+        for name in spec.methods:
+            if registry.methods[name].cls.kind in ("pretrain", "semisupervised"):
+                problems.append(
+                    f"{at('methods', name)}: methods.{name}: needs unlabeled images and dataset "
+                    f"'{spec.dataset.name}' has none; add e.g. `unlabeled: tcga` to the spec")
 
     # Metric family.
     family = ds_info.cls.metric_family

@@ -73,6 +73,8 @@ class Dataset:
     #: Bump when a change alters the prepared data; part of every stage key built on it.
     version: ClassVar[str] = "1"
     labeled: ClassVar[bool] = True
+    #: Whether ``unlabeled_images()`` is available (unlabeled datasets, generated ones).
+    has_unlabeled: ClassVar[bool] = False
     class_names: ClassVar[tuple[str, ...]] = ()
     metric_family: ClassVar[str] = "pq"  # "pq" (multi-class nuclei) or "dice" (binary)
     split_scheme: ClassVar[str] = "kfold"  # "kfold" or "fixed" (train/val/test)

@@ -9,53 +9,71 @@ import numpy as np
 import torch
 import torch.nn.functional as nnf
 
-from harness.data.augment import eval_transforms
 from harness.data.base import LabeledArrays
-from harness.data.torchdata import Normalizer, SegmentationSamples
+from harness.data.torchdata import Normalizer
 from harness.engine.context import StageContext
 from harness.engine.model import build_unet
 from harness.engine.runtime import Precision, progress_bar
 from harness.store import atomic_write_json
 
 
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, images: np.ndarray, rows: np.ndarray):
+        self.images, self.rows = images, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        img = np.array(self.images[int(self.rows[i])])
+        return torch.from_numpy(img).permute(2, 0, 1).float().div_(255.0)
+
+
 @torch.no_grad()
-def predict(model: torch.nn.Module, arrays: LabeledArrays, ids: Sequence[str], normalizer: Normalizer,
-            device: torch.device, batch_size: int, precision: Precision, quiet: bool | None,
-            label: str = "predict") -> np.ndarray:
-    """Argmax class maps ``(N, H, W)`` uint8 for the given ids (full images, padded to a multiple
-    of 32 for the U-Net and cropped back)."""
+def predict(model: torch.nn.Module, images: np.ndarray, rows: Sequence[int], normalizer: Normalizer,
+            device: torch.device, batch_size: int, precision: Precision, quiet: bool | None = None,
+            label: str = "predict", num_workers: int = 0):
+    """Yield ``(start, class_maps)`` chunks of argmax predictions (uint8, ``(n, H, W)``) for
+    ``images[rows]``: full images, padded to a multiple of 32 for the U-Net and cropped back."""
     model.eval().to(device)
-    data = SegmentationSamples(arrays, ids, eval_transforms())
-    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
-    out = []
+    loader = torch.utils.data.DataLoader(_Images(images, np.asarray(rows)), batch_size=batch_size,
+                                         shuffle=False, num_workers=num_workers)
+    start = 0
     with progress_bar(label, len(loader), quiet) as advance:
-        for images, _ in loader:
-            h, w = images.shape[-2:]
+        for batch in loader:
+            h, w = batch.shape[-2:]
             ph, pw = (-h) % 32, (-w) % 32
-            x = normalizer(images.to(device))
+            x = normalizer(batch.to(device))
             if ph or pw:
                 x = nnf.pad(x, (0, pw, 0, ph), mode="reflect")
             with precision.autocast():
                 logits = model(x)
-            out.append(logits[..., :h, :w].argmax(1).to(torch.uint8).cpu().numpy())
+            pred = logits[..., :h, :w].argmax(1).to(torch.uint8).cpu().numpy()
+            yield start, pred
+            start += len(pred)
             advance(1)
-    return np.concatenate(out) if out else np.zeros((0,) + arrays.classes.shape[1:], np.uint8)
+
+
+def load_model(path, encoder_name: str, num_classes: int) -> tuple[torch.nn.Module, Normalizer]:
+    """A fine-tuned U-Net artifact (``model.pt`` + the normalisation in its ``meta.json``)."""
+    meta = json.loads((path / "meta.json").read_text())
+    norm = meta["result"]["normalization"]
+    model = build_unet(encoder_name, num_classes)
+    model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+    return model, Normalizer({"mean": norm["mean"], "std": norm["std"]}, norm["mode"])
 
 
 def evaluate(ctx: StageContext, *, arrays: LabeledArrays, test_ids: Sequence[str], num_classes: int,
              class_names: Sequence[str], metric_family: str, settings: Any) -> dict[str, Any]:
     from harness.metrics import evaluate_dice, evaluate_segmentation
 
-    ft = ctx.inputs["model"]
-    meta = json.loads((ft / "meta.json").read_text())
-    norm = meta["result"]["normalization"]
-    normalizer = Normalizer({"mean": norm["mean"], "std": norm["std"]}, norm["mode"])
-    model = build_unet(settings.encoder, num_classes)
-    model.load_state_dict(torch.load(ft / "model.pt", map_location="cpu", weights_only=True))
-    pred = predict(model, arrays, test_ids, normalizer, ctx.device, settings.eval_batch_size,
-                   Precision(ctx.device, settings.amp), ctx.quiet, label=f"{ctx.label}")
+    model, normalizer = load_model(ctx.inputs["model"], settings.encoder, num_classes)
     index = arrays.index_of()
     rows = np.array([index[s] for s in test_ids], dtype=np.int64)
+    chunks = predict(model, arrays.images, rows, normalizer, ctx.device, settings.eval_batch_size,
+                     Precision(ctx.device, settings.amp), ctx.quiet, label=ctx.label)
+    pred = np.concatenate([p for _, p in chunks]) if len(rows) else \
+        np.zeros((0,) + arrays.classes.shape[1:], np.uint8)
     true_classes = np.asarray(arrays.classes[rows])
     if metric_family == "dice":
         metrics = {"dice": evaluate_dice(pred, true_classes)}

@@ -26,3 +26,13 @@ def save_encoder_artifact(ctx: StageContext, state_dict: dict[str, Any], encoder
     atomic_torch_save(state_dict, ctx.out / "encoder.pt")
     (ctx.out / "encoder.json").write_text(json.dumps(
         {"encoder": encoder_name, "normalization": normalization, "method": method_name}, indent=2))
+
+
+def run_random_encoder(ctx: StageContext, *, encoder_name: str, seed: int) -> dict[str, Any]:
+    """A randomly initialised encoder that names no method (labelers start from it)."""
+    from harness.methods import HALF_NORMALIZATION
+
+    seed_everything(seed)
+    encoder = build_encoder(encoder_name)
+    save_encoder_artifact(ctx, encoder.state_dict(), encoder_name, HALF_NORMALIZATION, "random")
+    return {"normalization": HALF_NORMALIZATION}

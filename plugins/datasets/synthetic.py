@@ -89,6 +89,7 @@ class SyntheticDataset(Dataset):
     split_scheme = "kfold"
     magnification = "40x"
     auto_prepare = True
+    has_unlabeled = True
     description = ("Procedurally generated H&E-like nuclei in PanNuke's layout (5 classes, "
                    "tissue types, k folds, unlabeled tiles); generated locally, no download.")
     source_hint = ("Nothing to download: the synthetic dataset is generated from its config "

@@ -1,0 +1,175 @@
+"""Stage constructors: what each kind of stage hashes, depends on and runs.
+
+Kinds: ``encoder`` (weights without training), ``pretrain`` (an encoder trained on unlabeled
+images), ``labeler`` + ``labeler_eval`` (a U-Net that pseudo-labels them, with its PQ),
+``pseudolabel`` (the masks), ``finetune`` (a U-Net on a labeled split) and ``evaluate``.
+Identical stages are created once, so e.g. one pretraining run serves every fold, protocol and
+label fraction.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from harness.errors import PluginError
+from harness.plan import Stage
+from harness.store import hash_key
+
+#: Bump when the shared loops change results: part of the keys of the stages they compute.
+ENGINE_VERSION = "1"
+
+#: Settings that do not change a result (where or how fast it is computed): not in stage keys.
+RUNTIME_ONLY = {"device", "num_workers", "eval_batch_size", "channels_last"}
+
+
+def _result_settings(model: Any) -> dict[str, Any]:
+    return {k: v for k, v in model.model_dump(mode="json").items() if k not in RUNTIME_ONLY}
+
+
+class StageFactory:
+    def __init__(self, rspec: Any, registry: Any, resources: Any):
+        self.rspec = rspec
+        self.spec = rspec.spec
+        self.registry = registry
+        self.resources = resources
+        self._stages: dict[str, Stage] = {}
+
+    def _unique(self, stage: Stage) -> Stage:
+        return self._stages.setdefault(stage.key, stage)
+
+    # --- encoders -------------------------------------------------------------------------------
+    def encoder_stage(self, method: Any, version: str, seed: int) -> Stage:
+        if method.kind == "init":
+            return self.init_stage(method, version, seed)
+        if method.kind == "pretrain":
+            return self.pretrain_stage(method, version, seed)
+        raise PluginError(f"method '{method.name}' of kind '{method.kind}' has no encoder stage "
+                          f"this harness version can build")
+
+    def init_stage(self, method: Any, version: str, seed: int) -> Stage:
+        from harness.engine.init_encoder import run_init_encoder
+
+        encoder_name = self.spec.finetune.encoder
+        enc_seed = seed if method.seed_dependent else None
+        return self._unique(Stage(
+            kind="encoder", label=f"{method.name} encoder" + (f" seed {seed}" if enc_seed is not None else ""),
+            config={"method": method.name, "settings": method.config.model_dump(mode="json"),
+                    "encoder": encoder_name, "seed": enc_seed},
+            version=version,
+            run=lambda ctx: run_init_encoder(ctx, method=method, encoder_name=encoder_name, seed=seed)))
+
+    def random_encoder_stage(self, seed: int) -> Stage:
+        """A randomly initialised encoder (labelers are trained from scratch, as in the thesis)."""
+        from harness.engine.init_encoder import run_random_encoder
+
+        encoder_name = self.spec.finetune.encoder
+        return self._unique(Stage(
+            kind="encoder", label=f"random encoder seed {seed}",
+            config={"init": "random", "encoder": encoder_name, "seed": seed}, version=ENGINE_VERSION,
+            run=lambda ctx: run_random_encoder(ctx, encoder_name=encoder_name, seed=seed)))
+
+    def pretrain_stage(self, method: Any, version: str, seed: int) -> Stage:
+        from harness.engine.pretrain import pretrain
+
+        encoder_name = self.spec.finetune.encoder
+        unlabeled = self.resources.unlabeled_dataset()
+        deps: dict[str, Stage] = {}
+        num_classes = None
+        if method.needs_masks:
+            labeler_ft, labeler_ev, labeler_ds = self.labeler_stages(method, seed)
+            num_classes = labeler_ds.num_classes
+            deps["masks"] = self.pseudolabel_stage(labeler_ft, labeler_ev, num_classes)
+        settings = {k: v for k, v in method.config.model_dump(mode="json").items()
+                    if k not in RUNTIME_ONLY}
+        label = f"{method.name} pretrain seed {seed}"
+
+        def run(ctx):
+            masks = np.load(ctx.inputs["masks"] / "masks.npy", mmap_mode="r") if "masks" in deps else None
+            return pretrain(ctx, method=method, images=self.resources.unlabeled_images(), masks=masks,
+                            encoder_name=encoder_name, seed=seed, num_classes=num_classes)
+
+        return self._unique(Stage(
+            kind="pretrain", label=label,
+            config={"method": method.name, "settings": settings, "encoder": encoder_name,
+                    "seed": seed, "unlabeled": unlabeled.fingerprint()},
+            version=f"{version}/engine{ENGINE_VERSION}", deps=deps, run=run))
+
+    # --- labeler and pseudo-labels -----------------------------------------------------------------
+    def labeler_stages(self, method: Any, seed: int) -> tuple[Stage, Stage, Any]:
+        from harness.data.fractions import select_fraction
+
+        cfg = method.labeler()
+        dataset, arrays = self.resources.labeled(cfg.dataset)
+        groups = sorted(set(arrays.groups))
+        if cfg.train_groups is not None:
+            train_groups = list(cfg.train_groups)
+        elif dataset.split_scheme == "kfold":
+            train_groups = groups[:-1]
+        else:
+            train_groups = ["train"]
+        unknown = [g for g in train_groups if g not in groups]
+        if unknown:
+            from harness.errors import SpecError
+
+            raise SpecError(f"methods.{method.name}.labeler.train_groups: unknown groups {unknown} "
+                            f"for dataset '{dataset.name}' (it has {', '.join(groups)})")
+        test_groups = [g for g in groups if g not in train_groups and g != "val"]
+        by_group = {g: [s for s, gg in zip(arrays.ids, arrays.groups) if gg == g] for g in train_groups}
+        if cfg.max_images is not None:
+            ids = [s for g in train_groups for s in by_group[g]]
+            fraction = min(1.0, cfg.max_images / max(1, len(ids)))
+            by_group = select_fraction(by_group, dict(zip(arrays.ids, arrays.tissues)), fraction, seed)
+        settings = self.spec.finetune.model_copy(update={"epochs": cfg.epochs, "batch_size": cfg.batch_size,
+                                                         "lr": cfg.lr})
+        ft = self.finetune_stage(self.random_encoder_stage(seed), dataset, arrays, by_group, "full",
+                                 seed, settings, label=f"labeler {dataset.name} seed {seed}",
+                                 kind="labeler")
+        test_ids = [s for s, g in zip(arrays.ids, arrays.groups) if g in test_groups]
+        ev = self.evaluate_stage(ft, dataset, arrays, test_ids, "+".join(test_groups), kind="labeler_eval")
+        return ft, ev, dataset
+
+    def pseudolabel_stage(self, labeler: Stage, labeler_eval: Stage, num_classes: int) -> Stage:
+        from harness.engine.pseudolabel import pseudolabel
+
+        settings = self.spec.finetune
+        unlabeled = self.resources.unlabeled_dataset()
+        return self._unique(Stage(
+            kind="pseudolabel", label=f"pseudo-labels from {labeler.label}",
+            config={"unlabeled": unlabeled.fingerprint(), "num_classes": num_classes},
+            version=ENGINE_VERSION, deps={"labeler": labeler, "labeler_eval": labeler_eval},
+            run=lambda ctx: pseudolabel(ctx, images=self.resources.unlabeled_images(),
+                                        encoder_name=settings.encoder, num_classes=num_classes,
+                                        batch_size=settings.eval_batch_size, amp=settings.amp)))
+
+    # --- fine-tuning and evaluation --------------------------------------------------------------
+    def finetune_stage(self, encoder: Stage, dataset: Any, arrays: Any, chosen: dict[str, list[str]],
+                       protocol: str, seed: int, settings: Any, label: str, kind: str = "finetune",
+                       extra: dict[str, Any] | None = None) -> Stage:
+        from harness.engine.finetune import finetune
+
+        train_ids = [sid for ids in chosen.values() for sid in ids]
+        return self._unique(Stage(
+            kind=kind, label=label,
+            config={"dataset": dataset.fingerprint(), "seed": seed, "protocol": protocol,
+                    "train_ids": hash_key(train_ids), "settings": _result_settings(settings),
+                    **(extra or {})},
+            version=ENGINE_VERSION, deps={"encoder": encoder}, info={"train_ids": chosen},
+            run=lambda ctx: finetune(ctx, arrays=arrays, train_ids=train_ids,
+                                     num_classes=dataset.num_classes, settings=settings,
+                                     protocol=protocol, seed=seed)))
+
+    def evaluate_stage(self, model: Stage, dataset: Any, arrays: Any, test_ids: Sequence[str],
+                       fold: str, kind: str = "evaluate") -> Stage:
+        from harness.engine.evaluate import evaluate
+
+        settings = self.spec.finetune
+        return self._unique(Stage(
+            kind=kind, label=f"evaluate {model.label}",
+            config={"dataset": dataset.fingerprint(), "fold": fold, "test_ids": hash_key(list(test_ids)),
+                    "metric_family": dataset.metric_family},
+            version=ENGINE_VERSION, deps={"model": model}, info={"test_ids": list(test_ids)},
+            run=lambda ctx: evaluate(ctx, arrays=arrays, test_ids=test_ids,
+                                     num_classes=dataset.num_classes, class_names=dataset.class_names,
+                                     metric_family=dataset.metric_family, settings=settings)))
