@@ -97,6 +97,14 @@ class PretrainSettings(MethodConfig):
     num_workers: int = Field(0, ge=0, description="data-loader workers (not part of result keys)")
 
 
+def decay_groups(module: torch.nn.Module, weight_decay: float, exclude_1d: bool) -> list[dict[str, Any]]:
+    if exclude_1d:
+        from timm.optim import param_groups_weight_decay
+
+        return param_groups_weight_decay(module, weight_decay)
+    return [{"params": [p for p in module.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+
+
 class PretrainMethod(Method):
     """Trains an encoder on unlabeled images (two augmented views each, plus aligned
     pseudo-label masks when ``needs_masks``). The engine (:mod:`harness.engine.pretrain`) owns
@@ -123,12 +131,11 @@ class PretrainMethod(Method):
         raise NotImplementedError
 
     def param_groups(self, model: torch.nn.Module) -> list[dict[str, Any]]:
-        """Optimiser parameter groups. Default: timm's rule (1-D parameters and biases get no
-        weight decay, hence no LARS adaptation). A group with ``"fixed_lr": True`` keeps its
-        learning rate instead of following the schedule (SimSiam's predictor)."""
-        from timm.optim import param_groups_weight_decay
-
-        return param_groups_weight_decay(model, self.config.weight_decay)
+        """Optimiser parameter groups. With LARS: timm's rule (1-D parameters and biases get no
+        weight decay, hence no LARS adaptation, as the reference's LARS wrapper); with SGD: one
+        group, weight decay on everything (as official SimSiam). A group with
+        ``"fixed_lr": True`` keeps its learning rate instead of following the schedule."""
+        return decay_groups(model, self.config.weight_decay, self.config.optimizer == "lars")
 
     def training_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor],
                       num_classes: int | None) -> tuple[torch.Tensor, dict[str, float]]:

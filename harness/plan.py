@@ -103,7 +103,7 @@ def build_plan(rspec: Any, registry: Any, resources: Any) -> Plan:
     folds = spec.folds or dataset.folds()
     cells: list[Cell] = []
     for method_name, method_config in rspec.method_configs.items():
-        info = registry.method(method_name)
+        info = registry.method(spec.plugin_of(method_name))
         method = info.cls(method_config)
         for seed in spec.seeds:
             encoder = factory.encoder_stage(method, info.version, seed)

@@ -120,7 +120,7 @@ class Runner:
     # --- planning -----------------------------------------------------------------------------
     def plan(self, prepare: bool = True) -> tuple[Plan, Dataset, LabeledArrays]:
         for name, config in self.rspec.method_configs.items():
-            self.registry.method(name).cls(config).preflight(self.rspec.spec)
+            self.registry.method(self.rspec.spec.plugin_of(name)).cls(config).preflight(self.rspec.spec)
         resources = Resources(self.rspec, self.registry, self.store, prepare=prepare)
         return build_plan(self.rspec, self.registry, resources), resources.dataset, resources.arrays
 
@@ -212,6 +212,7 @@ class Runner:
             "run": spec.name,
             "cell_id": cell.cell_id,
             **cell.coordinates,
+            "plugin": spec.plugin_of(cell.method),
             "dataset": spec.dataset.name,
             "reference": spec.reference,
             "metric": {"name": spec.metric.name,

@@ -126,6 +126,13 @@ class Spec(_Strict):
             raise ValueError("name at least one method")
         return v
 
+    def plugin_of(self, label: str) -> str:
+        """The method plugin behind a row: ``methods: {point_only: {method: pricon, ...}}``
+        runs the ``pricon`` plugin under the row label ``point_only``; by default the label is
+        the plugin name."""
+        settings = self.methods.get(label) or {}
+        return settings.get("method", label)
+
     @field_validator("fractions")
     @classmethod
     def _fractions(cls, v: list[float]) -> list[float]:
@@ -167,7 +174,8 @@ class ResolvedSpec:
     def resolved(self) -> dict[str, Any]:
         """Every setting, defaults filled in (what a record stores as provenance)."""
         data = self.spec.model_dump(mode="json")
-        data["methods"] = {m: c.model_dump(mode="json") for m, c in self.method_configs.items()}
+        data["methods"] = {m: {"method": self.spec.plugin_of(m), **c.model_dump(mode="json")}
+                           for m, c in self.method_configs.items()}
         data["dataset"] = {"name": self.spec.dataset.name,
                            **self.dataset_config.model_dump(mode="json")}
         if self.spec.unlabeled is not None:
@@ -380,7 +388,11 @@ def load_spec(path: str | Path, overrides: list[str] | None = None,
         if not isinstance(m, str):
             continue
         loc = ("methods", m) if isinstance(raw_methods, dict) else ("methods", i)
-        p = _plugin_problem(_where(source, lines, loc), f"methods.{m}", m, "method", registry,
+        plugin, path = m, f"methods.{m}"
+        settings = raw_methods.get(m) if isinstance(raw_methods, dict) else None
+        if isinstance(settings, dict) and isinstance(settings.get("method"), str):
+            plugin, path, loc = settings["method"], f"methods.{m}.method", loc + ("method",)
+        p = _plugin_problem(_where(source, lines, loc), path, plugin, "method", registry,
                             plugin_missing)
         if p:
             problems.append(p)
@@ -422,11 +434,12 @@ def _check_methods(spec: Spec, registry: Registry, source: str, lines: dict,
                    problems: list[str]) -> dict[str, Any]:
     configs = {}
     for name, settings in spec.methods.items():
-        info = registry.methods.get(name)
+        info = registry.methods.get(spec.plugin_of(name))
         if info is None:
             continue
+        settings = {k: v for k, v in (settings or {}).items() if k != "method"}
         try:
-            configs[name] = info.cls.Config.model_validate(settings or {})
+            configs[name] = info.cls.Config.model_validate(settings)
         except ValidationError as exc:
             problems.extend(format_errors(exc, info.cls.Config, source, lines,
                                           prefix=("methods", name)))
@@ -451,7 +464,7 @@ def _cross_checks(spec: Spec, registry: Registry, dataset_config: Any, source: s
 
     # Protocols that a method cannot run.
     for name in spec.methods:
-        info = registry.methods[name]
+        info = registry.methods[spec.plugin_of(name)]
         if "frozen" in spec.protocols and info.cls.kind == "semisupervised":
             problems.append(
                 f"{at('methods', name)}: methods.{name}: protocol 'frozen' is not possible: "
@@ -474,7 +487,7 @@ def _cross_checks(spec: Spec, registry: Registry, dataset_config: Any, source: s
                             f"unlabeled images")
     elif not ds_info.cls.has_unlabeled:
         for name in spec.methods:
-            if registry.methods[name].cls.kind in ("pretrain", "semisupervised"):
+            if registry.methods[spec.plugin_of(name)].cls.kind in ("pretrain", "semisupervised"):
                 problems.append(
                     f"{at('methods', name)}: methods.{name}: needs unlabeled images and dataset "
                     f"'{spec.dataset.name}' has none; add e.g. `unlabeled: tcga` to the spec")

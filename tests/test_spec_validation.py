@@ -553,3 +553,28 @@ def test_malformed_override(tmp_path, override, expected):
     line = only_problem(write(tmp_path, BASE), overrides=[override])
     assert f"--set {override!r}" in line
     assert expected in line
+
+
+def test_method_rows_can_alias_a_plugin(tmp_path):
+    spec = load_spec(write(tmp_path, """
+name: alias
+dataset: synthetic
+methods:
+  random_a: {method: scratch}
+  imagenet: {method: supervised, weights: /x/r18.pth}
+"""))
+    assert spec.spec.plugin_of("random_a") == "scratch"
+    assert spec.spec.plugin_of("imagenet") == "supervised"
+    assert str(spec.method_configs["imagenet"].weights) == "/x/r18.pth"
+    assert spec.resolved()["methods"]["imagenet"]["method"] == "supervised"
+
+
+def test_alias_to_unknown_plugin_names_the_method_key(tmp_path):
+    with pytest.raises(SpecError) as err:
+        load_spec(write(tmp_path, """
+name: alias
+dataset: synthetic
+methods:
+  mine: {method: scrach}
+"""))
+    assert "methods.mine.method" in str(err.value) and "did you mean 'scratch'" in str(err.value)

@@ -134,23 +134,26 @@ def adjust_hue_fast(img: torch.Tensor, hue_factor: float) -> torch.Tensor:
     if not img.is_floating_point():
         raise TypeError("adjust_hue_fast expects a float image in [0, 1]")
     r, g, b = img.unbind(dim=-3)
-    minc, maxc = torch.aminmax(img, dim=-3)
-    chroma = maxc - minc
-    # where chroma == 0 all differences are 0 as well, so any finite divisor gives h6 * 0 = 0
-    inv = torch.where(chroma > 0, chroma, 1.0).reciprocal_()
-    is_r = maxc == r
-    is_g = (maxc == g).logical_and_(~is_r)
-    # numerator and sextant offset of the channel holding the maximum
-    num = torch.where(is_r, g - b, torch.where(is_g, b - r, r - g))
-    off = torch.where(is_r, 6.0 * hue_factor, torch.where(is_g, 2.0 + 6.0 * hue_factor,
-                                                          4.0 + 6.0 * hue_factor))
-    h6 = num.mul_(inv).add_(off)
+    # Branch-free on purpose: torch.where, comparisons to bool and reductions over the channel
+    # dim with aminmax are several times slower on CPU than plain float arithmetic.
+    maxc = torch.amax(img, dim=-3)
+    chroma = maxc - torch.amin(img, dim=-3)
+    # where chroma == 0 all differences are 0 as well, so any finite divisor gives 0
+    inv = chroma.clamp_min(1e-30).reciprocal_()
+    # 0/1 indicators of the channel holding the maximum, first of r, g, b on ties (torchvision)
+    is_r = torch.sign(maxc - r).neg_().add_(1.0)
+    is_g = torch.sign(maxc - g).neg_().add_(1.0).mul_(1.0 - is_r)
+    is_b = (1.0 - is_r).sub_(is_g)
+    # h6 = (g - b) / C, 2 + (b - r) / C or 4 + (r - g) / C, plus the shift in sextants
+    num = (g - b).mul_(is_r).addcmul_(b - r, is_g).addcmul_(r - g, is_b)
+    h6 = num.mul_(inv).add_(is_g, alpha=2.0).add_(is_b, alpha=4.0).add_(6.0 * hue_factor)
     key = (img.device, img.dtype)
     offsets = _HUE_OFFSETS.get(key)
     if offsets is None:
         offsets = _HUE_OFFSETS[key] = torch.tensor([5.0, 3.0, 1.0], dtype=img.dtype,
                                                    device=img.device).view(3, 1, 1)
-    k = h6.unsqueeze(-3).add(offsets).remainder_(6.0)
+    k = h6.unsqueeze(-3).add(offsets)
+    k = k.sub_(k.mul(1.0 / 6.0).floor_().mul_(6.0))  # mod 6 (remainder() is slow)
     t = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return t.mul_(chroma.unsqueeze(-3).neg_()).add_(maxc.unsqueeze(-3))
 

@@ -68,7 +68,7 @@ def pretrain(ctx: StageContext, *, method: PretrainMethod, images: np.ndarray,
     if cfg.max_images is not None and cfg.max_images < len(rows):
         rows = np.sort(np.random.RandomState(seed).permutation(len(rows))[:cfg.max_images])
     view_cfg = method.view_config()
-    data = torch.utils.data.Subset(TwoViewDataset(images, masks, view_cfg), rows.tolist())
+    data = TwoViewDataset(images, masks, view_cfg, indices=rows)
     batch_size = min(cfg.batch_size, len(data))
     loader_gen = torch.Generator()
     loader = torch.utils.data.DataLoader(
@@ -129,8 +129,7 @@ def pretrain(ctx: StageContext, *, method: PretrainMethod, images: np.ndarray,
                        "epoch": epoch + 1, "history": history})
 
     model.to("cpu")
-    normalization = {"mean": list(view_cfg.mean) if isinstance(view_cfg.mean, (list, tuple)) else [view_cfg.mean] * 3,
-                     "std": list(view_cfg.std) if isinstance(view_cfg.std, (list, tuple)) else [view_cfg.std] * 3}
+    normalization = {"mean": list(view_cfg.mean), "std": list(view_cfg.std)}
     save_encoder_artifact(ctx, model.encoder.state_dict(), encoder_name, normalization, method.name)
     atomic_torch_save(model.state_dict(), ctx.out / "model.pt")
     (ctx.out / "pretrain_log.json").write_text(json.dumps(history, indent=2))

@@ -1,0 +1,56 @@
+"""``simclr``: SimCLR (thesis §A.2, reference §7.2): ResNet-18 -> global average pool -> MLP
+512-2048-128 (no BN), NT-Xent with tau = 0.5, LARS lr 0.2, wd 1e-4, batch 256, 100 epochs,
+Table A.1 augmentations."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from harness.data.views import ViewAugmentConfig
+from harness.hookspecs import hookimpl
+from harness.methods import PretrainMethod, PretrainSettings
+
+from .losses import nt_xent
+
+
+class SimCLRConfig(PretrainSettings):
+    temperature: float = Field(0.5, gt=0, description="NT-Xent temperature tau")
+    hidden_dim: int = Field(2048, ge=1, description="projection MLP hidden width")
+    proj_dim: int = Field(128, ge=1, description="projection output dimension")
+    augment: ViewAugmentConfig = Field(default_factory=ViewAugmentConfig,
+                                       description="two-view augmentations (Table A.1)")
+
+
+class SimCLRModel(nn.Module):
+    def __init__(self, encoder: nn.Module, in_dim: int, hidden: int, out: int):
+        super().__init__()
+        self.encoder = encoder
+        self.projector = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True),
+                                       nn.Linear(hidden, out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.encoder(x)[-1].mean(dim=(2, 3)))
+
+
+class SimCLR(PretrainMethod):
+    name: ClassVar[str] = "simclr"
+    description: ClassVar[str] = "SimCLR contrastive pretraining (NT-Xent, LARS)"
+    Config: ClassVar[type] = SimCLRConfig
+
+    def build_model(self, encoder: nn.Module, encoder_channels: list[int]) -> nn.Module:
+        c = self.config
+        return SimCLRModel(encoder, encoder_channels[-1], c.hidden_dim, c.proj_dim)
+
+    def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor],
+                      num_classes: int | None) -> tuple[torch.Tensor, dict[str, float]]:
+        z1, z2 = model(batch["view1"]), model(batch["view2"])
+        return nt_xent(z1.float(), z2.float(), self.config.temperature), {}
+
+
+@hookimpl
+def harness_register_methods() -> list[type[Any]]:
+    return [SimCLR]

@@ -1,0 +1,80 @@
+"""``simsiam``: SimSiam (thesis §A.2, reference §7.3): projector of 3 linear layers of 2048 with
+BN (ReLU after the first two, a non-affine BN last, as the official code), predictor
+2048-512-2048, symmetric negative cosine with stop-gradient; SGD (momentum 0.9) lr 0.075,
+wd 1e-4, batch 256, cosine decay except the predictor, which keeps its initial lr
+(``--fix_pred_lr``); weak colour jitter 0.4/0.4/0.4/0.1."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from harness.data.views import ViewAugmentConfig
+from harness.hookspecs import hookimpl
+from harness.methods import PretrainMethod, PretrainSettings, decay_groups
+
+from .losses import simsiam_loss
+
+
+class SimSiamConfig(PretrainSettings):
+    lr: float = Field(0.075, gt=0)
+    optimizer: Literal["lars", "sgd"] = "sgd"
+    proj_dim: int = Field(2048, ge=1, description="projector width and output dimension")
+    pred_dim: int = Field(512, ge=1, description="predictor bottleneck")
+    fix_pred_lr: bool = Field(True, description="predictor keeps its initial learning rate")
+    augment: ViewAugmentConfig = Field(
+        default_factory=lambda: ViewAugmentConfig(jitter=(0.4, 0.4, 0.4, 0.1)),
+        description="two-view augmentations (Table A.1 with weak colour jitter)")
+
+
+class SimSiamModel(nn.Module):
+    def __init__(self, encoder: nn.Module, in_dim: int, dim: int, pred_dim: int):
+        super().__init__()
+        self.encoder = encoder
+        self.projector = nn.Sequential(
+            nn.Linear(in_dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
+            nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
+            nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim, affine=False))
+        self.predictor = nn.Sequential(
+            nn.Linear(dim, pred_dim, bias=False), nn.BatchNorm1d(pred_dim), nn.ReLU(inplace=True),
+            nn.Linear(pred_dim, dim))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.projector(self.encoder(x)[-1].mean(dim=(2, 3)))
+        return self.predictor(z), z
+
+
+class SimSiam(PretrainMethod):
+    name: ClassVar[str] = "simsiam"
+    description: ClassVar[str] = "SimSiam (stop-gradient, no negatives)"
+    Config: ClassVar[type] = SimSiamConfig
+
+    def build_model(self, encoder: nn.Module, encoder_channels: list[int]) -> nn.Module:
+        c = self.config
+        return SimSiamModel(encoder, encoder_channels[-1], c.proj_dim, c.pred_dim)
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        c = self.config
+        rest = nn.ModuleDict({"encoder": model.encoder, "projector": model.projector})
+        predictor = [{**g, "fixed_lr": c.fix_pred_lr}
+                     for g in decay_groups(model.predictor, c.weight_decay, c.optimizer == "lars")]
+        return decay_groups(rest, c.weight_decay, c.optimizer == "lars") + predictor
+
+    def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor],
+                      num_classes: int | None) -> tuple[torch.Tensor, dict[str, float]]:
+        p1, z1 = model(batch["view1"])
+        p2, z2 = model(batch["view2"])
+        loss = simsiam_loss(p1.float(), p2.float(), z1.float(), z2.float())
+        # collapse monitor: per-dimension std of the L2-normalised outputs (collapse -> 0,
+        # healthy -> about 1/sqrt(dim))
+        z_std = F.normalize(z1.detach().float(), dim=1).std(dim=0).mean()
+        return loss, {"z_std": float(z_std)}
+
+
+@hookimpl
+def harness_register_methods() -> list[type[Any]]:
+    return [SimSiam]
