@@ -5,19 +5,17 @@ from __future__ import annotations
 import os
 import random
 import sys
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from harness.store import atomic_torch_save
 
-console = Console(stderr=True, highlight=False)
+from harness.console import console, is_quiet, progress_bar  # noqa: F401 - re-exported
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -104,28 +102,3 @@ class Checkpoint:
         state = torch.load(self.path, map_location="cpu", weights_only=False)
         set_rng_state(state.pop("rng"))
         return state
-
-
-def is_quiet() -> bool:
-    return bool(os.environ.get("CI")) or not sys.stderr.isatty()
-
-
-@contextmanager
-def progress_bar(description: str, total: int, quiet: bool | None = None) -> Iterator[Callable[..., None]]:
-    """Yields ``advance(n=1, **fields)``. Quiet (CI, pipes): no bar."""
-    quiet = is_quiet() if quiet is None else quiet
-    if quiet:
-        yield lambda n=1, **kw: None
-        return
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=console, transient=True)
-    with progress:
-        task = progress.add_task(description, total=total, info="")
-
-        def advance(n: int = 1, **fields: Any) -> None:
-            info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                            for k, v in fields.items())
-            progress.update(task, advance=n, info=info)
-
-        yield advance

@@ -1,0 +1,396 @@
+"""``tnbc``: TNBC breast nuclei, binary segmentation scored with Dice (reference §4).
+
+Source (``harness data prepare tnbc --source PATH``): the extracted ``TNBC_NucleiSegmentation/``
+folder (or a folder holding it), or the Zenodo archive ``TNBC_NucleiSegmentation.zip`` (read
+member by member, never extracted). Images are ``Slide_XX/<name>.png``, masks
+``GT_XX/<name>.png`` with the same file name; ``XX`` is the patient. ``__MACOSX/`` and ``._*``
+resource forks are ignored. Sample ids are the file stems (``01_1`` = ``<patient>_<k>``).
+
+Conversion:
+
+* images: RGB kept, RGBA drops its alpha channel, palette images are converted to RGB; other
+  modes (greyscale, 16-bit) are a DataError. All images must share one size (the release has
+  512x512; the loader takes the size from the files).
+* masks: a nucleus is any pixel > 0 (the release is 0/255 single channel; masks with other
+  values are accepted and listed in ``READY`` as ``nonbinary_masks``). A mask stored as RGB(A)
+  is accepted only when its three colour channels are identical (a grey mask saved as colour);
+  otherwise DataError. Alpha is ignored.
+* instances: connected components of the nucleus mask, ``scipy.ndimage.label`` with
+  4-connectivity (the harness's :data:`harness.metrics.CONNECTIVITY`; the instance map only
+  matters for PQ, TNBC is scored with Dice).
+* a mask without its image, an image without its mask, an unreadable PNG, a mask whose size
+  differs from its image, duplicate stems, and a folder with no ``Slide_*`` images are
+  DataError (one line naming the file).
+
+Split (``split_scheme = "fixed"``, groups ``train``/``test``, no validation set, ``folds() ==
+["test"]``; the thesis used 43 train / 7 test, §A.3.1). Images are sorted by (patient, k) (k =
+the number after the stem's ``_``; stems without one sort after, by name). With n images the
+test set has ``n_test = ceil(14 n / 100)`` images, in exact integer arithmetic: 7 for the
+release's n = 50 (sklearn's ``test_size=0.14`` computes 0.14*50 = 7.000000000000001 -> 8), at
+least 1 and at most n - 1.
+
+* ``split="image"`` (default, the reference's proposed rule): test = the sorted images at
+  positions ``np.random.RandomState(0).permutation(n)[:n_test]``.
+* ``split="patient"``: whole patients. Patients are taken in sorted order from the end: the
+  chosen set is the one that sums exactly to ``n_test`` images and prefers later patients
+  (patients are considered last-first; one is included whenever an exact total is still
+  reachable with it). When no set of whole patients sums to ``n_test``, the image-level rule
+  is used and ``split.json`` records ``"patient_fallback": true``.
+
+Both splits are computed at prepare time and persisted in ``split.json`` (``split`` is a
+load-time option, so both share one prepared cache).
+
+Counts: ``expected_group_sizes()`` is the thesis's {train: 43, test: 7}. ``verify`` compares
+with those when the prepared source looked like the full release (50 images of 512x512,
+recorded as ``complete_release`` in ``READY``) and with the counts recorded at prepare time
+otherwise.
+
+Fine-tuning note: the harness trains every dataset with ``len(class_names) + 1`` outputs and
+cross-entropy, so TNBC uses **2 output channels** (background, nucleus). The thesis's code built
+binary models with a single logit and a sigmoid (``generate_masks.py`` L94, L126-128); the
+argmax of two softmax channels and a thresholded sigmoid are equivalent decision rules, but
+the training loss and parameterisation differ slightly.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+from scipy import ndimage
+
+from harness.data.base import DatasetConfig, LabeledArrays
+from harness.data.cache import CachedDataset, CacheWriter, check_labeled_arrays, group_counts, verify_manifest
+from harness.engine.runtime import progress_bar
+from harness.errors import DataError
+from harness.hookspecs import hookimpl
+from harness.metrics import CONNECTIVITY
+
+RELEASE_IMAGES = 50
+RELEASE_SIZE = 512
+THESIS_SPLIT = {"train": 43, "test": 7}
+TISSUE = "Breast"
+SPLIT_SEED = 0
+_SLIDE = re.compile(r"^Slide_(\d+)$")
+_GT = re.compile(r"^GT_(\d+)$")
+_STEM = re.compile(r"^(\d+)_(\d+)$")
+_STRUCTURE = ndimage.generate_binary_structure(2, 1 if CONNECTIVITY == 4 else 2)
+
+
+class TNBCConfig(DatasetConfig):
+    split: Literal["image", "patient"] = Field(
+        "image", description="'image': the thesis's 43/7 image-level split (RandomState(0) "
+        "permutation of the (patient, k)-sorted images); 'patient': whole patients from the end "
+        "of the sorted order summing to the same test size (falls back to 'image' when none do). "
+        "Load time only.")
+
+
+# --- split rules -----------------------------------------------------------------------------------
+
+def n_test_images(n: int) -> int:
+    """``ceil(0.14 n)`` in exact arithmetic (7 for n = 50), kept within 1..n-1."""
+    if n < 2:
+        raise ValueError(f"a train/test split needs at least 2 images, got {n}")
+    return min(n - 1, max(1, -(-14 * n // 100)))
+
+
+def image_split(n: int) -> list[int]:
+    """Positions (in (patient, k) order) of the test images: RandomState(0).permutation(n)[:n_test]."""
+    return sorted(int(i) for i in np.random.RandomState(SPLIT_SEED).permutation(n)[:n_test_images(n)])
+
+
+def patient_split(patients: list[str]) -> list[str] | None:
+    """Whole patients (of the (patient, k)-sorted per-image patient list) whose images sum to
+    ``n_test_images(n)``, preferring patients from the end of the sorted order; None if no set does."""
+    target = n_test_images(len(patients))
+    order = sorted(set(patients), key=_patient_key, reverse=True)
+    sizes = [patients.count(p) for p in order]
+    # reachable[i][r]: some subset of order[i:] sums to exactly r images.
+    reachable = [[False] * (target + 1) for _ in range(len(order) + 1)]
+    reachable[len(order)][0] = True
+    for i in range(len(order) - 1, -1, -1):
+        for r in range(target + 1):
+            reachable[i][r] = reachable[i + 1][r] or (sizes[i] <= r and reachable[i + 1][r - sizes[i]])
+    if not reachable[0][target]:
+        return None
+    chosen, r = [], target
+    for i, p in enumerate(order):
+        if sizes[i] <= r and reachable[i + 1][r - sizes[i]]:
+            chosen.append(p)
+            r -= sizes[i]
+    return sorted(chosen, key=_patient_key)
+
+
+def _patient_key(p: str) -> tuple[int, str]:
+    return (int(p), p) if p.isdigit() else (1 << 30, p)
+
+
+def _sample_key(patient: str, stem: str) -> tuple:
+    m = _STEM.match(stem)
+    k = (int(m.group(2)), "") if m else (1 << 30, stem)
+    return (_patient_key(patient), k)
+
+
+# --- reading the official layout ----------------------------------------------------------------------
+
+@dataclass
+class _Entry:
+    stem: str
+    patient: str
+    image: str  # path or zip member
+    mask: str
+
+
+class _Source:
+    """A TNBC download as a folder or the zip: lists Slide_*/GT_* PNGs and reads them."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.zip: zipfile.ZipFile | None = None
+        if self.path.is_file():
+            try:
+                self.zip = zipfile.ZipFile(self.path)
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise DataError(f"{self.path}: not a readable zip ({exc})") from None
+            self.files = [m for m in self.zip.namelist() if not m.endswith("/")]
+        elif self.path.is_dir():
+            base = self.path
+            if not any(_SLIDE.match(p.name) for p in base.iterdir() if p.is_dir()):
+                if (base / "TNBC_NucleiSegmentation").is_dir():
+                    base = base / "TNBC_NucleiSegmentation"
+                elif (base / "TNBC_NucleiSegmentation.zip").is_file():
+                    self.__init__(base / "TNBC_NucleiSegmentation.zip")
+                    return
+            self.path = base
+            self.files = [str(p.relative_to(base)) for p in base.rglob("*.png") if p.is_file()]
+        else:
+            raise DataError(f"{self.path}: missing (expected the TNBC_NucleiSegmentation folder "
+                            f"or TNBC_NucleiSegmentation.zip)")
+
+    def where(self, name: str) -> str:
+        return f"{self.path}!{name}" if self.zip else str(self.path / name)
+
+    def entries(self) -> list[_Entry]:
+        images: dict[tuple[str, str], str] = {}
+        masks: dict[tuple[str, str], str] = {}
+        for name in self.files:
+            parts = name.replace("\\", "/").split("/")
+            if "__MACOSX" in parts or parts[-1].startswith("._") or not parts[-1].lower().endswith(".png"):
+                continue
+            if len(parts) < 2:
+                continue
+            folder, stem = parts[-2], parts[-1][:-4]
+            if m := _SLIDE.match(folder):
+                images[(m.group(1), stem)] = name
+            elif m := _GT.match(folder):
+                masks[(m.group(1), stem)] = name
+        if not images and not masks:
+            raise DataError(f"{self.path}: no Slide_XX/*.png images (expected the "
+                            f"TNBC_NucleiSegmentation layout: Slide_XX/ and GT_XX/)")
+        for key in sorted(set(masks) - set(images)):
+            raise DataError(f"{self.where(masks[key])}: mask without its image "
+                            f"(no Slide_{key[0]}/{key[1]}.png)")
+        for key in sorted(set(images) - set(masks)):
+            raise DataError(f"{self.where(images[key])}: image without its mask "
+                            f"(no GT_{key[0]}/{key[1]}.png)")
+        entries = [_Entry(stem, patient, images[(patient, stem)], masks[(patient, stem)])
+                   for patient, stem in images]
+        seen: dict[str, _Entry] = {}
+        for e in entries:
+            if e.stem in seen:
+                raise DataError(f"{self.where(e.image)}: file name '{e.stem}.png' also in "
+                                f"Slide_{seen[e.stem].patient}; sample ids must be unique")
+            seen[e.stem] = e
+        return sorted(entries, key=lambda e: _sample_key(e.patient, e.stem))
+
+    def read(self, name: str) -> Any:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            if self.zip is not None:
+                data = self.zip.read(name)
+                im = Image.open(io.BytesIO(data))
+            else:
+                im = Image.open(self.path / name)
+            im.load()
+            return im
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, zipfile.BadZipFile) as exc:
+            raise DataError(f"{self.where(name)}: unreadable PNG ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+    def close(self) -> None:
+        if self.zip is not None:
+            self.zip.close()
+
+
+def _image_array(src: _Source, name: str) -> tuple[np.ndarray, str]:
+    """``(H, W, 3)`` uint8 RGB (alpha dropped) and the PNG's mode."""
+    im = src.read(name)
+    mode = im.mode
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode not in ("RGB", "RGBA"):
+        raise DataError(f"{src.where(name)}: image mode {im.mode}; expected RGB or RGBA")
+    return np.ascontiguousarray(np.asarray(im)[..., :3]), mode
+
+
+def _mask_array(src: _Source, name: str) -> np.ndarray:
+    """``(H, W)`` mask values (nucleus = value > 0)."""
+    im = src.read(name)
+    if im.mode == "P":
+        im = im.convert("RGB")
+    arr = np.asarray(im)
+    if im.mode in ("RGB", "RGBA"):
+        rgb = arr[..., :3]
+        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+            raise DataError(f"{src.where(name)}: colour mask with differing channels; expected a "
+                            f"single-channel binary mask (nucleus > 0)")
+        arr = rgb[..., 0]
+    elif im.mode == "LA":
+        arr = arr[..., 0]
+    elif arr.ndim != 2:
+        raise DataError(f"{src.where(name)}: mask mode {im.mode}; expected a single-channel mask")
+    return arr
+
+
+# --- the dataset --------------------------------------------------------------------------------------
+
+class TNBCDataset(CachedDataset):
+    name = "tnbc"
+    version = "1"
+    labeled = True
+    class_names = ("nucleus",)
+    metric_family = "dice"
+    split_scheme = "fixed"
+    magnification = "40x"
+    description = ("TNBC breast nuclei (Naylor et al.): 50 512x512 patches, binary masks, "
+                   "thesis 43/7 train/test split, Dice.")
+    source_hint = ("TNBC_NucleiSegmentation.zip from Zenodo, no registration: "
+                   "https://zenodo.org/records/1175282 (the zip or its extracted folder)")
+    Config = TNBCConfig
+    cache_fields = ()  # the split is chosen at load time from split.json
+    config: TNBCConfig
+
+    def folds(self) -> list[str]:
+        return ["test"]
+
+    def expected_group_sizes(self) -> dict[str, int]:
+        return dict(THESIS_SPLIT)
+
+    # --- preparation ---------------------------------------------------------------------------
+    def prepare(self, source: Path | None = None) -> None:
+        if source is None:
+            raise DataError(f"tnbc: --source is required ({self.source_hint})")
+        src = _Source(Path(source))
+        try:
+            self._prepare(src)
+        finally:
+            src.close()
+
+    def _prepare(self, src: _Source) -> None:
+        entries = src.entries()
+        n = len(entries)
+        if n < 2:
+            raise DataError(f"{src.path}: {n} image(s); a train/test split needs at least 2")
+        first = _image_array(src, entries[0].image)
+        h, w = first[0].shape[:2]
+        nonbinary: list[str] = []
+        non_rgb: list[str] = []
+        with CacheWriter(self.root) as writer:
+            out_img = writer.array("images", (n, h, w, 3), np.uint8)
+            out_inst = writer.array("instances", (n, h, w), np.int32)
+            out_cls = writer.array("classes", (n, h, w), np.uint8)
+            with progress_bar("prepare tnbc", n) as advance:
+                for i, e in enumerate(entries):
+                    image, mode = first if i == 0 else _image_array(src, e.image)
+                    if mode != "RGB":
+                        non_rgb.append(e.stem)
+                    if image.shape[:2] != (h, w):
+                        raise DataError(f"{src.where(e.image)}: size {image.shape[1]}x"
+                                        f"{image.shape[0]}, other images are {w}x{h}")
+                    mask = _mask_array(src, e.mask)
+                    if mask.shape != (h, w):
+                        raise DataError(f"{src.where(e.mask)}: size {mask.shape[1]}x{mask.shape[0]}"
+                                        f", its image is {w}x{h}")
+                    values = np.unique(mask)
+                    if len(values[values > 0]) > 1:
+                        nonbinary.append(e.stem)
+                    fg = mask > 0
+                    labels, _ = ndimage.label(fg, structure=_STRUCTURE)
+                    out_img[i] = image
+                    out_inst[i] = labels
+                    out_cls[i] = fg
+                    advance(1)
+            stems = [e.stem for e in entries]
+            patients = [e.patient for e in entries]
+            test_img = [stems[i] for i in image_split(n)]
+            test_pat_patients = patient_split(patients)
+            fallback = test_pat_patients is None
+            test_pat = (test_img if fallback else
+                        [s for s, p in zip(stems, patients) if p in test_pat_patients])
+            writer.json("split.json", {
+                "rule": "sort by (patient, k); n_test = ceil(14 n / 100); image: "
+                        "RandomState(0).permutation(n)[:n_test]; patient: whole patients from "
+                        "the end summing to n_test, else the image rule",
+                "n_test": n_test_images(n),
+                "image": {"test": test_img},
+                "patient": {"test": test_pat, "test_patients": test_pat_patients or [],
+                            "patient_fallback": fallback},
+            })
+            test_set = set(test_img)
+            groups = ["test" if s in test_set else "train" for s in stems]
+            writer.samples(stems, [TISSUE] * n, groups)
+            complete = n == RELEASE_IMAGES and (h, w) == (RELEASE_SIZE, RELEASE_SIZE)
+            writer.finish({"dataset": self.name, "version": self.version, "source": str(src.path),
+                           "samples": n, "patients": sorted(set(patients), key=_patient_key),
+                           "complete_release": complete, "size": [h, w],
+                           "n_test": n_test_images(n), "patient_fallback": fallback,
+                           "connectivity": CONNECTIVITY, "non_rgb_images": non_rgb,
+                           "nonbinary_masks": nonbinary})
+
+    # --- checks and loading ------------------------------------------------------------------------
+    def _split_info(self) -> dict[str, Any]:
+        return json.loads((self.root / "split.json").read_text())
+
+    def verify(self) -> list[str]:
+        if not self.is_prepared():
+            return [f"{self.root}: not prepared (run `{self.prepare_command()}`)"]
+        problems = verify_manifest(self.root)
+        if problems:
+            return problems
+        arrays = self.load()
+        problems += check_labeled_arrays(arrays, len(self.class_names))
+        info = json.loads((self.root / "READY").read_text())
+        if info.get("complete_release"):
+            expected = dict(THESIS_SPLIT)
+        else:  # a partial or modified download: the counts recorded at prepare time
+            expected = {"train": info["samples"] - info["n_test"], "test": info["n_test"]}
+        counts = group_counts(arrays.groups)
+        for group, n in expected.items():
+            if counts.get(group, 0) != n:
+                problems.append(f"{self.root}: group '{group}' has {counts.get(group, 0)} samples, "
+                                f"expected {n}")
+        if set(counts) - set(expected):
+            problems.append(f"{self.root}: unknown groups {sorted(set(counts) - set(expected))}")
+        return problems
+
+    def load(self) -> LabeledArrays:
+        arrays = super().load()
+        test = set(self._split_info()[self.config.split]["test"])
+        unknown = test - set(arrays.ids)
+        if unknown:
+            raise ValueError(f"{self.root / 'split.json'} names unknown samples {sorted(unknown)[:3]}")
+        arrays.groups = ["test" if sid in test else "train" for sid in arrays.ids]
+        return arrays
+
+
+@hookimpl
+def harness_register_datasets():
+    return [TNBCDataset]
