@@ -189,26 +189,41 @@ def report(run_dirs: Annotated[list[Path], typer.Argument(help="run folders (mer
         out.print(str(p), markup=False)
 
 
+DataSetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="a dataset option, e.g. --set tile_size=256 (repeatable; as in a spec's dataset:)")]
+
+
 @data_app.command("prepare")
 def data_prepare(name: str, source: Annotated[Optional[Path], typer.Option("--source", help="the official download (folder or archive)")] = None,
+                 set_: DataSetOpt = None,
+                 force: Annotated[bool, typer.Option("--force", help="prepare again even if a cache exists")] = False,
                  store: StoreOpt = None) -> None:
     """Convert a dataset's official download into the local cache (generated datasets need no source)."""
-    dataset = _dataset(name, store)
-    if dataset.is_prepared():
-        out.print(f"{name}: already prepared in {dataset.root}", markup=False)
+    import json
+
+    dataset = _dataset(name, store, set_)
+    if dataset.is_prepared() and not force:
+        info = json.loads((dataset.root / "READY").read_text() or "{}")
+        origin = f" from {info['source']}" if isinstance(info, dict) and info.get("source") else ""
+        out.print(f"{name}: already prepared in {dataset.root}{origin}; use --force to prepare "
+                  f"it again", markup=False)
         return
     if source is None and not dataset.auto_prepare:
         raise HarnessError(f"{name}: --source PATH is required ({dataset.source_hint or 'the official download'})")
+    if source is not None and not Path(source).exists():
+        from harness.errors import DataError
+
+        raise DataError(f"{name}: --source {source} does not exist")
     dataset.prepare(source)
     out.print(f"{name}: prepared in {dataset.root}", markup=False)
 
 
 @data_app.command("verify")
-def data_verify(name: str, store: StoreOpt = None) -> None:
-    """Check a prepared dataset: counts, shapes, dtypes, class ids, splits."""
+def data_verify(name: str, set_: DataSetOpt = None, store: StoreOpt = None) -> None:
+    """Check a prepared dataset: counts, shapes, dtypes, class ids, splits, checksums."""
     from harness.errors import DataError
 
-    dataset = _dataset(name, store)
+    dataset = _dataset(name, store, set_)
     if not dataset.is_prepared():
         raise DataError(f"{name}: not prepared; run `{dataset.prepare_command()}`")
     problems = dataset.verify()
@@ -219,26 +234,47 @@ def data_verify(name: str, store: StoreOpt = None) -> None:
 
 @data_app.command("list")
 def data_list(store: StoreOpt = None) -> None:
-    """Datasets and whether they are prepared."""
+    """Every prepared dataset cache in the store (all option sets), and installed datasets that
+    have none."""
+    import json
+
     from harness.plugins import get_registry
 
     registry = get_registry()
+    root = _store(store).root / "datasets"
     table = Table()
-    for col in ("dataset", "prepared", "where"):
-        table.add_column(col)
+    for col in ("dataset", "prepared", "where", "source / options"):
+        table.add_column(col, overflow="fold")
     for name in sorted(registry.datasets):
-        ds = _dataset(name, store)
-        table.add_row(name, "yes" if ds.is_prepared() else "no", str(ds.root))
+        caches = sorted((root / name).glob("*/READY")) if (root / name).is_dir() else []
+        for ready in caches:
+            try:
+                info = json.loads(ready.read_text() or "{}")
+            except json.JSONDecodeError:
+                info = {}
+            what = info.get("source") or json.dumps(info.get("config", {}), sort_keys=True) \
+                if isinstance(info, dict) else ""
+            table.add_row(name, "yes", str(ready.parent), str(what or ""))
+        if not caches:
+            table.add_row(name, "no", "", registry.datasets[name].cls.source_hint or "")
     out.print(table)
 
 
-def _dataset(name: str, store: Path | None):
-    from harness.plugins import get_registry
+def _dataset(name: str, store: Path | None, options: list[str] | None = None):
+    from pydantic import ValidationError
 
-    from harness.runner import dataset_root
+    from harness.data.base import dataset_root
+    from harness.errors import SpecError
+    from harness.plugins import get_registry
+    from harness.spec import apply_overrides, format_errors
 
     info = get_registry().dataset(name)
-    return info.cls(None, root=dataset_root(info.cls, None, _store(store)))
+    raw = apply_overrides({}, options or [])
+    try:
+        config = info.cls.Config.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(format_errors(exc, info.cls.Config, "--set", {})) from None
+    return info.cls(config, root=dataset_root(info.cls, config, _store(store)))
 
 
 def _interrupted() -> None:

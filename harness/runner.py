@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.data.base import Dataset, LabeledArrays
+from harness.data.base import Dataset, LabeledArrays, dataset_root
 from harness.engine.context import StageContext
 from harness.engine.runtime import console, describe_device, resolve_device
 from harness.errors import DataError
@@ -20,13 +20,6 @@ from harness.spec import ResolvedSpec
 from harness.store import ArtifactStore, atomic_write_json
 
 RECORD_SCHEMA = "harness.record/1"
-
-
-def dataset_root(cls: type[Dataset], config: Any, store: ArtifactStore) -> Path:
-    """Where a dataset's prepared cache lives: keyed by what changes the cache, so options that
-    only matter at load time share one prepared copy."""
-    probe = cls(config, root=Path("."))
-    return store.dataset_dir(cls.name, probe.cache_identity())
 
 
 def open_dataset(rspec: ResolvedSpec, registry: Registry, store: ArtifactStore,

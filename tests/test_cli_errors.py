@@ -27,8 +27,8 @@ dataset: synthetic
 methods: [scrach]
 """
 MISSING_PLUGIN = """\
-name: needs_pannuke
-dataset: pannuke
+name: needs_consep
+dataset: consep
 methods: [scratch]
 """
 SUPERVISED = """\
@@ -108,7 +108,7 @@ def test_run_with_missing_dataset_plugin_exits_4_in_one_line(tmp_path):
     lines = error_lines(proc)
     assert len(lines) == 1, lines
     assert lines[0].startswith("error: ")
-    assert "dataset plugin 'pannuke' is not installed" in lines[0]
+    assert "dataset plugin 'consep' is not installed" in lines[0]
     assert "synthetic" in lines[0]  # what is installed
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "store").exists()

@@ -204,14 +204,14 @@ def test_unknown_dataset_with_close_match(tmp_path):
 
 
 def test_dataset_plugin_not_installed_is_plugin_error(tmp_path):
-    path = write(tmp_path, BASE.replace("dataset: synthetic", "dataset: pannuke"))
+    path = write(tmp_path, BASE.replace("dataset: synthetic", "dataset: consep"))
     with pytest.raises(PluginError) as info:
         load_spec(path)
     exc = info.value
     assert exc.exit_code == 4
     message = str(exc)
     assert "\n" not in message
-    assert "dataset plugin 'pannuke' is not installed" in message
+    assert "dataset plugin 'consep' is not installed" in message
     assert "synthetic" in message  # what is installed
     assert message.startswith(at_line(path, LINE["dataset"]))
 
@@ -228,11 +228,11 @@ def test_method_plugin_not_installed_is_plugin_error(tmp_path):
 
 def test_missing_plugin_and_other_problems_is_spec_error(tmp_path):
     """A missing plugin next to real spec problems: every problem, as one SpecError."""
-    path = write(tmp_path, BASE.replace("dataset: synthetic", "dataset: pannuke")
+    path = write(tmp_path, BASE.replace("dataset: synthetic", "dataset: consep")
                  .replace("epochs: 2", "epochs: 0"))
     problems = problems_of(path)
     assert any("finetune.epochs" in p for p in problems)
-    assert any("dataset plugin 'pannuke' is not installed" in p for p in problems)
+    assert any("dataset plugin 'consep' is not installed" in p for p in problems)
 
 
 def test_method_setting_that_does_not_exist(tmp_path):

@@ -199,3 +199,10 @@ class atomic_directory:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(self.tmp, self.final)
+
+
+def dataset_root(cls: type[Dataset], config: Any, store: Any) -> Path:
+    """Where a dataset's prepared cache lives in an artifact store: keyed by what changes the
+    cache, so options that only matter at load time share one prepared copy."""
+    probe = cls(config, root=Path("."))
+    return store.dataset_dir(cls.name, probe.cache_identity())

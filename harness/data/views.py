@@ -34,6 +34,7 @@ Speed (``benchmarks/test_view_pipeline_speed.py``):
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Literal, Sequence
 
@@ -47,8 +48,9 @@ from torchvision.transforms.v2 import functional as F
 from harness.data.augment import RandomRot90
 
 __all__ = [
-    "ViewAugmentConfig", "TwoViewDataset", "build_view_transform", "RandomRot90NonZero",
-    "FastColorJitter", "adjust_hue_fast",
+    "ViewAugmentConfig", "TwoViewDataset", "build_view_transform", "RandomResizedCropFast",
+    "RandomRot90NonZero",
+    "ColorAugment", "FastColorJitter", "color_jitter_float", "adjust_hue_fast",
 ]
 
 Probability = Field(ge=0.0, le=1.0)
@@ -110,87 +112,120 @@ class RandomRot90NonZero(RandomRot90):
         return {"k": int(torch.randint(1, 4, ()))}
 
 
+class RandomResizedCropFast(v2.RandomResizedCrop):
+    """``v2.RandomResizedCrop`` with the same crop distribution (up to 10 attempts of area
+    fraction ~ U(scale) and log aspect ratio ~ U(log ratio), the first that fits wins, uniform
+    position; else the central fallback) but all random numbers of a call drawn at once (one
+    ``torch.rand`` instead of up to 40 scalar draws). ``transform`` is inherited: crop (a view),
+    then resize only the crop; masks use nearest."""
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        area = height * width
+        lr0, lr1 = float(self._log_ratio[0]), float(self._log_ratio[1])
+        s0, s1 = self.scale
+        for u_area, u_ratio, u_top, u_left in torch.rand(10, 4).tolist():
+            target_area = area * (s0 + (s1 - s0) * u_area)
+            aspect_ratio = math.exp(lr0 + (lr1 - lr0) * u_ratio)
+            w = int(round(math.sqrt(target_area * aspect_ratio)))
+            h = int(round(math.sqrt(target_area / aspect_ratio)))
+            if 0 < w <= width and 0 < h <= height:
+                top = min(int(u_top * (height - h + 1)), height - h)
+                left = min(int(u_left * (width - w + 1)), width - w)
+                return dict(top=top, left=left, height=h, width=w)
+        in_ratio = float(width) / float(height)  # fallback: central crop, as v2
+        if in_ratio < min(self.ratio):
+            w, h = width, int(round(width / min(self.ratio)))
+        elif in_ratio > max(self.ratio):
+            h, w = height, int(round(height * max(self.ratio)))
+        else:
+            w, h = width, height
+        return dict(top=(height - h) // 2, left=(width - w) // 2, height=h, width=w)
+
+
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
-_HUE_OFFSETS: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+_CONSTS: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _const(name: str, values: Sequence[float], shape: tuple[int, ...], like: torch.Tensor):
+    key = (name, like.device, like.dtype)
+    out = _CONSTS.get(key)
+    if out is None:
+        out = _CONSTS[key] = torch.tensor(list(values), dtype=like.dtype,
+                                          device=like.device).view(shape)
+    return out
 
 
 def _gray(img: torch.Tensor) -> torch.Tensor:
-    r, g, b = img.unbind(dim=-3)
-    return r.mul(_GRAY[0]).add_(g, alpha=_GRAY[1]).add_(b, alpha=_GRAY[2]).unsqueeze_(-3)
+    """Luma ``(..., 1, H, W)`` with torchvision's weights (one matrix product over channels)."""
+    w = _const("gray", _GRAY, (1, 3), img)
+    return torch.matmul(w, img.flatten(-2)).view(img.shape[:-3] + (1,) + img.shape[-2:])
 
 
 def adjust_hue_fast(img: torch.Tensor, hue_factor: float) -> torch.Tensor:
-    """``F.adjust_hue`` for float RGB images in [0, 1] (``(..., 3, H, W)``), without the round
-    trip through a stacked HSV image.
+    """``F.adjust_hue`` for float RGB images ``(..., 3, H, W)`` with values >= 0 (any scale, e.g.
+    [0, 1] or [0, 255]), without the round trip through a stacked HSV image; equal to
+    torchvision's result up to float rounding (tested).
 
-    A hue rotation keeps V = max(r, g, b) and the chroma C = max - min; with the hue in sextants
-    ``h6`` (as torchvision/PIL compute it: ``(g - b) / C`` if max = r, ``2 + (b - r) / C`` if
-    max = g, else ``4 + (r - g) / C``), the rotated colour is the standard closed form
-    ``out_c = V - C * clamp(min(k_c, 4 - k_c), 0, 1)`` with ``k_c = (n_c + h6 + 6 * hue) mod 6``
-    and ``n = (5, 3, 1)`` for (r, g, b). Grey pixels (C = 0) stay unchanged, as in torchvision.
+    A hue rotation keeps V = max(r, g, b), m = min(r, g, b) and C = V - m. With the hue in
+    sextants ``h6`` as torchvision/PIL compute it (``(g - b) / C`` if max = r, else
+    ``2 + (b - r) / C`` if max = g, else ``4 + (r - g) / C``), the rotated colour is the closed
+    form of HSV->RGB, ``out_c = m + C * clamp(|z_c| - 1, 0, 1)`` with
+    ``z_c = ((n_c + h6 + 6 * hue) mod 6) - 2`` and ``n = (5, 3, 1)`` for (r, g, b). Grey pixels
+    (C = 0) stay unchanged. Everything is branch-free float arithmetic (``torch.where``, bool
+    masks, ``remainder`` and ``aminmax`` over the channel dim are several times slower on CPU).
     """
     if not -0.5 <= hue_factor <= 0.5:
         raise ValueError(f"hue_factor ({hue_factor}) is not in [-0.5, 0.5].")
     if not img.is_floating_point():
-        raise TypeError("adjust_hue_fast expects a float image in [0, 1]")
+        raise TypeError("adjust_hue_fast expects a float image")
     r, g, b = img.unbind(dim=-3)
-    # Branch-free on purpose: torch.where, comparisons to bool and reductions over the channel
-    # dim with aminmax are several times slower on CPU than plain float arithmetic.
     maxc = torch.amax(img, dim=-3)
-    chroma = maxc - torch.amin(img, dim=-3)
-    # where chroma == 0 all differences are 0 as well, so any finite divisor gives 0
-    inv = chroma.clamp_min(1e-30).reciprocal_()
-    # 0/1 indicators of the channel holding the maximum, first of r, g, b on ties (torchvision)
-    is_r = torch.sign(maxc - r).neg_().add_(1.0)
-    is_g = torch.sign(maxc - g).neg_().add_(1.0).mul_(1.0 - is_r)
-    is_b = (1.0 - is_r).sub_(is_g)
-    # h6 = (g - b) / C, 2 + (b - r) / C or 4 + (r - g) / C, plus the shift in sextants
-    num = (g - b).mul_(is_r).addcmul_(b - r, is_g).addcmul_(r - g, is_b)
-    h6 = num.mul_(inv).add_(is_g, alpha=2.0).add_(is_b, alpha=4.0).add_(6.0 * hue_factor)
-    key = (img.device, img.dtype)
-    offsets = _HUE_OFFSETS.get(key)
-    if offsets is None:
-        offsets = _HUE_OFFSETS[key] = torch.tensor([5.0, 3.0, 1.0], dtype=img.dtype,
-                                                   device=img.device).view(3, 1, 1)
-    k = h6.unsqueeze(-3).add(offsets)
-    k = k.sub_(k.mul(1.0 / 6.0).floor_().mul_(6.0))  # mod 6 (remainder() is slow)
-    t = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-    return t.mul_(chroma.unsqueeze(-3).neg_()).add_(maxc.unsqueeze(-3))
+    minc = torch.amin(img, dim=-3)
+    c6 = (maxc - minc).mul_(6.0)
+    # where C == 0 all differences below are 0 as well, so any finite divisor gives 0
+    inv6 = c6.clamp_min(1e-30).reciprocal_()
+    not_r = torch.sign(maxc - r)  # 0 where r is the max, else 1
+    is_b = torch.sign(maxc - g).mul_(not_r)  # 1 where neither r nor g is the max
+    # h6 numerator: (g - b), (b - r) or (r - g) by max channel (ties: r before g before b)
+    gb, br, rg = g - b, b - r, r - g
+    num = torch.addcmul(gb, not_r, br - gb).addcmul_(is_b, rg - br)
+    # u = h6 / 6 + hue + 1 (>= 0), with h6 offset 2 (max = g) or 4 (max = b)
+    u = num.mul_(inv6).add_(not_r.add_(is_b), alpha=1.0 / 3.0).add_(hue_factor + 1.0)
+    offsets = _const("hue", (5.0 / 6.0, 3.0 / 6.0, 1.0 / 6.0), (3, 1, 1), img)
+    # f = k / 6 in [0, 1); clamp(|6 f - 2| - 1, 0, 1) = 6 * clamp(|f - 1/3| - 1/6, 0, 1/6)
+    t = (u.unsqueeze(-3) + offsets).frac_().sub_(1.0 / 3.0).abs_().sub_(1.0 / 6.0)
+    t = t.clamp_(0.0, 1.0 / 6.0)
+    return torch.addcmul(minc.unsqueeze(-3), c6.unsqueeze(-3), t)
 
 
 def color_jitter_float(img: torch.Tensor, fn_idx: Sequence[int], brightness: float | None,
-                       contrast: float | None, saturation: float | None,
-                       hue: float | None) -> torch.Tensor:
-    """``v2.ColorJitter``'s ops on a float RGB image in [0, 1], in the order ``fn_idx``
-    (0 brightness, 1 contrast, 2 saturation, 3 hue), each clamped to [0, 1] like torchvision's
-    float kernels. Returns a new tensor; ``img`` is not modified."""
-    out = img
-    owned = False
+                       contrast: float | None, saturation: float | None, hue: float | None,
+                       bound: float = 1.0, inplace: bool = False) -> torch.Tensor:
+    """``v2.ColorJitter``'s ops on a float RGB image ``(..., 3, H, W)`` with values in
+    [0, bound] (1.0 or 255.0), in the order ``fn_idx`` (0 brightness, 1 contrast, 2 saturation,
+    3 hue; ``None`` factors are skipped), each clamped to [0, bound] like torchvision's kernels.
+    ``img`` is modified only if ``inplace``."""
+    out = img if inplace else img.clone()
     for fn_id in fn_idx:
         fn_id = int(fn_id)
         if fn_id == 0 and brightness is not None:
-            out = (out.mul_(brightness) if owned else out.mul(brightness)).clamp_(0.0, 1.0)
+            out = out.mul_(brightness).clamp_(0.0, bound)
         elif fn_id == 1 and contrast is not None:
-            mean = _gray(out).mean(dim=(-3, -2, -1), keepdim=True)
-            out = (out.mul_(contrast) if owned else out.mul(contrast))
-            out = out.add_(mean, alpha=1.0 - contrast).clamp_(0.0, 1.0)
+            w = _const("gray_mean", _GRAY, (3, 1, 1), out)
+            mean = out.mean(dim=(-2, -1), keepdim=True).mul_(w).sum(dim=-3, keepdim=True)
+            out = out.mul_(contrast).add_(mean, alpha=1.0 - contrast).clamp_(0.0, bound)
         elif fn_id == 2 and saturation is not None:
-            gray = _gray(out)
-            out = (out.mul_(saturation) if owned else out.mul(saturation))
-            out = out.add_(gray, alpha=1.0 - saturation).clamp_(0.0, 1.0)
+            out = torch.lerp(_gray(out), out, saturation).clamp_(0.0, bound)
         elif fn_id == 3 and hue is not None:
             out = adjust_hue_fast(out, hue)
-        else:
-            continue
-        owned = True
-    return out if owned else img.clone()
+    return out
 
 
 class FastColorJitter(v2.ColorJitter):
     """``v2.ColorJitter`` with the same parameters, random draws (``make_params`` is inherited)
-    and op order, computed by :func:`color_jitter_float` on float images (any other input goes
-    through torchvision's kernels). Only ``Image`` (and plain tensors) are transformed; masks
-    pass through."""
+    and op order, computed by :func:`color_jitter_float` on float images in [0, 1] (any other
+    input goes through torchvision's kernels)."""
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if not (isinstance(inpt, torch.Tensor) and inpt.is_floating_point()
@@ -202,24 +237,101 @@ class FastColorJitter(v2.ColorJitter):
         return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
 
 
+class ColorAugment(v2.Transform):
+    """The image-only tail of a view in one transform: uint8 -> float,
+    ``RandomApply([ColorJitter], jitter_p)``, ``RandomGrayscale(grayscale_p)``,
+    ``RandomApply([GaussianBlur], blur_p)`` (only if ``blur_p > 0``) and ``Normalize`` (of the
+    image scaled to [0, 1]); float32 out.
+
+    It draws exactly the random numbers, in the same order, that the unfused v2 composition
+    (:func:`build_view_transform` with ``fast_color=False``) draws, so both give the same views
+    under the same seed (up to float rounding). The colour ops run on the unscaled [0, 255] float
+    image (they are scale-invariant up to the clamp bound) and the 1/255 is folded into the
+    normalisation; fusing also saves four transform dispatches and intermediate tensors per view.
+    Masks and other non-image inputs pass through untouched.
+    """
+
+    def __init__(self, jitter: tuple[float, float, float, float] = (0.8, 0.8, 0.8, 0.2),
+                 jitter_p: float = 0.8, grayscale_p: float = 0.2, blur_p: float = 0.0,
+                 blur_kernel: int = 23, blur_sigma: tuple[float, float] = (0.1, 2.0),
+                 mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5)):
+        super().__init__()
+        b, c, s, h = jitter
+        self.jitter = v2.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h)
+        self.jitter_p, self.grayscale_p, self.blur_p = jitter_p, grayscale_p, blur_p
+        self.blur = v2.GaussianBlur(blur_kernel, sigma=blur_sigma) if blur_p > 0 else None
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        # the draws of RandomApply(ColorJitter), RandomGrayscale and RandomApply(GaussianBlur)
+        jitter = self.jitter.make_params(flat_inputs) if torch.rand(1) < self.jitter_p else None
+        gray = bool(torch.rand(1) < self.grayscale_p)
+        sigma = None
+        if self.blur is not None and torch.rand(1) < self.blur_p:
+            sigma = self.blur.make_params(flat_inputs)["sigma"]
+        return {"jitter": jitter, "gray": gray, "sigma": sigma}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, tv_tensors.TVTensor) and not isinstance(inpt, tv_tensors.Image):
+            return inpt  # masks, boxes, ...
+        x = inpt.as_subclass(torch.Tensor)
+        if x.dtype == torch.uint8:
+            bound = 255.0
+            # contiguous planes: the per-channel ops below are much slower on channels-last
+            x = x.to(torch.float32, memory_format=torch.contiguous_format)
+        elif x.is_floating_point():
+            bound = 1.0
+            x = x.clone(memory_format=torch.contiguous_format)
+        else:
+            raise TypeError(f"ColorAugment expects a uint8 or float image, got {x.dtype}")
+        j = params["jitter"]
+        if j is not None:
+            x = color_jitter_float(x, j["fn_idx"].tolist(), j["brightness_factor"],
+                                   j["contrast_factor"], j["saturation_factor"], j["hue_factor"],
+                                   bound=bound, inplace=True)
+        if params["gray"]:
+            x = _gray(x)  # (1, H, W): the normalisation below broadcasts it to 3 channels
+        if params["sigma"] is not None:
+            kernel = [self.blur.kernel_size[0], self.blur.kernel_size[1]]
+            x = F.gaussian_blur_image(x, kernel, params["sigma"])
+        # (x / bound - mean) / std, out of place (3 channels even for a grey x)
+        shift = _const(f"mean{self.mean}{bound}", [m * bound for m in self.mean], (3, 1, 1), x)
+        scale = _const(f"std{self.std}{bound}", [s * bound for s in self.std], (3, 1, 1), x)
+        x = x.sub(shift).div_(scale)
+        return tv_tensors.wrap(x, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else x
+
+
 _INTERP = {"bicubic": v2.InterpolationMode.BICUBIC, "bilinear": v2.InterpolationMode.BILINEAR}
 
 
 def build_view_transform(config: ViewAugmentConfig | None = None,
                          fast_color: bool = True) -> v2.Compose:
     """One view: uint8 ``Image`` (3, H, W) [+ ``Mask`` (H, W)] in, normalised float32 ``Image``
-    (3, C, C) [+ ``Mask`` (C, C), same dtype as given] out. ``fast_color=False`` uses
-    ``v2.ColorJitter`` itself (same distribution, slower hue)."""
+    (3, C, C) [+ ``Mask`` (C, C), dtype kept] out.
+
+    Geometric ops (shared by image and mask): ``RandomResizedCrop`` (crop, then resize the uint8
+    crop), ``RandomHorizontalFlip``, :class:`RandomRot90NonZero`. Colour ops (image only):
+    ``fast_color=True`` fuses them into :class:`ColorAugment`; ``fast_color=False`` is the plain
+    torchvision composition (``ToDtype``, ``RandomApply([ColorJitter])``, ``RandomGrayscale``,
+    ``RandomApply([GaussianBlur])``, ``Normalize``) with the same random draws, kept as the
+    reference for tests.
+    """
     cfg = config or ViewAugmentConfig()
-    b, c, s, h = cfg.jitter
-    jitter_cls = FastColorJitter if fast_color else v2.ColorJitter
     ops: list[v2.Transform] = [
-        v2.RandomResizedCrop(cfg.crop_size, scale=cfg.scale, ratio=cfg.ratio,
-                             interpolation=_INTERP[cfg.interpolation], antialias=True),
+        RandomResizedCropFast(cfg.crop_size, scale=cfg.scale, ratio=cfg.ratio,
+                              interpolation=_INTERP[cfg.interpolation], antialias=True),
         v2.RandomHorizontalFlip(p=cfg.hflip_p),
         RandomRot90NonZero(p=cfg.rot90_p),
+    ]
+    if fast_color:
+        ops.append(ColorAugment(cfg.jitter, cfg.jitter_p, cfg.grayscale_p, cfg.blur_p,
+                                cfg.blur_kernel, cfg.blur_sigma, cfg.mean, cfg.std))
+        return v2.Compose(ops)
+    b, c, s, h = cfg.jitter
+    ops += [
         v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
-        v2.RandomApply([jitter_cls(brightness=b, contrast=c, saturation=s, hue=h)],
+        v2.RandomApply([v2.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h)],
                        p=cfg.jitter_p),
         v2.RandomGrayscale(p=cfg.grayscale_p),
     ]

@@ -16,6 +16,8 @@ the gradient of ``L`` for the whole global batch, as on one device.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 
@@ -71,7 +73,9 @@ def gather_with_grad(tensor: torch.Tensor, sizes: list[int] | None = None) -> to
     if tensor.requires_grad:
         from torch.distributed.nn.functional import all_gather
 
-        parts = list(all_gather(padded))
+        with warnings.catch_warnings():  # deprecated in favour of a private API (torch 2.x)
+            warnings.filterwarnings("ignore", message=".*all_gather is deprecated", category=FutureWarning)
+            parts = list(all_gather(padded))
     else:
         parts = [torch.empty_like(padded) for _ in range(ws)]
         dist.all_gather(parts, padded)
