@@ -217,12 +217,12 @@ def test_dataset_plugin_not_installed_is_plugin_error(tmp_path):
 
 
 def test_method_plugin_not_installed_is_plugin_error(tmp_path):
-    path = write(tmp_path, BASE.replace("[scratch]", "[scratch, pricon]"))
+    path = write(tmp_path, BASE.replace("[scratch]", "[scratch, moco_v9]"))
     with pytest.raises(PluginError) as info:
         load_spec(path)
     message = str(info.value)
     assert info.value.exit_code == 4 and "\n" not in message
-    assert "method plugin 'pricon' is not installed" in message
+    assert "method plugin 'moco_v9' is not installed" in message
     assert "scratch" in message and "supervised" in message
 
 
