@@ -121,6 +121,10 @@ class PretrainMethod(Method):
 
         return getattr(self.config, "augment", None) or ViewAugmentConfig()
 
+    def cycles(self) -> int:
+        """Cyclic training (Table 4.5): pretrain -> fine-tune -> relabel, ``cycles`` times."""
+        return int(getattr(self.config, "cycles", 1))
+
     def labeler(self) -> LabelerSettings | None:
         """Labeler settings when ``needs_masks``."""
         return getattr(self.config, "labeler", None)

@@ -106,16 +106,17 @@ def build_plan(rspec: Any, registry: Any, resources: Any) -> Plan:
         info = registry.method(spec.plugin_of(method_name))
         method = info.cls(method_config)
         for seed in spec.seeds:
-            encoder = factory.encoder_stage(method, info.version, seed)
-            for fold in folds:
-                split = dataset.split(fold, arrays)
-                for fraction in spec.fractions:
-                    chosen = select_fraction(split.train, tissues, fraction, seed)
-                    for protocol in spec.protocols:
-                        ft = factory.finetune_stage(
-                            encoder, dataset, arrays, chosen, protocol, seed, spec.finetune,
-                            label=f"{method_name} {protocol} frac={fraction:g} {fold} seed {seed}",
-                            extra={"fold": fold, "fraction": fraction})
-                        ev = factory.evaluate_stage(ft, dataset, arrays, split.test, fold)
-                        cells.append(Cell(method_name, protocol, fraction, fold, seed, final=ev))
+            for suffix, encoder in factory.encoder_stages(method, info.version, seed):
+                row = method_name + suffix
+                for fold in folds:
+                    split = dataset.split(fold, arrays)
+                    for fraction in spec.fractions:
+                        chosen = select_fraction(split.train, tissues, fraction, seed)
+                        for protocol in spec.protocols:
+                            ft = factory.finetune_stage(
+                                encoder, dataset, arrays, chosen, protocol, seed, spec.finetune,
+                                label=f"{row} {protocol} frac={fraction:g} {fold} seed {seed}",
+                                extra={"fold": fold, "fraction": fraction})
+                            ev = factory.evaluate_stage(ft, dataset, arrays, split.test, fold)
+                            cells.append(Cell(row, protocol, fraction, fold, seed, final=ev))
     return Plan(cells)

@@ -194,6 +194,23 @@ class Runner:
                                                 "seconds": seconds})
         return {"cached": False, "seconds": seconds, "result": stage_result}
 
+    def _upstream(self, cell: Cell, timings: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """Summaries of the stages before fine-tuning (pretraining losses, the labeler's score,
+        pseudo-label class fractions), keyed by stage kind."""
+        spec = self.rspec.spec
+        out: dict[str, Any] = {}
+        for stage in cell.stages():
+            if stage.kind in ("finetune", "evaluate"):
+                continue
+            entry = dict(timings[stage.key]["result"] or {})
+            if stage.kind == "labeler_eval":
+                metrics = json.loads((self.store.stage_dir(stage.kind, stage.key) / "metrics.json").read_text())
+                entry = {"metrics": metrics}
+                if "instance" in metrics:
+                    entry["value"] = metrics[spec.metric.pq_variant]["mpq"]
+            out.setdefault(stage.kind, entry)
+        return out
+
     def _record(self, cell: Cell, timings: dict[str, dict[str, Any]]) -> dict[str, Any]:
         spec = self.rspec.spec
         ev = cell.final
@@ -205,7 +222,7 @@ class Runner:
             "run": spec.name,
             "cell_id": cell.cell_id,
             **cell.coordinates,
-            "plugin": spec.plugin_of(cell.method),
+            "plugin": spec.plugin_of(cell.method.split("@cycle")[0]),
             "dataset": spec.dataset.name,
             "reference": spec.reference,
             "metric": {"name": spec.metric.name,
@@ -214,6 +231,7 @@ class Runner:
             "metrics": metrics,
             "split": {"train_ids": ft.info["train_ids"], "test_ids": ev.info["test_ids"]},
             "train": timings[ft.key]["result"],
+            "upstream": self._upstream(cell, timings),
             "stages": [{"kind": s.kind, "key": s.key, "label": s.label,
                         "cached": timings[s.key]["cached"], "seconds": timings[s.key]["seconds"]}
                        for s in cell.stages()],

@@ -40,11 +40,13 @@ class StageFactory:
         return self._stages.setdefault(stage.key, stage)
 
     # --- encoders -------------------------------------------------------------------------------
-    def encoder_stage(self, method: Any, version: str, seed: int) -> Stage:
+    def encoder_stages(self, method: Any, version: str, seed: int) -> list[tuple[str, Stage]]:
+        """``(row suffix, encoder stage)`` pairs: one for most methods; one per cycle for cyclic
+        pretraining (``@cycle1``, ``@cycle2``, ...), each reported as its own row."""
         if method.kind == "init":
-            return self.init_stage(method, version, seed)
+            return [("", self.init_stage(method, version, seed))]
         if method.kind == "pretrain":
-            return self.pretrain_stage(method, version, seed)
+            return self.pretrain_stages(method, version, seed)
         raise PluginError(f"method '{method.name}' of kind '{method.kind}' has no encoder stage "
                           f"this harness version can build")
 
@@ -70,34 +72,66 @@ class StageFactory:
             config={"init": "random", "encoder": encoder_name, "seed": seed}, version=ENGINE_VERSION,
             run=lambda ctx: run_random_encoder(ctx, encoder_name=encoder_name, seed=seed)))
 
-    def pretrain_stage(self, method: Any, version: str, seed: int) -> Stage:
+    def pretrain_stages(self, method: Any, version: str, seed: int) -> list[tuple[str, Stage]]:
+        """Pretraining, preceded for mask-guided methods by labeler -> pseudo-labels. With
+        ``cycles: K`` (Table 4.5) each cycle continues the previous cycle's encoder and heads on
+        pseudo-labels from the previous cycle's encoder fine-tuned on the labeler data."""
+        cycles = method.cycles()
+        masks = None
+        if method.needs_masks:
+            labeler_ft, labeler_ev, labeler_ds = self.labeler_stages(method, seed)
+            masks = self.pseudolabel_stage(labeler_ft, labeler_ev, labeler_ds.num_classes)
+        rows: list[tuple[str, Stage]] = []
+        previous = None
+        for cycle in range(1, cycles + 1):
+            stage = self.pretrain_stage(method, version, seed, masks, previous, cycle if cycles > 1 else None)
+            rows.append((f"@cycle{cycle}" if cycles > 1 else "", stage))
+            if cycle < cycles and method.needs_masks:
+                labeler_ft, labeler_ev, labeler_ds = self.labeler_stages(method, seed, encoder=stage,
+                                                                         cycle=cycle)
+                masks = self.pseudolabel_stage(labeler_ft, labeler_ev, labeler_ds.num_classes)
+            previous = stage
+        return rows
+
+    def pretrain_stage(self, method: Any, version: str, seed: int, masks: Stage | None,
+                       previous: Stage | None, cycle: int | None) -> Stage:
         from harness.engine.pretrain import pretrain
 
         encoder_name = self.spec.finetune.encoder
         unlabeled = self.resources.unlabeled_dataset()
         deps: dict[str, Stage] = {}
         num_classes = None
-        if method.needs_masks:
-            labeler_ft, labeler_ev, labeler_ds = self.labeler_stages(method, seed)
-            num_classes = labeler_ds.num_classes
-            deps["masks"] = self.pseudolabel_stage(labeler_ft, labeler_ev, num_classes)
+        if masks is not None:
+            deps["masks"] = masks
+            num_classes = masks.config["num_classes"]
+        if previous is not None:
+            deps["previous"] = previous
+        # the number of cycles does not change what cycle k computes (its number is in the key)
         settings = {k: v for k, v in method.config.model_dump(mode="json").items()
-                    if k not in RUNTIME_ONLY}
-        label = f"{method.name} pretrain seed {seed}"
+                    if k not in RUNTIME_ONLY and k != "cycles"}
+        label = f"{method.name} pretrain seed {seed}" + (f" cycle {cycle}" if cycle else "")
 
         def run(ctx):
-            masks = np.load(ctx.inputs["masks"] / "masks.npy", mmap_mode="r") if "masks" in deps else None
-            return pretrain(ctx, method=method, images=self.resources.unlabeled_images(), masks=masks,
-                            encoder_name=encoder_name, seed=seed, num_classes=num_classes)
+            import torch
+
+            mask_arr = np.load(ctx.inputs["masks"] / "masks.npy", mmap_mode="r") if masks else None
+            start = (torch.load(ctx.inputs["previous"] / "model.pt", map_location="cpu", weights_only=True)
+                     if previous is not None else None)
+            return pretrain(ctx, method=method, images=self.resources.unlabeled_images(), masks=mask_arr,
+                            encoder_name=encoder_name, seed=seed, num_classes=num_classes,
+                            start_from=start)
 
         return self._unique(Stage(
             kind="pretrain", label=label,
             config={"method": method.name, "settings": settings, "encoder": encoder_name,
-                    "seed": seed, "unlabeled": unlabeled.fingerprint()},
+                    "seed": seed, "unlabeled": unlabeled.fingerprint(), "cycle": cycle},
             version=f"{version}/engine{ENGINE_VERSION}", deps=deps, run=run))
 
     # --- labeler and pseudo-labels -----------------------------------------------------------------
-    def labeler_stages(self, method: Any, seed: int) -> tuple[Stage, Stage, Any]:
+    def labeler_stages(self, method: Any, seed: int, encoder: Stage | None = None,
+                       cycle: int | None = None) -> tuple[Stage, Stage, Any]:
+        """The labeler U-Net (from a random encoder, or a pretraining cycle's encoder) trained on
+        the labeler dataset's training groups, and its evaluation on the held-out group."""
         from harness.data.fractions import select_fraction
 
         cfg = method.labeler()
@@ -123,9 +157,9 @@ class StageFactory:
             by_group = select_fraction(by_group, dict(zip(arrays.ids, arrays.tissues)), fraction, seed)
         settings = self.spec.finetune.model_copy(update={"epochs": cfg.epochs, "batch_size": cfg.batch_size,
                                                          "lr": cfg.lr})
-        ft = self.finetune_stage(self.random_encoder_stage(seed), dataset, arrays, by_group, "full",
-                                 seed, settings, label=f"labeler {dataset.name} seed {seed}",
-                                 kind="labeler")
+        label = f"labeler {dataset.name} seed {seed}" + (f" after cycle {cycle}" if cycle else "")
+        ft = self.finetune_stage(encoder or self.random_encoder_stage(seed), dataset, arrays, by_group,
+                                 "full", seed, settings, label=label, kind="labeler")
         test_ids = [s for s, g in zip(arrays.ids, arrays.groups) if g in test_groups]
         ev = self.evaluate_stage(ft, dataset, arrays, test_ids, "+".join(test_groups), kind="labeler_eval")
         return ft, ev, dataset

@@ -142,6 +142,32 @@ class RandomResizedCropFast(v2.RandomResizedCrop):
             w, h = width, height
         return dict(top=(height - h) // 2, left=(width - w) // 2, height=h, width=w)
 
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        """``F.resized_crop`` for ``Image`` and ``Mask`` without the dispatch layers (same
+        kernels: ``interpolate`` with antialias on the uint8 crop, nearest for masks)."""
+        is_image = isinstance(inpt, tv_tensors.Image)
+        if not (is_image or isinstance(inpt, tv_tensors.Mask)) or inpt.ndim not in (2, 3) \
+                or self.interpolation not in _NATIVE_UINT8 or not (
+                    inpt.dtype == torch.uint8 or inpt.is_floating_point()):
+            return super().transform(inpt, params)
+        top, left, h, w = params["top"], params["left"], params["height"], params["width"]
+        x = inpt.as_subclass(torch.Tensor)[..., top:top + h, left:left + w]
+        if list(self.size) == [h, w]:
+            out = x.clone()
+        elif is_image:
+            out = torch.nn.functional.interpolate(
+                x.unsqueeze(0), size=list(self.size), mode=self.interpolation.value,
+                align_corners=False, antialias=self.antialias)[0]
+        else:
+            lead = x.shape[:-2]
+            out = torch.nn.functional.interpolate(
+                x.reshape((1, -1) + x.shape[-2:]), size=list(self.size), mode="nearest")
+            out = out.reshape(lead + tuple(self.size))
+        return tv_tensors.wrap(out, like=inpt)
+
+
+_NATIVE_UINT8 = (v2.InterpolationMode.BILINEAR, v2.InterpolationMode.BICUBIC)
+
 
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 _CONSTS: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
@@ -179,24 +205,28 @@ def adjust_hue_fast(img: torch.Tensor, hue_factor: float) -> torch.Tensor:
         raise ValueError(f"hue_factor ({hue_factor}) is not in [-0.5, 0.5].")
     if not img.is_floating_point():
         raise TypeError("adjust_hue_fast expects a float image")
+    # in-place ops and early frees keep the working set small (it is memory-bound on CPU)
     r, g, b = img.unbind(dim=-3)
     maxc = torch.amax(img, dim=-3)
     minc = torch.amin(img, dim=-3)
-    c6 = (maxc - minc).mul_(6.0)
-    # where C == 0 all differences below are 0 as well, so any finite divisor gives 0
-    inv6 = c6.clamp_min(1e-30).reciprocal_()
-    not_r = torch.sign(maxc - r)  # 0 where r is the max, else 1
-    is_b = torch.sign(maxc - g).mul_(not_r)  # 1 where neither r nor g is the max
-    # h6 numerator: (g - b), (b - r) or (r - g) by max channel (ties: r before g before b)
-    gb, br, rg = g - b, b - r, r - g
-    num = torch.addcmul(gb, not_r, br - gb).addcmul_(is_b, rg - br)
+    not_r = torch.sub(maxc, r).sign_()  # 0 where r is the max, else 1
+    is_b = torch.sub(maxc, g).sign_().mul_(not_r)  # 1 where neither r nor g is the max
+    c6 = maxc.sub_(minc).mul_(6.0)
+    del maxc
+    # h6 numerator (g - b), (b - r) or (r - g) by max channel (ties: r before g before b)
+    gb, br = g - b, b - r
+    num = torch.addcmul(gb, not_r, br - gb)
+    num.addcmul_(is_b, torch.sub(r, g).sub_(br))
+    del gb, br
+    # where C == 0 all differences are 0 as well, so any finite divisor gives 0
+    num.div_(c6.clamp_min(1e-30))
     # u = h6 / 6 + hue + 1 (>= 0), with h6 offset 2 (max = g) or 4 (max = b)
-    u = num.mul_(inv6).add_(not_r.add_(is_b), alpha=1.0 / 3.0).add_(hue_factor + 1.0)
+    u = num.add_(not_r.add_(is_b), alpha=1.0 / 3.0).add_(hue_factor + 1.0)
+    del not_r, is_b
     offsets = _const("hue", (5.0 / 6.0, 3.0 / 6.0, 1.0 / 6.0), (3, 1, 1), img)
     # f = k / 6 in [0, 1); clamp(|6 f - 2| - 1, 0, 1) = 6 * clamp(|f - 1/3| - 1/6, 0, 1/6)
-    t = (u.unsqueeze(-3) + offsets).frac_().sub_(1.0 / 3.0).abs_().sub_(1.0 / 6.0)
-    t = t.clamp_(0.0, 1.0 / 6.0)
-    return torch.addcmul(minc.unsqueeze(-3), c6.unsqueeze(-3), t)
+    t = torch.add(u.unsqueeze(-3), offsets).frac_().sub_(1.0 / 3.0).abs_().sub_(1.0 / 6.0)
+    return t.clamp_(0.0, 1.0 / 6.0).mul_(c6.unsqueeze(-3)).add_(minc.unsqueeze(-3))
 
 
 def color_jitter_float(img: torch.Tensor, fn_idx: Sequence[int], brightness: float | None,
@@ -212,9 +242,10 @@ def color_jitter_float(img: torch.Tensor, fn_idx: Sequence[int], brightness: flo
         if fn_id == 0 and brightness is not None:
             out = out.mul_(brightness).clamp_(0.0, bound)
         elif fn_id == 1 and contrast is not None:
-            w = _const("gray_mean", _GRAY, (3, 1, 1), out)
-            mean = out.mean(dim=(-2, -1), keepdim=True).mul_(w).sum(dim=-3, keepdim=True)
-            out = out.mul_(contrast).add_(mean, alpha=1.0 - contrast).clamp_(0.0, bound)
+            # mean of the grey image = grey weights . per-channel means
+            mean = torch.matmul(out.mean(dim=(-2, -1)), _const("gray_w", _GRAY, (3,), out))
+            mean = mean.mul_(1.0 - contrast).view(mean.shape + (1, 1, 1))
+            out = torch.add(mean, out, alpha=contrast).clamp_(0.0, bound)
         elif fn_id == 2 and saturation is not None:
             out = torch.lerp(_gray(out), out, saturation).clamp_(0.0, bound)
         elif fn_id == 3 and hue is not None:
@@ -262,6 +293,7 @@ class ColorAugment(v2.Transform):
         self.blur = v2.GaussianBlur(blur_kernel, sigma=blur_sigma) if blur_p > 0 else None
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
+        self._norm: dict[tuple[float, torch.device, torch.dtype], tuple[torch.Tensor, ...]] = {}
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         # the draws of RandomApply(ColorJitter), RandomGrayscale and RandomApply(GaussianBlur)
@@ -296,9 +328,13 @@ class ColorAugment(v2.Transform):
             kernel = [self.blur.kernel_size[0], self.blur.kernel_size[1]]
             x = F.gaussian_blur_image(x, kernel, params["sigma"])
         # (x / bound - mean) / std, out of place (3 channels even for a grey x)
-        shift = _const(f"mean{self.mean}{bound}", [m * bound for m in self.mean], (3, 1, 1), x)
-        scale = _const(f"std{self.std}{bound}", [s * bound for s in self.std], (3, 1, 1), x)
-        x = x.sub(shift).div_(scale)
+        key = (bound, x.device, x.dtype)
+        norm = self._norm.get(key)
+        if norm is None:
+            norm = self._norm[key] = tuple(
+                torch.tensor([v * bound for v in vals], dtype=x.dtype, device=x.device)
+                .view(3, 1, 1) for vals in (self.mean, self.std))
+        x = x.sub(norm[0]).div_(norm[1])
         return tv_tensors.wrap(x, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else x
 
 

@@ -74,7 +74,8 @@ def gather_with_grad(tensor: torch.Tensor, sizes: list[int] | None = None) -> to
         from torch.distributed.nn.functional import all_gather
 
         with warnings.catch_warnings():  # deprecated in favour of a private API (torch 2.x)
-            warnings.filterwarnings("ignore", message=".*all_gather is deprecated", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=".*all_gather is deprecated",
+                                    category=FutureWarning)
             parts = list(all_gather(padded))
     else:
         parts = [torch.empty_like(padded) for _ in range(ws)]

@@ -1,0 +1,174 @@
+"""PRICon's pure tensor operations: mask pooling, valid classes, point sampling, region and image
+pooling (``pricon:src/model.py`` ``training_step`` L181-283; thesis §3.2, Eqs. 3.2-3.4).
+
+Shapes: ``B`` images, ``C`` classes (background included, it is an ordinary class), ``D``
+feature channels, dense maps at ``R x R``. Dense features ``z`` are (B, D, R, R) (or already
+flattened, (B, D, R*R)); pooled masks are (B, C, R, R) (or (B, C, R*R)) holding per-cell class
+fractions in [0, 1].
+
+Skip rule (an extension of the reference): an image with **no class present in both views** is
+skipped, i.e. it contributes no points and no regions. The reference crashes on such an image
+(``random.choice([])``); it can occur only for extreme crops. Its image-level features are
+unaffected (the image term needs no mask).
+
+Randomness only comes from ``torch.multinomial`` with the optional ``generator`` argument, so a
+seeded :class:`torch.Generator` (on the tensors' device) makes sampling reproducible.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "pool_masks",
+    "valid_classes",
+    "sample_point_indices",
+    "sample_points",
+    "region_pool",
+    "image_pool",
+    "upsample_dense",
+]
+
+
+def _flat(t: torch.Tensor, name: str) -> torch.Tensor:
+    if t.dim() == 4:
+        return t.flatten(2)
+    if t.dim() == 3:
+        return t
+    raise ValueError(f"{name} must be (B, K, R, R) or (B, K, R*R), got shape {tuple(t.shape)}")
+
+
+def pool_masks(one_hot_masks: torch.Tensor, R: int) -> torch.Tensor:
+    """(B, C, H, W) one-hot masks -> (B, C, R, R) class fractions per cell.
+
+    ``adaptive_avg_pool2d(one_hot.float(), R)`` (``pricon:src/model.py L189-201``). For the
+    upsampled-resolution ablation (thesis Table 4.6c) pool directly at the target ``R'``.
+    """
+    if one_hot_masks.dim() != 4:
+        raise ValueError(f"pool_masks expects (B, C, H, W), got shape {tuple(one_hot_masks.shape)}")
+    return F.adaptive_avg_pool2d(one_hot_masks.float(), R)
+
+
+def valid_classes(pooled1: torch.Tensor, pooled2: torch.Tensor) -> torch.Tensor:
+    """(B, C) bool: class c is present (some non-zero cell) in **both** views' pooled masks of
+    image b (``pricon:src/model.py get_valid_classes`` L107-116)."""
+    m1, m2 = _flat(pooled1, "pooled1"), _flat(pooled2, "pooled2")
+    if m1.shape != m2.shape:
+        raise ValueError(f"pooled masks differ in shape: {tuple(m1.shape)} vs {tuple(m2.shape)}")
+    return (m1 != 0).any(dim=2) & (m2 != 0).any(dim=2)
+
+
+def sample_point_indices(
+    pooled1: torch.Tensor,
+    pooled2: torch.Tensor,
+    n_points: int,
+    valid: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw the point pairs of the point loss (thesis §3.2 "Point-level Loss"; reference
+    ``sample_index_pairs`` L150-173, as described in DATA_AND_METHODS §7.4 step 4).
+
+    For every kept image and each of the ``n_points`` iterations: one class uniformly among the
+    image's valid classes (the same class for both views), then a cell in view 1 drawn with
+    probability proportional to that class's pooled fraction (``torch.multinomial``) and,
+    independently, a cell in view 2 from view 2's fractions.
+
+    Returns ``(images, classes, cells1, cells2)``, each (n_points, B') with B' the images that have
+    at least one valid class, in their original order (the skip rule): iteration-major, as the
+    reference stacks them. ``images`` holds the original image indices, ``cells*`` flat indices
+    into the R*R grid.
+    """
+    m1, m2 = _flat(pooled1, "pooled1"), _flat(pooled2, "pooled2")
+    if valid is None:
+        valid = valid_classes(m1, m2)
+    if n_points < 1:
+        raise ValueError(f"n_points must be >= 1, got {n_points}")
+    kept = valid.any(dim=1).nonzero().flatten()
+    nk = kept.numel()
+    if nk == 0:
+        empty = torch.zeros((n_points, 0), dtype=torch.long, device=m1.device)
+        return empty, empty.clone(), empty.clone(), empty.clone()
+    # (B', N): a class per (image, iteration), uniform over the image's valid classes
+    cls = torch.multinomial(valid[kept].float(), n_points, replacement=True, generator=generator)
+    img = kept[:, None].expand(nk, n_points)
+    p1 = m1[img, cls].reshape(nk * n_points, -1).float()
+    p2 = m2[img, cls].reshape(nk * n_points, -1).float()
+    cells1 = torch.multinomial(p1, 1, generator=generator).view(nk, n_points)
+    cells2 = torch.multinomial(p2, 1, generator=generator).view(nk, n_points)
+    return img.t().contiguous(), cls.t().contiguous(), cells1.t().contiguous(), cells2.t().contiguous()
+
+
+def sample_points(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    pooled1: torch.Tensor,
+    pooled2: torch.Tensor,
+    n_points: int,
+    valid: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Point features and labels for the point loss.
+
+    ``z1``/``z2``: dense features of the two views; ``pooled1``/``pooled2`` their pooled masks at
+    the same resolution. Returns ``features`` (2 * B' * n_points, D) and ``labels`` (same length,
+    long): view 1 first, then view 2; inside each view iteration-major (all kept images for
+    iteration 0, then iteration 1, ...); the labels of view 2 repeat those of view 1
+    (``pricon:src/model.py L210-236``). B' excludes images without a valid class (skip rule);
+    with none left the result is empty ((0, D) and (0,)).
+    """
+    f1, f2 = _flat(z1, "z1"), _flat(z2, "z2")
+    img, cls, c1, c2 = sample_point_indices(pooled1, pooled2, n_points, valid, generator)
+    img, cls, c1, c2 = img.flatten(), cls.flatten(), c1.flatten(), c2.flatten()
+    pts1 = f1[img, :, c1]  # (N*B', D)
+    pts2 = f2[img, :, c2]
+    return torch.cat([pts1, pts2]), torch.cat([cls, cls])
+
+
+def region_pool(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    pooled1: torch.Tensor,
+    pooled2: torch.Tensor,
+    valid: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Region features and labels for the region loss (thesis Eq. 3.3; reference
+    ``mask_pooling`` L118-148).
+
+    For each image b and each class c valid for it, in both views::
+
+        h = sum_cells m[b, c, cell] * z[b, :, cell] / sum_cells m[b, c, cell]
+
+    with the **soft** pooled fractions ``m`` as weights. Returns ``features`` (2K, D) and
+    ``labels`` (2K,) with K = number of valid (image, class) pairs: view 1 first, then view 2,
+    each image-major with classes ascending. Images without a valid class contribute nothing.
+    """
+    f1, f2 = _flat(z1, "z1"), _flat(z2, "z2")
+    m1, m2 = _flat(pooled1, "pooled1"), _flat(pooled2, "pooled2")
+    if valid is None:
+        valid = valid_classes(m1, m2)
+    b_idx, c_idx = valid.nonzero(as_tuple=True)  # row-major: image-major, classes ascending
+
+    def pool(f: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        w = m[b_idx, c_idx].to(f.dtype)  # (K, R*R)
+        num = torch.einsum("kr,kdr->kd", w, f[b_idx])
+        return num / w.sum(dim=1, keepdim=True)
+
+    return torch.cat([pool(f1, m1), pool(f2, m2)]), torch.cat([c_idx, c_idx])
+
+
+def image_pool(z: torch.Tensor) -> torch.Tensor:
+    """(B, D, R, R) or (B, D, R*R) dense features -> (B, D) global average (the image term pools
+    the *projected* map, ``pricon:src/model.py L260-275``)."""
+    return _flat(z, "z").mean(dim=2)
+
+
+def upsample_dense(z: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinearly upsample a (B, D, R, R) dense map to (B, D, size, size) before the loss (thesis
+    §4.3, Table 4.6c; not in the reference code). ``align_corners=False``. Pair it with masks
+    pooled at the same ``size`` (:func:`pool_masks`). Identity when already at ``size``."""
+    if z.dim() != 4:
+        raise ValueError(f"upsample_dense expects (B, D, R, R), got shape {tuple(z.shape)}")
+    if z.shape[-2:] == (size, size):
+        return z
+    return F.interpolate(z, size=(size, size), mode="bilinear", align_corners=False)
