@@ -149,3 +149,27 @@ class PretrainMethod(Method):
 
     def init_encoder(self, encoder: torch.nn.Module, encoder_name: str, seed: int) -> None:
         """Starting weights (random by default; PRICon can start from ImageNet)."""
+
+
+class SemiSupervisedSettings(MethodConfig):
+    """Settings shared by semi-supervised methods (thesis §A.2 defaults)."""
+
+    iterations: int = Field(80_000, ge=1, description="training iterations (cosine lr to 0)")
+    batch_size: int = Field(4, ge=1, description="labeled images per iteration")
+    unlabeled_batch_size: int | None = Field(None, ge=2, description="unlabeled images per "
+                                             "iteration (default: batch_size, at least 2 for mixing)")
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    ema_decay: float = Field(0.99, gt=0, lt=1, description="teacher EMA: min(1 - 1/(t+1), decay)")
+    strong_threshold: float = Field(0.97, gt=0, le=1, description="teacher confidence that counts "
+                                    "a pixel in the per-image unsupervised weight")
+    num_workers: int = Field(0, ge=0, description="data-loader workers (not part of result keys)")
+
+
+class SemiSupervisedMethod(Method):
+    """Trains a whole U-Net from the labeled split + unlabeled images with a mean teacher; the
+    loop is :mod:`harness.engine.semisup`, the method supplies the mixing (and extra losses).
+    There is no separate encoder stage, so the ``frozen`` protocol does not apply."""
+
+    kind: ClassVar[str] = "semisupervised"
+    Config: ClassVar[type[MethodConfig]] = SemiSupervisedSettings

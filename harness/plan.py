@@ -106,6 +106,18 @@ def build_plan(rspec: Any, registry: Any, resources: Any) -> Plan:
         info = registry.method(spec.plugin_of(method_name))
         method = info.cls(method_config)
         for seed in spec.seeds:
+            if method.kind == "semisupervised":  # no encoder stage: one whole-model stage per split
+                for fold in folds:
+                    split = dataset.split(fold, arrays)
+                    for fraction in spec.fractions:
+                        chosen = select_fraction(split.train, tissues, fraction, seed)
+                        model = factory.semisup_stage(
+                            method, info.version, dataset, arrays, chosen, seed,
+                            label=f"{method_name} full frac={fraction:g} {fold} seed {seed}",
+                            extra={"fold": fold, "fraction": fraction})
+                        ev = factory.evaluate_stage(model, dataset, arrays, split.test, fold)
+                        cells.append(Cell(method_name, "full", fraction, fold, seed, final=ev))
+                continue
             for suffix, encoder in factory.encoder_stages(method, info.version, seed):
                 row = method_name + suffix
                 for fold in folds:

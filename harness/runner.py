@@ -199,8 +199,9 @@ class Runner:
         pseudo-label class fractions), keyed by stage kind."""
         spec = self.rspec.spec
         out: dict[str, Any] = {}
+        final = {cell.final.key, cell.final.deps["model"].key}
         for stage in cell.stages():
-            if stage.kind in ("finetune", "evaluate"):
+            if stage.key in final:
                 continue
             entry = dict(timings[stage.key]["result"] or {})
             if stage.kind == "labeler_eval":

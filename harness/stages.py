@@ -194,6 +194,30 @@ class StageFactory:
                                      num_classes=dataset.num_classes, settings=settings,
                                      protocol=protocol, seed=seed)))
 
+    def semisup_stage(self, method: Any, version: str, dataset: Any, arrays: Any,
+                      chosen: dict[str, list[str]], seed: int, label: str,
+                      extra: dict[str, Any] | None = None) -> Stage:
+        """A semi-supervised method's whole U-Net (its EMA teacher), from the labeled subset and
+        the unlabeled images; the evaluation stage reads it like a fine-tuned model."""
+        from harness.engine.semisup import train_semisupervised
+
+        train_ids = [sid for ids in chosen.values() for sid in ids]
+        unlabeled = self.resources.unlabeled_dataset()
+        settings = self.spec.finetune
+        method_settings = {k: v for k, v in method.config.model_dump(mode="json").items()
+                           if k not in RUNTIME_ONLY}
+        return self._unique(Stage(
+            kind="semisup", label=label,
+            config={"method": method.name, "settings": method_settings,
+                    "finetune": _result_settings(settings), "dataset": dataset.fingerprint(),
+                    "unlabeled": unlabeled.fingerprint(), "seed": seed,
+                    "train_ids": hash_key(train_ids), **(extra or {})},
+            version=f"{version}/engine{ENGINE_VERSION}", info={"train_ids": chosen},
+            run=lambda ctx: train_semisupervised(
+                ctx, method=method, arrays=arrays, train_ids=train_ids,
+                unlabeled_images=self.resources.unlabeled_images(), num_classes=dataset.num_classes,
+                settings=settings, seed=seed)))
+
     def evaluate_stage(self, model: Stage, dataset: Any, arrays: Any, test_ids: Sequence[str],
                        fold: str, kind: str = "evaluate") -> Stage:
         from harness.engine.evaluate import evaluate
