@@ -1,4 +1,4 @@
-"""Command line: ``harness run | validate | list | report | data``.
+"""Command line: ``harness run | validate | list | report | compare | data``.
 
 Exit codes: 0 ok, 1 failure (e.g. an unexpected error), 2 invalid spec or usage, 3 data missing
 or corrupt, 4 plugin problem, 130 interrupted. Errors are one line each; ``--debug`` (anywhere on
@@ -172,21 +172,45 @@ def list_plugins(what: Annotated[str, typer.Argument(help="methods, datasets or 
 
 @app.command()
 def report(run_dirs: Annotated[list[Path], typer.Argument(help="run folders (merged)")],
-           output: Annotated[Optional[Path], typer.Option("--output", help="where to write (default: the first run folder)")] = None) -> None:
+           output: Annotated[Optional[Path], typer.Option("--output", help="where to write (default: the first run folder)")] = None,
+           format_: Annotated[str, typer.Option("--format", help="comma-separated: md,html,json,csv")] = "md,html,json,csv",
+           baseline: Annotated[Optional[str], typer.Option("--baseline", help="method of the paired comparisons (default: the first method)")] = None) -> None:
     """Rebuild the report from result records (several runs are merged)."""
-    import json
-
     from harness.errors import DataError
-    from harness.report.tables import load_records, write_report
+    from harness.report.schema import load_records
+    from harness.report.writer import parse_formats, read_run_infos, write_report
 
+    formats = parse_formats(format_)
     records = load_records(run_dirs)
     if not records:
         raise DataError(f"no result records under {', '.join(str(d / 'records') for d in run_dirs)}")
-    run_json = run_dirs[0] / "run.json"
-    run_info = json.loads(run_json.read_text()) if run_json.exists() else {"name": run_dirs[0].name}
-    paths = write_report(output or run_dirs[0], records, run_info)
+    runs = read_run_infos(run_dirs)
+    paths = write_report(output or run_dirs[0], records, runs[0], formats=formats,
+                         baseline=baseline, runs=runs)
     for p in paths:
         out.print(str(p), markup=False)
+
+
+@app.command()
+def compare(new: Annotated[Path, typer.Argument(help="new run folder or report.json")],
+            baseline: Annotated[Path, typer.Argument(help="baseline run folder or report.json")],
+            tolerance: Annotated[Optional[float], typer.Option("--tolerance", help="absolute tolerance in metric units (default: max(k x baseline std, floor))")] = None,
+            k: Annotated[float, typer.Option("--k", help="spread rule: multiple of the baseline's std over folds/seeds")] = 2.0,
+            floor: Annotated[float, typer.Option("--floor", help="spread rule: smallest tolerance")] = 0.01,
+            json_: Annotated[bool, typer.Option("--json", help="print the machine-readable result (JSON) instead of a table")] = False) -> None:
+    """Flag cells whose mean fell below the baseline by more than the tolerance (exit 1 if any)."""
+    from harness.report.compare import compare_paths, dumps, rich_table
+
+    result = compare_paths(new, baseline, tolerance, k, floor)
+    if json_:
+        out.print(dumps(result), markup=False)
+    else:
+        wide = out if out.is_terminal else Console(highlight=False, width=160)  # CI logs: no squeezing
+        wide.print(rich_table(result))
+        verdict = "no regression" if result["ok"] else f"{result['regressions']} regression(s)"
+        out.print(f"{verdict} ({len(result['cells'])} cells)", markup=False)
+    if not result["ok"]:
+        raise typer.Exit(1)
 
 
 DataSetOpt = Annotated[Optional[list[str]], typer.Option(

@@ -173,3 +173,28 @@ class SemiSupervisedMethod(Method):
 
     kind: ClassVar[str] = "semisupervised"
     Config: ClassVar[type[MethodConfig]] = SemiSupervisedSettings
+
+    def build_model(self, unet: torch.nn.Module) -> torch.nn.Module:
+        """The student network around ``unet`` (a randomly initialised smp U-Net): the U-Net
+        itself (default), or a module that keeps it as ``.unet`` and whose forward returns a
+        dict with ``"logits"`` plus whatever :meth:`extra_loss` needs (e.g. a representation
+        head). The teacher is an EMA copy of this module; only its ``.unet`` is saved and
+        evaluated, so the artifact loads into a plain U-Net."""
+        return unet
+
+    def mix(self, images: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mix the un-augmented unlabeled batch: float images in [0, 1] ``(B, 3, H, W)``, the
+        teacher's pseudo-labels (long) and confidences ``(B, H, W)``; one mask per image mixes
+        all three alike. Draw randomness from the global torch RNG (the engine seeds it per
+        iteration, so a resumed run draws the same)."""
+        raise NotImplementedError
+
+    def extra_loss(self, labeled: dict[str, torch.Tensor], unlabeled: dict[str, torch.Tensor],
+                   targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, dict[str, float]]:
+        """A loss added (weight 1) to the supervised and unsupervised cross-entropy, and values
+        to log. ``labeled``/``unlabeled``: the student's outputs (dicts, at least ``"logits"``)
+        on the labeled batch and on the mixed, augmented unlabeled batch; ``targets``:
+        ``labels`` (labeled ground truth), ``pseudo_labels`` and ``confidence`` (the teacher's,
+        mixed and augmented like the unlabeled images). Default: none."""
+        return None, {}

@@ -14,9 +14,13 @@ from harness.engine.evaluate import load_model, predict
 from harness.engine.runtime import Precision
 from harness.store import atomic_write_json
 
+#: Images per resumable chunk (progress is saved after each).
+CHUNK = 512
+
 
 def pseudolabel(ctx: StageContext, *, images: np.ndarray, encoder_name: str, num_classes: int,
-                batch_size: int, amp: bool = True, chunk: int = 512) -> dict[str, Any]:
+                batch_size: int, amp: bool = True, chunk: int | None = None) -> dict[str, Any]:
+    chunk = chunk or CHUNK
     model, normalizer = load_model(ctx.inputs["labeler"], encoder_name, num_classes)
     n, h, w = images.shape[:3]
     path, progress = ctx.work / "masks.npy", ctx.work / "progress.json"

@@ -1,131 +1,197 @@
-"""The comparison table: methods x protocols (x label fractions), mean +- std over folds and
-seeds, with the thesis's published value beside ours where the spec names a reference table.
-Written as Markdown, JSON and CSV."""
+"""The report's tables as plain data (:class:`Table`), rendered to Markdown here and to HTML in
+:mod:`harness.report.html`.
+
+* main table: rows = methods, columns = protocol (x label fraction), cells = mean ± sample std
+  over folds and seeds, the number of runs and the 95% t-interval; the best mean of a column in
+  bold; ▲/▼ where a method differs from the baseline (paired bootstrap, Holm-corrected p < 0.05);
+  "paper" and "Δ" columns only when the headline metric is the paper's own (like for like).
+* paired comparisons, paper comparison (like for like), both PQ variants, per-class PQ and
+  per-tissue mPQ of each variant, stage wall times.
+
+``summarize``, ``load_records`` and ``write_report`` stay importable from here (the runner uses
+``harness.report.tables.write_report``).
+"""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from harness.references import published_value
-from harness.store import atomic_write_json, atomic_write_text
-
-REPORT_SCHEMA = "harness.report/1"
+from harness.report.build import summarize  # noqa: F401  (public, used by callers)
+from harness.report.schema import REPORT_SCHEMA, load_records  # noqa: F401
 
 
-def load_records(run_dirs: Iterable[Path]) -> list[dict[str, Any]]:
-    records = []
-    for run_dir in run_dirs:
-        for path in sorted((Path(run_dir) / "records").glob("*.json")):
-            records.append(json.loads(path.read_text()))
-    return records
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    strong: set[tuple[int, int]] = field(default_factory=set)  # (row, column) shown in bold
+    notes: list[str] = field(default_factory=list)
+    name: str = ""  # stable id (HTML anchors, CSV file names)
 
 
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    vals = [v for v in values if v is not None and not math.isnan(v)]
-    if not vals:
-        return None, None
-    mean = sum(vals) / len(vals)
-    if len(vals) == 1:
-        return mean, 0.0
-    var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)
-    return mean, math.sqrt(var)
+def fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
-def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (method, protocol, fraction): mean and sample std over folds and seeds."""
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for r in records:
-        groups.setdefault((r["method"], r["protocol"], r["fraction"]), []).append(r)
-    rows = []
-    for (method, protocol, fraction), recs in groups.items():
-        values = [r["metric"]["value"] for r in recs]
-        mean, std = _mean_std(values)
-        reference = recs[0].get("reference")
-        paper = published_value(reference, method, protocol, fraction) if reference else None
-        rows.append({
-            "method": method, "protocol": protocol, "fraction": fraction,
-            "metric": recs[0]["metric"]["name"], "variant": recs[0]["metric"]["variant"],
-            "mean": mean, "std": std, "n": len([v for v in values if v is not None]),
-            "folds": sorted({r["fold"] for r in recs}), "seeds": sorted({r["seed"] for r in recs}),
-            "paper": paper,
-            "diff": (mean - paper) if (paper is not None and mean is not None) else None,
-        })
-    rows.sort(key=lambda r: (r["fraction"], r["method"], r["protocol"]))
-    return rows
+def column_name(protocol: str, fraction: float, several_fractions: bool) -> str:
+    return f"{protocol} @ {fraction * 100:g}%" if several_fractions else protocol
 
 
-def _fmt(mean: float | None, std: float | None, n: int) -> str:
-    if mean is None:
-        return "-"
-    return f"{mean:.4f} ± {std:.4f} (n={n})"
+def _columns(rows: list[dict[str, Any]]) -> tuple[list[tuple[str, float]], bool]:
+    cols = list(dict.fromkeys((r["protocol"], r["fraction"]) for r in rows))
+    return cols, len({c[1] for c in cols}) > 1
+
+
+def cell_text(r: dict[str, Any]) -> str:
+    if r["mean"] is None:
+        return f"- (n={r['n']})"
+    text = f"{r['mean']:.4f} ± {r['std']:.4f} (n={r['n']}"
+    if r.get("ci_low") is not None:
+        text += f"; CI {r['ci_low']:.4f}–{r['ci_high']:.4f}"
+    return text + ")"
+
+
+def main_table(report: dict[str, Any]) -> Table:
+    rows = report["rows"]
+    cols, several = _columns(rows)
+    by_key = {(r["method"], r["protocol"], r["fraction"]): r for r in rows}
+    marks = {(c["method"], c["protocol"], c["fraction"]): ("▲" if c["mean_diff"] > 0 else "▼")
+             for c in report.get("comparisons", []) if c["significant"] and c["mean_diff"]}
+    outside = {(p["method"], p["protocol"], p["fraction"]): p["outside_ci"] for p in report.get("paper", [])}
+    with_paper = any(r["paper"] is not None for r in rows)
+    header = ["method"]
+    for protocol, fraction in cols:
+        name = column_name(protocol, fraction, several)
+        header += [name] + ([f"{name} paper", f"{name} Δ"] if with_paper else [])
+    metric = report.get("metric") or "?"
+    table = Table(f"{metric} by method and protocol", header, [], name="main")
+    for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
+        cells = [method]
+        for protocol, fraction in cols:
+            r = by_key.get((method, protocol, fraction))
+            key = (method, protocol, fraction)
+            if r and r["best"]:
+                table.strong.add((i, len(cells)))
+            cells.append((cell_text(r) + (f" {marks[key]}" if key in marks else "")) if r else "-")
+            if with_paper:
+                diff = "-" if not r or r["diff"] is None else f"{r['diff']:+.4f}"
+                cells += ["-" if not r or r["paper"] is None else f"{r['paper']:.4f}",
+                          diff + (" °" if outside.get(key) else "")]
+        table.rows.append(cells)
+    variant = f" (PQ variant `{report['variant']}`)" if report.get("variant") else ""
+    table.notes.append(f"{metric}{variant}: mean ± sample std over folds and seeds; n = runs; "
+                       "CI = 95% t-interval of the mean; bold = best mean of the column.")
+    if report.get("baseline"):
+        table.notes.append(f"▲/▼: differs from the baseline `{report['baseline']}` on identical "
+                           "(fold, seed) pairs (paired bootstrap, Holm-corrected p < 0.05).")
+    if with_paper:
+        table.notes.append("paper/Δ: the thesis's value and ours minus it (like for like); "
+                           "° = the published value lies outside our 95% CI.")
+    return table
+
+
+def comparison_table(report: dict[str, Any]) -> Table:
+    cols, several = _columns(report["rows"])
+    table = Table(f"Paired comparison against `{report.get('baseline')}`",
+                  ["method", "column", "pairs", "mean Δ", "Δ 95% CI (bootstrap)", "p bootstrap",
+                   "p boot. (Holm)", "p Wilcoxon", "p Wilc. (Holm)", "significant"], [], name="paired")
+    for c in report.get("comparisons", []):
+        ci = "-" if not c["diff_ci"] else f"{c['diff_ci'][0]:+.4f}…{c['diff_ci'][1]:+.4f}"
+        table.rows.append([c["method"], column_name(c["protocol"], c["fraction"], several),
+                           str(c["n_pairs"]), "-" if c["mean_diff"] is None else f"{c['mean_diff']:+.4f}",
+                           ci, fmt(c["p_bootstrap"]), fmt(c["p_bootstrap_holm"]), fmt(c["p_wilcoxon"]),
+                           fmt(c["p_wilcoxon_holm"]), "yes" if c["significant"] else "no"])
+    table.notes.append("Pairs = identical (fold, seed) cells of both methods. The bootstrap (10,000 "
+                       "resamples) marks the main table; Wilcoxon is shown beside it (its smallest "
+                       "p with n pairs is 2/2^n, so it needs n ≥ 6 to reach 0.05). Holm over all rows. "
+                       "With few pairs the bootstrap is optimistic: read it as descriptive.")
+    return table
+
+
+def paper_table(report: dict[str, Any]) -> Table:
+    entries = report.get("paper", [])
+    cols, several = _columns(report["rows"])
+    first = entries[0] if entries else {}
+    what = first.get("metric", "?") + (f", `{first['variant']}` variant" if first.get("variant") else "")
+    table = Table(f"Paper comparison (thesis table `{first.get('table')}`; ours = {what})",
+                  ["method", "column", "ours", "paper", "Δ", "paper in our 95% CI"], [], name="paper")
+    for p in entries:
+        inside = "-" if p["outside_ci"] is None else ("no" if p["outside_ci"] else "yes")
+        table.rows.append([p["method"], column_name(p["protocol"], p["fraction"], several),
+                           cell_text(p), fmt(p["paper"]),
+                           "-" if p["diff"] is None else f"{p['diff']:+.4f}", inside])
+    table.notes.append("Like for like: the thesis's PQ is the mPQ of its own evaluation code (our "
+                       "`thesis` variant), its Dice our Dice; same table, protocol and fraction.")
+    if any(p["outside_ci"] for p in entries):
+        table.notes.append("Note: at least one published value lies outside our 95% interval.")
+    return table
+
+
+def _values_table(title: str, name: str, entries: list[dict[str, Any]], several: bool, note: str) -> Table:
+    keys = list(dict.fromkeys(k for e in entries for k in e["values"]))
+    table = Table(title, ["method", "column"] + keys, [], name=name, notes=[note])
+    for e in entries:
+        cells = [e["method"], column_name(e["protocol"], e["fraction"], several)]
+        for k in keys:
+            v = e["values"].get(k)
+            cells.append("-" if not v or v["mean"] is None else f"{v['mean']:.4f} ± {v['std']:.4f}")
+        table.rows.append(cells)
+    return table
+
+
+def breakdown_tables(report: dict[str, Any]) -> list[Table]:
+    _, several = _columns(report["rows"])
+    tables = []
+    names = {"instance": "instance (PanNuke mPQ/bPQ: matched instances)",
+             "thesis": "thesis (the thesis's code: each class of an image is one segment)"}
+    for variant, parts in report.get("breakdown", {}).items():
+        label = names.get(variant, variant)
+        tables.append(_values_table(f"PQ variant {label}: overall", f"overall_{variant}",
+                                    parts["overall"], several, "mean ± std over folds and seeds."))
+        tables.append(_values_table(f"Per-class PQ, variant `{variant}`", f"per_class_{variant}",
+                                    parts["per_class"], several,
+                                    "PQ of each class averaged over images (NaN images skipped)."))
+        tables.append(_values_table(f"Per-tissue mPQ, variant `{variant}`", f"per_tissue_{variant}",
+                                    parts["per_tissue"], several, "mPQ of each tissue's images."))
+    return tables
+
+
+def stage_table(report: dict[str, Any]) -> Table:
+    prov = report.get("provenance", {})
+    table = Table("Stages and wall time", ["kind", "label", "key", "seconds", "cached", "cells"], [],
+                  name="stages")
+    for s in prov.get("stages", []):
+        table.rows.append([s["kind"], s["label"], s["key"], fmt(s["seconds"], 1),
+                           "yes" if s["cached"] else "no", str(s["cells"])])
+    per_kind = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(prov.get("seconds_per_kind", {}).items()))
+    table.notes.append(f"Total {prov.get('seconds_total', 0.0):.1f} s ({per_kind}); a stage reused "
+                       "from the store shows the time of the run that computed it.")
+    return table
+
+
+def to_markdown(table: Table, heading: str = "###") -> str:
+    def esc(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = [f"{heading} {table.title}", "", "| " + " | ".join(esc(h) for h in table.header) + " |",
+             "|" + "---|" * len(table.header)]
+    for i, row in enumerate(table.rows):
+        cells = [f"**{esc(c)}**" if (i, j) in table.strong else esc(c) for j, c in enumerate(row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines + [""] + [f"_{n}_" for n in table.notes] + [""])
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    columns = list(dict.fromkeys((r["protocol"], r["fraction"]) for r in rows))
-    by_key = {(r["method"], r["protocol"], r["fraction"]): r for r in rows}
-    with_paper = any(r["paper"] is not None for r in rows)
-    header = ["method"]
-    for protocol, fraction in columns:
-        name = protocol if len({c[1] for c in columns}) == 1 else f"{protocol} @ {fraction:g}"
-        header.append(name)
-        if with_paper:
-            header += [f"{name} paper", f"{name} Δ"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method in methods:
-        cells = [method]
-        for protocol, fraction in columns:
-            r = by_key.get((method, protocol, fraction))
-            cells.append(_fmt(r["mean"], r["std"], r["n"]) if r else "-")
-            if with_paper:
-                paper = r["paper"] if r else None
-                diff = r["diff"] if r else None
-                cells += ["-" if paper is None else f"{paper:.4f}",
-                          "-" if diff is None else f"{diff:+.4f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """The main table of bare rows (no comparisons) as Markdown (kept for callers)."""
+    return to_markdown(main_table({"rows": rows}))
 
 
-def write_report(output_dir: Path, records: list[dict[str, Any]], run_info: dict[str, Any]) -> list[Path]:
-    output_dir = Path(output_dir)
-    rows = summarize(records)
-    metric = rows[0]["metric"] if rows else "?"
-    variant = rows[0]["variant"] if rows else None
-    spec = run_info.get("spec", {})
-    prov = run_info.get("provenance", {})
-    md = [f"# {run_info.get('name', 'run')}", ""]
-    if spec.get("description"):
-        md += [spec["description"].strip(), ""]
-    md += [f"Metric: **{metric}**" + (f" (PQ variant `{variant}`)" if variant else "")
-           + f"; dataset `{spec.get('dataset', {}).get('name', '?')}`; cells: {len(records)}; "
-           f"mean ± sample std over folds and seeds (n = runs).", ""]
-    if spec.get("reference"):
-        md += [f"Paper: PRICon thesis, table `{spec['reference']}` "
-               "(the thesis's PQ is the `thesis` variant; compare like for like).", ""]
-    md += [markdown_table(rows), ""]
-    if run_info.get("overrides"):
-        md += ["Overrides: " + ", ".join(f"`{o}`" for o in run_info["overrides"]), ""]
-    md += ["## Provenance", "",
-           f"- harness {prov.get('harness_version')} (commit {prov.get('git_commit')})",
-           f"- device: {prov.get('device')}",
-           f"- packages: " + ", ".join(f"{k} {v}" for k, v in sorted(prov.get("packages", {}).items())),
-           ""]
-    md_path = output_dir / "report.md"
-    atomic_write_text(md_path, "\n".join(md))
-    json_path = output_dir / "report.json"
-    atomic_write_json(json_path, {"schema": REPORT_SCHEMA, "run": run_info.get("name"),
-                                  "rows": rows, "provenance": prov})
-    buf = io.StringIO()
-    fields = ["method", "protocol", "fraction", "metric", "variant", "mean", "std", "n", "paper", "diff"]
-    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow(r)
-    csv_path = output_dir / "report.csv"
-    atomic_write_text(csv_path, buf.getvalue())
-    return [md_path, json_path, csv_path]
+def write_report(output_dir: Path, records: list[dict[str, Any]], run_info: dict[str, Any],
+                 **kwargs: Any) -> list[Path]:
+    """See :func:`harness.report.writer.write_report` (kept here for the runner)."""
+    from harness.report.writer import write_report as _write
+
+    return _write(output_dir, records, run_info, **kwargs)

@@ -1,0 +1,192 @@
+"""From result records to a :class:`~harness.report.schema.Report`: the main rows (mean, std,
+95% CI, n, best per column), the paired comparisons against a baseline method, the like-for-like
+paper comparison, the per-class / per-tissue breakdowns of both PQ variants and provenance.
+
+Everything here is a pure function of the records (and the run descriptions), so a report can be
+rebuilt at any time and several runs merged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+from harness.references import published_value, reference_metric
+from harness.report import stats
+from harness.report.provenance import collect_provenance
+from harness.report.schema import REPORT_SCHEMA, Comparison, Report, Row
+
+PQ_VARIANTS = ("instance", "thesis")
+#: What a reference table's metric means in our records (the thesis's "PQ" is the mPQ of its own
+#: evaluation code, i.e. our `thesis` variant; see the references data).
+LIKE_FOR_LIKE = {"pq": ("mpq", "thesis"), "dice": ("dice", None)}
+
+
+def column_key(r: dict[str, Any]) -> tuple[str, float]:
+    return (r["protocol"], float(r["fraction"]))
+
+
+def _group(records: Iterable[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["method"], r["protocol"], float(r["fraction"])), []).append(r)
+    return groups
+
+
+def metric_of(record: dict[str, Any], name: str, variant: str | None) -> float | None:
+    """A metric of a record by name/variant (``dice``, or ``mpq``/``bpq`` of a PQ variant)."""
+    m = record.get("metrics") or {}
+    try:
+        value = m["dice"]["dice"] if name == "dice" else m[variant][name]
+    except (KeyError, TypeError):
+        return None
+    return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+def _like_for_like(record: dict[str, Any]) -> bool:
+    table = record.get("reference")
+    target = LIKE_FOR_LIKE.get(reference_metric(table) or "") if table else None
+    metric = record["metric"]
+    return target is not None and (metric["name"], metric.get("variant")) == target
+
+
+def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (method, protocol, fraction): mean, sample std and t-interval over folds and
+    seeds; the best mean of each column marked; paper value and difference like for like."""
+    rows = []
+    for (method, protocol, fraction), recs in _group(records).items():
+        values = [r["metric"]["value"] for r in recs]
+        mean, std = stats.mean_std(values)
+        lo, hi = stats.t_interval(values)
+        paper = None
+        if _like_for_like(recs[0]):
+            paper = published_value(recs[0]["reference"], method, protocol, fraction)
+        rows.append(Row(
+            method=method, protocol=protocol, fraction=fraction,
+            metric=recs[0]["metric"]["name"], variant=recs[0]["metric"].get("variant"),
+            mean=mean, std=std, ci_low=lo, ci_high=hi, n=len(stats.clean(values)),
+            folds=sorted({r["fold"] for r in recs}), seeds=sorted({int(r["seed"]) for r in recs}),
+            paper=paper, diff=(mean - paper) if paper is not None and mean is not None else None,
+        ).model_dump())
+    order = {m: i for i, m in enumerate(dict.fromkeys(r["method"] for r in records))}
+    rows.sort(key=lambda r: (r["fraction"] != 1.0, -r["fraction"], r["protocol"], order[r["method"]]))
+    columns: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        columns.setdefault(column_key(r), []).append(r)
+    for col in columns.values():
+        scored = [r for r in col if r["mean"] is not None]
+        if len(scored) > 1:
+            top = max(r["mean"] for r in scored)
+            for r in scored:
+                r["best"] = r["mean"] == top
+    return rows
+
+
+def compare_to_baseline(records: list[dict[str, Any]], baseline: str) -> list[dict[str, Any]]:
+    """Every other method against ``baseline`` in each column where both exist, on identical
+    (fold, seed) pairs; both tests Holm-corrected over the whole family."""
+    by_method: dict[tuple, dict[tuple, float | None]] = {}
+    for r in records:
+        by_method.setdefault((r["method"], *column_key(r)), {})[(r["fold"], int(r["seed"]))] = \
+            r["metric"]["value"]
+    out = []
+    for (method, protocol, fraction), values in by_method.items():
+        base = by_method.get((baseline, protocol, fraction))
+        if method == baseline or base is None:
+            continue
+        diffs = stats.paired_diffs(values, base)
+        p_boot, ci = stats.paired_bootstrap(diffs)
+        out.append(Comparison(method=method, baseline=baseline, protocol=protocol,
+                              fraction=fraction, n_pairs=len(diffs),
+                              mean_diff=sum(diffs) / len(diffs) if diffs else None, diff_ci=ci,
+                              p_bootstrap=p_boot, p_wilcoxon=stats.wilcoxon(diffs)).model_dump())
+    for test in ("bootstrap", "wilcoxon"):
+        adjusted = stats.holm([c[f"p_{test}"] for c in out])
+        for c, p in zip(out, adjusted):
+            c[f"p_{test}_holm"] = p
+    for c in out:
+        c["significant"] = c["p_bootstrap_holm"] is not None and c["p_bootstrap_holm"] < 0.05
+    return out
+
+
+def paper_comparison(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Our like-for-like value (whatever the headline metric) beside the thesis's number, with
+    a flag when the published value lies outside our 95% interval."""
+    out = []
+    for (method, protocol, fraction), recs in _group(records).items():
+        table = recs[0].get("reference")
+        target = LIKE_FOR_LIKE.get(reference_metric(table) or "") if table else None
+        if target is None:
+            continue
+        paper = published_value(table, method, protocol, fraction)
+        values = [metric_of(r, *target) for r in recs]
+        mean, std = stats.mean_std(values)
+        lo, hi = stats.t_interval(values)
+        outside = None if paper is None or lo is None else not (lo <= paper <= hi)
+        out.append({"method": method, "protocol": protocol, "fraction": fraction, "table": table,
+                    "metric": target[0], "variant": target[1], "mean": mean, "std": std,
+                    "ci_low": lo, "ci_high": hi, "n": len(stats.clean(values)), "paper": paper,
+                    "diff": None if paper is None or mean is None else mean - paper,
+                    "outside_ci": outside})
+    return out
+
+
+def _nanmean_dicts(dicts: list[dict[str, Any]], field: str | None = None) -> dict[str, Any]:
+    keys = list(dict.fromkeys(k for d in dicts for k in d))
+    result = {}
+    for k in keys:
+        vals = [d[k][field] if field else d[k] for d in dicts if k in d]
+        mean, std = stats.mean_std(vals)
+        result[k] = {"mean": mean, "std": std, "n": len(stats.clean(vals))}
+    return result
+
+
+def breakdown(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Both PQ variants: overall mPQ/bPQ, per-class PQ and per-tissue mPQ, averaged over folds
+    and seeds per (method, protocol, fraction). Empty for non-PQ (e.g. Dice) records."""
+    out: dict[str, Any] = {}
+    for variant in PQ_VARIANTS:
+        entries = {"overall": [], "per_class": [], "per_tissue": []}
+        for (method, protocol, fraction), recs in _group(records).items():
+            parts = [r["metrics"][variant] for r in recs if isinstance(r["metrics"].get(variant), dict)]
+            if not parts:
+                continue
+            key = {"method": method, "protocol": protocol, "fraction": fraction}
+            entries["overall"].append({**key, "values": _nanmean_dicts(
+                [{m: p.get(m) for m in ("mpq", "bpq")} for p in parts])})
+            entries["per_class"].append({**key, "values": _nanmean_dicts(
+                [p.get("per_class") or {} for p in parts])})
+            entries["per_tissue"].append({**key, "values": _nanmean_dicts(
+                [p.get("per_tissue") or {} for p in parts], "mpq")})
+        if entries["overall"]:
+            out[variant] = entries
+    return out
+
+
+def default_baseline(records: list[dict[str, Any]]) -> str | None:
+    """The first method of the records (the spec's order) when there are several, else None."""
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    return methods[0] if len(methods) > 1 else None
+
+
+def build_report(records: list[dict[str, Any]], runs: list[dict[str, Any]],
+                 baseline: str | None = None) -> Report:
+    """The whole report; ``runs`` are the run descriptions (``run.json``) of the merged runs."""
+    methods = {r["method"] for r in records}
+    if baseline is not None and baseline not in methods:
+        from harness.errors import SpecError
+
+        raise SpecError(f"--baseline {baseline}: no such method in the records "
+                           f"(have: {', '.join(sorted(methods))})")
+    baseline = baseline or default_baseline(records)
+    metrics = list(dict.fromkeys((r["metric"]["name"], r["metric"].get("variant")) for r in records))
+    names = [str(r.get("name")) for r in runs if r.get("name")] or \
+        list(dict.fromkeys(r["run"] for r in records))
+    return Report.model_validate({
+        "schema": REPORT_SCHEMA, "run": " + ".join(names) if names else None, "runs": names,
+        "metric": metrics[0][0] if metrics else None, "variant": metrics[0][1] if metrics else None,
+        "rows": summarize(records), "baseline": baseline,
+        "comparisons": compare_to_baseline(records, baseline) if baseline else [],
+        "paper": paper_comparison(records), "breakdown": breakdown(records),
+        "provenance": collect_provenance(records, runs),
+    })

@@ -1,0 +1,111 @@
+"""Pretraining chains: stage sharing, the pseudo-label stage's resume, the three methods end to
+end at toy scale, and (slow) learning checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_spec
+from harness.plugins import build_registry
+from harness.runner import Runner
+from harness.spec import load_spec
+from harness.store import ArtifactStore
+
+TOY = """
+name: toy_ssl
+dataset: {name: synthetic, image_size: 32, images_per_fold: 8, unlabeled_images: 16, unlabeled_size: 64}
+methods:
+  simclr: {epochs: 2, batch_size: 8, augment: {crop_size: 32}}
+  simsiam: {epochs: 2, batch_size: 8, augment: {crop_size: 32, jitter: [0.4, 0.4, 0.4, 0.1]}}
+  pricon: {epochs: 2, batch_size: 8, n_points: 4, augment: {crop_size: 64}, labeler: {epochs: 1, batch_size: 8}}
+protocols: [frozen, full]
+fractions: [1.0, 0.5]
+folds: [fold1, fold2]
+finetune: {epochs: 1, batch_size: 4}
+"""
+
+
+def _runner(tmp_path, text=TOY, overrides=()):
+    registry = build_registry()
+    rspec = load_spec(write_spec(tmp_path, text), list(overrides), registry=registry)
+    return Runner(rspec, registry, ArtifactStore(tmp_path / "store"), tmp_path / "out", quiet=True)
+
+
+def test_pretraining_chain_is_computed_once_for_all_cells(tmp_path):
+    runner = _runner(tmp_path)
+    plan, _, _ = runner.plan()
+    kinds = [s.kind for s in plan.stages()]
+    assert len(plan.cells) == 3 * 2 * 2 * 2
+    assert kinds.count("pretrain") == 3  # one per method, shared by folds/protocols/fractions
+    assert kinds.count("labeler") == kinds.count("labeler_eval") == kinds.count("pseudolabel") == 1
+    assert kinds.count("finetune") == 3 * 8
+    pricon_cells = [c for c in plan.cells if c.method == "pricon"]
+    chain = [s.kind for s in pricon_cells[0].stages()]
+    assert chain == ["encoder", "labeler", "labeler_eval", "pseudolabel", "pretrain", "finetune", "evaluate"]
+
+
+def test_three_methods_run_end_to_end(tmp_path):
+    runner = _runner(tmp_path, overrides=["folds=[fold1]", "fractions=[1.0]", "protocols=[frozen]"])
+    plan, _, _ = runner.plan()
+    result = runner.run(plan)
+    assert {r["method"] for r in result.records} == {"simclr", "simsiam", "pricon"}
+    by_method = {r["method"]: r for r in result.records}
+    for rec in result.records:
+        pre = rec["upstream"]["pretrain"]
+        assert np.isfinite(pre["final_loss"]) and pre["steps"] == 4
+    pricon = by_method["pricon"]["upstream"]
+    assert "value" in pricon["labeler_eval"] and len(pricon["pseudolabel"]["class_fractions"]) == 6
+    # the encoder artifact loads into the U-Net (strict) and records its normalisation
+    pre_stage = next(s for s in plan.stages() if s.kind == "pretrain")
+    meta = json.loads((runner.store.stage_dir("pretrain", pre_stage.key) / "encoder.json").read_text())
+    assert meta["normalization"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
+    # a second run reuses everything
+    again = runner.run(runner.plan()[0])
+    assert not again.computed
+
+
+def test_pseudolabels_resume_after_interruption(tmp_path, monkeypatch):
+    import harness.engine.pseudolabel as pl
+
+    runner = _runner(tmp_path, overrides=["methods={pricon: {epochs: 1, batch_size: 8, augment: {crop_size: 64}, labeler: {epochs: 1, batch_size: 8}}}",
+                                          "folds=[fold1]", "fractions=[1.0]", "protocols=[frozen]"])
+    plan, _, _ = runner.plan()
+    pseudo = next(s for s in plan.stages() if s.kind == "pseudolabel")
+    real_predict = pl.predict
+    calls = {"n": 0}
+
+    def flaky_predict(*args, **kwargs):
+        for item in real_predict(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt  # killed after the first chunk
+            yield item
+
+    monkeypatch.setattr(pl, "predict", flaky_predict)
+    monkeypatch.setattr(pl, "CHUNK", 4)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(plan)
+    assert json.loads((runner.store.work_dir("pseudolabel", pseudo.key) / "progress.json").read_text())["done"] == 4
+    monkeypatch.setattr(pl, "predict", real_predict)
+    runner.run(runner.plan()[0])
+    meta = runner.store.meta("pseudolabel", pseudo.key)
+    assert meta["result"]["resumed_from_image"] == 4
+    masks = np.load(runner.store.stage_dir("pseudolabel", pseudo.key) / "masks.npy")
+    assert masks.shape == (16, 64, 64) and masks.max() < 6
+
+
+def test_pretrain_state_continues_across_cycles(tmp_path):
+    text = TOY.replace("  simclr: {epochs: 2, batch_size: 8, augment: {crop_size: 32}}\n", "") \
+              .replace("  simsiam: {epochs: 2, batch_size: 8, augment: {crop_size: 32, jitter: [0.4, 0.4, 0.4, 0.1]}}\n", "") \
+              .replace("labeler: {epochs: 1, batch_size: 8}}", "labeler: {epochs: 1, batch_size: 8}, cycles: 2}")
+    runner = _runner(tmp_path, text, ["folds=[fold1]", "fractions=[1.0]", "protocols=[frozen]"])
+    plan, _, _ = runner.plan()
+    assert [c.method for c in plan.cells] == ["pricon@cycle1", "pricon@cycle2"]
+    kinds = [s.kind for s in plan.stages()]
+    assert kinds.count("pretrain") == 2 and kinds.count("labeler") == 2 and kinds.count("pseudolabel") == 2
+    cycle2 = next(s for s in plan.stages() if s.kind == "pretrain" and s.config["cycle"] == 2)
+    assert set(cycle2.deps) == {"masks", "previous"}
