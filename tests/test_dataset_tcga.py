@@ -490,3 +490,36 @@ def test_cli_prepare_verify_and_validate(tmp_path):
     assert "EXIT validate 2" in out, out + proc.stderr
     assert "skipped small.png: size 256x256 != 512x512" in proc.stderr
     assert "'tcga' is unlabeled" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_prepared_tiles_feed_a_pretraining_run(tmp_path):
+    """prepare -> verify -> a short `harness run` that pretrains on the prepared tiles."""
+    from harness.plugins import build_registry
+    from harness.runner import Runner
+    from harness.spec import load_spec
+    from harness.store import ArtifactStore
+    from harness.data.base import dataset_root
+
+    write_tiles(tmp_path / "tiles", corrupt=False, wrong=False)
+    store = ArtifactStore(tmp_path / "store")
+    config = TCGADataset.Config(tile_size=T, resize_policy="center_crop")
+    ds = TCGADataset(config, root=dataset_root(TCGADataset, config, store))
+    ds.prepare(tmp_path / "tiles")
+    assert ds.verify() == []
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"""
+name: tcga_pretrain
+dataset: {{name: synthetic, image_size: 32, images_per_fold: 4, unlabeled_images: 0}}
+unlabeled: {{name: tcga, tile_size: {T}, resize_policy: center_crop}}
+methods:
+  simclr: {{epochs: 1, batch_size: 4, augment: {{crop_size: 32}}}}
+protocols: [frozen]
+folds: [fold1]
+finetune: {{epochs: 1, batch_size: 4}}
+""")
+    registry = build_registry()
+    runner = Runner(load_spec(spec, registry=registry), registry, store, tmp_path / "out", quiet=True)
+    plan, _, _ = runner.plan()
+    result = runner.run(plan)
+    pre = result.records[0]["upstream"]["pretrain"]
+    assert pre["images"] == len(ds.unlabeled_images()) == 5 and pre["steps"] == 1
