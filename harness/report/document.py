@@ -65,7 +65,7 @@ def _provenance(report: dict[str, Any]) -> Section:
     for run in prov.get("runs", []):
         if run.get("spec"):
             code.append((f"Resolved spec of run `{run.get('name')}` (from {run.get('source') or '?'})",
-                         yaml.safe_dump(run["spec"], sort_keys=False, default_flow_style=None).rstrip()))
+                         yaml.safe_dump(run["spec"], sort_keys=True, default_flow_style=None).rstrip()))
     return Section("Provenance", bullets=bullets, tables=[T.stage_table(report)], code=code)
 
 

@@ -22,6 +22,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 #: stage kind -> the per-epoch log it writes (see harness.engine)
 STAGE_LOGS = {"finetune": "train_log.json", "labeler": "train_log.json",
@@ -80,6 +81,9 @@ def fraction_chart(report: dict[str, Any], path: Path) -> Path | None:
         ax.errorbar([p[0] * 100 for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
                     marker="o", capsize=3, label=f"{method} / {protocol}")
     ax.set_xscale("log")
+    ticks = sorted({r["fraction"] * 100 for r in rows})
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("label fraction (%)")
     ax.set_ylabel(_label(report))
     ax.legend(fontsize=8)
@@ -98,14 +102,16 @@ def loss_curves(records: list[dict[str, Any]], store_roots: list[Path]) -> list[
             group = r["method"] if s["kind"] == "pretrain" else f"{r['method']} / {r['protocol']}"
             base = {"kind": s["kind"], "label": s.get("label", s["key"]), "group": group}
             history = _read_log(store_roots, s["kind"], s["key"])
-            train = r.get("train") or {}
+            # the record's own summary of the stage: `train` (fine-tuning) or `upstream[kind]`
+            summary = (r.get("train") if s["kind"] == "finetune" else
+                       (r.get("upstream") or {}).get(s["kind"])) or {}
             if history:
                 curves[s["key"]] = {**base, "source": "log",
                                     "epochs": [h.get("epoch", i + 1) for i, h in enumerate(history)],
                                     "loss": [h.get("loss") for h in history]}
-            elif s["kind"] == "finetune" and train.get("first_loss") is not None:
+            elif summary.get("first_loss") is not None:
                 curves[s["key"]] = {**base, "source": "record", "epochs": [1, 2],
-                                    "loss": [train["first_loss"], train["final_loss"]]}
+                                    "loss": [summary["first_loss"], summary.get("final_loss")]}
     return list(curves.values())
 
 
@@ -138,7 +144,11 @@ def loss_chart(curves: list[dict[str, Any]], path: Path) -> Path | None:
             seen.add(c["group"])
         only_ends = all(c["source"] == "record" for c in chosen)
         ax.set_title(f"{kind} loss ({len(chosen)} stages)" + (", first/last epoch only" if only_ends else ""))
-        ax.set_xlabel("first / last epoch" if only_ends else "epoch")
+        if only_ends:
+            ax.set_xticks([1, 2], ["first epoch", "last epoch"])
+        else:
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -181,7 +181,9 @@ def to_markdown(table: Table, heading: str = "###") -> str:
     for i, row in enumerate(table.rows):
         cells = [f"**{esc(c)}**" if (i, j) in table.strong else esc(c) for j, c in enumerate(row)]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines + [""] + [f"_{n}_" for n in table.notes] + [""])
+    for note in table.notes:
+        lines += ["", f"_{note}_"]
+    return "\n".join(lines + [""])
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
