@@ -113,8 +113,9 @@ def run(spec: Annotated[Path, typer.Argument(help="spec file")],
     result = runner.run(plan)
     out.print(f"{len(result.records)} cells; {len(result.computed)} stages computed, "
               f"{len(result.reused)} reused", markup=False)
-    out.print(f"report: {output_dir / 'report.md'}", markup=False)
-    out.print((output_dir / "report.md").read_text(), markup=False)
+    for name in ("report.md", "report.html", "report.json", "report.csv"):
+        if (output_dir / name).exists():
+            out.print(f"report: {output_dir / name}", markup=False)
 
 
 def _print_plan(runner, plan) -> None:

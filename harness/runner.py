@@ -19,7 +19,7 @@ from harness.provenance import provenance
 from harness.spec import ResolvedSpec
 from harness.store import ArtifactStore, atomic_write_json
 
-RECORD_SCHEMA = "harness.record/1"
+from harness.report.schema import RECORD_SCHEMA  # noqa: E402 - one definition of the record schema
 
 
 def open_dataset(rspec: ResolvedSpec, registry: Registry, store: ArtifactStore,

@@ -22,8 +22,9 @@ independent streams. The geometric parameters of one view are shared by its imag
 because both go through the same :class:`torchvision.transforms.v2.Compose` call as
 ``tv_tensors.Image`` and ``tv_tensors.Mask``; the colour transforms only handle ``Image``.
 
-Speed (``benchmarks/test_view_pipeline_speed.py``; ~4-5x the samples/s of a reference-like
-PIL pipeline per worker):
+Speed (``benchmarks/test_view_pipeline_speed.py``): 4-5x the two-view samples/s of a
+reference-like pipeline (PNG decode + PIL transforms) per worker on a lightly loaded machine,
+somewhat less (~3.7-3.9x) when other processes oversubscribe the cores:
 
 * images are read from the ``(N, H, W, 3)`` uint8 array (typically a read-only memory map)
   without decoding or copying: the crop is a view into the map, so only its rows are read;
@@ -31,8 +32,9 @@ PIL pipeline per worker):
   PIL's filter), and flips/rot90 act on the 224x224 uint8 result;
 * the colour ops run on the 224x224 float crop, fused in one transform (:class:`ColorAugment`)
   with torchvision's random draws; the hue shift (:func:`adjust_hue_fast`) is a branch-free
-  closed form instead of torchvision's RGB->HSV->RGB round trip (~5x faster, equal to float
-  rounding: tested), and crop parameters are drawn in one call (:class:`RandomResizedCropFast`).
+  closed form instead of torchvision's RGB->HSV->RGB round trip (~7x faster, equal to float
+  rounding: tested), and crop parameters are drawn in one call (:class:`RandomResizedCropFast`);
+* masks are resized by row/column gathers (several times faster than torch's uint8 nearest).
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ from torchvision.transforms import v2
 from harness.data.augment import RandomGaussianNoise, RandomRot90
 from harness.data.base import LabeledArrays
 from harness.data.torchdata import Normalizer, SegmentationSamples
+from harness.data.views import _MemmapRef
 from harness.engine.context import StageContext
 from harness.engine.model import build_unet
 from harness.engine.runtime import Checkpoint, Precision, console, progress_bar, seed_everything, worker_init_fn
@@ -178,6 +179,14 @@ class IterationBatches(torch.utils.data.Dataset):
 
     def __len__(self) -> int:  # not used by the sampler; any iteration index is valid
         return 2**62
+
+    def __getstate__(self) -> dict[str, Any]:  # spawned workers re-open the memory map
+        return {**self.__dict__, "unlabeled": _MemmapRef.wrap(self.unlabeled)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if isinstance(state["unlabeled"], _MemmapRef):
+            state["unlabeled"] = state["unlabeled"].open()
+        self.__dict__.update(state)
 
     def __getitem__(self, t: int) -> dict[str, torch.Tensor]:
         with torch.random.fork_rng(devices=[]):
