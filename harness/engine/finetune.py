@@ -21,7 +21,7 @@ from harness.data.base import LabeledArrays
 from harness.data.torchdata import Normalizer, SegmentationSamples
 from harness.engine.context import StageContext
 from harness.engine.model import build_unet, freeze_encoder, load_encoder_weights, set_train_mode
-from harness.engine.runtime import Checkpoint, Precision, console, progress_bar, seed_everything, worker_init_fn
+from harness.engine.runtime import Checkpoint, Precision, progress_bar, seed_everything, worker_init_fn
 from harness.store import atomic_torch_save
 
 
@@ -69,15 +69,8 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
     scaler = precision.scaler()
 
     ckpt = Checkpoint(ctx.work)
-    start_epoch, history = 0, []
-    if ckpt.exists():
-        state = ckpt.load()
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, history = state["epoch"], state["history"]
-        console.log(f"{ctx.label}: resuming from epoch {start_epoch}/{settings.epochs}")
+    parts = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    start_epoch, history = ckpt.resume_training(ctx.label, settings.epochs, **parts)
 
     started = time.time()
     step = start_epoch * steps_per_epoch
@@ -114,9 +107,7 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
                             "lr": scheduler.get_last_lr()[0]})
             ctx.log_metrics(step, {"train/loss": epoch_loss, "train/lr": scheduler.get_last_lr()[0],
                                    "epoch": epoch + 1})
-            ckpt.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                       "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                       "epoch": epoch + 1, "history": history})
+            ckpt.save_training(epoch + 1, history, **parts)
 
     model.to("cpu", memory_format=torch.contiguous_format)
     atomic_torch_save(model.state_dict(), ctx.out / "model.pt")

@@ -19,7 +19,7 @@ import torch
 from harness.engine.context import StageContext
 from harness.engine.init_encoder import save_encoder_artifact
 from harness.engine.model import build_encoder
-from harness.engine.runtime import Checkpoint, Precision, console, progress_bar, seed_everything, worker_init_fn
+from harness.engine.runtime import Checkpoint, Precision, progress_bar, seed_everything, worker_init_fn
 from harness.methods import PretrainMethod
 from harness.store import atomic_torch_save
 
@@ -82,15 +82,8 @@ def pretrain(ctx: StageContext, *, method: PretrainMethod, images: np.ndarray,
     scaler = precision.scaler()
 
     ckpt = Checkpoint(ctx.work)
-    start_epoch, history = 0, []
-    if ckpt.exists():
-        state = ckpt.load()
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, history = state["epoch"], state["history"]
-        console.log(f"{ctx.label}: resuming from epoch {start_epoch}/{cfg.epochs}")
+    parts = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    start_epoch, history = ckpt.resume_training(ctx.label, cfg.epochs, **parts)
 
     started = time.time()
     step = start_epoch * steps_per_epoch
@@ -124,9 +117,7 @@ def pretrain(ctx: StageContext, *, method: PretrainMethod, images: np.ndarray,
                      **{k: v / max(count, 1) for k, v in extra_sum.items()}}
             history.append(entry)
             ctx.log_metrics(step, {f"pretrain/{k}": v for k, v in entry.items()})
-            ckpt.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                       "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                       "epoch": epoch + 1, "history": history})
+            ckpt.save_training(epoch + 1, history, **parts)
 
     model.to("cpu")
     normalization = {"mean": list(view_cfg.mean), "std": list(view_cfg.std)}

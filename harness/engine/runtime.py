@@ -92,6 +92,21 @@ class Checkpoint:
     def __init__(self, work_dir: Path, name: str = "checkpoint.pt"):
         self.path = Path(work_dir) / name
 
+    def save_training(self, epoch: int, history: list, **parts: Any) -> None:
+        """Save ``parts`` (model, optimizer, scheduler, scaler, ...) by their state dicts."""
+        self.save({**{k: v.state_dict() for k, v in parts.items()}, "epoch": epoch,
+                   "history": history})
+
+    def resume_training(self, label: str, total_epochs: int, **parts: Any) -> tuple[int, list]:
+        """Load ``parts`` from the checkpoint if there is one; ``(start_epoch, history)``."""
+        if not self.exists():
+            return 0, []
+        state = self.load()
+        for k, v in parts.items():
+            v.load_state_dict(state[k])
+        console.log(f"{label}: resuming from epoch {state['epoch']}/{total_epochs}")
+        return state["epoch"], state["history"]
+
     def exists(self) -> bool:
         return self.path.exists()
 
