@@ -215,7 +215,9 @@ def train_semisupervised(ctx: StageContext, *, method: SemiSupervisedMethod, arr
     """Train ``method``'s student and EMA teacher; write the teacher's U-Net to ``model.pt`` and
     the training log to ``train_log.json`` in ``ctx.out``; return a summary. ``settings`` are
     the spec's fine-tuning settings (encoder, image size, normalisation, AMP); the method's
-    own config holds the iteration count, batch sizes, optimiser and thresholds."""
+    own config holds the iteration count, batch sizes, optimiser and thresholds. The log (and
+    the ``first_*``/``final_*`` losses of the summary) holds means over each checkpoint
+    interval of ``max(1, iterations // 20)`` iterations."""
     cfg = method.config
     device = ctx.device
     iterations = cfg.iterations
