@@ -133,10 +133,15 @@ class CachedDataset(Dataset):
         return LabeledArrays(ids=samples["ids"], tissues=samples["tissues"],
                              groups=samples["groups"], **arrays)
 
-    def verify(self) -> list[str]:
+    def cache_problems(self) -> list[str]:
+        """The checks every cached dataset starts its ``verify`` with: prepared, and the files
+        match the manifest written at prepare time (sizes, shapes, dtypes, checksums)."""
         if not self.is_prepared():
             return [f"{self.root}: not prepared (run `{self.prepare_command()}`)"]
-        problems = verify_manifest(self.root)
+        return verify_manifest(self.root)
+
+    def verify(self) -> list[str]:
+        problems = self.cache_problems()
         if problems:
             return problems
         arrays = self.load()

@@ -34,7 +34,7 @@ import numpy as np
 from pydantic import Field
 
 from harness.data.base import DatasetConfig, LabeledArrays
-from harness.data.cache import CachedDataset, check_labeled_arrays, group_counts, verify_manifest
+from harness.data.cache import CachedDataset, check_labeled_arrays, group_counts
 from harness.hookspecs import hookimpl
 
 from ._pannuke_io import (CLASS_NAMES, FOLDS, OFFICIAL_FOLD_SIZES, POLICY_ARRAYS, TISSUES,
@@ -91,9 +91,7 @@ class PanNukeBase(CachedDataset):
         return dict(info.get("group_sizes", {}))
 
     def verify(self) -> list[str]:
-        if not self.is_prepared():
-            return [f"{self.root}: not prepared (run `{self.prepare_command()}`)"]
-        problems = verify_manifest(self.root)
+        problems = self.cache_problems()
         if problems:
             return problems
         try:

@@ -67,7 +67,7 @@ from pydantic import Field
 from scipy import ndimage
 
 from harness.data.base import DatasetConfig, LabeledArrays
-from harness.data.cache import CachedDataset, CacheWriter, check_labeled_arrays, group_counts, verify_manifest
+from harness.data.cache import CachedDataset, CacheWriter, check_labeled_arrays, group_counts
 from harness.engine.runtime import progress_bar
 from harness.errors import DataError
 from harness.hookspecs import hookimpl
@@ -360,9 +360,7 @@ class TNBCDataset(CachedDataset):
         return json.loads((self.root / "split.json").read_text())
 
     def verify(self) -> list[str]:
-        if not self.is_prepared():
-            return [f"{self.root}: not prepared (run `{self.prepare_command()}`)"]
-        problems = verify_manifest(self.root)
+        problems = self.cache_problems()
         if problems:
             return problems
         arrays = self.load()
