@@ -74,7 +74,7 @@ def _lines(exc: HarnessError, source: Path) -> list[str]:
 def _cell_count(rspec) -> int:
     s = rspec.spec
     folds = len(s.folds) if s.folds else None
-    n = len(s.methods) * len(s.protocols) * len(s.fractions) * len(s.seeds)
+    n = sum(len(s.protocols_of(m)) for m in s.methods) * len(s.fractions) * len(s.seeds)
     return n * folds if folds else n * _dataset_folds(rspec)
 
 

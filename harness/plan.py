@@ -105,8 +105,11 @@ def build_plan(rspec: Any, registry: Any, resources: Any) -> Plan:
     for method_name, method_config in rspec.method_configs.items():
         info = registry.method(spec.plugin_of(method_name))
         method = info.cls(method_config)
+        protocols = spec.protocols_of(method_name)  # the spec's, or the row's own subset
         for seed in spec.seeds:
             if method.kind == "semisupervised":  # no encoder stage: one whole-model stage per split
+                if "full" not in protocols:  # validation rejects 'frozen' for these rows
+                    continue
                 for fold in folds:
                     split = dataset.split(fold, arrays)
                     for fraction in spec.fractions:
@@ -124,7 +127,7 @@ def build_plan(rspec: Any, registry: Any, resources: Any) -> Plan:
                     split = dataset.split(fold, arrays)
                     for fraction in spec.fractions:
                         chosen = select_fraction(split.train, tissues, fraction, seed)
-                        for protocol in spec.protocols:
+                        for protocol in protocols:
                             ft = factory.finetune_stage(
                                 encoder, dataset, arrays, chosen, protocol, seed, spec.finetune,
                                 label=f"{row} {protocol} frac={fraction:g} {fold} seed {seed}",

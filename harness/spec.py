@@ -68,6 +68,29 @@ class FinetuneSettings(_Strict):
         return v
 
 
+class RowSettings(BaseModel):
+    """The harness's own keys of a ``methods:`` row, split off before the method plugin's
+    ``Config`` validates the rest. They say how a row is run, not what a cell computes, so they
+    are part of no stage key."""
+
+    model_config = ConfigDict(extra="ignore")  # the rest belongs to the plugin's Config
+    method: str | None = Field(None, description="plugin behind the row (default: the row name)")
+    protocols: list[Protocol] | None = Field(
+        None, min_length=1, description="a subset of the spec's protocols for this row only "
+        "(e.g. [full] for a semi-supervised method in a spec with [frozen, full])")
+
+    @field_validator("protocols")
+    @classmethod
+    def _unique(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"duplicate entries: {', '.join(sorted({p for p in v if v.count(p) > 1}))}")
+        return v
+
+
+#: Row-level keys of ``methods:`` entries (see :class:`RowSettings`).
+ROW_KEYS = tuple(RowSettings.model_fields)
+
+
 class MetricSettings(_Strict):
     name: Literal["mpq", "bpq", "dice"] = Field("mpq", description="headline metric of the report")
     pq_variant: Literal["instance", "thesis"] = Field(
@@ -133,6 +156,12 @@ class Spec(_Strict):
         settings = self.methods.get(label) or {}
         return settings.get("method", label)
 
+    def protocols_of(self, label: str) -> list[str]:
+        """The protocols of a row, in the spec's order: the spec's ``protocols``, or the subset
+        the row names with its own ``protocols:`` key (validated to be a subset)."""
+        own = (self.methods.get(label) or {}).get("protocols")
+        return [p for p in self.protocols if own is None or p in own]
+
     @field_validator("fractions")
     @classmethod
     def _fractions(cls, v: list[float]) -> list[float]:
@@ -174,7 +203,8 @@ class ResolvedSpec:
     def resolved(self) -> dict[str, Any]:
         """Every setting, defaults filled in (what a record stores as provenance)."""
         data = self.spec.model_dump(mode="json")
-        data["methods"] = {m: {"method": self.spec.plugin_of(m), **c.model_dump(mode="json")}
+        data["methods"] = {m: {"method": self.spec.plugin_of(m), **self._row_protocols(m),
+                               **c.model_dump(mode="json")}
                            for m, c in self.method_configs.items()}
         data["dataset"] = {"name": self.spec.dataset.name,
                            **self.dataset_config.model_dump(mode="json")}
@@ -182,6 +212,12 @@ class ResolvedSpec:
             data["unlabeled"] = {"name": self.spec.unlabeled.name,
                                  **self.unlabeled_config.model_dump(mode="json")}
         return data
+
+    def _row_protocols(self, label: str) -> dict[str, Any]:
+        """A row's own ``protocols`` (only where the spec gives one, so that the resolved spec
+        of every other row stays as it was)."""
+        own = (self.spec.methods.get(label) or {}).get("protocols")
+        return {} if own is None else {"protocols": self.spec.protocols_of(label)}
 
 
 # --- YAML with line numbers ---------------------------------------------------------------
@@ -434,16 +470,38 @@ def _check_methods(spec: Spec, registry: Registry, source: str, lines: dict,
                    problems: list[str]) -> dict[str, Any]:
     configs = {}
     for name, settings in spec.methods.items():
+        if not _check_row(spec, name, settings or {}, source, lines, problems):
+            continue
         info = registry.methods.get(spec.plugin_of(name))
         if info is None:
             continue
-        settings = {k: v for k, v in (settings or {}).items() if k != "method"}
+        settings = {k: v for k, v in (settings or {}).items() if k not in ROW_KEYS}
         try:
             configs[name] = info.cls.Config.model_validate(settings)
         except ValidationError as exc:
             problems.extend(format_errors(exc, info.cls.Config, source, lines,
                                           prefix=("methods", name)))
     return configs
+
+
+def _check_row(spec: Spec, name: str, settings: dict[str, Any], source: str, lines: dict,
+               problems: list[str]) -> bool:
+    """The row-level keys of ``methods.<name>``; False (with problems added) if they are bad."""
+    try:
+        row = RowSettings.model_validate(settings)
+    except ValidationError as exc:
+        problems.extend(format_errors(exc, RowSettings, source, lines, prefix=("methods", name)))
+        return False
+    extra = [p for p in row.protocols or [] if p not in spec.protocols]
+    if extra:
+        problems.append(
+            f"{_where(source, lines, ('methods', name, 'protocols'))}: methods.{name}.protocols: "
+            f"{', '.join(repr(p) for p in extra)} not among the spec's protocols "
+            f"({', '.join(spec.protocols)}) (got {row.protocols}); a row can only narrow the "
+            f"spec's protocols: drop {'it' if len(extra) == 1 else 'them'} here or add "
+            f"{'it' if len(extra) == 1 else 'them'} to the top-level `protocols:`")
+        return False
+    return True
 
 
 def _cross_checks(spec: Spec, registry: Registry, dataset_config: Any, source: str,
@@ -465,11 +523,15 @@ def _cross_checks(spec: Spec, registry: Registry, dataset_config: Any, source: s
     # Protocols that a method cannot run.
     for name in spec.methods:
         info = registry.methods[spec.plugin_of(name)]
-        if "frozen" in spec.protocols and info.cls.kind == "semisupervised":
+        if "frozen" in spec.protocols_of(name) and info.cls.kind == "semisupervised":
+            own = "protocols" in (spec.methods[name] or {})
+            fix = ("give the row 'protocols: [full]'" if "full" in spec.protocols else
+                   "add 'full' to the spec's protocols and give the row 'protocols: [full]'")
             problems.append(
-                f"{at('methods', name)}: methods.{name}: protocol 'frozen' is not possible: "
-                f"'{name}' is semi-supervised and trains a whole U-Net (no separate encoder "
-                f"stage to freeze); use protocols: [full] for it")
+                f"{at('methods', name, 'protocols')}: methods.{name}{'.protocols' if own else ''}: "
+                f"protocol 'frozen' is not possible for a semi-supervised method (it trains the "
+                f"whole U-Net; no separate encoder stage to freeze); {fix} "
+                f"(methods: {{{name}: {{protocols: [full]}}}})")
 
     ds_info = registry.datasets[spec.dataset.name]
     dataset = ds_info.cls(dataset_config, root=Path("/nonexistent"))

@@ -45,6 +45,27 @@ def _columns(rows: list[dict[str, Any]]) -> tuple[list[tuple[str, float]], bool]
     return cols, len({c[1] for c in cols}) > 1
 
 
+def method_order(rows: list[dict[str, Any]]) -> list[str]:
+    """The methods of the rows in the spec's order. Rows come column by column, each column in
+    the spec's order; a method missing from the first columns (a row restricted to
+    ``protocols: [full]``) goes back to its place next to the methods it follows elsewhere."""
+    columns: dict[tuple, list[str]] = {}
+    for r in rows:
+        columns.setdefault((r["protocol"], r["fraction"]), []).append(r["method"])
+    order: list[str] = []
+    for methods in columns.values():
+        for j, m in enumerate(methods):
+            if m in order:
+                continue
+            before = [x for x in methods[:j] if x in order]
+            after = [x for x in methods[j + 1:] if x in order]
+            if before:
+                order.insert(order.index(before[-1]) + 1, m)
+            else:
+                order.insert(order.index(after[0]) if after else len(order), m)
+    return order
+
+
 def cell_text(r: dict[str, Any]) -> str:
     if r["mean"] is None:
         return f"- (n={r['n']})"
@@ -68,11 +89,13 @@ def main_table(report: dict[str, Any]) -> Table:
         header += [name] + ([f"{name} paper", f"{name} Δ"] if with_paper else [])
     metric = report.get("metric") or "?"
     table = Table(f"{metric} by method and protocol", header, [], name="main")
-    for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
+    missing = False
+    for i, method in enumerate(method_order(rows)):
         cells = [method]
         for protocol, fraction in cols:
             r = by_key.get((method, protocol, fraction))
             key = (method, protocol, fraction)
+            missing = missing or r is None
             if r and r["best"]:
                 table.strong.add((i, len(cells)))
             cells.append((cell_text(r) + (f" {marks[key]}" if key in marks else "")) if r else "-")
@@ -84,6 +107,9 @@ def main_table(report: dict[str, Any]) -> Table:
     variant = f" (PQ variant `{report['variant']}`)" if report.get("variant") else ""
     table.notes.append(f"{metric}{variant}: mean ± sample std over folds and seeds; n = runs; "
                        "CI = 95% t-interval of the mean; bold = best mean of the column.")
+    if missing:
+        table.notes.append("-: no result for the method in this column (e.g. a row restricted "
+                           "to `protocols: [full]`: semi-supervised methods have no frozen encoder).")
     if report.get("baseline"):
         table.notes.append(f"▲/▼: differs from the baseline `{report['baseline']}` on identical "
                            "(fold, seed) pairs (paired bootstrap, Holm-corrected p < 0.05).")
