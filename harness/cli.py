@@ -1,4 +1,4 @@
-"""Command line: ``harness run | validate | list | report | compare | data``.
+"""Command line: ``harness run | validate | list | report | compare | data | viz``.
 
 Exit codes: 0 ok, 1 failure (e.g. an unexpected error), 2 invalid spec or usage, 3 data missing
 or corrupt, 4 plugin problem, 130 interrupted. Errors are one line each; ``--debug`` (anywhere on
@@ -22,6 +22,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Benchmark harness for pretraining methods in computational pathology.")
 data_app = typer.Typer(no_args_is_help=True, help="Prepare, verify and list datasets.")
 app.add_typer(data_app, name="data")
+viz_app = typer.Typer(no_args_is_help=True, help="Visualise what encoders learned.")
+app.add_typer(viz_app, name="viz")
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 _DEBUG = False  # set by main() from `--debug`
@@ -283,6 +285,26 @@ def data_list(store: StoreOpt = None) -> None:
         if not caches:
             table.add_row(name, "no", "", registry.datasets[name].cls.source_hint or "")
     out.print(table)
+
+
+@viz_app.command("similarity")
+def viz_similarity(
+        encoder: Annotated[list[str], typer.Option("--encoder", help="an encoder.pt (with its encoder.json), a stage folder holding one, or a stage key (prefix) in the store; repeatable, one column each")],
+        image: Annotated[str, typer.Option("--image", help="sample id in the dataset, e.g. fold1/0003")],
+        points: Annotated[str, typer.Option("--points", help='anchor pixels "x,y;x,y" (x = column, y = row); one row each')],
+        dataset: Annotated[str, typer.Option("--dataset", help="labeled dataset plugin that holds the image")],
+        set_: Annotated[Optional[list[str]], typer.Option("--set", help="a dataset option, e.g. --set dataset.image_size=256 (repeatable; the dataset. prefix is optional)")] = None,
+        size: Annotated[Optional[int], typer.Option("--size", help="encoder input side in px (default 4x the image side, as the thesis's 224 -> 896 px; rounded to a multiple of 32)")] = None,
+        output: Annotated[Optional[Path], typer.Option("--output", help="PNG to write (default: similarity-IMAGE.png)")] = None,
+        store: StoreOpt = None) -> None:
+    """Point-similarity maps (thesis Fig. 4.2/4.3): the cosine similarity of each anchor's
+    feature to every position of each encoder's last feature map, beside the ground truth."""
+    from harness.viz.command import similarity_command
+    from harness.viz.inputs import dataset_options
+
+    ds = _dataset(dataset, store, dataset_options(set_))
+    path = similarity_command(encoder, ds, image, points, size, output, _store(store).root)
+    out.print(str(path), markup=False)
 
 
 def _dataset(name: str, store: Path | None, options: list[str] | None = None):
