@@ -95,6 +95,10 @@ class PretrainSettings(MethodConfig):
     lars_trust_coeff: float = Field(0.02, gt=0, description="LARS eta (reference wrapper's 0.02)")
     max_images: int | None = Field(None, ge=1, description="use a seeded subset of the unlabeled images")
     num_workers: int = Field(0, ge=0, description="data-loader workers (not part of result keys)")
+    seed: int | None = Field(
+        None, ge=0, description="seed of the pretraining chain (labeler, pseudo-labels, "
+        "pretraining); default: each cell's seed. Set it to pretrain once and fine-tune with "
+        "every spec seed, as the thesis did for its five TNBC runs")
 
 
 def decay_groups(module: torch.nn.Module, weight_decay: float, exclude_1d: bool) -> list[dict[str, Any]]:

@@ -76,6 +76,8 @@ class StageFactory:
         """Pretraining, preceded for mask-guided methods by labeler -> pseudo-labels. With
         ``cycles: K`` (Table 4.5) each cycle continues the previous cycle's encoder and heads on
         pseudo-labels from the previous cycle's encoder fine-tuned on the labeler data."""
+        if getattr(method.config, "seed", None) is not None:
+            seed = method.config.seed  # one pretraining chain shared by every fine-tuning seed
         cycles = method.cycles()
         masks = None
         if method.needs_masks:
@@ -106,9 +108,10 @@ class StageFactory:
             num_classes = masks.config["num_classes"]
         if previous is not None:
             deps["previous"] = previous
-        # the number of cycles does not change what cycle k computes (its number is in the key)
+        # the number of cycles does not change what cycle k computes (its number is in the key);
+        # the effective seed is keyed as 'seed', so `seed: 0` shares stages with a cell of seed 0
         settings = {k: v for k, v in method.config.model_dump(mode="json").items()
-                    if k not in RUNTIME_ONLY and k != "cycles"}
+                    if k not in RUNTIME_ONLY and k not in ("cycles", "seed")}
         label = f"{method.name} pretrain seed {seed}" + (f" cycle {cycle}" if cycle else "")
 
         def run(ctx):

@@ -98,6 +98,56 @@ def test_pseudolabels_resume_after_interruption(tmp_path, monkeypatch):
     assert masks.shape == (16, 64, 64) and masks.max() < 6
 
 
+def test_pretraining_killed_mid_run_resumes_to_the_same_encoder(tmp_path, monkeypatch):
+    """Interrupted in its third epoch, a pretraining stage resumes from its last epoch
+    checkpoint and ends with exactly the encoder of an uninterrupted run."""
+    from harness.engine import runtime
+    from harness_builtin.methods.simclr import SimCLR
+
+    monkeypatch.setattr(runtime.Checkpoint, "WORK_PER_SAVE", 0.0)  # a checkpoint every epoch
+    text = TOY.replace("simclr: {epochs: 2,", "simclr: {epochs: 4,")
+    overrides = ["methods=" + "{simclr: {epochs: 4, batch_size: 8, augment: {crop_size: 32}}}",
+                 "folds=[fold1]", "fractions=[1.0]", "protocols=[frozen]"]
+
+    def encoder_after(root, interrupt_at=None):
+        runner = _runner(root, text, overrides)
+        plan = runner.plan()[0]
+        real_step = SimCLR.training_step
+        calls = {"n": 0}
+
+        def step(self, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == interrupt_at:
+                raise KeyboardInterrupt
+            return real_step(self, *args, **kwargs)
+
+        with monkeypatch.context() as m:
+            m.setattr(SimCLR, "training_step", step)
+            if interrupt_at is not None:
+                with pytest.raises(KeyboardInterrupt):
+                    runner.run(plan)
+        stage = next(s for s in plan.stages() if s.kind == "pretrain")
+        if interrupt_at is not None:
+            saved = torch.load(runner.store.work_dir("pretrain", stage.key) / "checkpoint.pt",
+                               weights_only=False)
+            assert saved["epoch"] == 2  # 2 steps per epoch: killed in epoch 3
+            runner.run(runner.plan()[0])
+        else:
+            runner.run(plan)
+        meta = runner.store.meta("pretrain", stage.key)
+        state = torch.load(runner.store.stage_dir("pretrain", stage.key) / "encoder.pt")
+        return meta["result"], state
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    resumed_meta, resumed = encoder_after(tmp_path / "a", interrupt_at=6)
+    fresh_meta, fresh = encoder_after(tmp_path / "b")
+    assert resumed_meta["resumed_from_epoch"] == 2 and fresh_meta["resumed_from_epoch"] == 0
+    assert resumed_meta["final_loss"] == fresh_meta["final_loss"]
+    assert resumed.keys() == fresh.keys()
+    assert all(torch.equal(resumed[k], fresh[k]) for k in fresh)
+
+
 def test_pretrain_state_continues_across_cycles(tmp_path):
     text = TOY.replace("  simclr: {epochs: 2, batch_size: 8, augment: {crop_size: 32}}\n", "") \
               .replace("  simsiam: {epochs: 2, batch_size: 8, augment: {crop_size: 32, jitter: [0.4, 0.4, 0.4, 0.1]}}\n", "") \
@@ -109,3 +159,55 @@ def test_pretrain_state_continues_across_cycles(tmp_path):
     assert kinds.count("pretrain") == 2 and kinds.count("labeler") == 2 and kinds.count("pseudolabel") == 2
     cycle2 = next(s for s in plan.stages() if s.kind == "pretrain" and s.config["cycle"] == 2)
     assert set(cycle2.deps) == {"masks", "previous"}
+
+
+def test_pretrain_seed_shares_one_chain_across_finetuning_seeds(tmp_path):
+    """`seed: 0` on a pretraining row: one labeler/pseudo-label/pretrain chain for every spec
+    seed (the thesis's five TNBC runs), keyed like a seed-0 cell, so stages are shared."""
+    per_cell = _runner(tmp_path, overrides=["seeds=[0, 1]", "folds=[fold1]", "fractions=[1.0]"])
+    kinds = [s.kind for s in per_cell.plan()[0].stages()]
+    assert kinds.count("pretrain") == 3 * 2 and kinds.count("labeler") == 2
+    shared_text = TOY.replace("simclr: {epochs: 2,", "simclr: {seed: 0, epochs: 2,") \
+                     .replace("pricon: {epochs: 2,", "pricon: {seed: 0, epochs: 2,")
+    shared = _runner(tmp_path, shared_text, ["seeds=[0, 1]", "folds=[fold1]", "fractions=[1.0]"])
+    plan = shared.plan()[0]
+    stages = plan.stages()
+    pre = {s.config["method"]: [] for s in stages if s.kind == "pretrain"}
+    for s in stages:
+        if s.kind == "pretrain":
+            pre[s.config["method"]].append(s)
+    assert {m: len(v) for m, v in pre.items()} == {"simclr": 1, "simsiam": 2, "pricon": 1}
+    assert [s.kind for s in stages].count("labeler") == 1
+    assert len(plan.cells) == 3 * 2 * 2
+    # seed 0's chain has the same keys with or without the explicit `seed: 0`
+    seed0 = {s.key for s in per_cell.plan()[0].stages() if s.kind in ("pretrain", "labeler", "pseudolabel")
+             and s.config.get("seed", 0) in (0, None)}
+    assert {s.key for s in stages if s.kind == "pretrain"} <= seed0 | {s.key for s in pre["simsiam"]}
+
+
+SIMSIAM_LEARNS = """
+name: simsiam_learns
+dataset: {name: synthetic, image_size: 32, images_per_fold: 8, unlabeled_images: 128, unlabeled_size: 64}
+methods:
+  simsiam: {epochs: 10, batch_size: 32, augment: {crop_size: 48, scale: [0.5, 1.0], jitter: [0.4, 0.4, 0.4, 0.1]}}
+protocols: [frozen]
+fractions: [1.0]
+folds: [fold1]
+finetune: {epochs: 1, batch_size: 8}
+"""
+
+
+@pytest.mark.slow
+def test_simsiam_loss_falls_without_collapse(tmp_path):
+    """SimSiam at CPU scale: the negative cosine falls and the outputs do not collapse (the
+    per-dimension std of the L2-normalised projections stays near 1/sqrt(d), far above 0)."""
+    runner = _runner(tmp_path, SIMSIAM_LEARNS)
+    plan, _, _ = runner.plan()
+    runner.run(plan)
+    stage = next(s for s in plan.stages() if s.kind == "pretrain")
+    log = json.loads((runner.store.stage_dir("pretrain", stage.key) / "pretrain_log.json").read_text())
+    losses = [e["loss"] for e in log]
+    assert losses[-1] < losses[0] - 0.1, losses
+    healthy = 1 / np.sqrt(2048)
+    z_std = [e["z_std"] for e in log]
+    assert min(z_std) > 0.3 * healthy, z_std
