@@ -138,7 +138,11 @@ class Runner:
         run_info = {"name": self.rspec.name, "spec": self.rspec.resolved(),
                     "source": self.rspec.source, "overrides": self.rspec.overrides,
                     "output_dir": str(self.output_dir), "store": str(self.store.root),
-                    "cells": len(plan.cells), "provenance": self.provenance}
+                    "cells": len(plan.cells),
+                    # the spec's row order (the resolved spec's mapping is key-sorted), so a
+                    # report rebuilt from the records lists rows as the run did
+                    "rows": list(dict.fromkeys(c.method for c in plan.cells)),
+                    "provenance": self.provenance}
         atomic_write_json(self.output_dir / "run.json", run_info)
         self.hook.harness_run_started(run=run_info)
 

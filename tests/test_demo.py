@@ -9,8 +9,14 @@ import pytest
 from conftest import run_cli
 
 TINY = ["--set", "finetune.epochs=1", "--set", "dataset.images_per_fold=8",
-        "--set", "dataset.image_size=32", "--set", "dataset.unlabeled_images=0",
-        "--set", "finetune.batch_size=8", "--set", "folds=[fold1]"]
+        "--set", "dataset.image_size=32", "--set", "dataset.unlabeled_images=8",
+        "--set", "dataset.unlabeled_size=32", "--set", "finetune.batch_size=8",
+        "--set", "folds=[fold1]"]
+for _m in ("simclr", "pricon"):
+    TINY += ["--set", f"methods.{_m}.epochs=1", "--set", f"methods.{_m}.batch_size=4",
+             "--set", f"methods.{_m}.augment.crop_size=32"]
+TINY += ["--set", "methods.pricon.labeler.epochs=1", "--set", "methods.pricon.labeler.batch_size=8",
+         "--set", "methods.pricon.resolution=4"]
 
 
 def test_demo_end_to_end_via_cli(tmp_path):
@@ -19,11 +25,15 @@ def test_demo_end_to_end_via_cli(tmp_path):
                   "--output", str(out), "--quiet")
     assert res.returncode == 0, res.stderr
     report = (out / "report.md").read_text()
-    assert "| scratch |" in report and "frozen" in report and "full" in report
+    assert "| scratch |" in report and "| simclr |" in report and "| pricon |" in report
     assert "n=1" in report
     rows = json.loads((out / "report.json").read_text())["rows"]
-    assert {(r["method"], r["protocol"]) for r in rows} == {("scratch", "frozen"), ("scratch", "full")}
-    assert "2 cells; 5 stages computed, 0 reused" in res.stdout  # one encoder shared
+    assert {(r["method"], r["protocol"]) for r in rows} == {
+        (m, p) for m in ("scratch", "simclr", "pricon") for p in ("frozen", "full")}
+    # one encoder per method shared by both protocols: scratch encoder, simclr pretrain,
+    # pricon random labeler encoder + labeler + labeler_eval + pseudo-labels + pretrain, then
+    # 6 x (finetune + evaluate)
+    assert "6 cells; 19 stages computed, 0 reused" in res.stdout
 
     # `harness report` rebuilds the same table from the records alone
     (out / "report.md").unlink()
@@ -34,7 +44,7 @@ def test_demo_end_to_end_via_cli(tmp_path):
     # dry run on the finished store: everything done
     dry = run_cli("run", "specs/demo.yaml", *TINY, "--store", str(tmp_path / "store"), "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert "to do" not in dry.stdout and dry.stdout.count("done") >= 5
+    assert "to do" not in dry.stdout and dry.stdout.count("done") >= 19
 
 
 @pytest.mark.slow

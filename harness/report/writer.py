@@ -58,6 +58,11 @@ def write_report(output_dir: Path, records: list[dict[str, Any]], run_info: dict
     records = [validate_record(r, f"record {r.get('cell_id', '?') if isinstance(r, dict) else '?'}")
                for r in records]
     runs = runs if runs is not None else [run_info]
+    order: dict[str, int] = {}
+    for run in runs:
+        for method in run.get("rows") or []:
+            order.setdefault(method, len(order))
+    records = sorted(records, key=lambda r: order.get(r["method"], len(order)))  # stable
     report = build_report(records, runs, baseline).dump()
     title = report.get("run") or run_info.get("name") or "report"
     paths: list[Path] = []
