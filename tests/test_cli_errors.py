@@ -70,7 +70,7 @@ def test_validate_reports_each_problem_of_each_file(tmp_path):
     proc = harness("validate", str(DEMO), str(bad), str(bad2), tmp_path=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
-    assert f"{DEMO}: ok (6 cells)" in proc.stdout
+    assert f"{DEMO}: ok (18 cells)" in proc.stdout
     lines = error_lines(proc)
     assert len(lines) == 4, lines  # 3 problems in bad.yaml, 1 in bad2.yaml: one line each
     bad_lines = [line for line in lines if line.startswith(f"{bad}:")]
@@ -97,7 +97,7 @@ def test_validate_demo_ok_with_override(tmp_path):
     proc = harness("validate", str(DEMO), "--set", "finetune.epochs=3", "--set", "seeds=[0, 1]",
                    tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == f"{DEMO}: ok (12 cells)"
+    assert proc.stdout.strip() == f"{DEMO}: ok (36 cells)"
     assert "Traceback" not in proc.stderr
 
 
@@ -124,12 +124,14 @@ def test_dry_run_demo_lists_cells_and_stages(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     text = proc.stdout
-    assert "6 cells, 13 distinct stages" in text
+    # 3 methods x 2 protocols x 3 folds; scratch encoder, SimCLR pretraining, PRICon random
+    # labeler encoder + labeler + labeler_eval + pseudo-labels + pretraining, 18 x (finetune + evaluate)
+    assert "18 cells, 43 distinct stages" in text
     for protocol in ("frozen", "full"):
         for fold in ("fold1", "fold2", "fold3"):
             assert f"scratch__{protocol}__frac1__{fold}__seed0" in text
     assert "encoder -> finetune -> evaluate" in text
-    assert text.count("to do") == 13
+    assert text.count("to do") == 43
     assert "0/3" in text and "done" in text
     # nothing ran: no stage in the store, no run folder
     assert not (store / "stages").exists() or not any((store / "stages").rglob("*"))

@@ -270,7 +270,7 @@ def test_broken_plugin_is_listed_and_does_not_break_others(broken_site, tmp_path
     result = harness("run", DEMO, "--dry-run", "--store", store, *TINY_DEMO,
                      site=broken_site, store=store)
     assert result.returncode == 0, result.stderr
-    assert "2 cells" in result.stdout and "Traceback" not in result.stderr
+    assert "6 cells" in result.stdout and "Traceback" not in result.stderr
 
 
 # --- 4. two plugins with the same name -----------------------------------------------------------
