@@ -31,14 +31,20 @@ def open_dataset(rspec: ResolvedSpec, registry: Registry, store: ArtifactStore,
 def _open(cls: type[Dataset], config: Any, store: ArtifactStore, prepare: bool) -> Dataset:
     """A dataset in the store, generated on first use if it can be; else a DataError with the
     command that prepares it."""
-    dataset = cls(config, root=dataset_root(cls, config, store))
+    return ensure_prepared(cls(config, root=dataset_root(cls, config, store)), prepare)
+
+
+def ensure_prepared(dataset: Dataset, generate: bool = True, announce: bool = True) -> Dataset:
+    """``dataset``, generated now if it is missing and can be (with ``generate``; logged with
+    ``announce``); a DataError with the command that prepares it if it cannot."""
     if not dataset.is_prepared():
-        if dataset.auto_prepare and prepare:
-            console.log(f"generating dataset '{cls.name}' into {dataset.root}")
+        if dataset.auto_prepare and generate:
+            if announce:
+                console.log(f"generating dataset '{dataset.name}' into {dataset.root}")
             dataset.prepare(None)
         elif not dataset.auto_prepare:
             hint = f" ({dataset.source_hint})" if dataset.source_hint else ""
-            raise DataError(f"dataset '{cls.name}' is not prepared (looked in {dataset.root}); "
+            raise DataError(f"dataset '{dataset.name}' is not prepared (looked in {dataset.root}); "
                             f"run `{dataset.prepare_command()}`{hint}")
     return dataset
 

@@ -130,18 +130,12 @@ def dataset_options(options: list[str] | None) -> list[str]:
 def load_sample(dataset, sample_id: str) -> tuple[np.ndarray, np.ndarray]:
     """``(image (H, W, 3) uint8, classes (H, W) uint8)`` of one sample of a prepared (or
     auto-prepared) labeled dataset, by its sample id."""
-    from harness.runner import load_arrays
+    from harness.runner import ensure_prepared, load_arrays
 
     if not dataset.labeled:
         raise SpecError(f"--dataset {dataset.name}: unlabeled; similarity maps need a labeled "
                         f"dataset (its sample ids and ground truth)")
-    if not dataset.is_prepared():
-        if not dataset.auto_prepare:
-            hint = f" ({dataset.source_hint})" if dataset.source_hint else ""
-            raise DataError(f"dataset '{dataset.name}' is not prepared (looked in "
-                            f"{dataset.root}); run `{dataset.prepare_command()}`{hint}")
-        dataset.prepare(None)
-    arrays = load_arrays(dataset)
+    arrays = load_arrays(ensure_prepared(dataset, announce=False))
     index = arrays.index_of()
     if sample_id not in index:
         close = difflib.get_close_matches(sample_id, arrays.ids, n=1, cutoff=0.6)
