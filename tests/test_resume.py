@@ -28,9 +28,28 @@ def _wait_for(pattern: str, root: Path, proc: subprocess.Popen, timeout: float =
     raise AssertionError(f"{pattern} did not appear within {timeout} s")
 
 
-def _start(spec: Path, store: Path, out: Path) -> subprocess.Popen:
+#: a checkpoint at every step (the default is every 300 s of training, at the end and on SIGTERM)
+EVERY_STEP = {"HARNESS_CHECKPOINT_EVERY_S": "0"}
+
+
+def _wait_for_epoch(ckpt: Path, epoch: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    import torch
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if torch.load(ckpt, weights_only=False)["epoch"] >= epoch:
+                return
+        except (OSError, RuntimeError, EOFError):  # replaced while reading
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint of epoch {epoch} within {timeout} s")
+
+
+def _start(spec: Path, store: Path, out: Path, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(spec), "--store",
                              str(store), "--output", str(out), "--quiet"], cwd=REPO,
+                            env={**os.environ, **EVERY_STEP, **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             # a background shell may have set SIGINT to ignored; give the
                             # child Python its usual Ctrl-C handler
@@ -43,7 +62,7 @@ def test_killed_run_resumes_and_matches_uninterrupted(tmp_path):
     proc = _start(spec, store, tmp_path / "out")
     ckpt = _wait_for("work/finetune/*/checkpoint.pt", store, proc)
     # let it get past the first epoch, then kill it hard (no chance to clean up)
-    time.sleep(0.5)
+    _wait_for_epoch(ckpt, 1, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL

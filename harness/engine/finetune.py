@@ -2,14 +2,14 @@
 
 Thesis §4.1.3 defaults: Adam (0.9, 0.999), lr 1e-3 with cosine decay to 0 stepped per
 iteration, batch 16, 100 epochs, unweighted cross-entropy; the last epoch's weights are kept
-(the test fold is never used for selection). Checkpoints every epoch; a rerun resumes from the
-last one.
+(the test fold is never used for selection). The loop is :mod:`harness.engine.loop`
+(checkpoints every few minutes of training, at the end and on SIGTERM; a rerun resumes from
+the last one bit-identically).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from typing import Any, Sequence
 
@@ -20,8 +20,9 @@ from harness.data.augment import finetune_train_transforms
 from harness.data.base import LabeledArrays
 from harness.data.torchdata import Normalizer, SegmentationSamples
 from harness.engine.context import StageContext
+from harness.engine.loop import EpochLog, EpochSource, TrainLoop, epoch_loader, optimizer_steps
 from harness.engine.model import build_unet, freeze_encoder, load_encoder_weights, set_train_mode
-from harness.engine.runtime import Checkpoint, Precision, progress_bar, seed_everything, worker_init_fn
+from harness.engine.runtime import Checkpoint, Precision, seed_everything, worker_init_fn
 from harness.store import atomic_torch_save
 
 
@@ -53,13 +54,12 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
     data = SegmentationSamples(arrays, train_ids,
                                finetune_train_transforms(settings.image_size, settings.augment))
     drop_last = len(data) >= settings.batch_size  # keep every image when the subset is tiny
-    loader_gen = torch.Generator()
-    loader = torch.utils.data.DataLoader(
-        data, batch_size=settings.batch_size, shuffle=True, drop_last=drop_last,
-        num_workers=settings.num_workers, worker_init_fn=worker_init_fn, generator=loader_gen,
-        pin_memory=device.type == "cuda", persistent_workers=settings.num_workers > 0)
-    steps_per_epoch = len(loader)
-    total_steps = steps_per_epoch * settings.epochs
+    loader = epoch_loader(data, batch_size=settings.batch_size, drop_last=drop_last,
+                          num_workers=settings.num_workers, device=device, worker_init_fn=worker_init_fn)
+    source = EpochSource(loader, settings.epochs, seed,
+                         begin=lambda epoch: set_train_mode(model, frozen, settings.frozen_bn))
+    accumulation = getattr(settings, "grad_accumulation", 1)
+    total_steps = optimizer_steps(source.total, source.period, accumulation)
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=settings.lr, betas=(0.9, 0.999),
@@ -68,46 +68,27 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
                                                            eta_min=0.0)
     scaler = precision.scaler()
 
-    ckpt = Checkpoint(ctx.work)
-    parts = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
-    start_epoch, history = ckpt.resume_training(ctx.label, settings.epochs, **parts)
+    def step_fn(batch, info):
+        images, masks = batch
+        images = normalizer(images.to(device, non_blocking=True))
+        masks = masks.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with precision.autocast():
+            logits = model(images)
+            loss = nnf.cross_entropy(logits.float(), masks)
+        return loss, {}
 
+    loop = TrainLoop(
+        label=ctx.label, models={"model": model},
+        optimizer=optimizer, scheduler=scheduler, scaler=scaler, step_fn=step_fn, source=source,
+        checkpoint=Checkpoint(ctx.work), checkpoint_every_s=ctx.checkpoint_every_s,
+        hooks=[EpochLog(ctx, scheduler, "train", per_image=True)], weight_of=lambda batch: len(batch[0]),
+        grad_clip_norm=getattr(settings, "grad_clip_norm", None), accumulation=accumulation,
+        quiet=ctx.quiet, progress_fields=lambda period, step: {"epoch": period + 1})
     started = time.time()
-    step = start_epoch * steps_per_epoch
-    with progress_bar(f"{ctx.label}", total_steps, ctx.quiet) as advance:
-        advance(step)
-        for epoch in range(start_epoch, settings.epochs):
-            # Per-epoch seeds make a resumed run draw the same batches and augmentations.
-            loader_gen.manual_seed(seed * 100_003 + epoch)
-            torch.manual_seed(seed * 100_019 + epoch)
-            set_train_mode(model, frozen, settings.frozen_bn)
-            total, count = 0.0, 0
-            for images, masks in loader:
-                images = normalizer(images.to(device, non_blocking=True))
-                masks = masks.to(device, non_blocking=True)
-                if channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with precision.autocast():
-                    logits = model(images)
-                    loss = nnf.cross_entropy(logits.float(), masks)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                step += 1
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"{ctx.label}: loss is {value} at step {step}")
-                total += value * len(images)
-                count += len(images)
-                advance(1, epoch=epoch + 1, loss=value)
-            epoch_loss = total / max(count, 1)
-            history.append({"epoch": epoch + 1, "loss": epoch_loss,
-                            "lr": scheduler.get_last_lr()[0]})
-            ctx.log_metrics(step, {"train/loss": epoch_loss, "train/lr": scheduler.get_last_lr()[0],
-                                   "epoch": epoch + 1})
-            ckpt.save_training(epoch + 1, history, **parts)
+    history = loop.run()
+    start_epoch = loop.start // source.period
 
     model.to("cpu", memory_format=torch.contiguous_format)
     atomic_torch_save(model.state_dict(), ctx.out / "model.pt")

@@ -1,0 +1,321 @@
+"""The one training loop of every training stage: fine-tuning, the labeler, pretraining and the
+semi-supervised stage (one loop, behaviour in hooks, as mmengine's runner).
+
+The stage supplies the model parts, the optimiser and schedule, a ``step_fn(batch, info) ->
+(loss, logs)`` that computes one batch's loss (its own forward pass under autocast), a source
+of batches (:class:`EpochSource`: per-epoch shuffled loaders; :class:`IterationSource`: batch
+``t`` is a function of the iteration) and :class:`Hook` objects. The loop owns everything
+else: zero_grad/backward/grad scaling/optimizer step/per-iteration schedule, optional gradient
+clipping and accumulation, the finiteness check, means over each period (an epoch, or a
+logging interval), progress, checkpoints and bit-identical resume.
+
+**Checkpoints** (:class:`~harness.engine.runtime.Checkpoint`, one file, atomically overwritten)
+are written at optimizer-step boundaries only, where the whole state is captured (parts, RNG,
+position in the source, the period's partial sums): when ``checkpoint_every_s`` seconds of
+training have passed since the last write, at the end of training, and when SIGTERM, SIGUSR1
+(a scheduler's pre-emption warning) or SIGINT arrives; then the loop raises :class:`Preempted`
+(a ``KeyboardInterrupt``: the CLI exits with 130 and says to rerun). The runner deletes the
+work folder once the stage's artifact is committed. A resumed epoch re-seeds its loader with the
+epoch's seed and skips the batches already trained on without loading them.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+
+from harness.engine.runtime import Checkpoint, console, progress_bar
+
+_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
+_pending: list[int] = []  # signals received while a loop runs
+
+
+def interrupt_requested() -> bool:
+    """Whether a stop signal arrived; the loop checkpoints and stops at the next step."""
+    return bool(_pending)
+
+
+class Preempted(KeyboardInterrupt):
+    """Raised at a step boundary after a stop signal, once the checkpoint is written."""
+
+
+@dataclass
+class StepInfo:
+    """Where a batch falls: ``step`` is the index (from 0) of the optimizer step it contributes
+    to, of ``total_steps``; ``batch_index`` counts batches (iterations) from 0."""
+
+    step: int
+    total_steps: int
+    batch_index: int
+    period: int
+
+
+class Hook:
+    """Loop callbacks; every method is optional."""
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """After optimizer step ``step`` (from 0) and the schedule's step."""
+
+    def after_period(self, loop: "TrainLoop", period: int, means: dict[str, float]) -> None:
+        """After period ``period`` (from 0: an epoch, or a logging interval) ended at batch
+        ``loop.position`` (a count), with the period's means of the step logs (weighted by
+        ``loop.weight_of``); a hook may append an entry to ``loop.history``."""
+
+
+class EpochSource:
+    """Epochs of a shuffled DataLoader built by :func:`epoch_loader`. Epoch ``e`` re-seeds the
+    loader's generator with ``seed * 100_003 + e`` and torch with ``seed * 100_019 + e`` (a
+    resumed epoch keeps the checkpoint's torch RNG state instead), then calls ``begin(e)``."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader, epochs: int, seed: int,
+                 begin: Callable[[int], None] = lambda epoch: None):
+        self.loader, self.epochs, self.seed, self.begin = loader, epochs, seed, begin
+        self.period = max(1, len(loader))
+        self.total = self.period * epochs
+
+    def batches(self, start: int) -> Iterator[Any]:
+        first, skip = divmod(start, self.period)
+        for epoch in range(first, self.epochs):
+            self.loader.generator.manual_seed(self.seed * 100_003 + epoch)
+            if not skip:
+                torch.manual_seed(self.seed * 100_019 + epoch)
+            self.begin(epoch)
+            self.loader.batch_sampler.skip, skip = skip, 0
+            yield from self.loader
+
+
+class IterationSource:
+    """Iterations ``start..total-1`` of ``make_loader(start)`` (batch ``t`` depends on ``t``
+    alone); periods of ``period`` iterations (the last one may be shorter)."""
+
+    def __init__(self, make_loader: Callable[[int], Iterable[Any]], total: int, period: int):
+        self.make_loader, self.total, self.period = make_loader, total, max(1, period)
+
+    def batches(self, start: int) -> Iterator[Any]:
+        return iter(self.make_loader(start))
+
+
+class _SkippingBatches(torch.utils.data.Sampler):
+    """A batch sampler whose next pass draws (without loading) and drops ``skip`` batches."""
+
+    def __init__(self, inner: torch.utils.data.BatchSampler):
+        self.inner, self.skip = inner, 0
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = iter(self.inner)
+        for _ in range(self.skip):
+            next(batches, None)
+        yield from batches
+
+
+def epoch_loader(data: torch.utils.data.Dataset, *, batch_size: int, drop_last: bool,
+                 num_workers: int, device: torch.device, worker_init_fn: Callable[[int], None]
+                 ) -> torch.utils.data.DataLoader:
+    """``DataLoader(shuffle=True)`` with its own generator whose batch sampler can skip the
+    first batches of a pass: the same draws as before, so results are unchanged."""
+    generator = torch.Generator()
+    sampler = torch.utils.data.RandomSampler(data, generator=generator)
+    batches = _SkippingBatches(torch.utils.data.BatchSampler(sampler, batch_size, drop_last))
+    return torch.utils.data.DataLoader(
+        data, batch_sampler=batches, num_workers=num_workers, worker_init_fn=worker_init_fn,
+        generator=generator, pin_memory=device.type == "cuda", persistent_workers=num_workers > 0)
+
+
+def optimizer_steps(total: int, period: int, accumulation: int = 1) -> int:
+    """Optimizer steps over ``total`` batches: one per ``accumulation`` batches, and one at the
+    end of every period (an epoch's last, partial group still steps)."""
+    full, rest = divmod(total, period)
+    return full * math.ceil(period / accumulation) + math.ceil(rest / accumulation)
+
+
+class MethodHook(Hook):
+    """The method's ``after_step(model, step, total_steps)`` after every optimizer step."""
+
+    def __init__(self, method: Any, model: torch.nn.Module):
+        self.method, self.model = method, model
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        self.method.after_step(self.model, step, total_steps)
+
+
+class EpochLog(Hook):
+    """Per-epoch history entry ``{epoch, loss, lr, ...means}`` and lifecycle metrics under
+    ``prefix/`` (fine-tuning: ``train/loss``, ``train/lr``, ``epoch``)."""
+
+    def __init__(self, ctx: Any, scheduler: Any, prefix: str, per_image: bool = False):
+        self.ctx, self.scheduler, self.prefix, self.per_image = ctx, scheduler, prefix, per_image
+
+    def after_period(self, loop: TrainLoop, period: int, means: dict[str, float]) -> None:
+        lr = self.scheduler.get_last_lr()[0]
+        entry = {"epoch": period + 1, "loss": means.get("loss", 0.0), "lr": lr,
+                 **{k: v for k, v in means.items() if k != "loss"}}
+        loop.history.append(entry)
+        if self.per_image:  # fine-tuning's metric names
+            metrics = {"train/loss": entry["loss"], "train/lr": lr, "epoch": period + 1}
+        else:
+            metrics = {f"{self.prefix}/{k}": v for k, v in entry.items()}
+        self.ctx.log_metrics(loop.position, metrics)
+
+
+@dataclass
+class TrainLoop:
+    """See the module docstring. ``models``: name -> module (the model; a teacher...),
+    checkpointed with the optimizer, scheduler and scaler; ``weight_of(batch)`` weighs a
+    batch's logs in the period means (default 1)."""
+
+    label: str
+    models: dict[str, torch.nn.Module]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    step_fn: Callable[[Any, StepInfo], tuple[torch.Tensor, dict[str, float]]]
+    source: Any
+    checkpoint: Checkpoint
+    checkpoint_every_s: float = 300.0
+    hooks: list[Hook] = field(default_factory=list)
+    weight_of: Callable[[Any], float] = lambda batch: 1
+    grad_clip_norm: float | None = None
+    accumulation: int = 1
+    quiet: bool | None = None
+    progress_fields: Callable[[int, int], dict[str, Any]] = lambda period, step: {}
+    history: list[dict[str, Any]] = field(default_factory=list)
+    start: int = 0
+    position: int = 0
+
+    def __post_init__(self) -> None:
+        self.parts = {**self.models, "optimizer": self.optimizer, "scheduler": self.scheduler,
+                      "scaler": self.scaler}
+        self.total_steps = optimizer_steps(self.source.total, self.source.period, self.accumulation)
+        self._sums: dict[str, float] = {}
+        self._count = 0.0
+        self._last_write = 0.0
+
+    # --- state ------------------------------------------------------------------------------
+    def resume(self) -> int:
+        """Load the checkpoint if there is one; the number of batches already trained on."""
+        if not self.checkpoint.exists():
+            return 0
+        state = self.checkpoint.load()
+        for name, part in self.parts.items():
+            part.load_state_dict(state[name])
+        self.start = self.position = state["position"]
+        self.history, self._sums, self._count = state["history"], state["sums"], state["count"]
+        epoch, rest = divmod(self.position, self.source.period)
+        console.log(f"{self.label}: resuming from epoch {epoch}" + (f" batch {rest}" if rest else "")
+                    + f" (step {self.position}/{self.source.total})")
+        return self.position
+
+    def save(self) -> None:
+        self.checkpoint.save({**{k: v.state_dict() for k, v in self.parts.items()},
+                              "position": self.position, "epoch": self.position // self.source.period,
+                              "history": self.history, "sums": self._sums, "count": self._count})
+        self._last_write = time.monotonic()
+
+    # --- the loop ---------------------------------------------------------------------------
+    def run(self) -> list[dict[str, Any]]:
+        """Train from the checkpoint (if any) to the end; returns the history."""
+        self.resume()
+        step = optimizer_steps(self.position, self.source.period, self.accumulation)
+        self._last_write = time.monotonic()
+        with progress_bar(self.label, self.source.total, self.quiet) as advance, _stop_signals():
+            advance(self.position)
+            for batch in self.source.batches(self.position):
+                period, offset = divmod(self.position, self.source.period)
+                loss, logs = self._forward_backward(batch, StepInfo(step, self.total_steps, self.position, period))
+                self.position += 1
+                ends_period = self.position % self.source.period == 0 or self.position == self.source.total
+                boundary = ends_period or (offset + 1) % self.accumulation == 0
+                if boundary:
+                    self._optimizer_step(step)
+                    step += 1
+                value = self._accumulate(loss, logs, self.weight_of(batch))
+                advance(1, **self.progress_fields(period, step), loss=value)
+                if ends_period:
+                    self._end_period(period)
+                if boundary:
+                    self._maybe_checkpoint()
+            if self.position > self.start or not self.checkpoint.exists():
+                self.save()  # the end state: a crash before the commit does not retrain
+        return self.history
+
+    def _forward_backward(self, batch: Any, info: StepInfo) -> tuple[torch.Tensor, dict[str, Any]]:
+        loss, logs = self.step_fn(batch, info)
+        if self.accumulation == 1 or info.batch_index % self.source.period % self.accumulation == 0:
+            self.optimizer.zero_grad(set_to_none=True)  # after the forward pass, as always
+        self.scaler.scale(loss if self.accumulation == 1 else loss / self.accumulation).backward()
+        return loss, logs
+
+    def _accumulate(self, loss: torch.Tensor, logs: dict[str, Any], weight: float) -> float:
+        """Check the loss (after the optimizer step: one device sync per step, as before) and
+        add the batch's values to the period's sums."""
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"{self.label}: loss is {value} at step {self.position}")
+        for k, v in {"loss": value, **logs}.items():
+            self._sums[k] = self._sums.get(k, 0.0) + float(v) * weight
+        self._count += weight
+        return value
+
+    def _optimizer_step(self, step: int) -> None:
+        if self.grad_clip_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        for hook in self.hooks:
+            hook.after_step(step, self.total_steps)
+
+    def _end_period(self, period: int) -> None:
+        means = {k: v / max(self._count, 1) for k, v in self._sums.items()}
+        self._sums, self._count = {}, 0.0
+        for hook in self.hooks:
+            hook.after_period(self, period, means)
+
+    def _maybe_checkpoint(self) -> None:
+        if _pending:
+            self.save()
+            name = signal.Signals(_pending[0]).name
+            console.log(f"{self.label}: {name}: checkpoint written at batch {self.position}/"
+                        f"{self.source.total}; rerun the same command to resume")
+            raise Preempted(name)
+        if self.position < self.source.total and time.monotonic() - self._last_write >= self.checkpoint_every_s:
+            self.save()
+
+
+@contextmanager
+def _stop_signals() -> Iterator[None]:
+    """While training: SIGTERM/SIGUSR1/SIGINT set a flag (a second SIGINT interrupts at once);
+    the previous handlers come back afterwards. Only the main thread can install handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _pending.clear()
+    previous = {}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and _pending:
+            raise KeyboardInterrupt
+        _pending.append(signum)
+
+    for name in _SIGNALS:
+        if hasattr(signal, name):
+            sig = getattr(signal, name)
+            previous[sig] = signal.signal(sig, on_signal)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _pending.clear()
