@@ -148,8 +148,17 @@ class PretrainMethod(Method):
     def training_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor],
                       num_classes: int | None) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss of one batch (``view1``, ``view2`` and, with masks, ``mask1``/``mask2``) and
-        extra values to log."""
+        extra values to log. A method that needs the schedule may declare
+        ``training_step(self, model, batch, num_classes, *, step, total_steps)``: the engine
+        then passes the index (from 0) of the optimizer step this batch makes and the run's
+        number of optimizer steps."""
         raise NotImplementedError
+
+    def after_step(self, model: torch.nn.Module, step: int, total_steps: int) -> None:
+        """Called after optimizer step ``step`` (from 0) of ``total_steps`` and the learning
+        rate's step: update a momentum/EMA target network here (BYOL, MoCo, DINO). Whatever it
+        keeps must live in ``model`` (parameters or buffers), which is checkpointed. Default:
+        nothing."""
 
     def init_encoder(self, encoder: torch.nn.Module, encoder_name: str, seed: int) -> None:
         """Starting weights (random by default; PRICon can start from ImageNet)."""
@@ -202,3 +211,7 @@ class SemiSupervisedMethod(Method):
         ``labels`` (labeled ground truth), ``pseudo_labels`` and ``confidence`` (the teacher's,
         mixed and augmented like the unlabeled images). Default: none."""
         return None, {}
+
+    def after_step(self, model: torch.nn.Module, step: int, total_steps: int) -> None:
+        """Called with the student after optimizer step ``step`` (from 0) of ``total_steps``,
+        after the engine's EMA update of the teacher. Default: nothing."""

@@ -99,12 +99,11 @@ def test_pseudolabels_resume_after_interruption(tmp_path, monkeypatch):
 
 
 def test_pretraining_killed_mid_run_resumes_to_the_same_encoder(tmp_path, monkeypatch):
-    """Interrupted in its third epoch, a pretraining stage resumes from its last epoch
+    """Interrupted in its third epoch, a pretraining stage resumes from its last
     checkpoint and ends with exactly the encoder of an uninterrupted run."""
-    from harness.engine import runtime
     from harness_builtin.methods.simclr import SimCLR
 
-    monkeypatch.setattr(runtime.Checkpoint, "WORK_PER_SAVE", 0.0)  # a checkpoint every epoch
+    monkeypatch.setenv("HARNESS_CHECKPOINT_EVERY_S", "0")  # a checkpoint every step
     text = TOY.replace("simclr: {epochs: 2,", "simclr: {epochs: 4,")
     overrides = ["methods=" + "{simclr: {epochs: 4, batch_size: 8, augment: {crop_size: 32}}}",
                  "folds=[fold1]", "fractions=[1.0]", "protocols=[frozen]"]

@@ -172,6 +172,7 @@ def test_iteration_batches_depend_only_on_seed_and_iteration():
 
 
 def test_resume_continues_exactly(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CHECKPOINT_EVERY_S", "0")  # a checkpoint every iteration
     arrays = _arrays()
     kw = dict(arrays=arrays, train_ids=arrays.ids, unlabeled_images=_unlabeled(), num_classes=3,
               settings=SETTINGS, seed=3)
@@ -191,7 +192,7 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     broken = _ctx(tmp_path, "broken")
     with pytest.raises(KeyboardInterrupt):
         train_semisupervised(broken, method=Crash(cfg), **kw)
-    assert torch.load(broken.work / "checkpoint.pt", weights_only=False)["iteration"] == 2
+    assert torch.load(broken.work / "checkpoint.pt", weights_only=False)["position"] == 2
     result = train_semisupervised(broken, method=ClassMix(cfg), **kw)
     assert result["resumed_from_iteration"] == 2
     a = torch.load(whole.out / "model.pt", weights_only=True)

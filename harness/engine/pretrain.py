@@ -2,24 +2,28 @@
 
 Two augmented views per unlabeled image (plus aligned pseudo-label masks for methods that need
 them), streamed from the dataset's uint8 memory map; LARS (timm) or SGD with per-iteration
-cosine decay to 0 (thesis §4.1.2, no warm-up); AMP on CUDA; checkpoint every epoch and resume.
-The method only builds its heads and computes the loss of a batch.
+cosine decay to 0 (thesis §4.1.2, no warm-up); AMP on CUDA; checkpoints and resume by
+:mod:`harness.engine.loop`. The method builds its heads and computes the loss of a batch
+(told the step index and the total when its ``training_step`` accepts ``step`` and
+``total_steps``); its ``after_step`` runs after every optimizer step (a momentum target).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from harness.engine.context import StageContext
 from harness.engine.init_encoder import save_encoder_artifact
+from harness.engine.loop import EpochLog, EpochSource, MethodHook, StepInfo, TrainLoop, epoch_loader, optimizer_steps
 from harness.engine.model import build_encoder
-from harness.engine.runtime import Checkpoint, Precision, progress_bar, seed_everything, worker_init_fn
+from harness.engine.runtime import Checkpoint, Precision, seed_everything, worker_init_fn
 from harness.methods import PretrainMethod
 from harness.store import atomic_torch_save
 
@@ -43,6 +47,18 @@ def _cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torc
 
     lambdas = [(lambda step: 1.0) if g.get("fixed_lr") else cosine for g in optimizer.param_groups]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+
+
+def step_with_info(method: PretrainMethod) -> Callable[..., tuple[torch.Tensor, dict[str, float]]]:
+    """``method.training_step`` as ``f(model, batch, num_classes, info)``: passes ``step`` and
+    ``total_steps`` to a method whose ``training_step`` names both parameters; the documented
+    ``training_step(model, batch, num_classes)`` (or a ``*args, **kwargs`` wrapper of it) is
+    called as it always was."""
+    params = inspect.signature(method.training_step).parameters
+    if {"step", "total_steps"} <= set(params):
+        return lambda model, batch, num_classes, info: method.training_step(
+            model, batch, num_classes, step=info.step, total_steps=info.total_steps)
+    return lambda model, batch, num_classes, info: method.training_step(model, batch, num_classes)
 
 
 def pretrain(ctx: StageContext, *, method: PretrainMethod, images: np.ndarray,
@@ -70,54 +86,31 @@ def pretrain(ctx: StageContext, *, method: PretrainMethod, images: np.ndarray,
     view_cfg = method.view_config()
     data = TwoViewDataset(images, masks, view_cfg, indices=rows)
     batch_size = min(cfg.batch_size, len(data))
-    loader_gen = torch.Generator()
-    loader = torch.utils.data.DataLoader(
-        data, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=cfg.num_workers,
-        worker_init_fn=worker_init_fn, generator=loader_gen, pin_memory=device.type == "cuda",
-        persistent_workers=cfg.num_workers > 0)
-    steps_per_epoch = len(loader)
-    total_steps = steps_per_epoch * cfg.epochs
+    loader = epoch_loader(data, batch_size=batch_size, drop_last=True, num_workers=cfg.num_workers,
+                          device=device, worker_init_fn=worker_init_fn)
+    source = EpochSource(loader, cfg.epochs, seed, begin=lambda epoch: model.train())
+    accumulation = getattr(cfg, "grad_accumulation", 1)
+    total_steps = optimizer_steps(source.total, source.period, accumulation)
     optimizer = _optimizer(method, model)
     scheduler = _cosine_schedule(optimizer, total_steps)
     scaler = precision.scaler()
+    training_step = step_with_info(method)
 
-    ckpt = Checkpoint(ctx.work)
-    parts = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
-    start_epoch, history = ckpt.resume_training(ctx.label, cfg.epochs, **parts)
+    def step_fn(batch, info):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with precision.autocast():
+            return training_step(model, batch, num_classes, info)
 
+    loop = TrainLoop(
+        label=ctx.label, models={"model": model}, optimizer=optimizer, scheduler=scheduler,
+        scaler=scaler, step_fn=step_fn, source=source, checkpoint=Checkpoint(ctx.work),
+        checkpoint_every_s=ctx.checkpoint_every_s,
+        hooks=[MethodHook(method, model), EpochLog(ctx, scheduler, "pretrain")],
+        grad_clip_norm=getattr(cfg, "grad_clip_norm", None), accumulation=accumulation,
+        quiet=ctx.quiet, progress_fields=lambda period, step: {"epoch": period + 1})
     started = time.time()
-    step = start_epoch * steps_per_epoch
-    with progress_bar(ctx.label, total_steps, ctx.quiet) as advance:
-        advance(step)
-        for epoch in range(start_epoch, cfg.epochs):
-            loader_gen.manual_seed(seed * 100_003 + epoch)
-            torch.manual_seed(seed * 100_019 + epoch)
-            model.train()
-            total, count, extra_sum = 0.0, 0, {}
-            for batch in loader:
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                with precision.autocast():
-                    loss, extra = method.training_step(model, batch, num_classes)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                step += 1
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"{ctx.label}: loss is {value} at step {step}")
-                total += value
-                count += 1
-                for k, v in extra.items():
-                    extra_sum[k] = extra_sum.get(k, 0.0) + float(v)
-                advance(1, epoch=epoch + 1, loss=value)
-            entry = {"epoch": epoch + 1, "loss": total / max(count, 1),
-                     "lr": scheduler.get_last_lr()[0],
-                     **{k: v / max(count, 1) for k, v in extra_sum.items()}}
-            history.append(entry)
-            ctx.log_metrics(step, {f"pretrain/{k}": v for k, v in entry.items()})
-            ckpt.save_training(epoch + 1, history, **parts)
+    history = loop.run()
+    start_epoch = loop.start // source.period
 
     model.to("cpu")
     normalization = {"mean": list(view_cfg.mean), "std": list(view_cfg.std)}

@@ -32,15 +32,16 @@ under ``finetune.normalization`` (``thesis_quirk``: [-1/255, 1/255], as every fi
 The teacher is what is saved (``model.pt``: the plain smp U-Net state dict, without any extra
 head) and evaluated. Every random draw of iteration t is a function of (seed, t) — batches,
 crops, augmentations, masks, the method's sampling — and a checkpoint (student, teacher,
-optimiser, scheduler, scaler, iteration, RNG) is written every ``max(1, iterations // 20)``
-iterations, so a resumed run continues exactly where it stopped.
+optimiser, scheduler, scaler, iteration, RNG, the interval's partial sums) is written by
+:mod:`harness.engine.loop` every few minutes of training, at the end and on SIGTERM, so a
+resumed run continues exactly where it stopped. The training log holds means over intervals
+of ``max(1, iterations // 20)`` iterations.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from typing import Any, Sequence
 
@@ -55,15 +56,16 @@ from harness.data.base import LabeledArrays
 from harness.data.torchdata import Normalizer, SegmentationSamples
 from harness.data.views import _MemmapRef
 from harness.engine.context import StageContext
+from harness.engine.loop import Hook, IterationSource, MethodHook, StepInfo, TrainLoop
 from harness.engine.model import build_unet
-from harness.engine.runtime import Checkpoint, Precision, console, progress_bar, seed_everything, worker_init_fn
+from harness.engine.runtime import Checkpoint, Precision, seed_everything, worker_init_fn
 from harness.errors import DataError
 from harness.methods import HALF_NORMALIZATION, SemiSupervisedMethod
 from harness.store import atomic_torch_save
 
 #: Random streams derived from (seed, iteration).
 _LABELED, _UNLABELED, _LABELED_AUG, _STEP = 1, 2, 3, 4
-_CHECKPOINTS = 20  # checkpoints (and log entries) per run
+_LOG_ENTRIES = 20  # log entries (means over an interval) per run
 
 
 def derived_seed(*parts: int) -> int:
@@ -207,7 +209,72 @@ class IterationBatches(torch.utils.data.Dataset):
         }
 
 
-# --- the loop -----------------------------------------------------------------------------------
+# --- the step and its hooks ------------------------------------------------------------------
+
+class _MeanTeacherStep:
+    """The loss of iteration ``t`` (steps 2-4 of the module docstring); the loop does step 5."""
+
+    def __init__(self, method, student, teacher, normalizer, precision, channels_last, strong, seed, device):
+        self.method, self.student, self.teacher = method, student, teacher
+        self.normalizer, self.precision, self.channels_last = normalizer, precision, channels_last
+        self.strong, self.seed, self.device = strong, seed, device
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.normalizer(x)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def __call__(self, batch: dict[str, torch.Tensor], info: StepInfo) -> tuple[torch.Tensor, dict[str, Any]]:
+        torch.manual_seed(derived_seed(_STEP, self.seed, info.batch_index))  # masks, strong aug, sampling
+        device, precision, method = self.device, self.precision, self.method
+        x_l = self.prepare(batch["image_l"].to(device, non_blocking=True))
+        y_l = batch["label_l"].to(device, non_blocking=True)
+        u = batch["image_u"].to(device, non_blocking=True)
+
+        with torch.no_grad():
+            self.teacher.train()
+            with precision.autocast():
+                t_logits = unet_of(self.teacher)(self.prepare(u))
+            confidence, pseudo = torch.softmax(t_logits.float(), dim=1).max(dim=1)
+            u, y_u, c_u = method.mix(u, pseudo, confidence)
+            u, y_u, c_u = strong_augment(u, y_u, c_u, self.strong)
+            x_u = self.prepare(u)
+
+        self.student.train()
+        with precision.autocast():
+            out_l = _outputs(self.student(x_l))
+            out_u = _outputs(self.student(x_u))
+            sup = nnf.cross_entropy(out_l["logits"].float(), y_l, ignore_index=-1)
+            unsup = confidence_weighted_ce(out_u["logits"].float(), y_u, c_u, method.config.strong_threshold)
+            extra, extra_log = method.extra_loss(out_l, out_u, {"labels": y_l, "pseudo_labels": y_u,
+                                                                "confidence": c_u})
+            loss = sup + unsup + (extra if extra is not None else 0.0)
+        return loss, {"sup_loss": sup.detach(), "unsup_loss": unsup.detach(),
+                      "extra_loss": extra.detach() if extra is not None else 0.0, **extra_log}
+
+
+class TeacherEMA(Hook):
+    """Step 5's EMA update of the teacher after each optimizer step (:func:`ema_update`)."""
+
+    def __init__(self, teacher: torch.nn.Module, student: torch.nn.Module, max_decay: float):
+        self.teacher, self.student, self.max_decay = teacher, student, max_decay
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        ema_update(self.teacher, self.student, step, self.max_decay)
+
+
+class IntervalLog(Hook):
+    """A history entry ``{iteration, lr, ...means}`` and ``semisup/`` metrics per interval."""
+
+    def __init__(self, ctx: StageContext, scheduler: Any):
+        self.ctx, self.scheduler = ctx, scheduler
+
+    def after_period(self, loop: TrainLoop, period: int, means: dict[str, float]) -> None:
+        entry = {"iteration": loop.position, "lr": self.scheduler.get_last_lr()[0], **means}
+        loop.history.append(entry)
+        self.ctx.log_metrics(loop.position, {f"semisup/{k}": v for k, v in entry.items() if k != "iteration"})
+
+
+# --- the stage ----------------------------------------------------------------------------------
 
 def train_semisupervised(ctx: StageContext, *, method: SemiSupervisedMethod, arrays: LabeledArrays,
                          train_ids: Sequence[str], unlabeled_images: np.ndarray, num_classes: int,
@@ -216,8 +283,8 @@ def train_semisupervised(ctx: StageContext, *, method: SemiSupervisedMethod, arr
     the training log to ``train_log.json`` in ``ctx.out``; return a summary. ``settings`` are
     the spec's fine-tuning settings (encoder, image size, normalisation, AMP); the method's
     own config holds the iteration count, batch sizes, optimiser and thresholds. The log (and
-    the ``first_*``/``final_*`` losses of the summary) holds means over each checkpoint
-    interval of ``max(1, iterations // 20)`` iterations."""
+    the ``first_*``/``final_*`` losses of the summary) holds means over each logging interval
+    of ``max(1, iterations // 20)`` iterations."""
     cfg = method.config
     device = ctx.device
     iterations = cfg.iterations
@@ -257,86 +324,26 @@ def train_semisupervised(ctx: StageContext, *, method: SemiSupervisedMethod, arr
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr, betas=(0.9, 0.999),
                                  weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=iterations, eta_min=0.0)
-    scaler = precision.scaler()
 
-    ckpt = Checkpoint(ctx.work)
-    start, history = 0, []
-    if ckpt.exists():
-        state = ckpt.load()
-        student.load_state_dict(state["student"])
-        teacher.load_state_dict(state["teacher"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start, history = state["iteration"], state["history"]
-        console.log(f"{ctx.label}: resuming from iteration {start}/{iterations}")
+    def make_loader(start: int) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            batches, batch_size=None, sampler=range(start, iterations), num_workers=cfg.num_workers,
+            worker_init_fn=worker_init_fn, pin_memory=device.type == "cuda")
 
-    loader = torch.utils.data.DataLoader(
-        batches, batch_size=None, sampler=range(start, iterations), num_workers=cfg.num_workers,
-        worker_init_fn=worker_init_fn, pin_memory=device.type == "cuda")
-    every = max(1, iterations // _CHECKPOINTS)
-    sums: dict[str, float] = {}
-    count = 0
-
-    def prepare(x: torch.Tensor) -> torch.Tensor:
-        x = normalizer(x)
-        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
+    step = _MeanTeacherStep(method, student, teacher, normalizer, precision, channels_last,
+                            strong, seed, device)
+    loop = TrainLoop(
+        label=ctx.label, models={"student": student, "teacher": teacher}, optimizer=optimizer,
+        scheduler=scheduler, scaler=precision.scaler(), step_fn=step, checkpoint=Checkpoint(ctx.work),
+        source=IterationSource(make_loader, iterations, max(1, iterations // _LOG_ENTRIES)),
+        checkpoint_every_s=ctx.checkpoint_every_s, quiet=ctx.quiet,
+        hooks=[TeacherEMA(teacher, student, cfg.ema_decay), MethodHook(method, student),
+               IntervalLog(ctx, scheduler)],
+        grad_clip_norm=getattr(cfg, "grad_clip_norm", None))
     started = time.time()
-    with progress_bar(ctx.label, iterations, ctx.quiet) as advance:
-        advance(start)
-        for t, batch in zip(range(start, iterations), loader):
-            torch.manual_seed(derived_seed(_STEP, seed, t))  # masks, strong aug, method sampling
-            x_l = prepare(batch["image_l"].to(device, non_blocking=True))
-            y_l = batch["label_l"].to(device, non_blocking=True)
-            u = batch["image_u"].to(device, non_blocking=True)
-
-            with torch.no_grad():
-                teacher.train()
-                with precision.autocast():
-                    t_logits = unet_of(teacher)(prepare(u))
-                confidence, pseudo = torch.softmax(t_logits.float(), dim=1).max(dim=1)
-                u, y_u, c_u = method.mix(u, pseudo, confidence)
-                u, y_u, c_u = strong_augment(u, y_u, c_u, strong)
-                x_u = prepare(u)
-
-            student.train()
-            with precision.autocast():
-                out_l = _outputs(student(x_l))
-                out_u = _outputs(student(x_u))
-                sup = nnf.cross_entropy(out_l["logits"].float(), y_l, ignore_index=-1)
-                unsup = confidence_weighted_ce(out_u["logits"].float(), y_u, c_u, cfg.strong_threshold)
-                extra, extra_log = method.extra_loss(out_l, out_u, {"labels": y_l, "pseudo_labels": y_u,
-                                                                    "confidence": c_u})
-                loss = sup + unsup + (extra if extra is not None else 0.0)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            ema_update(teacher, student, t, cfg.ema_decay)
-
-            values = {"loss": float(loss.detach()), "sup_loss": float(sup.detach()),
-                      "unsup_loss": float(unsup.detach()),
-                      "extra_loss": float(extra.detach()) if extra is not None else 0.0,
-                      **{k: float(v) for k, v in extra_log.items()}}
-            if not math.isfinite(values["loss"]):
-                raise FloatingPointError(f"{ctx.label}: loss is {values['loss']} at iteration {t + 1}")
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-            count += 1
-            advance(1, loss=values["loss"], sup=values["sup_loss"])
-
-            if (t + 1) % every == 0 or t + 1 == iterations:
-                entry = {"iteration": t + 1, "lr": scheduler.get_last_lr()[0],
-                         **{k: v / count for k, v in sums.items()}}
-                history.append(entry)
-                ctx.log_metrics(t + 1, {f"semisup/{k}": v for k, v in entry.items() if k != "iteration"})
-                sums, count = {}, 0
-                ckpt.save({"student": student.state_dict(), "teacher": teacher.state_dict(),
-                           "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                           "scaler": scaler.state_dict(), "iteration": t + 1, "history": history})
+    history = loop.run()
     seconds = time.time() - started
+    start = loop.start
 
     model = unet_of(teacher).to("cpu", memory_format=torch.contiguous_format)
     atomic_torch_save(model.state_dict(), ctx.out / "model.pt")
