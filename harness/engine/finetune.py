@@ -32,24 +32,32 @@ def load_encoder_artifact(path) -> tuple[dict[str, Any], dict[str, Any]]:
     return state, meta
 
 
+def _initial_model(ctx: StageContext, encoder: str, num_classes: int, frozen: bool,
+                   channels_last: bool) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The U-Net with the encoder artifact's weights (frozen for the frozen protocol), on the
+    device; and the artifact's metadata."""
+    model = build_unet(encoder, num_classes)
+    enc_state, enc_meta = load_encoder_artifact(ctx.inputs["encoder"])
+    load_encoder_weights(model, enc_state, source=str(ctx.inputs["encoder"] / "encoder.pt"))
+    if frozen:
+        freeze_encoder(model)
+    model.to(ctx.device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model, enc_meta
+
+
 def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[str], num_classes: int,
              settings: Any, protocol: str, seed: int) -> dict[str, Any]:
     """Train a U-Net from the encoder artifact in ``ctx.inputs['encoder']``; write
     ``model.pt`` and ``train_log.json`` into ``ctx.out``; return a summary."""
     device = ctx.device
     seed_everything(seed)
-    model = build_unet(settings.encoder, num_classes)
-    enc_state, enc_meta = load_encoder_artifact(ctx.inputs["encoder"])
-    load_encoder_weights(model, enc_state, source=str(ctx.inputs["encoder"] / "encoder.pt"))
     frozen = protocol == "frozen"
-    if frozen:
-        freeze_encoder(model)
+    channels_last = settings.channels_last and device.type == "cuda"
+    model, enc_meta = _initial_model(ctx, settings.encoder, num_classes, frozen, channels_last)
     normalizer = Normalizer(enc_meta["normalization"], settings.normalization)
     precision = Precision(device, settings.amp)
-    channels_last = settings.channels_last and device.type == "cuda"
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
 
     data = SegmentationSamples(arrays, train_ids,
                                finetune_train_transforms(settings.image_size, settings.augment))

@@ -49,6 +49,14 @@ def _cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torc
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
 
 
+def _image_rows(n: int, max_images: int | None, seed: int) -> np.ndarray:
+    """All image rows, or a seeded subset of ``max_images``."""
+    rows = np.arange(n)
+    if max_images is not None and max_images < n:
+        rows = np.sort(np.random.RandomState(seed).permutation(n)[:max_images])
+    return rows
+
+
 def step_with_info(method: PretrainMethod) -> Callable[..., tuple[torch.Tensor, dict[str, float]]]:
     """``method.training_step`` as ``f(model, batch, num_classes, info)``: passes ``step`` and
     ``total_steps`` to a method whose ``training_step`` names both parameters; the documented
@@ -80,9 +88,7 @@ def pretrain(ctx: StageContext, *, method: PretrainMethod, images: np.ndarray,
     model.to(device)
     precision = Precision(device, getattr(cfg, "amp", True))
 
-    rows = np.arange(len(images))
-    if cfg.max_images is not None and cfg.max_images < len(rows):
-        rows = np.sort(np.random.RandomState(seed).permutation(len(rows))[:cfg.max_images])
+    rows = _image_rows(len(images), cfg.max_images, seed)
     view_cfg = method.view_config()
     data = TwoViewDataset(images, masks, view_cfg, indices=rows)
     batch_size = min(cfg.batch_size, len(data))

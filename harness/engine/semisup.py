@@ -276,6 +276,44 @@ class IntervalLog(Hook):
 
 # --- the stage ----------------------------------------------------------------------------------
 
+def _student_and_teacher(method: SemiSupervisedMethod, encoder: str, num_classes: int,
+                         device: torch.device, channels_last: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The student (a random U-Net in the method's network) and its EMA copy, on ``device``."""
+    student = method.build_model(build_unet(encoder, num_classes))
+    teacher = copy.deepcopy(student)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    for model in (student, teacher):
+        model.to(device)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+    return student, teacher
+
+
+def _loss_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
+    first, last = (history[0], history[-1]) if history else ({}, {})
+    return {f"{end}_{k}": entry.get(k) for k in ("loss", "sup_loss", "unsup_loss", "extra_loss")
+            for end, entry in (("first", first), ("final", last))}
+
+
+def _crop_size(label: str, arrays: LabeledArrays, train_ids: Sequence[str],
+               unlabeled_images: np.ndarray | None, settings: Any) -> tuple[int, int]:
+    """The training crop (``finetune.image_size``, else the labeled size); DataError when
+    there is nothing to train on or the unlabeled tiles are smaller."""
+    if not len(train_ids):
+        raise DataError(f"{label}: no labeled training images")
+    if unlabeled_images is None or len(unlabeled_images) == 0:
+        raise DataError(f"{label}: the unlabeled dataset has no images; semi-supervised "
+                        f"methods need some (spec `unlabeled:`)")
+    height, width = (settings.image_size,) * 2 if settings.image_size else tuple(arrays.images.shape[1:3])
+    tile_h, tile_w = unlabeled_images.shape[1:3]
+    if tile_h < height or tile_w < width:
+        raise DataError(f"{label}: unlabeled tiles of {tile_h}x{tile_w} are smaller than the "
+                        f"labeled training size {height}x{width}; the unlabeled batch is cropped "
+                        f"to it (set finetune.image_size to at most {min(tile_h, tile_w)})")
+    return height, width
+
+
 def train_semisupervised(ctx: StageContext, *, method: SemiSupervisedMethod, arrays: LabeledArrays,
                          train_ids: Sequence[str], unlabeled_images: np.ndarray, num_classes: int,
                          settings: Any, seed: int) -> dict[str, Any]:
@@ -289,32 +327,14 @@ def train_semisupervised(ctx: StageContext, *, method: SemiSupervisedMethod, arr
     device = ctx.device
     iterations = cfg.iterations
     batch_u = cfg.unlabeled_batch_size or max(2, cfg.batch_size)
-    if not len(train_ids):
-        raise DataError(f"{ctx.label}: no labeled training images")
-    if unlabeled_images is None or len(unlabeled_images) == 0:
-        raise DataError(f"{ctx.label}: the unlabeled dataset has no images; semi-supervised "
-                        f"methods need some (spec `unlabeled:`)")
-    height, width = (settings.image_size,) * 2 if settings.image_size else tuple(arrays.images.shape[1:3])
-    tile_h, tile_w = unlabeled_images.shape[1:3]
-    if tile_h < height or tile_w < width:
-        raise DataError(f"{ctx.label}: unlabeled tiles of {tile_h}x{tile_w} are smaller than the "
-                        f"labeled training size {height}x{width}; the unlabeled batch is cropped "
-                        f"to it (set finetune.image_size to at most {min(tile_h, tile_w)})")
+    height, width = _crop_size(ctx.label, arrays, train_ids, unlabeled_images, settings)
     square = height == width
 
     seed_everything(seed)
-    student = method.build_model(build_unet(settings.encoder, num_classes))
-    teacher = copy.deepcopy(student)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    channels_last = settings.channels_last and device.type == "cuda"
+    student, teacher = _student_and_teacher(method, settings.encoder, num_classes, device, channels_last)
     normalizer = Normalizer(HALF_NORMALIZATION, settings.normalization)
     precision = Precision(device, settings.amp)
-    channels_last = settings.channels_last and device.type == "cuda"
-    student.to(device)
-    teacher.to(device)
-    if channels_last:
-        student.to(memory_format=torch.channels_last)
-        teacher.to(memory_format=torch.channels_last)
 
     crop = settings.image_size if settings.image_size else None
     labeled = SegmentationSamples(arrays, train_ids, thesis_augment(square, crop, to_float=True))
@@ -348,25 +368,11 @@ def train_semisupervised(ctx: StageContext, *, method: SemiSupervisedMethod, arr
     model = unet_of(teacher).to("cpu", memory_format=torch.contiguous_format)
     atomic_torch_save(model.state_dict(), ctx.out / "model.pt")
     (ctx.out / "train_log.json").write_text(json.dumps(history, indent=2))
-    first, last = (history[0], history[-1]) if history else ({}, {})
-    done = iterations - start
-    return {
-        "method": method.name,
-        "init": "random",
-        "train_images": len(labeled),
-        "unlabeled_images": len(unlabeled_images),
-        "batch_size": cfg.batch_size,
-        "unlabeled_batch_size": batch_u,
-        "crop_size": [height, width],
-        "iterations": iterations,
-        "resumed_from_iteration": start,
-        "first_loss": first.get("loss"), "final_loss": last.get("loss"),
-        "first_sup_loss": first.get("sup_loss"), "final_sup_loss": last.get("sup_loss"),
-        "first_unsup_loss": first.get("unsup_loss"), "final_unsup_loss": last.get("unsup_loss"),
-        "first_extra_loss": first.get("extra_loss"), "final_extra_loss": last.get("extra_loss"),
-        "evaluated": "teacher",
-        "normalization": normalizer.describe(),
-        "precision": str(precision.dtype).replace("torch.", "") if precision.dtype else "fp32",
-        "seconds_this_run": seconds,
-        "iterations_per_second": done / seconds if done and seconds > 0 else None,
-    }
+    return {"method": method.name, "init": "random", "train_images": len(labeled),
+            "unlabeled_images": len(unlabeled_images), "batch_size": cfg.batch_size,
+            "unlabeled_batch_size": batch_u, "crop_size": [height, width], "iterations": iterations,
+            "resumed_from_iteration": start, **_loss_summary(history), "evaluated": "teacher",
+            "normalization": normalizer.describe(),
+            "precision": str(precision.dtype).replace("torch.", "") if precision.dtype else "fp32",
+            "seconds_this_run": seconds,
+            "iterations_per_second": (iterations - start) / seconds if iterations > start and seconds > 0 else None}
