@@ -210,9 +210,12 @@ class TrainLoop:
             part.load_state_dict(state[name])
         self.start = self.position = state["position"]
         self.history, self._sums, self._count = state["history"], state["sums"], state["count"]
-        epoch, rest = divmod(self.position, self.source.period)
-        console.log(f"{self.label}: resuming from epoch {epoch}" + (f" batch {rest}" if rest else "")
-                    + f" (step {self.position}/{self.source.total})")
+        if isinstance(self.source, EpochSource):
+            epoch, rest = divmod(self.position, self.source.period)
+            where = f"epoch {epoch}" + (f" batch {rest}" if rest else "")
+            console.log(f"{self.label}: resuming from {where} (batch {self.position}/{self.source.total})")
+        else:
+            console.log(f"{self.label}: resuming from iteration {self.position}/{self.source.total}")
         return self.position
 
     def save(self) -> None:

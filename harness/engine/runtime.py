@@ -65,7 +65,14 @@ def seed_everything(seed: int) -> None:
 
 
 def worker_init_fn(worker_id: int) -> None:
-    """Seed python/numpy in data-loader workers from the torch seed torch gave the worker."""
+    """Seed python/numpy in data-loader workers from the torch seed torch gave the worker. Stop
+    signals sent to the whole process group (a scheduler's SIGTERM, Ctrl-C) are left to the
+    main process, which checkpoints at the next step and then shuts the workers down."""
+    import signal
+
+    for name in ("SIGTERM", "SIGUSR1", "SIGINT"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
     base = torch.initial_seed() % (2**32)
     random.seed(base + worker_id)
     np.random.seed((base + worker_id) % (2**32))
