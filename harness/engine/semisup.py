@@ -261,8 +261,9 @@ def train_semisupervised(ctx: StageContext, *, method: SemiSupervisedMethod, arr
 
     ckpt = Checkpoint(ctx.work)
     start, history = 0, []
-    if ckpt.exists():
-        state = ckpt.load()
+    state = ckpt.load(required=("student", "teacher", "optimizer", "scheduler", "scaler",
+                                "iteration", "history"))
+    if state is not None:
         student.load_state_dict(state["student"])
         teacher.load_state_dict(state["teacher"])
         optimizer.load_state_dict(state["optimizer"])
