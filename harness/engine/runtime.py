@@ -23,9 +23,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        from harness.errors import HarnessError
+        from harness.errors import SpecError
 
-        raise HarnessError(f"finetune.device is '{name}' but CUDA is not available; "
+        raise SpecError(f"finetune.device is '{name}' but CUDA is not available; "
                            f"use device: auto or cpu")
     return torch.device(name)
 
