@@ -248,7 +248,7 @@ def fold_problems(spec: Any, registry: Registry, dataset_config: Any, source: st
         return []
     return [f"{where(source, lines, ('folds', i))}: folds: unknown fold '{printable(f)}'"
             f"{did_you_mean(f, folds)}; dataset '{spec.dataset.name}' has {', '.join(folds)}"
-            for i, f in enumerate(spec.folds) if f not in folds]
+            for i, f in enumerate(spec.folds) if f not in folds and SAFE_NAME.match(f)]
 
 
 def cross_checks(spec: Any, registry: Registry, dataset_config: Any, source: str,
