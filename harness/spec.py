@@ -447,17 +447,8 @@ def load_spec(path: str | Path, overrides: list[str] | None = None,
     method_configs: dict[str, Any] = {}
     dataset_config = unlabeled_config = None
     if spec is not None and not plugin_missing:
-        dataset_config = _check_dataset(spec.dataset, "dataset", registry, source, lines, problems)
-        unlabeled_config = (_check_dataset(spec.unlabeled, "unlabeled", registry, source, lines, problems)
-                            if spec.unlabeled is not None else None)
-        method_configs = _check_methods(spec, registry, source, lines, problems)
-        if dataset_config is not None:
-            problems.extend(fold_problems(spec, registry, dataset_config, source, lines))
-        problems.extend(labeler_problems(spec, method_configs, registry, source, lines))
-        problems.extend(number_problems({(): spec, ("dataset",): dataset_config, ("unlabeled",): unlabeled_config,
-                                         **{("methods", m): c for m, c in method_configs.items()}}, source, lines))
-        if not problems:
-            cross_checks(spec, registry, dataset_config, source, lines, problems)
+        dataset_config, unlabeled_config, method_configs = _settings_checks(
+            spec, registry, source, lines, problems)
 
     if problems:
         raise SpecError(problems + plugin_missing, source=None)
@@ -468,6 +459,24 @@ def load_spec(path: str | Path, overrides: list[str] | None = None,
     return ResolvedSpec(spec=spec, source=source, overrides=overrides,
                         method_configs=method_configs, dataset_config=dataset_config,
                         unlabeled_config=unlabeled_config)
+
+
+def _settings_checks(spec: Spec, registry: Registry, source: str, lines: dict,
+                     problems: list[str]) -> tuple[Any, Any, dict[str, Any]]:
+    """Each plugin's own settings, folds, labelers and number ranges (even when other fields
+    are broken), then the cross-field checks (only when nothing else is)."""
+    dataset_config = _check_dataset(spec.dataset, "dataset", registry, source, lines, problems)
+    unlabeled_config = (_check_dataset(spec.unlabeled, "unlabeled", registry, source, lines, problems)
+                        if spec.unlabeled is not None else None)
+    method_configs = _check_methods(spec, registry, source, lines, problems)
+    if dataset_config is not None:
+        problems.extend(fold_problems(spec, registry, dataset_config, source, lines))
+    problems.extend(labeler_problems(spec, method_configs, registry, source, lines))
+    problems.extend(number_problems({(): spec, ("dataset",): dataset_config, ("unlabeled",): unlabeled_config,
+                                     **{("methods", m): c for m, c in method_configs.items()}}, source, lines))
+    if not problems:
+        cross_checks(spec, registry, dataset_config, source, lines, problems)
+    return dataset_config, unlabeled_config, method_configs
 
 
 def _check_dataset(ref: DatasetRef, field: str, registry: Registry, source: str, lines: dict,
