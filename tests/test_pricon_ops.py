@@ -217,3 +217,29 @@ def test_pipeline_at_upsampled_resolution():
     loss = supcon_loss(pf, pl) + supcon_loss(rf, rl)
     assert torch.isfinite(loss)
     loss.backward()
+
+
+def test_point_gradients_identical_across_runs_with_two_threads():
+    """A cell drawn several times gets its gradient summed in a fixed order: backward passes with
+    2 threads give bit-identical gradients. Advanced indexing's backward did not: this case
+    differed between runs on an idle machine (on a loaded one the threads rarely overlap, so
+    this check can miss a regression there)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g = torch.Generator().manual_seed(3)
+        z = torch.randn(32, 128, 8, 8, generator=g)
+        labels = torch.randint(0, 6, (32, 8, 8), generator=g).repeat_interleave(8, 1).repeat_interleave(8, 2)
+        pooled = pool_masks(F.one_hot(labels, 6).permute(0, 3, 1, 2), 8)
+        weights = torch.randn(2 * 32 * 16, 128, generator=g)
+        grads = []
+        for _ in range(8):  # a race shows only when both threads run at once: repeat
+            z1 = z.clone().requires_grad_()
+            feats, _ = sample_points(z1, z1, pooled, pooled, 16, generator=torch.Generator().manual_seed(0))
+            (feats * weights).sum().backward()
+            grads.append(z1.grad)
+        assert all(torch.equal(grads[0], gr) for gr in grads[1:])
+        img, _, c1, _ = sample_point_indices(pooled, pooled, 16, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(feats[: img.numel()], z.flatten(2)[img.flatten(), :, c1.flatten()])
+    finally:
+        torch.set_num_threads(threads)

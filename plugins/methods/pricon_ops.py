@@ -120,9 +120,19 @@ def sample_points(
     f1, f2 = _flat(z1, "z1"), _flat(z2, "z2")
     img, cls, c1, c2 = sample_point_indices(pooled1, pooled2, n_points, valid, generator)
     img, cls, c1, c2 = img.flatten(), cls.flatten(), c1.flatten(), c2.flatten()
-    pts1 = f1[img, :, c1]  # (N*B', D)
-    pts2 = f2[img, :, c2]
-    return torch.cat([pts1, pts2]), torch.cat([cls, cls])
+    return torch.cat([_take_cells(f1, img, c1), _take_cells(f2, img, c2)]), torch.cat([cls, cls])
+
+
+def _take_cells(f: torch.Tensor, img: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """(B, D, R*R) features -> (K, D) rows ``f[img[k], :, cells[k]]``.
+
+    Through ``index_select`` on the flattened (B*R*R, D) map rather than ``f[img, :, cells]``:
+    the same values, but the backward of advanced indexing (``index_put_`` with accumulation)
+    sums the gradients of a cell drawn more than once in a thread-dependent order on CPU, which
+    made PRICon's pretraining differ between two 2-thread runs; ``index_select``'s backward
+    (``index_add_``) accumulates in index order on CPU."""
+    b, d, rr = f.shape
+    return f.permute(0, 2, 1).reshape(b * rr, d).index_select(0, img * rr + cells)
 
 
 def region_pool(
