@@ -1,12 +1,14 @@
 """Command line: ``harness run | validate | list | report | compare | data | viz``.
 
-Exit codes: 0 ok, 1 failure (e.g. an unexpected error), 2 invalid spec or usage, 3 data missing
-or corrupt, 4 plugin problem, 130 interrupted. Errors are one line each; ``--debug`` (anywhere on
-the command line) shows the traceback.
+Exit codes: 0 ok, 1 failure (an unexpected error: a bug), 2 invalid spec or usage, 3 data or
+weights missing or corrupt, 4 plugin problem, 130 interrupted (Ctrl-C or SIGTERM). Errors are one
+line each, control characters escaped; ``--debug`` (anywhere on the command line) shows the
+traceback.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -17,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.errors import HarnessError
+from harness.spec_checks import output_problems, printable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Benchmark harness for pretraining methods in computational pathology.")
@@ -35,9 +38,15 @@ StoreOpt = Annotated[Optional[Path], typer.Option(
 
 
 def _store(path: Path | None):
-    from harness.store import ArtifactStore
+    from harness.errors import UsageError
+    from harness.store import STORE_ENV, ArtifactStore
 
-    return ArtifactStore(path)
+    store = ArtifactStore(path)
+    if store.root.exists() and not store.root.is_dir():
+        origin = f"--store {path}" if path else f"${STORE_ENV}={store.root}"
+        raise UsageError(f"{origin}: is a file, not a folder; point it at a folder (it is "
+                         f"created if missing)")
+    return store
 
 
 @app.command()
@@ -58,7 +67,7 @@ def validate(specs: Annotated[list[Path], typer.Argument(help="spec files")],
 
                 traceback.print_exception(exc, file=sys.stderr)
             for line in _lines(exc, spec):
-                err.print(line, markup=False)
+                err.print(printable(line), markup=False)
             continue
         out.print(f"{spec}: ok ({_cell_count(rspec)} cells)", markup=False)
     if failures:
@@ -104,6 +113,10 @@ def run(spec: Annotated[Path, typer.Argument(help="spec file")],
 
     rspec = load_spec(spec, set_ or [])
     registry = get_registry()
+    if output is not None and (problems := output_problems(str(output), None, "--output", "run folder")):
+        from harness.errors import UsageError
+
+        raise UsageError(problems[0])
     output_dir = output or rspec.output_dir()
     runner = Runner(rspec, registry, _store(store), output_dir, quiet=True if quiet else None)
     # A dry run runs no stage, but a generated (auto-prepared) dataset is generated: the plan's
@@ -265,6 +278,8 @@ def data_list(store: StoreOpt = None) -> None:
     have none."""
     import json
 
+    from rich.markup import escape
+
     from harness.plugins import get_registry
 
     registry = get_registry()
@@ -281,9 +296,9 @@ def data_list(store: StoreOpt = None) -> None:
                 info = {}
             what = info.get("source") or json.dumps(info.get("config", {}), sort_keys=True) \
                 if isinstance(info, dict) else ""
-            table.add_row(name, "yes", str(ready.parent), str(what or ""))
+            table.add_row(name, "yes", escape(str(ready.parent)), escape(str(what or "")))
         if not caches:
-            table.add_row(name, "no", "", registry.datasets[name].cls.source_hint or "")
+            table.add_row(name, "no", "", escape(registry.datasets[name].cls.source_hint or ""))
     out.print(table)
 
 
@@ -329,11 +344,32 @@ def _interrupted() -> None:
               "last checkpoint; rerun the same command to continue", markup=False)
 
 
+# typer bundles its own copy of click: its exceptions are not click's
+_CLICK = tuple({click.ClickException, typer._click.exceptions.ClickException})
+_USAGE = tuple({click.UsageError, typer._click.exceptions.UsageError})
+_HELP = getattr(typer._click.exceptions, "NoArgsIsHelpError", ())
+_ABORT = tuple({click.exceptions.Abort, typer.Abort})
+_EXIT = tuple({click.exceptions.Exit, typer.Exit})
+
+
+def _usage_line(exc: Exception) -> str:
+    """``error: <what> (see `harness CMD --help`)``: one line naming the option or command."""
+    ctx = getattr(exc, "ctx", None)
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    help_hint = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+    return f"error: {printable(message)}{help_hint}"
+
+
+def _on_sigterm(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt  # a scheduler's kill is an interrupt: same message, exit 130
+
+
 def main() -> None:
     debug = "--debug" in sys.argv[1:]
     argv = [a for a in sys.argv[1:] if a != "--debug"]
     global _DEBUG
     _DEBUG = debug
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         # In non-standalone mode click *returns* the code of a `typer.Exit` instead of raising it.
         code = app(args=argv, prog_name="harness", standalone_mode=False)
@@ -345,23 +381,28 @@ def main() -> None:
         lines = exc.problems if isinstance(exc, SpecError) else [str(exc)]
         src = f"{exc.source}: " if isinstance(exc, SpecError) and exc.source else ""
         for line in lines:
-            err.print(f"error: {src}{line}", markup=False)
+            err.print(printable(f"error: {src}{line}"), markup=False)
         sys.exit(exc.exit_code)
-    except (click.exceptions.Exit, typer.Exit) as exc:
+    except _EXIT as exc:
         if exc.exit_code == 130:  # typer turns KeyboardInterrupt into Exit(130)
             _interrupted()
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+    except _HELP as exc:  # `harness data` alone: its help
         exc.show()
-        sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort, typer.Abort):
-        _interrupted()
-        sys.exit(130)
-    except Exception as exc:  # noqa: BLE001
+        sys.exit(2)
+    except _CLICK as exc:
         if debug:
             raise
-        err.print(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for the "
-                  f"traceback)", markup=False)
+        err.print(_usage_line(exc), markup=False)
+        sys.exit(2 if isinstance(exc, _USAGE) else exc.exit_code)
+    except (KeyboardInterrupt, *_ABORT):
+        _interrupted()
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - last resort: a bug, not bad input
+        if debug:
+            raise
+        err.print(printable(f"error: unexpected {type(exc).__name__}: {exc} (a bug; please "
+                            f"report it with the output of --debug)"), markup=False)
         sys.exit(1)
     code = code if isinstance(code, int) else 0
     if code == 130:  # typer turns KeyboardInterrupt into an exit code of 130

@@ -33,6 +33,12 @@ class SpecError(HarnessError):
         super().__init__(message)
 
 
+class UsageError(HarnessError):
+    """A bad option, argument or environment setting of a command (exit 2)."""
+
+    exit_code = 2
+
+
 class DataError(HarnessError):
     """Data (or weights) missing or corrupt (exit 3)."""
 

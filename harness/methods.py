@@ -26,9 +26,9 @@ HALF_NORMALIZATION = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 
 
 class MethodConfig(BaseModel):
-    """Base of every method's settings; unknown keys are errors."""
+    """Base of every method's settings; unknown keys, inf and nan are errors."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Method:
@@ -76,25 +76,25 @@ class LabelerSettings(MethodConfig):
     train_groups: list[str] | None = Field(
         None, description="groups (folds/splits) to train on; default: every k-fold group but "
         "the last (the thesis's folds 1+2), or the 'train' split")
-    epochs: int = Field(100, ge=1, description="fine-tuning epochs (Table A.4 varies this)")
+    epochs: int = Field(100, ge=1, le=100_000, description="fine-tuning epochs (Table A.4 varies this)")
     max_images: int | None = Field(None, ge=1, description="train on a seeded subset (Table A.4)")
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(16, ge=1, le=65_536)
+    lr: float = Field(1e-3, gt=0, le=10)
 
 
 class PretrainSettings(MethodConfig):
     """Settings shared by pretraining methods (thesis §4.1.2 / A.2 defaults)."""
 
-    epochs: int = Field(100, ge=1)
-    batch_size: int = Field(256, ge=2)
-    lr: float = Field(0.2, gt=0)
+    epochs: int = Field(100, ge=1, le=100_000)
+    batch_size: int = Field(256, ge=2, le=65_536)
+    lr: float = Field(0.2, gt=0, le=10)
     weight_decay: float = Field(1e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     optimizer: Literal["lars", "sgd"] = Field("lars", description="LARS (timm) excludes biases and "
                                               "norm parameters from adaptation and weight decay")
     lars_trust_coeff: float = Field(0.02, gt=0, description="LARS eta (reference wrapper's 0.02)")
     max_images: int | None = Field(None, ge=1, description="use a seeded subset of the unlabeled images")
-    num_workers: int = Field(0, ge=0, description="data-loader workers (not part of result keys)")
+    num_workers: int = Field(0, ge=0, le=256, description="data-loader workers (not part of result keys)")
     seed: int | None = Field(
         None, ge=0, description="seed of the pretraining chain (labeler, pseudo-labels, "
         "pretraining); default: each cell's seed. Set it to pretrain once and fine-tune with "
@@ -167,16 +167,16 @@ class PretrainMethod(Method):
 class SemiSupervisedSettings(MethodConfig):
     """Settings shared by semi-supervised methods (thesis §A.2 defaults)."""
 
-    iterations: int = Field(80_000, ge=1, description="training iterations (cosine lr to 0)")
-    batch_size: int = Field(4, ge=1, description="labeled images per iteration")
+    iterations: int = Field(80_000, ge=1, le=10**8, description="training iterations (cosine lr to 0)")
+    batch_size: int = Field(4, ge=1, le=65_536, description="labeled images per iteration")
     unlabeled_batch_size: int | None = Field(None, ge=2, description="unlabeled images per "
                                              "iteration (default: batch_size, at least 2 for mixing)")
-    lr: float = Field(5e-4, gt=0)
+    lr: float = Field(5e-4, gt=0, le=10)
     weight_decay: float = Field(5e-4, ge=0)
     ema_decay: float = Field(0.99, gt=0, lt=1, description="teacher EMA: min(1 - 1/(t+1), decay)")
     strong_threshold: float = Field(0.97, gt=0, le=1, description="teacher confidence that counts "
                                     "a pixel in the per-image unsupervised weight")
-    num_workers: int = Field(0, ge=0, description="data-loader workers (not part of result keys)")
+    num_workers: int = Field(0, ge=0, le=256, description="data-loader workers (not part of result keys)")
 
 
 class SemiSupervisedMethod(Method):

@@ -49,7 +49,21 @@ def ensure_prepared(dataset: Dataset, generate: bool = True, announce: bool = Tr
     return dataset
 
 
+def _refuse_tampered(dataset: Dataset) -> None:
+    """A DataError (exit 3) when a prepared cache no longer matches its manifest, as
+    `harness data verify` would find (checksums only of files changed since they matched)."""
+    from harness.data.cache import cache_problems_at_run
+
+    problems = cache_problems_at_run(dataset.root)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise DataError(f"dataset '{dataset.name}' in {dataset.root} does not match its manifest: "
+                        f"{problems[0]}{more}; prepare it again: `{dataset.prepare_command()} "
+                        f"--force`")
+
+
 def load_arrays(dataset: Dataset) -> LabeledArrays:
+    _refuse_tampered(dataset)
     try:
         return dataset.load()
     except (OSError, ValueError, KeyError) as exc:
@@ -91,6 +105,8 @@ class Resources:
 
     def unlabeled_images(self):
         ds = self.unlabeled_dataset()
+        if ds is not self.dataset:
+            _refuse_tampered(ds)
         try:
             return ds.unlabeled_images()
         except (OSError, ValueError) as exc:

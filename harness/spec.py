@@ -19,12 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from harness.errors import PluginError, SpecError
 from harness.plugins import Registry, did_you_mean
+from harness.spec_checks import (cross_checks, duplicate_keys, fold_problems, labeler_problems,
+                                 lenient, mark_overrides, name_problems, number_problems, too_deep)
+from harness.spec_checks import where as _where
 
 Protocol = Literal["frozen", "full"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf/nan: typos, never settings
 
 
 class FinetuneSettings(_Strict):
@@ -32,12 +35,12 @@ class FinetuneSettings(_Strict):
 
     architecture: Literal["unet"] = Field("unet", description="segmentation model (smp)")
     encoder: str = Field("resnet18", description="any segmentation-models-pytorch encoder name")
-    epochs: int = Field(100, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    epochs: int = Field(100, ge=1, le=100_000)
+    batch_size: int = Field(16, ge=1, le=65_536)
+    lr: float = Field(1e-3, gt=0, le=10)
     weight_decay: float = Field(0.0, ge=0)
     image_size: int | None = Field(
-        None, ge=32, description="training crop size (random crop); None = full image. "
+        None, ge=32, le=8192, description="training crop size (random crop); None = full image. "
         "Evaluation always uses full images.")
     augment: bool = Field(True, description="thesis A.1 augmentations (flips, rot90, blur, noise)")
     frozen_bn: Literal["adapt", "fixed"] = Field(
@@ -46,8 +49,8 @@ class FinetuneSettings(_Strict):
     normalization: Literal["encoder", "thesis_quirk"] = Field(
         "encoder", description="'encoder': the normalisation recorded with the encoder weights; "
         "'thesis_quirk': inputs scaled to [-1/255, 1/255] as the thesis's fine-tuning code did")
-    eval_batch_size: int = Field(32, ge=1)
-    num_workers: int = Field(0, ge=0)
+    eval_batch_size: int = Field(32, ge=1, le=65_536)
+    num_workers: int = Field(0, ge=0, le=256)
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
     amp: bool = Field(True, description="mixed precision on CUDA (bf16 where supported, else fp16)")
     channels_last: bool = Field(True, description="channels_last memory format on CUDA")
@@ -120,7 +123,7 @@ class Spec(_Strict):
     protocols: list[Protocol] = Field(default_factory=lambda: ["frozen", "full"], min_length=1)
     fractions: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
     folds: list[str] | None = Field(None, description="evaluation folds; default: all")
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)  # range: spec_checks
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
     metric: MetricSettings = Field(default_factory=MetricSettings)
     unlabeled: DatasetRef | None = Field(
@@ -247,21 +250,31 @@ def _line_index(text: str) -> dict[tuple, int]:
     return index
 
 
-def _read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
-    if not path.exists():
-        raise SpecError(f"spec file not found: {path}")
-    text = path.read_text()
+def _read_yaml(path: Path) -> tuple[Any, dict[tuple, int], list[str]]:
+    """The document, its key lines, and its duplicate keys (as problems)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"spec file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc.strerror
+        raise SpecError(f"{path}: cannot be read as a spec ({why}); give a YAML file") from None
     try:
         data = yaml.safe_load(text)
+        if too_deep(data):
+            raise RecursionError(path)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SpecError(f"{where}: not valid YAML: {problem}") from None
+    except RecursionError:
+        raise SpecError(f"{path}: nested too deeply, too large, or an alias refers to itself; a "
+                        f"spec is a few levels of mappings") from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a spec is a YAML mapping (name:, dataset:, methods:, ...), "
                         f"got {type(data).__name__}")
-    return data, _line_index(text)
+    return data, _line_index(text), duplicate_keys(text, str(path))
 
 
 # --- overrides ----------------------------------------------------------------------------
@@ -275,7 +288,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         key, raw = item.split("=", 1)
         parts = [p for p in key.strip().split(".") if p]
         if not parts:
-            raise SpecError(f"--set {item!r}: empty key path")
+            raise SpecError(f"--set {item!r}: empty key path; name the value to set, e.g. --set finetune.epochs=2")
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
@@ -290,22 +303,26 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             data["methods"] = {m: None for m in data["methods"]}
         node: Any = data
         for i, part in enumerate(parts[:-1]):
-            nxt = node.get(part) if isinstance(node, dict) else None
-            if nxt is None:
-                nxt = {}
-                node[part] = nxt
-            if not isinstance(nxt, dict):
-                if isinstance(nxt, list) and parts[i + 1].isdigit():
-                    node = nxt
-                    continue
-                raise SpecError(f"--set {item!r}: '{'.'.join(parts[:i + 1])}' is not a mapping")
+            here = ".".join(parts[:i + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise SpecError(f"--set {item!r}: '{here}': no such list index (the list has "
+                                    f"{len(node)} entries); use 0..{len(node) - 1}")
+                nxt = node[int(part)]
+            else:
+                nxt = node.get(part)
+                if nxt is None:
+                    nxt = node[part] = {}
+            if not isinstance(nxt, (dict, list)):
+                raise SpecError(f"--set {item!r}: '{here}' is not a mapping (it holds {nxt!r}); "
+                                f"set it whole, e.g. --set {here}=VALUE")
             node = nxt
         last = parts[-1]
         if isinstance(node, list):
-            idx = int(last)
-            if idx >= len(node):
-                raise SpecError(f"--set {item!r}: index {idx} out of range")
-            node[idx] = value
+            if not last.isdigit() or int(last) >= len(node):
+                raise SpecError(f"--set {item!r}: index {last} out of range (the list has "
+                                f"{len(node)} entries); use 0..{len(node) - 1}")
+            node[int(last)] = value
         else:
             node[last] = value
     return data
@@ -333,13 +350,6 @@ def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
-def _where(source: str, lines: dict[tuple, int], loc: tuple) -> str:
-    for n in range(len(loc), 0, -1):
-        if tuple(loc[:n]) in lines:
-            return f"{source}:{lines[tuple(loc[:n])]}"
-    return source
-
-
 def format_errors(exc: ValidationError, model: type[BaseModel], source: str,
                   lines: dict[tuple, int], prefix: tuple = ()) -> list[str]:
     problems = []
@@ -354,7 +364,7 @@ def format_errors(exc: ValidationError, model: type[BaseModel], source: str,
             allowed = sorted(owner.model_fields) if owner else []
             hint = did_you_mean(str(loc[-1]), allowed)
             problems.append(f"{where}: {path}: unknown key{hint}; allowed keys: "
-                            f"{', '.join(allowed)}")
+                            f"{', '.join(allowed) or '(none: it takes no settings)'}")
             continue
         msg = err["msg"].removeprefix("Value error, ")
         got = f" (got {_fmt_value(err.get('input'))})" if etype != "missing" else ""
@@ -396,18 +406,19 @@ def load_spec(path: str | Path, overrides: list[str] | None = None,
     path = Path(path)
     overrides = list(overrides or [])
     source = str(path)
-    data, lines = _read_yaml(path)
+    data, lines, problems = _read_yaml(path)
     data = apply_overrides(data, overrides)
+    mark_overrides(lines, overrides)
     registry = registry or get_registry()
     registry.raise_duplicates()
 
-    problems: list[str] = []
     plugin_missing: list[str] = []
+    problems.extend(name_problems(data, source, lines))
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
         problems.extend(format_errors(exc, Spec, source, lines))
-        spec = None
+        spec = lenient(Spec, data, exc)  # the other fields' checks still run
 
     # Plugin names can be checked even when other fields are broken.
     for field in ("dataset", "unlabeled"):
@@ -436,12 +447,8 @@ def load_spec(path: str | Path, overrides: list[str] | None = None,
     method_configs: dict[str, Any] = {}
     dataset_config = unlabeled_config = None
     if spec is not None and not plugin_missing:
-        dataset_config = _check_dataset(spec.dataset, "dataset", registry, source, lines, problems)
-        unlabeled_config = (_check_dataset(spec.unlabeled, "unlabeled", registry, source, lines, problems)
-                            if spec.unlabeled is not None else None)
-        method_configs = _check_methods(spec, registry, source, lines, problems)
-        if not problems:
-            _cross_checks(spec, registry, dataset_config, source, lines, problems)
+        dataset_config, unlabeled_config, method_configs = _settings_checks(
+            spec, registry, source, lines, problems)
 
     if problems:
         raise SpecError(problems + plugin_missing, source=None)
@@ -452,6 +459,24 @@ def load_spec(path: str | Path, overrides: list[str] | None = None,
     return ResolvedSpec(spec=spec, source=source, overrides=overrides,
                         method_configs=method_configs, dataset_config=dataset_config,
                         unlabeled_config=unlabeled_config)
+
+
+def _settings_checks(spec: Spec, registry: Registry, source: str, lines: dict,
+                     problems: list[str]) -> tuple[Any, Any, dict[str, Any]]:
+    """Each plugin's own settings, folds, labelers and number ranges (even when other fields
+    are broken), then the cross-field checks (only when nothing else is)."""
+    dataset_config = _check_dataset(spec.dataset, "dataset", registry, source, lines, problems)
+    unlabeled_config = (_check_dataset(spec.unlabeled, "unlabeled", registry, source, lines, problems)
+                        if spec.unlabeled is not None else None)
+    method_configs = _check_methods(spec, registry, source, lines, problems)
+    if dataset_config is not None:
+        problems.extend(fold_problems(spec, registry, dataset_config, source, lines))
+    problems.extend(labeler_problems(spec, method_configs, registry, source, lines))
+    problems.extend(number_problems({(): spec, ("dataset",): dataset_config, ("unlabeled",): unlabeled_config,
+                                     **{("methods", m): c for m, c in method_configs.items()}}, source, lines))
+    if not problems:
+        cross_checks(spec, registry, dataset_config, source, lines, problems)
+    return dataset_config, unlabeled_config, method_configs
 
 
 def _check_dataset(ref: DatasetRef, field: str, registry: Registry, source: str, lines: dict,
@@ -502,104 +527,3 @@ def _check_row(spec: Spec, name: str, settings: dict[str, Any], source: str, lin
             f"{'it' if len(extra) == 1 else 'them'} to the top-level `protocols:`")
         return False
     return True
-
-
-def _cross_checks(spec: Spec, registry: Registry, dataset_config: Any, source: str,
-                  lines: dict, problems: list[str]) -> None:
-    import segmentation_models_pytorch as smp
-
-    from harness.data.fractions import fraction_count
-
-    def at(*loc: Any) -> str:
-        return _where(source, lines, loc)
-
-    # An encoder the U-Net cannot build.
-    encoders = smp.encoders.get_encoder_names()
-    if spec.finetune.encoder not in encoders:
-        problems.append(f"{at('finetune', 'encoder')}: finetune.encoder: unknown encoder "
-                        f"'{spec.finetune.encoder}'{did_you_mean(spec.finetune.encoder, encoders)}"
-                        f"; see segmentation_models_pytorch.encoders.get_encoder_names()")
-
-    # Protocols that a method cannot run.
-    for name in spec.methods:
-        info = registry.methods[spec.plugin_of(name)]
-        if "frozen" in spec.protocols_of(name) and info.cls.kind == "semisupervised":
-            own = "protocols" in (spec.methods[name] or {})
-            fix = ("give the row 'protocols: [full]'" if "full" in spec.protocols else
-                   "add 'full' to the spec's protocols and give the row 'protocols: [full]'")
-            problems.append(
-                f"{at('methods', name, 'protocols')}: methods.{name}{'.protocols' if own else ''}: "
-                f"protocol 'frozen' is not possible for a semi-supervised method (it trains the "
-                f"whole U-Net; no separate encoder stage to freeze); {fix} "
-                f"(methods: {{{name}: {{protocols: [full]}}}})")
-
-    ds_info = registry.datasets[spec.dataset.name]
-    dataset = ds_info.cls(dataset_config, root=Path("/nonexistent"))
-    if not ds_info.cls.labeled:
-        problems.append(f"{at('dataset')}: dataset: '{spec.dataset.name}' is unlabeled (images for "
-                        f"pretraining only) and cannot be the fine-tuning dataset; name it under "
-                        f"`unlabeled:` and fine-tune on a labeled dataset")
-        return
-
-    # Methods that learn from unlabeled images need some.
-    if spec.unlabeled is not None:
-        un_info = registry.datasets[spec.unlabeled.name]
-        if not un_info.cls.has_unlabeled:
-            problems.append(f"{at('unlabeled')}: unlabeled: dataset '{spec.unlabeled.name}' has no "
-                            f"unlabeled images")
-    elif not ds_info.cls.has_unlabeled:
-        for name in spec.methods:
-            if registry.methods[spec.plugin_of(name)].cls.kind in ("pretrain", "semisupervised"):
-                problems.append(
-                    f"{at('methods', name)}: methods.{name}: needs unlabeled images and dataset "
-                    f"'{spec.dataset.name}' has none; add e.g. `unlabeled: tcga` to the spec")
-
-    # Metric family.
-    family = ds_info.cls.metric_family
-    allowed_metrics = ["dice"] if family == "dice" else ["mpq", "bpq"]
-    if spec.metric.name not in allowed_metrics:
-        problems.append(f"{at('metric', 'name')}: metric.name: '{spec.metric.name}' does not "
-                        f"apply to dataset '{spec.dataset.name}' (metric family {family}); "
-                        f"allowed: {', '.join(allowed_metrics)}")
-
-    # Folds the dataset has.
-    try:
-        folds = dataset.folds()
-    except Exception:  # noqa: BLE001 - a dataset that needs its data to list folds
-        folds = None
-    if folds is not None and spec.folds is not None:
-        for i, f in enumerate(spec.folds):
-            if f not in folds:
-                problems.append(f"{at('folds', i)}: folds: unknown fold '{f}'{did_you_mean(f, folds)}"
-                                f"; dataset '{spec.dataset.name}' has {', '.join(folds)}")
-
-    # Fractions that leave too few training images (needs the dataset's expected counts).
-    sizes = dataset.expected_group_sizes() if hasattr(dataset, "expected_group_sizes") else None
-    if sizes and folds:
-        eval_folds = spec.folds or folds
-        for frac in spec.fractions:
-            for fold in eval_folds:
-                train_groups = {g: n for g, n in sizes.items()
-                                if (g != fold if ds_info.cls.split_scheme == "kfold" else g == "train")}
-                per_group = {g: fraction_count(frac, n) for g, n in train_groups.items()}
-                empty = [g for g, n in train_groups.items() if n == 0 or frac * n <= 0]
-                if empty:
-                    problems.append(f"{at('fractions')}: fractions: {frac} leaves no training "
-                                    f"image in {', '.join(empty)}")
-                total = sum(per_group.values())
-                if total < spec.finetune.batch_size:
-                    problems.append(
-                        f"{at('fractions')}: fractions: {frac} leaves {total} training images for "
-                        f"fold '{fold}', fewer than finetune.batch_size "
-                        f"{spec.finetune.batch_size}; raise the fraction or lower the batch size")
-                    break
-
-    # Reference table.
-    if spec.reference is not None:
-        from harness.references import load_thesis_results
-
-        tables = load_thesis_results()
-        if spec.reference not in tables:
-            problems.append(f"{at('reference')}: reference: unknown table "
-                            f"'{spec.reference}'{did_you_mean(spec.reference, tables)}; "
-                            f"known: {', '.join(tables)}")

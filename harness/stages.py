@@ -15,6 +15,7 @@ import numpy as np
 
 from harness.errors import PluginError
 from harness.plan import Stage
+from harness.safeload import STAGE_FIX
 from harness.store import hash_key
 
 #: Bump when the shared loops change results: part of the keys of the stages they compute.
@@ -118,7 +119,9 @@ class StageFactory:
             import torch
 
             mask_arr = np.load(ctx.inputs["masks"] / "masks.npy", mmap_mode="r") if masks else None
-            start = (torch.load(ctx.inputs["previous"] / "model.pt", map_location="cpu", weights_only=True)
+            from harness.safeload import load_state_dict_file
+
+            start = (load_state_dict_file(ctx.inputs["previous"] / "model.pt", fix=STAGE_FIX)
                      if previous is not None else None)
             return pretrain(ctx, method=method, images=self.resources.unlabeled_images(), masks=mask_arr,
                             encoder_name=encoder_name, seed=seed, num_classes=num_classes,

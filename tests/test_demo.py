@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 TINY = ["--set", "finetune.epochs=1", "--set", "dataset.images_per_fold=8",
         "--set", "dataset.image_size=32", "--set", "dataset.unlabeled_images=8",
@@ -47,29 +48,61 @@ def test_demo_end_to_end_via_cli(tmp_path):
     assert "to do" not in dry.stdout and dry.stdout.count("done") >= 19
 
 
+#: The demo's pretraining (its own settings and seed), then one frozen fine-tuning epoch per row
+#: (the cells need one; the probe reads the encoders, not the fine-tuned models).
+PRETRAIN_ONLY = ["--set", "folds=[fold1]", "--set", "protocols=[frozen]", "--set", "finetune.epochs=1"]
+#: Required probe gain of each pretrained encoder over the random one (R^2 points); see below.
+PROBE_MARGIN = {"simclr": 0.04, "pricon": 0.06}
+LOSS_FALL = {"simclr": 0.1, "pricon": 0.1}
+
+
 @pytest.mark.slow
-def test_demo_learns_pretrained_frozen_encoders_beat_random(tmp_path):
-    """At the demo's own settings (one fold to save time), with one seed and the same
-    fine-tuning budget for every row:
+def test_demo_pretraining_beats_random_encoder(tmp_path):
+    """The demo's SimCLR and PRICon pretraining (its settings, one seed) learns: each loss falls,
+    and a linear probe (tests/probes.py: ridge from layer2 features to each 8x8 cell's class
+    fractions, fitted on folds 2+3, R^2 on fold 1) scores each pretrained encoder above the
+    random encoder of the same seed.
 
-    * full fine-tuning from scratch reaches a clearly non-zero PQ and beats the frozen random
-      encoder (the harness learns at all);
-    * SimCLR's and PRICon's pretraining losses fall, and their frozen encoders each beat the
-      frozen random encoder (pretraining transfers).
+    Measured (mPQ-free; R^2 on fold 1; seeds 0-2, 1 and 2 threads; 2026-12-01, AMD EPYC):
+    random 0.446-0.450, SimCLR 0.526-0.583, PRICon 0.588-0.596; the smallest gain over the
+    random encoder of the same seed/threads is SimCLR +0.080, PRICon +0.138 (see the margins
+    above: at most half of the smallest gain; the gains' spread over seeds and thread counts,
+    which move floats the way another CPU does, is up to 0.057 for SimCLR).
+
+    Why not the frozen fine-tuning's mPQ, which the demo reports: at this budget its gain over
+    the random encoder is of the size of its spread. Fold 1, 25 epochs, random 0.075-0.079:
+    SimCLR 0.109 (seed 0) but 0.079 (seed 1), PRICon 0.151 on one machine but 0.091 on another
+    and 0.079 (seed 1, 1 thread) here. The fine-tuning on top adds its own chaos; the probe is
+    a closed-form fit, the same on every machine for a given encoder.
     """
-    out = tmp_path / "out"
-    res = run_cli("run", "specs/demo.yaml", "--set", "folds=[fold1]", "--store",
-                  str(tmp_path / "store"), "--output", str(out), "--quiet", timeout=1800)
-    assert res.returncode == 0, res.stderr
-    rows = {(r["method"], r["protocol"]): r["mean"]
-            for r in json.loads((out / "report.json").read_text())["rows"]}
-    random_frozen = rows[("scratch", "frozen")]
-    assert rows[("scratch", "full")] > 0.08, rows
-    assert rows[("scratch", "full")] > random_frozen + 0.02, rows
-    for method in ("simclr", "pricon"):
-        assert rows[(method, "frozen")] > random_frozen + 0.01, (method, rows)
+    from probes import encoder_features, probe_r2
 
-    records = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
+    from harness.plugins import build_registry
+    from harness.runner import load_arrays, open_dataset
+    from harness.spec import load_spec
+    from harness.store import ArtifactStore
+
+    out, store = tmp_path / "out", tmp_path / "store"
+    res = run_cli("run", "specs/demo.yaml", *PRETRAIN_ONLY, "--store", str(store),
+                  "--output", str(out), "--quiet", timeout=1800)
+    assert res.returncode == 0, res.stderr
+    records = {r["method"]: r for r in (json.loads(p.read_text()) for p in (out / "records").glob("*.json"))}
+    registry = build_registry()
+    rspec = load_spec(REPO / "specs" / "demo.yaml", PRETRAIN_ONLY[1::2], registry=registry)
+    arrays = load_arrays(open_dataset(rspec, registry, ArtifactStore(store)))
+    groups = np.asarray(arrays.groups)
+    train, test = np.flatnonzero(groups != "fold1"), np.flatnonzero(groups == "fold1")
+
+    def probe(method: str) -> float:
+        stages = records[method]["stages"]
+        encoder = stages[[s["kind"] for s in stages].index("finetune") - 1]
+        features = encoder_features(store / "stages" / encoder["kind"] / encoder["key"], arrays.images)
+        return probe_r2(features, arrays.classes, 6, train, test)
+
+    scores = {m: probe(m) for m in ("scratch", "simclr", "pricon")}
+    print("probe R^2", scores)
     for method in ("simclr", "pricon"):
-        pre = next(r for r in records if r["method"] == method)["upstream"]["pretrain"]
-        assert pre["final_loss"] < pre["first_loss"] - 0.1, (method, pre)
+        pre = records[method]["upstream"]["pretrain"]
+        print(method, "loss", pre["first_loss"], "->", pre["final_loss"])
+        assert pre["final_loss"] < pre["first_loss"] - LOSS_FALL[method], (method, pre)
+        assert scores[method] > scores["scratch"] + PROBE_MARGIN[method], (method, scores)

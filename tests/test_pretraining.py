@@ -128,7 +128,7 @@ def test_pretraining_killed_mid_run_resumes_to_the_same_encoder(tmp_path, monkey
         stage = next(s for s in plan.stages() if s.kind == "pretrain")
         if interrupt_at is not None:
             saved = torch.load(runner.store.work_dir("pretrain", stage.key) / "checkpoint.pt",
-                               weights_only=False)
+                               weights_only=True)
             assert saved["epoch"] == 2  # 2 steps per epoch: killed in epoch 3
             runner.run(runner.plan()[0])
         else:

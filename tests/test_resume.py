@@ -130,4 +130,4 @@ def test_checkpoint_writes_are_throttled_by_their_own_cost(tmp_path, monkeypatch
     assert ckpt.save_training(3, [], model=model)           # 20 s since the last write
     assert not ckpt.save_training(4, [], model=model)
     assert ckpt.save_training(5, [], force=True, model=model)
-    assert torch.load(ckpt.path, weights_only=False)["epoch"] == 5
+    assert torch.load(ckpt.path, weights_only=True)["epoch"] == 5

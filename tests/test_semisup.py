@@ -147,7 +147,7 @@ def test_teacher_gets_no_gradients_and_is_saved_as_a_plain_unet(tmp_path, monkey
     state = torch.load(ctx.out / "model.pt", weights_only=True)
     unet = build_unet("resnet18", 3)
     unet.load_state_dict(state, strict=True)
-    ckpt = torch.load(ctx.work / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(ctx.work / "checkpoint.pt", weights_only=True)
     teacher_unet = {k[len("unet."):]: v for k, v in ckpt["teacher"].items() if k.startswith("unet.")}
     assert set(teacher_unet) == set(state) and any(k.startswith("representation.") for k in ckpt["teacher"])
     assert all(torch.equal(teacher_unet[k], state[k]) for k in state)
@@ -192,7 +192,7 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     broken = _ctx(tmp_path, "broken")
     with pytest.raises(KeyboardInterrupt):
         train_semisupervised(broken, method=Crash(cfg), **kw)
-    assert torch.load(broken.work / "checkpoint.pt", weights_only=False)["position"] == 2
+    assert torch.load(broken.work / "checkpoint.pt", weights_only=True)["position"] == 2
     result = train_semisupervised(broken, method=ClassMix(cfg), **kw)
     assert result["resumed_from_iteration"] == 2
     a = torch.load(whole.out / "model.pt", weights_only=True)

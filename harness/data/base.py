@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict
 
 
 class DatasetConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf/nan: typos, never options
 
 
 @dataclass

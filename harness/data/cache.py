@@ -71,6 +71,11 @@ class CacheWriter:
     def samples(self, ids: list[str], tissues: list[str], groups: list[str]) -> None:
         if len(set(ids)) != len(ids):
             raise ValueError("sample ids are not unique")
+        if not ids:  # prepare and verify would pass and the first run crash: refuse it here
+            from harness.errors import DataError
+
+            raise DataError(f"{self._atomic.final}: the source holds no samples (0 images "
+                            f"found); check that --source is the dataset's official download")
         self.json("samples.json", {"ids": ids, "tissues": tissues, "groups": groups})
 
     def finish(self, info: dict[str, Any]) -> None:
@@ -118,6 +123,36 @@ def verify_manifest(root: Path, checksums: bool = True) -> list[str]:
                                 f"{tuple(entry['shape'])} {entry['dtype']}")
         if checksums and file_sha256(path) != entry["sha256"]:
             problems.append(f"{path}: checksum differs from the one recorded at prepare time")
+    return problems
+
+
+#: Sizes and modification times of a cache's files when its checksums last matched.
+VERIFIED = ".verified.json"
+
+
+def cache_problems_at_run(root: Path) -> list[str]:
+    """What ``verify_manifest`` finds, run cheaply before each run: sizes, shapes and dtypes
+    every time; checksums only when a file changed (size or mtime) since they last matched,
+    so a tampered, truncated or bit-flipped cache is refused and an intact one costs a stat."""
+    root = Path(root)
+    if not (root / "manifest.json").exists():
+        return []  # a dataset that keeps no manifest (its own verify covers it)
+    try:
+        files = json.loads((root / "manifest.json").read_text())["files"]
+        stats = {n: [(root / n).stat().st_size, (root / n).stat().st_mtime_ns] for n in files}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return [f"{root / 'manifest.json'}: unreadable or lists missing files ({type(exc).__name__})"]
+    try:
+        if json.loads((root / VERIFIED).read_text()) == stats:
+            return []
+    except (OSError, ValueError):
+        pass
+    problems = verify_manifest(root)
+    if not problems:
+        try:
+            (root / VERIFIED).write_text(json.dumps(stats))
+        except OSError:  # a read-only shared store: check again next time
+            pass
     return problems
 
 

@@ -14,6 +14,7 @@ from harness.data.torchdata import Normalizer
 from harness.engine.context import StageContext
 from harness.engine.model import build_unet
 from harness.engine.runtime import Precision, progress_bar
+from harness.safeload import STAGE_FIX, load_state_dict_file
 from harness.store import atomic_write_json
 
 
@@ -59,7 +60,7 @@ def load_model(path, encoder_name: str, num_classes: int) -> tuple[torch.nn.Modu
     meta = json.loads((path / "meta.json").read_text())
     norm = meta["result"]["normalization"]
     model = build_unet(encoder_name, num_classes)
-    model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+    model.load_state_dict(load_state_dict_file(path / "model.pt", fix=STAGE_FIX))
     return model, Normalizer({"mean": norm["mean"], "std": norm["std"]}, norm["mode"])
 
 

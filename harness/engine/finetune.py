@@ -23,11 +23,12 @@ from harness.engine.context import StageContext
 from harness.engine.loop import EpochLog, EpochSource, TrainLoop, epoch_loader, optimizer_steps
 from harness.engine.model import build_unet, freeze_encoder, load_encoder_weights, set_train_mode
 from harness.engine.runtime import Checkpoint, Precision, seed_everything, worker_init_fn
+from harness.safeload import STAGE_FIX, load_state_dict_file
 from harness.store import atomic_torch_save
 
 
 def load_encoder_artifact(path) -> tuple[dict[str, Any], dict[str, Any]]:
-    state = torch.load(path / "encoder.pt", map_location="cpu", weights_only=True)
+    state = load_state_dict_file(path / "encoder.pt", fix=STAGE_FIX)
     meta = json.loads((path / "encoder.json").read_text())
     return state, meta
 

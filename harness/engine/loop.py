@@ -203,9 +203,9 @@ class TrainLoop:
     # --- state ------------------------------------------------------------------------------
     def resume(self) -> int:
         """Load the checkpoint if there is one; the number of batches already trained on."""
-        if not self.checkpoint.exists():
+        state = self.checkpoint.load(required=(*self.parts, "position", "history", "sums", "count"))
+        if state is None:  # none, or one that does not load (set aside: the stage starts over)
             return 0
-        state = self.checkpoint.load()
         for name, part in self.parts.items():
             part.load_state_dict(state[name])
         self.start = self.position = state["position"]

@@ -27,13 +27,13 @@ def load_encoder_weights(model: nn.Module, state_dict: dict[str, Any], source: s
     try:
         model.encoder.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
-        result = _key_diff(model.encoder, state_dict)
+        result = key_diff(model.encoder, state_dict)
         raise DataError(f"encoder weights {source} do not fit the U-Net encoder: {result or exc}; "
                         f"check that finetune.encoder matches the encoder the weights were "
                         f"trained with") from None
 
 
-def _key_diff(module: nn.Module, state_dict: dict[str, Any]) -> str:
+def key_diff(module: nn.Module, state_dict: dict[str, Any]) -> str:
     expected = set(module.state_dict())
     given = set(state_dict) - {"fc.weight", "fc.bias"}
     missing, unexpected = sorted(expected - given), sorted(given - expected)

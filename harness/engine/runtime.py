@@ -23,9 +23,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        from harness.errors import HarnessError
+        from harness.errors import SpecError
 
-        raise HarnessError(f"finetune.device is '{name}' but CUDA is not available; "
+        raise SpecError(f"finetune.device is '{name}' but CUDA is not available; "
                            f"use device: auto or cpu")
     return torch.device(name)
 
@@ -79,7 +79,13 @@ def worker_init_fn(worker_id: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+    """Python, numpy, torch (and CUDA) RNG states as tensors, ints and lists only, so that a
+    checkpoint loads with torch's ``weights_only=True`` unpickler."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": {"version": version, "state": list(mt), "gauss": gauss},
+             "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, np.int64)),
+                       "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -87,8 +93,10 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"],
+                         npy["has_gauss"], npy["cached"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -128,9 +136,9 @@ class Checkpoint:
 
     def resume_training(self, label: str, total_epochs: int, **parts: Any) -> tuple[int, list]:
         """Load ``parts`` from the checkpoint if there is one; ``(start_epoch, history)``."""
-        if not self.exists():
+        state = self.load(required=tuple(parts) + ("epoch", "history"))
+        if state is None:
             return 0, []
-        state = self.load()
         for k, v in parts.items():
             v.load_state_dict(state[k])
         console.log(f"{label}: resuming from epoch {state['epoch']}/{total_epochs}")
@@ -142,7 +150,29 @@ class Checkpoint:
     def save(self, state: dict[str, Any]) -> None:
         atomic_torch_save({**state, "rng": rng_state()}, self.path)
 
-    def load(self) -> dict[str, Any]:
-        state = torch.load(self.path, map_location="cpu", weights_only=False)
-        set_rng_state(state.pop("rng"))
+    def load(self, required: tuple[str, ...] = ()) -> dict[str, Any] | None:
+        """The saved state (RNG states restored), or None when there is no usable checkpoint.
+
+        Loaded with ``weights_only=True``, so a planted or old-format file runs no code. A file
+        that does not load, or lacks ``required`` entries, is set aside with one warning and the
+        stage starts over: resuming is bit-identical to an uninterrupted run, so starting over
+        costs time only, never a different result (and nobody has to delete it by hand)."""
+        from harness.errors import DataError
+        from harness.safeload import load_tensors
+
+        if not self.exists():
+            return None
+        try:
+            state = load_tensors(self.path, fix="set aside; the stage starts over")
+            missing = [k for k in (*required, "rng") if not isinstance(state, dict) or k not in state]
+            if missing:
+                raise DataError(f"{self.path}: not a checkpoint of this stage (no "
+                                f"{', '.join(missing)}); set aside; the stage starts over")
+            set_rng_state(state.pop("rng"))
+        except (DataError, KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+            aside = self.path.with_name(self.path.name + ".unreadable")
+            os.replace(self.path, aside)
+            console.log(f"warning: {exc if isinstance(exc, DataError) else f'{self.path}: {exc}'}"
+                        f" (moved to {aside.name})")
+            return None
         return state

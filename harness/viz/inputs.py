@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from harness.errors import DataError, SpecError
+from harness.safeload import load_state_dict_file
 
 ARTIFACT = "encoder.pt"
 META = "encoder.json"
@@ -98,7 +99,7 @@ def load_encoder(artifact: EncoderArtifact):
     import torch
 
     from harness.data.torchdata import Normalizer
-    from harness.engine.model import _key_diff, build_encoder
+    from harness.engine.model import key_diff, build_encoder
 
     name = artifact.encoder_name
     try:
@@ -106,17 +107,11 @@ def load_encoder(artifact: EncoderArtifact):
     except (KeyError, ValueError) as exc:
         raise DataError(f"{artifact.weights}: encoder.json names encoder '{name}', which "
                         f"segmentation-models-pytorch does not know ({exc})") from None
-    try:
-        state = torch.load(artifact.weights, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is corrupt to the user
-        raise DataError(f"{artifact.weights}: cannot be read as a state dict "
-                        f"({type(exc).__name__}: {exc})") from None
-    if not isinstance(state, dict):
-        raise DataError(f"{artifact.weights}: holds a {type(state).__name__}, not a state dict")
+    state = load_state_dict_file(artifact.weights)
     try:
         encoder.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        diff = _key_diff(encoder, state) or str(exc).splitlines()[0]
+        diff = key_diff(encoder, state) or str(exc).splitlines()[0]
         raise DataError(f"{artifact.weights}: the weights do not fit encoder '{name}' (named in "
                         f"its encoder.json): {diff}") from None
     return encoder.eval(), Normalizer(artifact.meta["normalization"], "encoder")

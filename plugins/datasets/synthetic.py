@@ -35,9 +35,9 @@ _UNLABELED_STREAM = 1_000_000  # random stream of the unlabeled tiles (folds use
 
 class SyntheticConfig(DatasetConfig):
     seed: int = Field(0, description="Random seed; the same config always yields identical arrays.")
-    image_size: int = Field(64, ge=32, description="Side of each labeled patch in pixels.")
-    images_per_fold: int = Field(40, ge=3, description="Labeled patches in each fold.")
-    folds: int = Field(3, ge=2, description="Number of folds (groups fold1..foldK).")
+    image_size: int = Field(64, ge=32, le=2048, description="Side of each labeled patch in pixels.")
+    images_per_fold: int = Field(40, ge=3, le=100_000, description="Labeled patches in each fold.")
+    folds: int = Field(3, ge=2, le=100, description="Number of folds (groups fold1..foldK).")
     tissues: tuple[str, ...] = Field(
         ("Breast", "Colon", "Lung"),
         description="Tissue types; each biases the class mix and background. Every fold holds "
@@ -47,8 +47,8 @@ class SyntheticConfig(DatasetConfig):
         description=f"Range (min, max) of nuclei drawn per labeled patch; None scales the "
                     f"default density of {DEFAULT_DENSITY[0]}-{DEFAULT_DENSITY[1]} nuclei per "
                     f"64x64 pixels with the patch area. Unlabeled tiles scale it by area.")
-    unlabeled_images: int = Field(48, ge=0, description="Number of unlabeled pretraining tiles.")
-    unlabeled_size: int = Field(128, ge=32, description="Side of each unlabeled tile in pixels.")
+    unlabeled_images: int = Field(48, ge=0, le=10**6, description="Number of unlabeled pretraining tiles.")
+    unlabeled_size: int = Field(128, ge=32, le=2048, description="Side of each unlabeled tile in pixels.")
 
     @field_validator("tissues")
     @classmethod

@@ -66,7 +66,7 @@ class TCGAConfig(DatasetConfig):
     mode: Literal["auto", "tiles", "slides"] = Field(
         "auto", description="'tiles': a folder of pre-cut tiles; 'slides': whole-slide images "
         "tiled here; 'auto': slides if any file is a whole-slide image, else tiles.")
-    tile_size: int = Field(512, ge=16, description="Side of each tile in pixels (thesis: 512).")
+    tile_size: int = Field(512, ge=16, le=8192, description="Side of each tile in pixels (thesis: 512).")
     resize_policy: Literal["error", "skip", "center_crop"] = Field(
         "skip", description="A pre-cut tile of another size: 'error' stops with a DataError, "
         "'skip' leaves it out (recorded in READY), 'center_crop' crops a larger one to the "

@@ -17,6 +17,7 @@ from torch import nn
 from harness.errors import DataError
 from harness.hookspecs import hookimpl
 from harness.methods import InitMethod, MethodConfig
+from harness.safeload import load_state_dict_file
 
 #: torchvision IMAGENET1K_V1 files per encoder: current name first, then the legacy name that
 #: smp <= 0.4 (the thesis's pinned 0.2.1) used; both hold the same weights.
@@ -66,16 +67,17 @@ class Supervised(InitMethod):
 
     def init_encoder(self, encoder: nn.Module, encoder_name: str, seed: int) -> dict[str, Any]:
         path = self.weights_path(encoder_name)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is a data problem
-            raise DataError(f"supervised: cannot read weights {path}: {exc}") from None
+        state = load_state_dict_file(path)  # one line naming the file and how to re-export it
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         try:
             encoder.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
-            raise DataError(f"supervised: {path} does not fit encoder '{encoder_name}': {first}") from None
+            from harness.engine.model import key_diff
+
+            diff = key_diff(encoder, state) or str(exc).strip().splitlines()[0][:160]
+            raise DataError(f"supervised: {path} does not fit encoder '{encoder_name}': {diff}; "
+                            f"use torchvision's ImageNet weights for {encoder_name} or set "
+                            f"finetune.encoder to the weights' architecture") from None
         return IMAGENET_NORMALIZATION
 
 
