@@ -42,6 +42,14 @@ def harness_register_datasets() -> list[type]:
     """Return dataset classes (subclasses of :class:`harness.data.base.Dataset`)."""
 
 
+@hookspec
+def harness_register_metric_families() -> list[type]:
+    """Return metric-family classes (subclasses of :class:`harness.metrics.family.MetricFamily`):
+    how the test predictions of a dataset whose ``metric_family`` is the class's ``name`` are
+    scored, which headline metrics and variants a spec may name, and what a published table's
+    metric means in them."""
+
+
 # --- lifecycle (observers) -------------------------------------------------------------------
 
 @hookspec

@@ -1,5 +1,6 @@
-"""Plugin manager: entry-point discovery, registries of methods and datasets, isolation of
-broken plugins.
+"""Plugin manager: entry-point discovery, registries of methods, datasets and metric families,
+isolation of broken plugins (one that fails to import, or whose hook implementation matches no
+hook).
 
 pluggy's own ``load_setuptools_entrypoints`` stops at the first module that fails to import;
 here each entry point is loaded on its own so that one broken plugin is listed with its error
@@ -26,8 +27,9 @@ class PluginInfo:
     """One registered method or dataset class and where it came from."""
 
     name: str
-    category: str  # "method" or "dataset"
-    kind: str  # method kind (init/pretrain/semisupervised) or dataset kind (labeled/unlabeled)
+    category: str  # "method", "dataset" or "metric family"
+    kind: str  # method kind (init/pretrain/semisupervised), dataset kind (labeled/unlabeled)
+    # or a metric family's metric names
     cls: type
     distribution: str
     dist_version: str
@@ -51,6 +53,7 @@ class Registry:
     pm: pluggy.PluginManager
     methods: dict[str, PluginInfo] = field(default_factory=dict)
     datasets: dict[str, PluginInfo] = field(default_factory=dict)
+    metric_families: dict[str, PluginInfo] = field(default_factory=dict)
     broken: list[BrokenPlugin] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
 
@@ -61,6 +64,25 @@ class Registry:
     def dataset(self, name: str) -> PluginInfo:
         return self._get(self.datasets, name, "dataset")
 
+    def metric_family(self, name: str) -> Any:
+        """The metric family (an instance) a dataset names by its ``metric_family``."""
+        return self._get(self.metric_families, name, "metric family").cls()
+
+    def family_of_metric(self, metric: str) -> Any | None:
+        """The metric family (an instance) that defines headline metric ``metric``, or None."""
+        for info in self.metric_families.values():
+            if metric in getattr(info.cls, "metric_names", ()):
+                return info.cls()
+        return None
+
+    def like_for_like(self, reference_metric: str | None) -> tuple[str, str | None] | None:
+        """Our ``(metric, variant)`` that means what a published table's metric means."""
+        for info in self.metric_families.values():
+            target = getattr(info.cls, "like_for_like", {}).get(reference_metric or "")
+            if target is not None:
+                return target
+        return None
+
     def _get(self, table: dict[str, PluginInfo], name: str, category: str) -> PluginInfo:
         self.raise_duplicates()
         if name in table:
@@ -68,7 +90,8 @@ class Registry:
         raise PluginError(self.missing_message(name, category))
 
     def missing_message(self, name: str, category: str) -> str:
-        table = self.methods if category == "method" else self.datasets
+        table = {"method": self.methods, "dataset": self.datasets}.get(category,
+                                                                       self.metric_families)
         hint = did_you_mean(name, table)
         broken = [b for b in self.broken if b.entry_point == name]
         if broken:
@@ -113,9 +136,19 @@ def _entry_points() -> list[md.EntryPoint]:
     return unique
 
 
+#: The registration hooks: hook name -> (category, the Registry table it fills).
+REGISTRATIONS = {
+    "harness_register_methods": ("method", "methods"),
+    "harness_register_datasets": ("dataset", "datasets"),
+    "harness_register_metric_families": ("metric family", "metric_families"),
+}
+
+
 def _kind_of(cls: type, category: str) -> str:
     if category == "method":
         return str(getattr(cls, "kind", "?"))
+    if category == "metric family":
+        return ",".join(getattr(cls, "metric_names", ()))
     return "labeled" if getattr(cls, "labeled", True) else "unlabeled"
 
 
@@ -128,8 +161,28 @@ def build_registry(extra_plugins: Iterable[Any] = ()) -> Registry:
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     registry = Registry(pm=pm)
-    origin: dict[int, tuple[str, str, str]] = {}
+    origin = _register_plugins(pm, registry, extra_plugins)
+    _check_pending(pm, registry, origin)
+    for hook_name, (category, table) in REGISTRATIONS.items():
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            dist, dist_version, ep_name = origin.get(id(impl.plugin), ("unknown", "0", impl.plugin_name))
+            try:
+                classes = impl.function() or []
+            except Exception as exc:  # noqa: BLE001
+                registry.broken.append(BrokenPlugin(ep_name, dist, f"{type(exc).__name__}: {exc}"))
+                continue
+            for cls in classes:
+                _add_class(registry, getattr(registry, table), cls, category,
+                           (dist, dist_version, ep_name))
+    _check_metric_names(registry)
+    return registry
 
+
+def _register_plugins(pm: pluggy.PluginManager, registry: Registry,
+                      extra_plugins: Iterable[Any]) -> dict[int, tuple[str, str, str]]:
+    """Register each entry point's object (a failed import is a broken plugin) and the extra
+    plugins; returns ``id(object) -> (distribution, version, entry point)``."""
+    origin: dict[int, tuple[str, str, str]] = {}
     for ep in _entry_points():
         dist, dist_version = _dist_of(ep)
         try:
@@ -146,36 +199,58 @@ def build_registry(extra_plugins: Iterable[Any] = ()) -> Registry:
             continue
         pm.register(obj)
         origin[id(obj)] = ("local", "0", getattr(obj, "__name__", repr(obj)))
+    return origin
 
-    for hook_name, category, table in (
-        ("harness_register_methods", "method", registry.methods),
-        ("harness_register_datasets", "dataset", registry.datasets),
-    ):
-        caller = getattr(pm.hook, hook_name)
+
+def _check_pending(pm: pluggy.PluginManager, registry: Registry,
+                   origin: dict[int, tuple[str, str, str]]) -> None:
+    """A hook implementation that matches no hook (a misspelled name would be silently never
+    called) makes its plugin broken: unregistered, and listed with the name it should have."""
+    known = [name for name in dir(hookspecs) if name.startswith(f"{hookspecs.PROJECT}_")]
+    for name in list(vars(pm.hook)):
+        caller = getattr(pm.hook, name)
+        if caller.has_spec():
+            continue
         for impl in caller.get_hookimpls():
-            dist, dist_version, ep_name = origin.get(id(impl.plugin), ("unknown", "0", impl.plugin_name))
-            try:
-                classes = impl.function() or []
-            except Exception as exc:  # noqa: BLE001
-                registry.broken.append(BrokenPlugin(ep_name, dist, f"{type(exc).__name__}: {exc}"))
-                continue
-            for cls in classes:
-                name = getattr(cls, "name", None)
-                if not name:
-                    registry.broken.append(
-                        BrokenPlugin(ep_name, dist, f"{category} class {cls!r} has no `name`"))
-                    continue
-                info = PluginInfo(name, category, _kind_of(cls, category), cls, dist,
-                                  dist_version, ep_name)
-                if name in table and table[name].cls is not cls:
-                    other = table[name]
-                    registry.duplicates.append(
-                        f"two {category} plugins are named '{name}': one from distribution "
-                        f"'{other.distribution}' ({other.entry_point}), one from "
-                        f"'{dist}' ({ep_name}); uninstall or rename one of them")
-                    continue
-                table[name] = info
-    return registry
+            dist, _, ep_name = origin.get(id(impl.plugin), ("unknown", "0", impl.plugin_name))
+            registry.broken.append(BrokenPlugin(
+                ep_name, dist, f"hook implementation '{name}' matches no hook of the harness"
+                f"{did_you_mean(name, known)}; see harness/hookspecs.py"))
+            if pm.is_registered(impl.plugin):
+                pm.unregister(impl.plugin)
+    pm.check_pending()  # nothing is left pending: raises only on a bug here
+
+
+def _add_class(registry: Registry, table: dict[str, PluginInfo], cls: type, category: str,
+               where: tuple[str, str, str]) -> None:
+    dist, dist_version, ep_name = where
+    name = getattr(cls, "name", None)
+    if not name:
+        registry.broken.append(BrokenPlugin(ep_name, dist, f"{category} class {cls!r} has no `name`"))
+        return
+    if name in table and table[name].cls is not cls:
+        other = table[name]
+        registry.duplicates.append(
+            f"two {category} plugins are named '{name}': one from distribution "
+            f"'{other.distribution}' ({other.entry_point}), one from "
+            f"'{dist}' ({ep_name}); uninstall or rename one of them")
+        return
+    table[name] = PluginInfo(name, category, _kind_of(cls, category), cls, dist, dist_version,
+                             ep_name)
+
+
+def _check_metric_names(registry: Registry) -> None:
+    """A headline metric name belongs to one family (records and reports find it by name)."""
+    owner: dict[str, PluginInfo] = {}
+    for info in registry.metric_families.values():
+        for metric in getattr(info.cls, "metric_names", ()):
+            if metric in owner:
+                other = owner[metric]
+                registry.duplicates.append(
+                    f"two metric families define the metric '{metric}': '{other.name}' from "
+                    f"'{other.distribution}' ({other.entry_point}) and '{info.name}' from "
+                    f"'{info.distribution}' ({info.entry_point}); uninstall or rename one")
+            owner.setdefault(metric, info)
 
 
 _cached: Registry | None = None

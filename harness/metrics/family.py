@@ -1,0 +1,56 @@
+"""The metric-family contract: how a dataset's test predictions are scored and read back.
+
+A dataset names its family (``Dataset.metric_family = "pq"``); a plugin registers the family's
+class through the ``harness_register_metric_families`` hook, as the built-in ``pq`` and ``dice``
+families do (``plugins/metrics/``). Everything the harness does with metrics asks the family:
+
+* the evaluate stage calls :meth:`MetricFamily.compute` and writes its dict as ``metrics.json``;
+* validation checks a spec's ``metric.name`` against :attr:`~MetricFamily.metric_names` and its
+  ``metric.pq_variant`` against :attr:`~MetricFamily.variants`;
+* records and reports read a headline value with :meth:`MetricFamily.headline`, and compare with
+  a published table like for like through :attr:`~MetricFamily.like_for_like`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+
+class MetricFamily:
+    """A family of metrics computed together on a test fold (e.g. mPQ and bPQ)."""
+
+    #: The value of ``Dataset.metric_family`` that selects this family.
+    name: ClassVar[str]
+    #: Headline metrics a spec may name (``metric.name``), the first being the default.
+    metric_names: ClassVar[tuple[str, ...]]
+    #: Variants that are all recorded and one of which a spec picks (``metric.pq_variant``);
+    #: empty when the family has none.
+    variants: ClassVar[tuple[str, ...]] = ()
+    #: Metric names of published tables (``harness/references``) -> the ``(metric, variant)`` of
+    #: ours that means the same thing, for the report's paper column.
+    like_for_like: ClassVar[dict[str, tuple[str, str | None]]] = {}
+    #: Bump when a change alters computed values.
+    version: ClassVar[str] = "1"
+    description: ClassVar[str] = ""
+
+    @property
+    def default_metric(self) -> str:
+        return self.metric_names[0]
+
+    def compute(self, pred: np.ndarray, arrays: Any, rows: np.ndarray,
+                class_names: Sequence[str]) -> dict[str, Any]:
+        """The metrics (JSON-serialisable) of argmax class maps ``pred`` (uint8 ``(N, H, W)``)
+        against the ground truth of ``arrays`` (a :class:`~harness.data.base.LabeledArrays`) at
+        ``rows``; ``class_names`` are the foreground classes (class id ``i + 1``)."""
+        raise NotImplementedError
+
+    def headline(self, metrics: dict[str, Any], name: str, variant: str | None) -> float | None:
+        """The value of metric ``name`` (of ``variant``, for a family with variants) in a dict
+        that :meth:`compute` returned; KeyError if it holds none."""
+        raise NotImplementedError
+
+    def variant_of(self, variant: str | None) -> str | None:
+        """The variant a record names for a spec's ``metric.pq_variant``: None without variants."""
+        return variant if self.variants else None

@@ -1,0 +1,39 @@
+"""``pq``: PanNuke panoptic quality (multi-class nuclei), both variants always recorded.
+
+``instance`` is the PanNuke protocol (predicted instances are connected components of each
+class); ``thesis`` scores each class of an image as one segment, as the thesis's evaluation code
+did, which is what the thesis's published "PQ" means (the like-for-like column).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from harness.hookspecs import hookimpl
+from harness.metrics import evaluate_segmentation
+from harness.metrics.family import MetricFamily
+
+
+class PanopticQuality(MetricFamily):
+    name: ClassVar[str] = "pq"
+    metric_names: ClassVar[tuple[str, ...]] = ("mpq", "bpq")
+    variants: ClassVar[tuple[str, ...]] = ("instance", "thesis")
+    like_for_like: ClassVar[dict[str, tuple[str, str | None]]] = {"pq": ("mpq", "thesis")}
+    description: ClassVar[str] = "mPQ (per tissue, then over tissues) and bPQ, PanNuke protocol"
+
+    def compute(self, pred: np.ndarray, arrays: Any, rows: np.ndarray,
+                class_names: Sequence[str]) -> dict[str, Any]:
+        true_classes = np.asarray(arrays.classes[rows])
+        true_inst = np.asarray(arrays.instances[rows])
+        tissues = [arrays.tissues[r] for r in rows]
+        return evaluate_segmentation(pred, true_classes, true_inst, tissues, list(class_names))
+
+    def headline(self, metrics: dict[str, Any], name: str, variant: str | None) -> float | None:
+        return metrics[variant][name]
+
+
+@hookimpl
+def harness_register_metric_families():
+    return [PanopticQuality]
