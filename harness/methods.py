@@ -21,6 +21,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 KINDS = ("init", "pretrain", "semisupervised")
 
+#: What a kind implies for a class that declares only its ``kind`` (and for the base classes
+#: below); a class may set any of these itself. Validation asks the class, never its kind.
+KIND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "pretrain": {"needs_unlabeled": True},
+    "semisupervised": {
+        "protocols": ("full",), "needs_unlabeled": True,
+        "protocols_reason": "a semi-supervised method (it trains the whole U-Net; no separate "
+                            "encoder stage to freeze)"},
+}
+
 #: Normalisation used by most of the thesis's code: mean = std = 0.5 (inputs in [-1, 1]).
 HALF_NORMALIZATION = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 
@@ -41,6 +51,20 @@ class Method:
     seed_dependent: ClassVar[bool] = True
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     description: ClassVar[str] = ""
+    #: The protocols a method can run (validation rejects a row asking for another); None: any.
+    #: Default by kind (:data:`KIND_DEFAULTS`): semi-supervised methods only ``("full",)``.
+    protocols: ClassVar[tuple[str, ...] | None] = None
+    #: Why a method supports only ``protocols`` (in the validation message): "a ... method (...)".
+    protocols_reason: ClassVar[str] = ""
+    #: Whether the method learns from unlabeled images (validation asks for some); default by
+    #: kind: pretraining and semi-supervised methods do.
+    needs_unlabeled: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for attr, value in KIND_DEFAULTS.get(cls.__dict__.get("kind", ""), {}).items():
+            if all(attr not in k.__dict__ for k in cls.__mro__ if k is not Method):
+                setattr(cls, attr, value)
 
     def __init__(self, config: MethodConfig | None = None):
         self.config = config if config is not None else self.Config()
