@@ -1,0 +1,174 @@
+"""Checks of a spec against the installed plugins: plugin names, each plugin's own settings
+(the method's and dataset's ``Config``), the harness's row keys, folds the dataset has and
+labeler settings. Each check appends to (or returns) problem lines, so that validation reports
+them all at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from harness.plugins import Registry, did_you_mean
+from harness.spec.models import ROW_KEYS, DatasetRef, RowSettings, Spec
+from harness.spec.problems import format_errors, printable, where
+from harness.spec.source import Lines
+from harness.spec.values import SAFE_NAME
+
+
+def plugin_problem(at: str, path: str, name: str, category: str, registry: Registry,
+                   plugin_missing: list[str]) -> str | None:
+    """A misspelled plugin name (a problem, returned), or one not installed or broken (added to
+    ``plugin_missing``: exit 4 when it is the only kind of problem)."""
+    table = registry.methods if category == "method" else registry.datasets
+    if name in table:
+        return None
+    if any(b.entry_point == name for b in registry.broken):  # installed but failed to load
+        plugin_missing.append(f"{at}: {path}: {registry.missing_message(name, category)}")
+        return None
+    hint = did_you_mean(name, table)
+    if hint:
+        return f"{at}: {path}: unknown {category} '{name}'{hint}"
+    plugin_missing.append(f"{at}: {path}: {registry.missing_message(name, category)}")
+    return None
+
+
+def plugin_name_problems(data: dict[str, Any], source: str, lines: Lines, registry: Registry,
+                         plugin_missing: list[str]) -> list[str]:
+    """The dataset and method plugins the raw document names (checked even when other fields
+    are broken)."""
+    problems = []
+    for field in ("dataset", "unlabeled"):
+        raw = data.get(field)
+        ds_name = raw.get("name") if isinstance(raw, dict) else raw
+        if isinstance(ds_name, str):
+            problems.append(plugin_problem(where(source, lines, (field,)), field, ds_name,
+                                           "dataset", registry, plugin_missing))
+    raw_methods = data.get("methods")
+    method_names = list(raw_methods) if isinstance(raw_methods, (list, dict)) else []
+    for i, m in enumerate(method_names):
+        if not isinstance(m, str):
+            continue
+        loc = ("methods", m) if isinstance(raw_methods, dict) else ("methods", i)
+        plugin, path = m, f"methods.{m}"
+        settings = raw_methods.get(m) if isinstance(raw_methods, dict) else None
+        if isinstance(settings, dict) and isinstance(settings.get("method"), str):
+            plugin, path, loc = settings["method"], f"methods.{m}.method", loc + ("method",)
+        problems.append(plugin_problem(where(source, lines, loc), path, plugin, "method",
+                                       registry, plugin_missing))
+    return [p for p in problems if p]
+
+
+def check_dataset(ref: DatasetRef, field: str, registry: Registry, source: str, lines: Lines,
+                   problems: list[str]):
+    info = registry.datasets.get(ref.name)
+    if info is None:
+        return None
+    try:
+        return info.cls.Config.model_validate(ref.options)
+    except ValidationError as exc:
+        problems.extend(format_errors(exc, info.cls.Config, source, lines, prefix=(field,)))
+        return None
+
+
+def check_methods(spec: Spec, registry: Registry, source: str, lines: Lines,
+                   problems: list[str]) -> dict[str, Any]:
+    configs = {}
+    for name, settings in spec.methods.items():
+        if not check_row(spec, name, settings or {}, source, lines, problems):
+            continue
+        info = registry.methods.get(spec.plugin_of(name))
+        if info is None:
+            continue
+        settings = {k: v for k, v in (settings or {}).items() if k not in ROW_KEYS}
+        try:
+            configs[name] = info.cls.Config.model_validate(settings)
+        except ValidationError as exc:
+            problems.extend(format_errors(exc, info.cls.Config, source, lines,
+                                          prefix=("methods", name)))
+    return configs
+
+
+def check_row(spec: Spec, name: str, settings: dict[str, Any], source: str, lines: Lines,
+               problems: list[str]) -> bool:
+    """The row-level keys of ``methods.<name>``; False (with problems added) if they are bad."""
+    try:
+        row = RowSettings.model_validate(settings)
+    except ValidationError as exc:
+        problems.extend(format_errors(exc, RowSettings, source, lines, prefix=("methods", name)))
+        return False
+    extra = [p for p in row.protocols or [] if p not in spec.protocols]
+    if extra:
+        problems.append(
+            f"{where(source, lines, ('methods', name, 'protocols'))}: methods.{name}.protocols: "
+            f"{', '.join(repr(p) for p in extra)} not among the spec's protocols "
+            f"({', '.join(spec.protocols)}) (got {row.protocols}); a row can only narrow the "
+            f"spec's protocols: drop {'it' if len(extra) == 1 else 'them'} here or add "
+            f"{'it' if len(extra) == 1 else 'them'} to the top-level `protocols:`")
+        return False
+    return True
+
+
+def fold_problems(spec: Any, registry: Registry, dataset_config: Any, source: str,
+                  lines: Lines) -> list[str]:
+    """Folds the spec names that the dataset does not have."""
+    info = registry.datasets.get(spec.dataset.name)
+    if info is None or spec.folds is None:
+        return []
+    try:
+        folds = info.cls(dataset_config, root=Path("/nonexistent")).folds()
+    except Exception:  # noqa: BLE001 - a dataset that needs its data to list folds
+        return []
+    return [f"{where(source, lines, ('folds', i))}: folds: unknown fold '{printable(f)}'"
+            f"{did_you_mean(f, folds)}; dataset '{spec.dataset.name}' has {', '.join(folds)}"
+            for i, f in enumerate(spec.folds) if f not in folds and SAFE_NAME.match(f)]
+
+
+def labeler_problems(spec: Any, method_configs: dict[str, Any], registry: Registry,
+                     source: str, lines: Lines) -> list[str]:
+    """Every labeler setting of every row (any settings field of type LabelerSettings): its
+    dataset must be an installed labeled dataset, and its train_groups folds it has."""
+    from harness.methods import LabelerSettings
+
+    problems = []
+    for row, config in method_configs.items():
+        for field in type(config).model_fields:
+            labeler = getattr(config, field)
+            if not isinstance(labeler, LabelerSettings):
+                continue
+            loc = ("methods", row, field)
+            name = labeler.dataset or spec.dataset.name
+            info = registry.datasets.get(name)
+            at = where(source, lines, loc + ("dataset",))
+            if info is None:
+                problems.append(f"{at}: {'.'.join(loc)}.dataset: unknown dataset '{printable(name)}'"
+                                f"{did_you_mean(name, registry.datasets)}; installed: "
+                                f"{', '.join(sorted(registry.datasets))}")
+                continue
+            if not info.cls.labeled:
+                problems.append(f"{at}: {'.'.join(loc)}.dataset: '{name}' is unlabeled; a labeler "
+                                f"trains on labels: name a labeled dataset")
+                continue
+            groups = _groups(info.cls, None if labeler.dataset else spec.dataset, registry)
+            unknown = [g for g in labeler.train_groups or [] if groups and g not in groups]
+            if unknown:
+                problems.append(f"{where(source, lines, loc + ('train_groups',))}: "
+                                f"{'.'.join(loc)}.train_groups: unknown groups "
+                                f"{', '.join(map(printable, unknown))}; dataset '{name}' has "
+                                f"{', '.join(groups)}")
+    return problems
+
+
+def _groups(cls: Any, ref: Any, registry: Registry) -> list[str] | None:
+    """The groups (folds, or train/val/test) of a dataset, known without its data."""
+    try:
+        config = cls.Config.model_validate(ref.options) if ref is not None else None
+        dataset = cls(config, root=Path("/nonexistent"))
+        sizes = dataset.expected_group_sizes() if hasattr(dataset, "expected_group_sizes") else None
+        if sizes:
+            return sorted(sizes)
+        return list(dataset.folds()) if cls.split_scheme == "kfold" else ["train", "val", "test"]
+    except Exception:  # noqa: BLE001 - a dataset that needs its data to know its groups
+        return None

@@ -1,0 +1,163 @@
+"""Cross-field checks of a spec whose fields are each valid: the encoder, the protocols each
+method supports, unlabeled images for the methods that need them, the headline metric of the
+dataset's metric family, label fractions against the batch size and the reference table.
+
+What depends on a kind of plugin is asked of its class (``Method.protocols``,
+``Method.needs_unlabeled``, ``Dataset.metric_family`` and the registered
+:class:`~harness.metrics.family.MetricFamily`), never decided here by its kind's name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from harness.plugins import Registry, did_you_mean
+from harness.spec.models import Spec
+from harness.spec.problems import where
+from harness.spec.source import Lines
+
+
+def cross_checks(spec: Spec, registry: Registry, dataset_config: Any, source: str,
+                 lines: Lines, problems: list[str]) -> None:
+    """Append the problems of every cross-field check (call only when nothing else is wrong:
+    they assume valid fields and installed plugins)."""
+    def at(*loc: Any) -> str:
+        return where(source, lines, loc)
+
+    problems.extend(encoder_problems(spec, at))
+    problems.extend(protocol_problems(spec, registry, at))
+    ds_cls = registry.datasets[spec.dataset.name].cls
+    if not ds_cls.labeled:
+        problems.append(f"{at('dataset')}: dataset: '{spec.dataset.name}' is unlabeled (images for "
+                        f"pretraining only) and cannot be the fine-tuning dataset; name it under "
+                        f"`unlabeled:` and fine-tune on a labeled dataset")
+        return
+    problems.extend(unlabeled_problems(spec, registry, at))
+    problems.extend(fraction_problems(spec, ds_cls(dataset_config, root=Path("/nonexistent")), at))
+    problems.extend(reference_problems(spec, at))
+
+
+def encoder_problems(spec: Spec, at) -> list[str]:
+    """An encoder the U-Net cannot build."""
+    import segmentation_models_pytorch as smp
+
+    encoders = smp.encoders.get_encoder_names()
+    if spec.finetune.encoder in encoders:
+        return []
+    return [f"{at('finetune', 'encoder')}: finetune.encoder: unknown encoder "
+            f"'{spec.finetune.encoder}'{did_you_mean(spec.finetune.encoder, encoders)}"
+            f"; see segmentation_models_pytorch.encoders.get_encoder_names()"]
+
+
+def protocol_problems(spec: Spec, registry: Registry, at) -> list[str]:
+    """Protocols of a row that its method does not support (``Method.protocols``)."""
+    problems = []
+    for name in spec.methods:
+        cls = registry.methods[spec.plugin_of(name)].cls
+        supported = getattr(cls, "protocols", None)
+        if supported is None:
+            continue
+        for protocol in [p for p in spec.protocols_of(name) if p not in supported]:
+            problems.append(_protocol_problem(spec, name, cls, protocol, list(supported), at))
+    return problems
+
+
+def _protocol_problem(spec: Spec, name: str, cls: type, protocol: str, supported: list[str],
+                      at) -> str:
+    own = "protocols" in (spec.methods[name] or {})
+    row = f"protocols: [{', '.join(supported)}]"
+    missing = [p for p in supported if p not in spec.protocols]
+    fix = (f"give the row '{row}'" if not missing else
+           f"add {', '.join(repr(p) for p in missing)} to the spec's protocols and give the row "
+           f"'{row}'")
+    reason = getattr(cls, "protocols_reason", "") or \
+        f"method '{spec.plugin_of(name)}' (it supports {', '.join(supported)})"
+    return (f"{at('methods', name, 'protocols')}: methods.{name}{'.protocols' if own else ''}: "
+            f"protocol '{protocol}' is not possible for {reason}; {fix} "
+            f"(methods: {{{name}: {{{row}}}}})")
+
+
+def unlabeled_problems(spec: Spec, registry: Registry, at) -> list[str]:
+    """Methods that learn from unlabeled images (``Method.needs_unlabeled``) need some."""
+    if spec.unlabeled is not None:
+        if registry.datasets[spec.unlabeled.name].cls.has_unlabeled:
+            return []
+        return [f"{at('unlabeled')}: unlabeled: dataset '{spec.unlabeled.name}' has no "
+                f"unlabeled images"]
+    if registry.datasets[spec.dataset.name].cls.has_unlabeled:
+        return []
+    return [f"{at('methods', name)}: methods.{name}: needs unlabeled images and dataset "
+            f"'{spec.dataset.name}' has none; add e.g. `unlabeled: tcga` to the spec"
+            for name in spec.methods
+            if getattr(registry.methods[spec.plugin_of(name)].cls, "needs_unlabeled", False)]
+
+
+def metric_problems(spec: Spec, registry: Registry, source: str, lines: Lines) -> list[str]:
+    """The headline metric (and variant) must be one of the dataset's metric family."""
+    info = registry.datasets.get(spec.dataset.name)
+    if info is None or not info.cls.labeled:
+        return []  # no such plugin, or an unlabeled dataset: reported elsewhere
+    family = registry.metric_families.get(info.cls.metric_family)
+    name, fam = spec.metric.name, info.cls.metric_family
+    if family is None:
+        return [f"{where(source, lines, ('dataset',))}: dataset: '{spec.dataset.name}' has "
+                f"metric family '{fam}', which no installed plugin provides; installed: "
+                f"{', '.join(sorted(registry.metric_families)) or 'none'}"]
+    allowed = list(family.cls.metric_names)
+    if name not in allowed:
+        known = any(name in f.cls.metric_names for f in registry.metric_families.values())
+        what = (f"'{name}' does not apply to dataset '{spec.dataset.name}' (metric family {fam})"
+                if known else f"unknown metric '{name}'{did_you_mean(name, allowed)}")
+        return [f"{where(source, lines, ('metric', 'name'))}: metric.name: {what}; "
+                f"allowed: {', '.join(allowed)}"]
+    variants = list(family.cls.variants)
+    if variants and spec.metric.pq_variant not in variants:
+        variant = spec.metric.pq_variant
+        return [f"{where(source, lines, ('metric', 'pq_variant'))}: metric.pq_variant: unknown "
+                f"variant '{variant}' of metric family {fam}{did_you_mean(variant, variants)}; "
+                f"allowed: {', '.join(variants)}"]
+    return []
+
+
+def fraction_problems(spec: Spec, dataset: Any, at) -> list[str]:
+    """Fractions that leave too few training images (needs the dataset's expected counts)."""
+    from harness.data.fractions import fraction_count
+
+    try:
+        folds = dataset.folds()
+    except Exception:  # noqa: BLE001 - a dataset that needs its data to list folds
+        folds = None
+    sizes = dataset.expected_group_sizes() if hasattr(dataset, "expected_group_sizes") else None
+    if not (sizes and folds):
+        return []
+    problems = []
+    kfold = type(dataset).split_scheme == "kfold"
+    for frac in spec.fractions:
+        for fold in spec.folds or folds:
+            train_groups = {g: n for g, n in sizes.items() if (g != fold if kfold else g == "train")}
+            empty = [g for g, n in train_groups.items() if n == 0 or frac * n <= 0]
+            if empty:
+                problems.append(f"{at('fractions')}: fractions: {frac} leaves no training "
+                                f"image in {', '.join(empty)}")
+            total = sum(fraction_count(frac, n) for n in train_groups.values())
+            if total < spec.finetune.batch_size:
+                problems.append(
+                    f"{at('fractions')}: fractions: {frac} leaves {total} training images for "
+                    f"fold '{fold}', fewer than finetune.batch_size "
+                    f"{spec.finetune.batch_size}; raise the fraction or lower the batch size")
+                break
+    return problems
+
+
+def reference_problems(spec: Spec, at) -> list[str]:
+    """A reference table the thesis data does not have."""
+    if spec.reference is None:
+        return []
+    from harness.references import load_thesis_results
+
+    tables = load_thesis_results()
+    if spec.reference in tables:
+        return []
+    return [f"{at('reference')}: reference: unknown table "
+            f"'{spec.reference}'{did_you_mean(spec.reference, tables)}; known: {', '.join(tables)}"]

@@ -1,0 +1,217 @@
+"""The pydantic models of a spec (unknown keys, inf and nan rejected) and the resolved spec.
+
+Only structure lives here; what depends on the installed plugins (their names, settings, metric
+families) is checked in :mod:`harness.spec.checks`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Protocol = Literal["frozen", "full"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf/nan: typos, never settings
+
+
+class FinetuneSettings(_Strict):
+    """Fine-tuning recipe shared by all methods (thesis §4.1.3 and A.1 defaults)."""
+
+    architecture: Literal["unet"] = Field("unet", description="segmentation model (smp)")
+    encoder: str = Field("resnet18", description="any segmentation-models-pytorch encoder name")
+    epochs: int = Field(100, ge=1, le=100_000)
+    batch_size: int = Field(16, ge=1, le=65_536)
+    lr: float = Field(1e-3, gt=0, le=10)
+    weight_decay: float = Field(0.0, ge=0)
+    image_size: int | None = Field(
+        None, ge=32, le=8192, description="training crop size (random crop); None = full image. "
+        "Evaluation always uses full images.")
+    augment: bool = Field(True, description="thesis A.1 augmentations (flips, rot90, blur, noise)")
+    frozen_bn: Literal["adapt", "fixed"] = Field(
+        "adapt", description="frozen protocol: encoder batch-norm statistics keep adapting "
+        "('adapt', what the thesis's code did) or stay fixed ('fixed')")
+    normalization: Literal["encoder", "thesis_quirk"] = Field(
+        "encoder", description="'encoder': the normalisation recorded with the encoder weights; "
+        "'thesis_quirk': inputs scaled to [-1/255, 1/255] as the thesis's fine-tuning code did")
+    eval_batch_size: int = Field(32, ge=1, le=65_536)
+    num_workers: int = Field(0, ge=0, le=256)
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    amp: bool = Field(True, description="mixed precision on CUDA (bf16 where supported, else fp16)")
+    channels_last: bool = Field(True, description="channels_last memory format on CUDA")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    @field_validator("image_size")
+    @classmethod
+    def _div32(cls, v: int | None) -> int | None:
+        if v is not None and v % 32:
+            raise ValueError(f"must be a multiple of 32 (U-Net downsamples 5 times); "
+                             f"try {max(32, round(v / 32) * 32)}")
+        return v
+
+
+class RowSettings(BaseModel):
+    """The harness's own keys of a ``methods:`` row, split off before the method plugin's
+    ``Config`` validates the rest. They say how a row is run, not what a cell computes, so they
+    are part of no stage key."""
+
+    model_config = ConfigDict(extra="ignore")  # the rest belongs to the plugin's Config
+    method: str | None = Field(None, description="plugin behind the row (default: the row name)")
+    protocols: list[Protocol] | None = Field(
+        None, min_length=1, description="a subset of the spec's protocols for this row only "
+        "(e.g. [full] for a semi-supervised method in a spec with [frozen, full])")
+
+    @field_validator("protocols")
+    @classmethod
+    def _unique(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"duplicate entries: {', '.join(sorted({p for p in v if v.count(p) > 1}))}")
+        return v
+
+
+#: Row-level keys of ``methods:`` entries (see :class:`RowSettings`).
+ROW_KEYS = tuple(RowSettings.model_fields)
+
+
+class MetricSettings(_Strict):
+    """The report's headline metric. Which names and variants exist is up to the metric family
+    of the dataset (:mod:`harness.metrics.family`); :mod:`harness.spec.checks` checks them."""
+
+    name: str = Field("mpq", description="headline metric of the report (one of the dataset's "
+                      "metric family: mpq or bpq for PQ, dice for Dice)")
+    pq_variant: str = Field(
+        "instance", description="variant of a family that has several (PQ: 'instance', the "
+        "PanNuke protocol with connected components; 'thesis', each class of an image scored as "
+        "one segment, as the thesis's code did)")
+
+
+class DatasetRef(BaseModel):
+    """``dataset: NAME`` or ``dataset: {name: NAME, <the dataset's own options>}``."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Spec(_Strict):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="identifier of the comparison")
+    description: str = ""
+    reference: str | None = Field(
+        None, description="table of the thesis's published numbers to show beside ours "
+        "(a key of harness/references/thesis_results.yaml)")
+    dataset: DatasetRef
+    methods: dict[str, dict[str, Any] | None]
+    protocols: list[Protocol] = Field(default_factory=lambda: ["frozen", "full"], min_length=1)
+    fractions: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
+    folds: list[str] | None = Field(None, description="evaluation folds; default: all")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)  # range: spec.values
+    finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
+    metric: MetricSettings = Field(default_factory=MetricSettings)
+    unlabeled: DatasetRef | None = Field(
+        None, description="unlabeled images for pretraining and semi-supervised methods "
+        "(e.g. tcga); default: the fine-tuning dataset's own unlabeled set, if it has one")
+    output: str = Field("reports/{name}", description="run folder; {name} is the spec name")
+
+    @field_validator("dataset", "unlabeled", mode="before")
+    @classmethod
+    def _dataset_str(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _methods_list(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            if not all(isinstance(m, str) for m in v):
+                raise ValueError("a list of method names, or a mapping name -> settings")
+            return {m: None for m in v}
+        return v
+
+    @field_validator("methods")
+    @classmethod
+    def _methods_nonempty(cls, v: dict) -> dict:
+        if not v:
+            raise ValueError("name at least one method")
+        return v
+
+    def plugin_of(self, label: str) -> str:
+        """The method plugin behind a row: ``methods: {point_only: {method: pricon, ...}}``
+        runs the ``pricon`` plugin under the row label ``point_only``; by default the label is
+        the plugin name."""
+        settings = self.methods.get(label) or {}
+        return settings.get("method", label)
+
+    def protocols_of(self, label: str) -> list[str]:
+        """The protocols of a row, in the spec's order: the spec's ``protocols``, or the subset
+        the row names with its own ``protocols:`` key (validated to be a subset)."""
+        own = (self.methods.get(label) or {}).get("protocols")
+        return [p for p in self.protocols if own is None or p in own]
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        bad = [f for f in v if not (0.0 < f <= 1.0)]
+        if bad:
+            raise ValueError(f"label fractions must lie in (0, 1]; {bad} do not")
+        return v
+
+    @field_validator("protocols", "fractions", "seeds", "folds")
+    @classmethod
+    def _unique(cls, v: list | None) -> list | None:
+        if v is not None and len(set(v)) != len(v):
+            dupes = sorted({str(x) for x in v if v.count(x) > 1})
+            raise ValueError(f"duplicate entries: {', '.join(dupes)}")
+        return v
+
+
+@dataclass
+class ResolvedSpec:
+    """A validated spec with each plugin's own settings parsed."""
+
+    spec: Spec
+    source: str
+    overrides: list[str]
+    method_configs: dict[str, Any]
+    dataset_config: Any
+    unlabeled_config: Any = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def output_dir(self, root: Path | None = None) -> Path:
+        out = Path(self.spec.output.format(name=self.spec.name))
+        if root is not None and not out.is_absolute():
+            out = root / out
+        return out
+
+    def resolved(self) -> dict[str, Any]:
+        """Every setting, defaults filled in (what a record stores as provenance)."""
+        data = self.spec.model_dump(mode="json")
+        data["methods"] = {m: {"method": self.spec.plugin_of(m), **self._row_protocols(m),
+                               **c.model_dump(mode="json")}
+                           for m, c in self.method_configs.items()}
+        data["dataset"] = {"name": self.spec.dataset.name,
+                           **self.dataset_config.model_dump(mode="json")}
+        if self.spec.unlabeled is not None:
+            data["unlabeled"] = {"name": self.spec.unlabeled.name,
+                                 **self.unlabeled_config.model_dump(mode="json")}
+        return data
+
+    def _row_protocols(self, label: str) -> dict[str, Any]:
+        """A row's own ``protocols`` (only where the spec gives one, so that the resolved spec
+        of every other row stays as it was)."""
+        own = (self.spec.methods.get(label) or {}).get("protocols")
+        return {} if own is None else {"protocols": self.spec.protocols_of(label)}
