@@ -269,6 +269,6 @@ class Runner:
 
 
 def headline_value(metrics: dict[str, Any], name: str, variant: str) -> float | None:
-    if name == "dice":
-        return metrics["dice"]["dice"]
-    return metrics[variant][name]
+    from harness.plugins import get_registry
+
+    return get_registry().family_of_metric(name).headline(metrics, name, variant)

@@ -66,7 +66,7 @@ def load_model(path, encoder_name: str, num_classes: int) -> tuple[torch.nn.Modu
 
 def evaluate(ctx: StageContext, *, arrays: LabeledArrays, test_ids: Sequence[str], num_classes: int,
              class_names: Sequence[str], metric_family: str, settings: Any) -> dict[str, Any]:
-    from harness.metrics import evaluate_dice, evaluate_segmentation
+    from harness.plugins import get_registry
 
     model, normalizer = load_model(ctx.inputs["model"], settings.encoder, num_classes)
     index = arrays.index_of()
@@ -75,13 +75,7 @@ def evaluate(ctx: StageContext, *, arrays: LabeledArrays, test_ids: Sequence[str
                      Precision(ctx.device, settings.amp), ctx.quiet, label=ctx.label)
     pred = np.concatenate([p for _, p in chunks]) if len(rows) else \
         np.zeros((0,) + arrays.classes.shape[1:], np.uint8)
-    true_classes = np.asarray(arrays.classes[rows])
-    if metric_family == "dice":
-        metrics = {"dice": evaluate_dice(pred, true_classes)}
-    else:
-        true_inst = np.asarray(arrays.instances[rows])
-        tissues = [arrays.tissues[r] for r in rows]
-        metrics = evaluate_segmentation(pred, true_classes, true_inst, tissues, list(class_names))
+    metrics = get_registry().metric_family(metric_family).compute(pred, arrays, rows, class_names)
     np.savez_compressed(ctx.out / "predictions.npz", classes=pred, ids=np.array(list(test_ids)))
     atomic_write_json(ctx.out / "metrics.json", metrics)
     return {"test_images": len(test_ids)}

@@ -16,10 +16,19 @@ from harness.report import stats
 from harness.report.provenance import collect_provenance
 from harness.report.schema import REPORT_SCHEMA, Comparison, Report, Row
 
-PQ_VARIANTS = ("instance", "thesis")
-#: What a reference table's metric means in our records (the thesis's "PQ" is the mPQ of its own
-#: evaluation code, i.e. our `thesis` variant; see the references data).
-LIKE_FOR_LIKE = {"pq": ("mpq", "thesis"), "dice": ("dice", None)}
+
+def _registry():
+    """The installed plugins: metric families say how to read a record's metrics, which of
+    their variants to break down, and what a reference table's metric means in our records
+    (the thesis's "PQ" is the mPQ of its own evaluation code, i.e. our `thesis` variant)."""
+    from harness.plugins import get_registry
+
+    return get_registry()
+
+
+def like_for_like(table: str | None) -> tuple[str, str | None] | None:
+    """Our ``(metric, variant)`` comparable with reference ``table``'s published numbers."""
+    return _registry().like_for_like(reference_metric(table)) if table else None
 
 
 def column_key(r: dict[str, Any]) -> tuple[str, float]:
@@ -34,18 +43,18 @@ def _group(records: Iterable[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]
 
 
 def metric_of(record: dict[str, Any], name: str, variant: str | None) -> float | None:
-    """A metric of a record by name/variant (``dice``, or ``mpq``/``bpq`` of a PQ variant)."""
-    m = record.get("metrics") or {}
+    """A metric of a record by name/variant (``dice``, or ``mpq``/``bpq`` of a PQ variant), as
+    its metric family reads it; None if the record has none (or no family defines ``name``)."""
+    family = _registry().family_of_metric(name)
     try:
-        value = m["dice"]["dice"] if name == "dice" else m[variant][name]
-    except (KeyError, TypeError):
+        value = family.headline(record.get("metrics") or {}, name, variant)
+    except (AttributeError, KeyError, TypeError):
         return None
     return None if value is None or not math.isfinite(float(value)) else float(value)
 
 
 def _like_for_like(record: dict[str, Any]) -> bool:
-    table = record.get("reference")
-    target = LIKE_FOR_LIKE.get(reference_metric(table) or "") if table else None
+    target = like_for_like(record.get("reference"))
     metric = record["metric"]
     return target is not None and (metric["name"], metric.get("variant")) == target
 
@@ -115,7 +124,7 @@ def paper_comparison(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (method, protocol, fraction), recs in _group(records).items():
         table = recs[0].get("reference")
-        target = LIKE_FOR_LIKE.get(reference_metric(table) or "") if table else None
+        target = like_for_like(table)
         if target is None:
             continue
         paper = published_value(table, method, protocol, fraction)
@@ -142,25 +151,34 @@ def _nanmean_dicts(dicts: list[dict[str, Any]], field: str | None = None) -> dic
 
 
 def breakdown(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Both PQ variants: overall mPQ/bPQ, per-class PQ and per-tissue mPQ, averaged over folds
-    and seeds per (method, protocol, fraction). Empty for non-PQ (e.g. Dice) records."""
+    """Every variant of each metric family that has variants (PQ: both): the overall value of
+    each of its metrics (mPQ, bPQ), per class and per tissue (its first metric), averaged over
+    folds and seeds per (method, protocol, fraction). Empty for records of families without
+    variants (e.g. Dice)."""
     out: dict[str, Any] = {}
-    for variant in PQ_VARIANTS:
-        entries = {"overall": [], "per_class": [], "per_tissue": []}
-        for (method, protocol, fraction), recs in _group(records).items():
-            parts = [r["metrics"][variant] for r in recs if isinstance(r["metrics"].get(variant), dict)]
-            if not parts:
-                continue
-            key = {"method": method, "protocol": protocol, "fraction": fraction}
-            entries["overall"].append({**key, "values": _nanmean_dicts(
-                [{m: p.get(m) for m in ("mpq", "bpq")} for p in parts])})
-            entries["per_class"].append({**key, "values": _nanmean_dicts(
-                [p.get("per_class") or {} for p in parts])})
-            entries["per_tissue"].append({**key, "values": _nanmean_dicts(
-                [p.get("per_tissue") or {} for p in parts], "mpq")})
-        if entries["overall"]:
-            out[variant] = entries
+    for info in _registry().metric_families.values():
+        for variant in info.cls.variants:
+            entries = _variant_breakdown(records, variant, info.cls.metric_names)
+            if entries["overall"]:
+                out[variant] = entries
     return out
+
+
+def _variant_breakdown(records: list[dict[str, Any]], variant: str,
+                       names: tuple[str, ...]) -> dict[str, list[dict[str, Any]]]:
+    entries: dict[str, list[dict[str, Any]]] = {"overall": [], "per_class": [], "per_tissue": []}
+    for (method, protocol, fraction), recs in _group(records).items():
+        parts = [r["metrics"][variant] for r in recs if isinstance(r["metrics"].get(variant), dict)]
+        if not parts:
+            continue
+        key = {"method": method, "protocol": protocol, "fraction": fraction}
+        entries["overall"].append({**key, "values": _nanmean_dicts(
+            [{m: p.get(m) for m in names} for p in parts])})
+        entries["per_class"].append({**key, "values": _nanmean_dicts(
+            [p.get("per_class") or {} for p in parts])})
+        entries["per_tissue"].append({**key, "values": _nanmean_dicts(
+            [p.get("per_tissue") or {} for p in parts], names[0])})
+    return entries
 
 
 def default_baseline(records: list[dict[str, Any]]) -> str | None:
