@@ -15,8 +15,13 @@ and implements any of the hooks below with :data:`hookimpl`::
 
 Registration hooks return plugin *classes*; the harness instantiates them. Lifecycle hooks are
 called during ``harness run`` so that a plugin can observe a run (loggers such as wandb,
-mlflow or tensorboard attach here); their return values are ignored, and an exception raised
+mlflow or tensorboard attach here); each gets its typed event (:mod:`harness.events`) as
+``event`` beside the dict arguments; their return values are ignored, and an exception raised
 in one stops the run, so observers should be defensive.
+
+A hook implementation whose name matches no hook here (a misspelling, which pluggy would
+silently never call) makes its plugin broken: ``harness list`` shows it as ``BROKEN`` with the
+name it probably meant, and the plugin's other hooks are not used.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from __future__ import annotations
 from typing import Any
 
 import pluggy
+
+from harness.events import CellFinished, MetricsLogged, RunFinished, RunStarted, StageFinished
 
 PROJECT = "harness"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -51,30 +58,39 @@ def harness_register_metric_families() -> list[type]:
 
 
 # --- lifecycle (observers) -------------------------------------------------------------------
+# Each lifecycle hook also receives ``event``, the call as a typed, documented dataclass of
+# :mod:`harness.events` (``event.to_dict()`` is JSON-serialisable). An implementation names the
+# arguments it wants: the dicts, ``event``, or both.
 
 @hookspec
-def harness_run_started(run: dict[str, Any]) -> None:
+def harness_run_started(run: dict[str, Any], event: RunStarted) -> None:
     """A run begins. ``run`` holds ``name``, ``spec`` (resolved, as a dict), ``overrides``,
-    ``output_dir``, ``store`` and ``cells`` (the number of cells)."""
+    ``output_dir``, ``store`` and ``cells`` (the number of cells); ``event``:
+    :class:`~harness.events.RunStarted`."""
 
 
 @hookspec
-def harness_stage_finished(stage: dict[str, Any]) -> None:
+def harness_stage_finished(stage: dict[str, Any], event: StageFinished) -> None:
     """A stage finished. ``stage`` holds ``kind``, ``key``, ``label``, ``cached`` (True when it
-    was reused from the store rather than computed), ``path`` and ``seconds``."""
+    was reused from the store rather than computed), ``path`` and ``seconds``; ``event``:
+    :class:`~harness.events.StageFinished`."""
 
 
 @hookspec
-def harness_metrics_logged(stage: dict[str, Any], step: int, metrics: dict[str, float]) -> None:
+def harness_metrics_logged(stage: dict[str, Any], step: int, metrics: dict[str, float],
+                           event: MetricsLogged) -> None:
     """Training metrics of a running stage (``kind``, ``key``, ``label``) at ``step`` (global
-    iteration); called at least once per epoch."""
+    iteration); called at least once per epoch. ``event``: :class:`~harness.events.MetricsLogged`."""
 
 
 @hookspec
-def harness_cell_finished(cell: dict[str, Any], record: dict[str, Any]) -> None:
-    """One cell (method x protocol x fraction x fold x seed) has its result ``record``."""
+def harness_cell_finished(cell: dict[str, Any], record: dict[str, Any], event: CellFinished) -> None:
+    """One cell (method x protocol x fraction x fold x seed) has its result ``record``;
+    ``event``: :class:`~harness.events.CellFinished`."""
 
 
 @hookspec
-def harness_run_finished(run: dict[str, Any], records: list[dict[str, Any]]) -> None:
-    """All cells are done; ``records`` are the result records of the run."""
+def harness_run_finished(run: dict[str, Any], records: list[dict[str, Any]],
+                         event: RunFinished) -> None:
+    """All cells are done; ``records`` are the result records of the run; ``event``:
+    :class:`~harness.events.RunFinished`."""

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 import pluggy
 
-from harness import hookspecs
+from harness import events, hookspecs
 from harness.errors import PluginError
 
 ENTRY_POINT_GROUP = "harness"
@@ -106,8 +106,30 @@ class Registry:
             raise PluginError("; ".join(self.duplicates))
 
     @property
-    def hook(self):
-        return self.pm.hook
+    def hook(self) -> "Hooks":
+        """The plugins' hooks; every lifecycle call gets its typed event added (``event=``)."""
+        return Hooks(self.pm.hook)
+
+
+class Hooks:
+    """``pm.hook`` whose lifecycle calls also pass ``event``, the typed event of the call
+    (:mod:`harness.events`), built from the dict arguments the caller gives, so that callers
+    keep passing the documented dicts and every implementation can take either."""
+
+    def __init__(self, relay: Any):
+        self._relay = relay
+
+    def __getattr__(self, name: str) -> Any:
+        caller = getattr(self._relay, name)
+        build = events.BUILDERS.get(name)
+        if build is None:
+            return caller
+
+        def call(**kwargs: Any) -> Any:
+            kwargs.setdefault("event", build(**kwargs))
+            return caller(**kwargs)
+
+        return call
 
 
 def did_you_mean(name: str, options: Iterable[str]) -> str:

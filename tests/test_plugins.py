@@ -126,6 +126,22 @@ def broken_site(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def typo_site(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("typo_plugin")
+    pkg = make_package(base / "pkg", "harness-typo-logger", "harness_typo_logger", "typo_logger",
+                       """\
+                       from harness.hookspecs import hookimpl
+
+
+                       @hookimpl
+                       def harness_cell_finshed(cell, record):
+                           print(record["cell_id"])
+                       """)
+    pip_install(pkg, base / "site", base)
+    return base / "site"
+
+
+@pytest.fixture(scope="session")
 def duplicate_site(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("duplicate_plugin")
     pkg = make_package(base / "pkg", "harness-other-scratch", "harness_other_scratch", "scratch",
@@ -271,6 +287,17 @@ def test_broken_plugin_is_listed_and_does_not_break_others(broken_site, tmp_path
                      site=broken_site, store=store)
     assert result.returncode == 0, result.stderr
     assert "6 cells" in result.stdout and "Traceback" not in result.stderr
+
+
+def test_misspelled_hook_is_a_broken_plugin_naming_its_distribution(typo_site, tmp_path):
+    """pluggy alone would silently never call it; the harness lists it with the likely name."""
+    result = harness("list", "methods", site=typo_site, store=tmp_path / "store")
+    assert result.returncode == 0, result.stderr
+    broken = [line for line in result.stdout.splitlines() if line.startswith("BROKEN")]
+    assert broken == ["BROKEN typo_logger (from harness-typo-logger): hook implementation "
+                      "'harness_cell_finshed' matches no hook of the harness (did you mean "
+                      "'harness_cell_finished'?); see harness/hookspecs.py"]
+    assert {"scratch", "supervised"} <= set(table_rows(result.stdout))
 
 
 # --- 4. two plugins with the same name -----------------------------------------------------------
