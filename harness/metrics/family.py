@@ -9,6 +9,9 @@ families do (``plugins/metrics/``). Everything the harness does with metrics ask
   ``metric.pq_variant`` against :attr:`~MetricFamily.variants`;
 * records and reports read a headline value with :meth:`MetricFamily.headline`, and compare with
   a published table like for like through :attr:`~MetricFamily.like_for_like`.
+
+The evaluate stage's key holds the family's name (``metric_family``), not its code, so stored
+results stay valid across releases; a family whose values change should take a new name.
 """
 
 from __future__ import annotations
@@ -31,8 +34,6 @@ class MetricFamily:
     #: Metric names of published tables (``harness/references``) -> the ``(metric, variant)`` of
     #: ours that means the same thing, for the report's paper column.
     like_for_like: ClassVar[dict[str, tuple[str, str | None]]] = {}
-    #: Bump when a change alters computed values.
-    version: ClassVar[str] = "1"
     description: ClassVar[str] = ""
 
     @property
