@@ -98,7 +98,8 @@ class Registry:
             return (f"{category} plugin '{name}' failed to load "
                     f"(from {broken[0].distribution}): {broken[0].error}")
         known = ", ".join(sorted(table)) or "none"
-        return (f"{category} plugin '{name}' is not installed{hint}; installed {category}s: "
+        plural = "metric families" if category == "metric family" else f"{category}s"
+        return (f"{category} plugin '{name}' is not installed{hint}; installed {plural}: "
                 f"{known}. Install the package that provides it (see `harness list`).")
 
     def raise_duplicates(self) -> None:

@@ -37,7 +37,8 @@ def test_builtin_families_are_registered_as_plugins(registry):
     assert registry.metric_family("pq").metric_names == ("mpq", "bpq")
     assert registry.metric_family("pq").default_metric == "mpq"
     assert registry.metric_family("dice").variants == ()
-    with pytest.raises(PluginError, match="metric family plugin 'pqq' is not installed"):
+    with pytest.raises(PluginError, match="metric family plugin 'pqq' is not installed .did you "
+                       "mean 'pq'..; installed metric families: dice, pq"):
         registry.metric_family("pqq")
 
 
