@@ -26,8 +26,8 @@ class PluginInfo:
     """One registered method or dataset class and where it came from."""
 
     name: str
-    category: str  # "method" or "dataset"
-    kind: str  # method kind (init/pretrain/semisupervised) or dataset kind (labeled/unlabeled)
+    category: str  # "method", "dataset", "stage kind" or "protocol"
+    kind: str  # method kind (init/pretrain/semisupervised), dataset kind (labeled/unlabeled), or the category
     cls: type
     distribution: str
     dist_version: str
@@ -51,6 +51,8 @@ class Registry:
     pm: pluggy.PluginManager
     methods: dict[str, PluginInfo] = field(default_factory=dict)
     datasets: dict[str, PluginInfo] = field(default_factory=dict)
+    stage_kinds: dict[str, PluginInfo] = field(default_factory=dict)
+    protocols: dict[str, PluginInfo] = field(default_factory=dict)
     broken: list[BrokenPlugin] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
 
@@ -61,6 +63,12 @@ class Registry:
     def dataset(self, name: str) -> PluginInfo:
         return self._get(self.datasets, name, "dataset")
 
+    def stage_kind(self, name: str) -> PluginInfo:
+        return self._get(self.stage_kinds, name, "stage kind")
+
+    def protocol(self, name: str) -> PluginInfo:
+        return self._get(self.protocols, name, "protocol")
+
     def _get(self, table: dict[str, PluginInfo], name: str, category: str) -> PluginInfo:
         self.raise_duplicates()
         if name in table:
@@ -68,7 +76,8 @@ class Registry:
         raise PluginError(self.missing_message(name, category))
 
     def missing_message(self, name: str, category: str) -> str:
-        table = self.methods if category == "method" else self.datasets
+        table = {"method": self.methods, "dataset": self.datasets, "stage kind": self.stage_kinds,
+                 "protocol": self.protocols}[category]
         hint = did_you_mean(name, table)
         broken = [b for b in self.broken if b.entry_point == name]
         if broken:
@@ -116,6 +125,8 @@ def _entry_points() -> list[md.EntryPoint]:
 def _kind_of(cls: type, category: str) -> str:
     if category == "method":
         return str(getattr(cls, "kind", "?"))
+    if category != "dataset":
+        return category
     return "labeled" if getattr(cls, "labeled", True) else "unlabeled"
 
 
@@ -150,6 +161,8 @@ def build_registry(extra_plugins: Iterable[Any] = ()) -> Registry:
     for hook_name, category, table in (
         ("harness_register_methods", "method", registry.methods),
         ("harness_register_datasets", "dataset", registry.datasets),
+        ("harness_register_stage_kinds", "stage kind", registry.stage_kinds),
+        ("harness_register_protocols", "protocol", registry.protocols),
     ):
         caller = getattr(pm.hook, hook_name)
         for impl in caller.get_hookimpls():
