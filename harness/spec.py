@@ -12,18 +12,20 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from harness.errors import PluginError, SpecError
 from harness.plugins import Registry, did_you_mean
+from harness.protocols import check_protocol_name
 from harness.spec_checks import (cross_checks, duplicate_keys, fold_problems, labeler_problems,
                                  lenient, mark_overrides, name_problems, number_problems, too_deep)
 from harness.spec_checks import where as _where
 
-Protocol = Literal["frozen", "full"]
+#: A protocol name: any installed protocol plugin (harness.protocols).
+Protocol = Annotated[str, AfterValidator(check_protocol_name)]
 
 
 class _Strict(BaseModel):

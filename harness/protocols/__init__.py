@@ -13,5 +13,5 @@ def check_protocol_name(name: str) -> str:
     known = get_registry().protocols
     if name not in known:
         raise ValueError(f"unknown protocol {name!r}{did_you_mean(name, known)}; installed "
-                         f"protocols: {', '.join(sorted(known)) or 'none'}")
+                         f"protocols: {', '.join(repr(k) for k in sorted(known)) or 'none'}")
     return name
