@@ -1,4 +1,4 @@
-"""Command line: ``harness run | validate | list | report | compare | data | viz``.
+"""Command line: ``harness run | validate | list | report | compare | data | viz | stage``.
 
 Exit codes: 0 ok, 1 failure (an unexpected error: a bug), 2 invalid spec or usage, 3 data or
 weights missing or corrupt, 4 plugin problem, 130 interrupted (Ctrl-C or SIGTERM). Errors are one
@@ -18,6 +18,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from harness.cli_common import SetOpt, StoreOpt, err, out
+from harness.cli_common import open_store as _store
+from harness.cli_stage import stage_app
 from harness.errors import HarnessError
 from harness.spec_checks import output_problems, printable
 
@@ -27,26 +30,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Prepare, verify and list data
 app.add_typer(data_app, name="data")
 viz_app = typer.Typer(no_args_is_help=True, help="Visualise what encoders learned.")
 app.add_typer(viz_app, name="viz")
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+app.add_typer(stage_app, name="stage")
 _DEBUG = False  # set by main() from `--debug`
-
-SetOpt = Annotated[Optional[list[str]], typer.Option(
-    "--set", help="override a spec value, e.g. --set finetune.epochs=2 (repeatable)")]
-StoreOpt = Annotated[Optional[Path], typer.Option(
-    "--store", help="artifact store folder (default: $HARNESS_STORE or the user cache dir)")]
-
-
-def _store(path: Path | None):
-    from harness.errors import UsageError
-    from harness.store import STORE_ENV, ArtifactStore
-
-    store = ArtifactStore(path)
-    if store.root.exists() and not store.root.is_dir():
-        origin = f"--store {path}" if path else f"${STORE_ENV}={store.root}"
-        raise UsageError(f"{origin}: is a file, not a folder; point it at a folder (it is "
-                         f"created if missing)")
-    return store
 
 
 @app.command()

@@ -94,3 +94,17 @@ def harness_run_finished(run: dict[str, Any], records: list[dict[str, Any]],
                          event: RunFinished) -> None:
     """All cells are done; ``records`` are the result records of the run; ``event``:
     :class:`~harness.events.RunFinished`."""
+
+
+# --- registration: stage kinds and protocols --------------------------------------------------
+
+@hookspec
+def harness_register_stage_kinds() -> list[type]:
+    """Return stage-kind classes (subclasses of :class:`harness.stages.base.StageKind`), each
+    named by its ``kind``; a plan's stages name their kind and are run by it."""
+
+
+@hookspec
+def harness_register_protocols() -> list[type]:
+    """Return protocol classes (subclasses of :class:`harness.protocols.base.TrainingProtocol`):
+    how a cell turns an encoder into an evaluated model; a spec's ``protocols:`` names them."""

@@ -1,15 +1,19 @@
-"""A spec expanded into cells and the stage graph behind them.
+"""A spec expanded into cells and the stage graph behind them, as plain data.
 
 A cell is one (method, protocol, fraction, fold, seed). Its result comes from a chain of stages,
-e.g. ``encoder -> finetune -> evaluate`` for an ``init`` method. A stage's key hashes its kind,
-its resolved config, its upstream keys and the versions of the plugins involved, so the same
-stage (the ImageNet encoder, say) appears once in the plan however many cells use it.
+e.g. ``encoder -> finetune -> evaluate`` for an ``init`` method. A stage is data: its kind (the
+name of a registered stage kind, :mod:`harness.stages`), its resolved config, its dependencies
+and its version; its key hashes those, so the same stage (the ImageNet encoder, say) appears
+once in the plan however many cells use it. ``params`` (what the kind needs to run beyond its
+config, e.g. the chosen image ids whose hash the config holds) and ``info`` (facts for records)
+are JSON-serialisable and in no key. The plan is built by :mod:`harness.planner`; any process
+that builds it from the same resolved spec and store gets the same stages.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from harness.store import hash_key
 
@@ -20,10 +24,11 @@ class Stage:
     label: str
     config: dict[str, Any]
     version: str
-    run: Callable[["Any"], dict[str, Any]] = field(repr=False, compare=False)
     deps: dict[str, "Stage"] = field(default_factory=dict)
     #: Facts for records and reports that the key already covers (e.g. the chosen image ids).
     info: dict[str, Any] = field(default_factory=dict, compare=False)
+    #: What the stage kind needs to run beyond ``config`` (JSON-serialisable, in no key).
+    params: dict[str, Any] = field(default_factory=dict, compare=False)
     key: str = ""
 
     def __post_init__(self) -> None:
@@ -50,15 +55,22 @@ class Stage:
         visit(self)
         return order
 
+    def describe(self) -> dict[str, Any]:
+        """The stage as JSON data (dependencies by key)."""
+        return {"kind": self.kind, "key": self.key, "label": self.label, "config": self.config,
+                "version": self.version, "deps": {n: d.key for n, d in self.deps.items()},
+                "params": self.params, "info": self.info}
+
 
 @dataclass
 class Cell:
-    method: str
+    method: str  # the row name: a ``methods:`` key, plus e.g. ``@cycle2`` for a pretraining cycle
     protocol: str
     fraction: float
     fold: str
     seed: int
     final: Stage  # the evaluation stage; its upstream chain is the cell's work
+    plugin: str = ""  # the method plugin behind the row
 
     @property
     def cell_id(self) -> str:
@@ -88,50 +100,7 @@ class Plan:
                     order.append(stage)
         return order
 
-
-# --- building the plan of a spec ----------------------------------------------------------
-
-def build_plan(rspec: Any, registry: Any, resources: Any) -> Plan:
-    """Expand a resolved spec into cells, sharing identical stages between them."""
-    from harness.data.fractions import select_fraction
-    from harness.stages import StageFactory
-
-    spec = rspec.spec
-    factory = StageFactory(rspec, registry, resources)
-    dataset, arrays = resources.dataset, resources.arrays
-    tissues = dict(zip(arrays.ids, arrays.tissues))
-    folds = spec.folds or dataset.folds()
-    cells: list[Cell] = []
-    for method_name, method_config in rspec.method_configs.items():
-        info = registry.method(spec.plugin_of(method_name))
-        method = info.cls(method_config)
-        protocols = spec.protocols_of(method_name)  # the spec's, or the row's own subset
-        for seed in spec.seeds:
-            if method.kind == "semisupervised":  # no encoder stage: one whole-model stage per split
-                if "full" not in protocols:  # validation rejects 'frozen' for these rows
-                    continue
-                for fold in folds:
-                    split = dataset.split(fold, arrays)
-                    for fraction in spec.fractions:
-                        chosen = select_fraction(split.train, tissues, fraction, seed)
-                        model = factory.semisup_stage(
-                            method, info.version, dataset, arrays, chosen, seed,
-                            label=f"{method_name} full frac={fraction:g} {fold} seed {seed}",
-                            extra={"fold": fold, "fraction": fraction})
-                        ev = factory.evaluate_stage(model, dataset, arrays, split.test, fold)
-                        cells.append(Cell(method_name, "full", fraction, fold, seed, final=ev))
-                continue
-            for suffix, encoder in factory.encoder_stages(method, info.version, seed):
-                row = method_name + suffix
-                for fold in folds:
-                    split = dataset.split(fold, arrays)
-                    for fraction in spec.fractions:
-                        chosen = select_fraction(split.train, tissues, fraction, seed)
-                        for protocol in protocols:
-                            ft = factory.finetune_stage(
-                                encoder, dataset, arrays, chosen, protocol, seed, spec.finetune,
-                                label=f"{row} {protocol} frac={fraction:g} {fold} seed {seed}",
-                                extra={"fold": fold, "fraction": fraction})
-                            ev = factory.evaluate_stage(ft, dataset, arrays, split.test, fold)
-                            cells.append(Cell(row, protocol, fraction, fold, seed, final=ev))
-    return Plan(cells)
+    def find(self, key: str) -> list[Stage]:
+        """The stages whose key starts with ``key`` (or ``kind/key``)."""
+        kind, _, prefix = key.rpartition("/")
+        return [s for s in self.stages() if s.key.startswith(prefix) and (not kind or s.kind == kind)]

@@ -27,7 +27,7 @@ class PluginInfo:
     """One registered method or dataset class and where it came from."""
 
     name: str
-    category: str  # "method", "dataset" or "metric family"
+    category: str  # "method", "dataset", "metric family", "stage kind" or "protocol"
     kind: str  # method kind (init/pretrain/semisupervised), dataset kind (labeled/unlabeled)
     # or a metric family's metric names
     cls: type
@@ -54,6 +54,8 @@ class Registry:
     methods: dict[str, PluginInfo] = field(default_factory=dict)
     datasets: dict[str, PluginInfo] = field(default_factory=dict)
     metric_families: dict[str, PluginInfo] = field(default_factory=dict)
+    stage_kinds: dict[str, PluginInfo] = field(default_factory=dict)
+    protocols: dict[str, PluginInfo] = field(default_factory=dict)
     broken: list[BrokenPlugin] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
 
@@ -63,6 +65,12 @@ class Registry:
 
     def dataset(self, name: str) -> PluginInfo:
         return self._get(self.datasets, name, "dataset")
+
+    def stage_kind(self, name: str) -> PluginInfo:
+        return self._get(self.stage_kinds, name, "stage kind")
+
+    def protocol(self, name: str) -> PluginInfo:
+        return self._get(self.protocols, name, "protocol")
 
     def metric_family(self, name: str) -> Any:
         """The metric family (an instance) a dataset names by its ``metric_family``."""
@@ -90,8 +98,8 @@ class Registry:
         raise PluginError(self.missing_message(name, category))
 
     def missing_message(self, name: str, category: str) -> str:
-        table = {"method": self.methods, "dataset": self.datasets}.get(category,
-                                                                       self.metric_families)
+        table = {"method": self.methods, "dataset": self.datasets, "stage kind": self.stage_kinds,
+                 "protocol": self.protocols}.get(category, self.metric_families)
         hint = did_you_mean(name, table)
         broken = [b for b in self.broken if b.entry_point == name]
         if broken:
@@ -164,6 +172,8 @@ REGISTRATIONS = {
     "harness_register_methods": ("method", "methods"),
     "harness_register_datasets": ("dataset", "datasets"),
     "harness_register_metric_families": ("metric family", "metric_families"),
+    "harness_register_stage_kinds": ("stage kind", "stage_kinds"),
+    "harness_register_protocols": ("protocol", "protocols"),
 }
 
 
@@ -172,6 +182,8 @@ def _kind_of(cls: type, category: str) -> str:
         return str(getattr(cls, "kind", "?"))
     if category == "metric family":
         return ",".join(getattr(cls, "metric_names", ()))
+    if category != "dataset":
+        return category
     return "labeled" if getattr(cls, "labeled", True) else "unlabeled"
 
 

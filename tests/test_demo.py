@@ -78,7 +78,7 @@ def test_demo_pretraining_beats_random_encoder(tmp_path):
     from probes import encoder_features, probe_r2
 
     from harness.plugins import build_registry
-    from harness.runner import load_arrays, open_dataset
+    from harness.data.open import load_arrays, open_dataset
     from harness.spec import load_spec
     from harness.store import ArtifactStore
 

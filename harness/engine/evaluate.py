@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -55,20 +55,23 @@ def predict(model: torch.nn.Module, images: np.ndarray, rows: Sequence[int], nor
             advance(1)
 
 
-def load_model(path, encoder_name: str, num_classes: int) -> tuple[torch.nn.Module, Normalizer]:
-    """A fine-tuned U-Net artifact (``model.pt`` + the normalisation in its ``meta.json``)."""
+def load_model(path, encoder_name: str, num_classes: int,
+               build: Callable[[str, int], torch.nn.Module] = build_unet) -> tuple[torch.nn.Module, Normalizer]:
+    """A fine-tuned model artifact (``model.pt`` + the normalisation in its ``meta.json``), into
+    ``build(encoder_name, num_classes)`` (a U-Net by default; a protocol's ``build_model``)."""
     meta = json.loads((path / "meta.json").read_text())
     norm = meta["result"]["normalization"]
-    model = build_unet(encoder_name, num_classes)
+    model = build(encoder_name, num_classes)
     model.load_state_dict(load_state_dict_file(path / "model.pt", fix=STAGE_FIX))
     return model, Normalizer({"mean": norm["mean"], "std": norm["std"]}, norm["mode"])
 
 
 def evaluate(ctx: StageContext, *, arrays: LabeledArrays, test_ids: Sequence[str], num_classes: int,
-             class_names: Sequence[str], metric_family: str, settings: Any) -> dict[str, Any]:
+             class_names: Sequence[str], metric_family: str, settings: Any,
+             build: Callable[[str, int], torch.nn.Module] = build_unet) -> dict[str, Any]:
     from harness.plugins import get_registry
 
-    model, normalizer = load_model(ctx.inputs["model"], settings.encoder, num_classes)
+    model, normalizer = load_model(ctx.inputs["model"], settings.encoder, num_classes, build)
     index = arrays.index_of()
     rows = np.array([index[s] for s in test_ids], dtype=np.int64)
     chunks = predict(model, arrays.images, rows, normalizer, ctx.device, settings.eval_batch_size,

@@ -21,7 +21,7 @@ from harness.data.base import LabeledArrays
 from harness.data.torchdata import Normalizer, SegmentationSamples
 from harness.engine.context import StageContext
 from harness.engine.loop import EpochLog, EpochSource, TrainLoop, epoch_loader, optimizer_steps
-from harness.engine.model import build_unet, freeze_encoder, load_encoder_weights, set_train_mode
+from harness.engine.model import load_encoder_weights
 from harness.engine.runtime import Checkpoint, Precision, seed_everything, worker_init_fn
 from harness.safeload import STAGE_FIX, load_state_dict_file
 from harness.store import atomic_torch_save
@@ -33,15 +33,14 @@ def load_encoder_artifact(path) -> tuple[dict[str, Any], dict[str, Any]]:
     return state, meta
 
 
-def _initial_model(ctx: StageContext, encoder: str, num_classes: int, frozen: bool,
+def _initial_model(ctx: StageContext, encoder: str, num_classes: int, protocol: Any,
                    channels_last: bool) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The U-Net with the encoder artifact's weights (frozen for the frozen protocol), on the
-    device; and the artifact's metadata."""
-    model = build_unet(encoder, num_classes)
+    """The protocol's model with the encoder artifact's weights (frozen where the protocol
+    says), on the device; and the artifact's metadata."""
+    model = protocol.build_model(encoder, num_classes)
     enc_state, enc_meta = load_encoder_artifact(ctx.inputs["encoder"])
     load_encoder_weights(model, enc_state, source=str(ctx.inputs["encoder"] / "encoder.pt"))
-    if frozen:
-        freeze_encoder(model)
+    protocol.prepare(model)
     model.to(ctx.device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -49,14 +48,15 @@ def _initial_model(ctx: StageContext, encoder: str, num_classes: int, frozen: bo
 
 
 def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[str], num_classes: int,
-             settings: Any, protocol: str, seed: int) -> dict[str, Any]:
-    """Train a U-Net from the encoder artifact in ``ctx.inputs['encoder']``; write
-    ``model.pt`` and ``train_log.json`` into ``ctx.out``; return a summary."""
+             settings: Any, protocol: Any, seed: int) -> dict[str, Any]:
+    """Train ``protocol``'s model (:class:`harness.protocols.base.TrainingProtocol`) from the
+    encoder artifact in ``ctx.inputs['encoder']``; write ``model.pt`` and ``train_log.json``
+    into ``ctx.out``; return a summary."""
     device = ctx.device
     seed_everything(seed)
-    frozen = protocol == "frozen"
+    frozen = protocol.frozen_encoder
     channels_last = settings.channels_last and device.type == "cuda"
-    model, enc_meta = _initial_model(ctx, settings.encoder, num_classes, frozen, channels_last)
+    model, enc_meta = _initial_model(ctx, settings.encoder, num_classes, protocol, channels_last)
     normalizer = Normalizer(enc_meta["normalization"], settings.normalization)
     precision = Precision(device, settings.amp)
 
@@ -66,7 +66,7 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
     loader = epoch_loader(data, batch_size=settings.batch_size, drop_last=drop_last,
                           num_workers=settings.num_workers, device=device, worker_init_fn=worker_init_fn)
     source = EpochSource(loader, settings.epochs, seed,
-                         begin=lambda epoch: set_train_mode(model, frozen, settings.frozen_bn))
+                         begin=lambda epoch: protocol.set_train_mode(model, settings.frozen_bn))
     accumulation = getattr(settings, "grad_accumulation", 1)
     total_steps = optimizer_steps(source.total, source.period, accumulation)
 

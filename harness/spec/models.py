@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-Protocol = Literal["frozen", "full"]
+from harness.protocols import check_protocol_name
+
+#: A protocol name; which ones exist comes from the protocol registry (harness/protocols).
+Protocol = Annotated[str, AfterValidator(check_protocol_name)]
 
 
 class _Strict(BaseModel):

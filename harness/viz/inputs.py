@@ -125,7 +125,7 @@ def dataset_options(options: list[str] | None) -> list[str]:
 def load_sample(dataset, sample_id: str) -> tuple[np.ndarray, np.ndarray]:
     """``(image (H, W, 3) uint8, classes (H, W) uint8)`` of one sample of a prepared (or
     auto-prepared) labeled dataset, by its sample id."""
-    from harness.runner import ensure_prepared, load_arrays
+    from harness.data.open import ensure_prepared, load_arrays
 
     if not dataset.labeled:
         raise SpecError(f"--dataset {dataset.name}: unlabeled; similarity maps need a labeled "

@@ -1,0 +1,60 @@
+"""``harness stage run SPEC KEY``: compute one stage of a spec's plan in this process, exactly
+as ``harness run`` computes it, and publish it in the store (what executors call)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from harness.cli_common import SetOpt, StoreOpt, open_store, out
+
+stage_app = typer.Typer(no_args_is_help=True, help="Run one stage of a spec's plan by its key.")
+
+
+@stage_app.command("run")
+def stage_run(spec: Annotated[Path, typer.Argument(help="spec file")],
+              key: Annotated[str, typer.Argument(help="stage key, a unique prefix of it, or KIND/PREFIX (see `harness run SPEC --dry-run`)")],
+              set_: SetOpt = None, store: StoreOpt = None,
+              quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False) -> None:
+    """Compute one stage of a spec's plan (its dependencies in the store) and publish it."""
+    from harness.errors import DataError
+    from harness.plugins import get_registry
+    from harness.runner import Runner
+    from harness.spec import load_spec
+
+    rspec = load_spec(spec, set_ or [])
+    artifacts = open_store(store)
+    runner = Runner(rspec, get_registry(), artifacts, rspec.output_dir(), quiet=True if quiet else None)
+    plan, _, _ = runner.plan(prepare=True)
+    stage = _one_stage(plan, key, spec)
+    name = f"{stage.kind}/{stage.key} ({stage.label})"
+    if artifacts.is_done(stage.kind, stage.key):
+        out.print(f"{name}: already done ({artifacts.stage_dir(stage.kind, stage.key)})", markup=False)
+        return
+    missing = [s for s in stage.upstream()[:-1] if not artifacts.is_done(s.kind, s.key)]
+    if missing:
+        again = " ".join(["harness", "stage", "run", shlex.quote(str(spec)), "KEY",
+                          *[f"--set {shlex.quote(o)}" for o in set_ or []],
+                          *([f"--store {shlex.quote(str(store))}"] if store else [])])
+        raise DataError(f"{name}: {len(missing)} upstream stage(s) not in the store: "
+                        f"{' '.join(f'{s.kind}/{s.key}' for s in missing)}; compute them in "
+                        f"this order with `{again}` (or all with `harness run`)")
+    runner.run_stage(stage)
+    out.print(f"{name}: done ({artifacts.stage_dir(stage.kind, stage.key)})", markup=False)
+
+
+def _one_stage(plan, key: str, spec: Path):
+    from harness.errors import UsageError
+
+    found = plan.find(key) if key else []
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise UsageError(f"KEY {key!r}: no stage of {spec}'s plan ({len(plan.stages())} stages) has "
+                         f"a key starting with it; list them with `harness run {spec} --dry-run`")
+    names = ", ".join(f"{s.kind}/{s.key[:12]}" for s in found[:4])
+    raise UsageError(f"KEY {key!r}: {len(found)} stages match ({names}"
+                     f"{', ...' if len(found) > 4 else ''}); give more of the key")

@@ -1,0 +1,84 @@
+"""In-process execution of stages: reuse a stage the store holds, else run its kind in a
+temporary folder and publish it atomically (the work folder keeps checkpoints for a resume),
+calling the lifecycle hooks on the way."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.console import console
+from harness.engine.context import StageContext
+from harness.plan import Stage
+from harness.provenance import provenance
+from harness.stages.base import StageEnv
+
+
+@dataclass
+class Executed:
+    computed: list[str] = field(default_factory=list)  # stage keys computed
+    reused: list[str] = field(default_factory=list)  # stage keys found in the store
+
+
+def run_provenance(registry: Any, device: Any) -> dict[str, Any]:
+    """Provenance of what this process computes: versions, commit, device, plugins."""
+    from harness.engine.runtime import describe_device
+
+    plugins = {f"{c}:{n}": i.version for c, t in (("method", registry.methods),
+                                                 ("dataset", registry.datasets))
+               for n, i in t.items()}
+    return provenance(describe_device(device), plugins)
+
+
+class LocalExecutor:
+    def __init__(self, env: StageEnv, store: Any, device: Any, provenance: dict[str, Any],
+                 quiet: bool | None = None):
+        self.env, self.store, self.device = env, store, device
+        self.provenance, self.quiet = provenance, quiet
+        self.hook = env.registry.hook
+
+    def missing(self, stage: Stage) -> list[Stage]:
+        """The stages upstream of ``stage`` that the store does not hold, dependencies first."""
+        return [s for s in stage.upstream()[:-1] if not self.store.is_done(s.kind, s.key)]
+
+    def run_kind(self, stage: Stage, ctx: StageContext) -> dict[str, Any]:
+        kind = self.env.registry.stage_kind(stage.kind).cls()
+        return kind.run(stage, ctx.inputs, ctx, self.env)
+
+    def execute(self, stage: Stage, result: Any) -> dict[str, Any]:
+        """Reuse or compute ``stage``; its key goes to ``result.reused`` or ``result.computed``.
+        Returns ``{cached, seconds, result}`` (the kind's summary)."""
+        stage_info = {"kind": stage.kind, "key": stage.key, "label": stage.label}
+        path = self.store.stage_dir(stage.kind, stage.key)
+        device = self.device
+        if self.store.is_done(stage.kind, stage.key):
+            result.reused.append(stage.key)
+            meta = self.store.meta(stage.kind, stage.key)
+            self.hook.harness_stage_finished(stage={**stage_info, "cached": True, "path": str(path),
+                                                    "seconds": meta.get("seconds")})
+            return {"cached": True, "seconds": meta.get("seconds"), "result": meta.get("result", {})}
+
+        tmp = self.store.new_tmp(stage.kind, stage.key)
+        ctx = StageContext(
+            out=tmp, work=self.store.work_dir(stage.kind, stage.key),
+            inputs={name: self.store.stage_dir(dep.kind, dep.key) for name, dep in stage.deps.items()},
+            device=device, label=stage.label, quiet=self.quiet,
+            log_metrics=lambda step, metrics: self.hook.harness_metrics_logged(
+                stage=stage_info, step=step, metrics=metrics))
+        started = time.time()
+        try:
+            stage_result = self.run_kind(stage, ctx) or {}
+        except BaseException:
+            self.store.discard(tmp)  # the work folder (checkpoints) stays for a resume
+            raise
+        seconds = time.time() - started
+        self.store.commit(stage.kind, stage.key, tmp, {
+            "label": stage.label, "config": stage.config, "version": stage.version,
+            "deps": {n: d.key for n, d in stage.deps.items()}, "result": stage_result,
+            "seconds": seconds, "device": str(device), "provenance": self.provenance})
+        result.computed.append(stage.key)
+        console.log(f"  done {stage.kind} {stage.label} ({seconds:.1f} s)")
+        self.hook.harness_stage_finished(stage={**stage_info, "cached": False, "path": str(path),
+                                                "seconds": seconds})
+        return {"cached": False, "seconds": seconds, "result": stage_result}

@@ -1,0 +1,275 @@
+"""Building a plan: what each kind of stage hashes, depends on and needs to run.
+
+Kinds: ``encoder`` (weights without training), ``pretrain`` (an encoder trained on unlabeled
+images), ``labeler`` + ``labeler_eval`` (a U-Net that pseudo-labels them, with its PQ),
+``pseudolabel`` (the masks), ``finetune`` (a model on a labeled split, as its protocol says),
+``semisup`` (a semi-supervised method's whole U-Net) and ``evaluate``. Identical stages are
+created once, so e.g. one pretraining run serves every fold, protocol and label fraction. A
+stage's config is exactly what its key hashes; what its kind needs beyond that goes to its
+``params`` (JSON data, so that another process rebuilding the plan gets equal stages).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from harness.errors import PluginError, SpecError
+from harness.plan import Cell, Plan, Stage
+from harness.store import hash_key
+
+#: Bump when the shared loops change results: part of the keys of the stages they compute.
+ENGINE_VERSION = "1"
+
+#: Settings that do not change a result (where or how fast it is computed): not in stage keys.
+RUNTIME_ONLY = {"device", "num_workers", "eval_batch_size", "channels_last"}
+
+
+def _result_settings(model: Any) -> dict[str, Any]:
+    return {k: v for k, v in model.model_dump(mode="json").items() if k not in RUNTIME_ONLY}
+
+
+def method_params(method: Any) -> dict[str, Any]:
+    """A method object as data: its plugin name and its whole config (runtime keys too)."""
+    return {"plugin": method.name, "config": method.config.model_dump(mode="json")}
+
+
+def _flat(chosen: dict[str, list[str]]) -> list[str]:
+    return [sid for ids in chosen.values() for sid in ids]
+
+
+class StageFactory:
+    def __init__(self, rspec: Any, registry: Any, resources: Any):
+        self.rspec = rspec
+        self.spec = rspec.spec
+        self.registry = registry
+        self.resources = resources
+        self._stages: dict[str, Stage] = {}
+
+    def _unique(self, stage: Stage) -> Stage:
+        return self._stages.setdefault(stage.key, stage)
+
+    # --- encoders -------------------------------------------------------------------------------
+    def encoder_stages(self, method: Any, version: str, seed: int) -> list[tuple[str, Stage]]:
+        """``(row suffix, encoder stage)`` pairs: one for most methods; one per cycle for cyclic
+        pretraining (``@cycle1``, ``@cycle2``, ...), each reported as its own row."""
+        if method.kind == "init":
+            return [("", self.init_stage(method, version, seed))]
+        if method.kind == "pretrain":
+            return self.pretrain_stages(method, version, seed)
+        raise PluginError(f"method '{method.name}' of kind '{method.kind}' has no encoder stage "
+                          f"this harness version can build")
+
+    def init_stage(self, method: Any, version: str, seed: int) -> Stage:
+        encoder_name = self.spec.finetune.encoder
+        enc_seed = seed if method.seed_dependent else None
+        return self._unique(Stage(
+            kind="encoder", label=f"{method.name} encoder" + (f" seed {seed}" if enc_seed is not None else ""),
+            config={"method": method.name, "settings": method.config.model_dump(mode="json"),
+                    "encoder": encoder_name, "seed": enc_seed},
+            version=version, params={"method": method_params(method), "seed": seed}))
+
+    def random_encoder_stage(self, seed: int) -> Stage:
+        """A randomly initialised encoder (labelers are trained from scratch, as in the thesis)."""
+        return self._unique(Stage(
+            kind="encoder", label=f"random encoder seed {seed}",
+            config={"init": "random", "encoder": self.spec.finetune.encoder, "seed": seed},
+            version=ENGINE_VERSION, params={"seed": seed}))
+
+    def pretrain_stages(self, method: Any, version: str, seed: int) -> list[tuple[str, Stage]]:
+        """Pretraining, preceded for mask-guided methods by labeler -> pseudo-labels. With
+        ``cycles: K`` (Table 4.5) each cycle continues the previous cycle's encoder and heads on
+        pseudo-labels from the previous cycle's encoder fine-tuned on the labeler data."""
+        if getattr(method.config, "seed", None) is not None:
+            seed = method.config.seed  # one pretraining chain shared by every fine-tuning seed
+        cycles = method.cycles()
+        masks = None
+        if method.needs_masks:
+            masks = self.pseudolabel_stage(*self.labeler_stages(method, seed))
+        rows: list[tuple[str, Stage]] = []
+        previous = None
+        for cycle in range(1, cycles + 1):
+            stage = self.pretrain_stage(method, version, seed, masks, previous, cycle if cycles > 1 else None)
+            rows.append((f"@cycle{cycle}" if cycles > 1 else "", stage))
+            if cycle < cycles and method.needs_masks:
+                masks = self.pseudolabel_stage(*self.labeler_stages(method, seed, encoder=stage, cycle=cycle))
+            previous = stage
+        return rows
+
+    def pretrain_stage(self, method: Any, version: str, seed: int, masks: Stage | None,
+                       previous: Stage | None, cycle: int | None) -> Stage:
+        deps: dict[str, Stage] = {}
+        num_classes = None
+        if masks is not None:
+            deps["masks"] = masks
+            num_classes = masks.config["num_classes"]
+        if previous is not None:
+            deps["previous"] = previous
+        # the number of cycles does not change what cycle k computes (its number is in the key);
+        # the effective seed is keyed as 'seed', so `seed: 0` shares stages with a cell of seed 0
+        settings = {k: v for k, v in method.config.model_dump(mode="json").items()
+                    if k not in RUNTIME_ONLY and k not in ("cycles", "seed")}
+        label = f"{method.name} pretrain seed {seed}" + (f" cycle {cycle}" if cycle else "")
+        return self._unique(Stage(
+            kind="pretrain", label=label,
+            config={"method": method.name, "settings": settings, "encoder": self.spec.finetune.encoder,
+                    "seed": seed, "unlabeled": self.resources.unlabeled_dataset().fingerprint(),
+                    "cycle": cycle},
+            version=f"{version}/engine{ENGINE_VERSION}", deps=deps,
+            params={"method": method_params(method), "num_classes": num_classes}))
+
+    # --- labeler and pseudo-labels -----------------------------------------------------------------
+    def labeler_stages(self, method: Any, seed: int, encoder: Stage | None = None,
+                       cycle: int | None = None) -> tuple[Stage, Stage, int]:
+        """The labeler U-Net (from a random encoder, or a pretraining cycle's encoder) trained on
+        the labeler dataset's training groups, its evaluation on the held-out group, and the
+        labeler dataset's number of classes."""
+        cfg = method.labeler()
+        dataset, arrays = self.resources.labeled(cfg.dataset)
+        train_groups, test_groups = _labeler_groups(method.name, cfg, dataset, arrays)
+        by_group = {g: [s for s, gg in zip(arrays.ids, arrays.groups) if gg == g] for g in train_groups}
+        if cfg.max_images is not None:
+            from harness.data.fractions import select_fraction
+
+            ids = [s for g in train_groups for s in by_group[g]]
+            fraction = min(1.0, cfg.max_images / max(1, len(ids)))
+            by_group = select_fraction(by_group, dict(zip(arrays.ids, arrays.tissues)), fraction, seed)
+        settings = self.spec.finetune.model_copy(update={"epochs": cfg.epochs, "batch_size": cfg.batch_size,
+                                                         "lr": cfg.lr})
+        label = f"labeler {dataset.name} seed {seed}" + (f" after cycle {cycle}" if cycle else "")
+        ft = self.finetune_stage(encoder or self.random_encoder_stage(seed), dataset, by_group, "full",
+                                 seed, settings, label=label, kind="labeler", source=cfg.dataset)
+        test_ids = [s for s, g in zip(arrays.ids, arrays.groups) if g in test_groups]
+        ev = self.evaluate_stage(ft, dataset, test_ids, "+".join(test_groups), kind="labeler_eval",
+                                 source=cfg.dataset)
+        return ft, ev, dataset.num_classes
+
+    def pseudolabel_stage(self, labeler: Stage, labeler_eval: Stage, num_classes: int) -> Stage:
+        unlabeled = self.resources.unlabeled_dataset()
+        return self._unique(Stage(
+            kind="pseudolabel", label=f"pseudo-labels from {labeler.label}",
+            config={"unlabeled": unlabeled.fingerprint(), "num_classes": num_classes},
+            version=ENGINE_VERSION, deps={"labeler": labeler, "labeler_eval": labeler_eval},
+            params={"settings": self.spec.finetune.model_dump(mode="json")}))
+
+    # --- fine-tuning and evaluation --------------------------------------------------------------
+    def finetune_stage(self, encoder: Stage, dataset: Any, chosen: dict[str, list[str]],
+                       protocol: str, seed: int, settings: Any, label: str, kind: str = "finetune",
+                       extra: dict[str, Any] | None = None, source: str | None = None) -> Stage:
+        """``source``: the labeled dataset's plugin name, None for the spec's own dataset."""
+        train_ids = _flat(chosen)
+        return self._unique(Stage(
+            kind=kind, label=label,
+            config={"dataset": dataset.fingerprint(), "seed": seed, "protocol": protocol,
+                    "train_ids": hash_key(train_ids), "settings": _result_settings(settings),
+                    **(extra or {})},
+            version=ENGINE_VERSION, deps={"encoder": encoder}, info={"train_ids": chosen},
+            params={"dataset": source, "train_ids": train_ids,
+                    "settings": settings.model_dump(mode="json")}))
+
+    def semisup_stage(self, method: Any, version: str, dataset: Any, chosen: dict[str, list[str]],
+                      seed: int, label: str, extra: dict[str, Any] | None = None) -> Stage:
+        """A semi-supervised method's whole U-Net (its EMA teacher), from the labeled subset and
+        the unlabeled images; the evaluation stage reads it like a fine-tuned model."""
+        train_ids = _flat(chosen)
+        settings = self.spec.finetune
+        method_settings = {k: v for k, v in method.config.model_dump(mode="json").items()
+                           if k not in RUNTIME_ONLY}
+        return self._unique(Stage(
+            kind="semisup", label=label,
+            config={"method": method.name, "settings": method_settings,
+                    "finetune": _result_settings(settings), "dataset": dataset.fingerprint(),
+                    "unlabeled": self.resources.unlabeled_dataset().fingerprint(), "seed": seed,
+                    "train_ids": hash_key(train_ids), **(extra or {})},
+            version=f"{version}/engine{ENGINE_VERSION}", info={"train_ids": chosen},
+            params={"method": method_params(method), "dataset": None, "train_ids": train_ids,
+                    "settings": settings.model_dump(mode="json")}))
+
+    def evaluate_stage(self, model: Stage, dataset: Any, test_ids: Sequence[str], fold: str,
+                       kind: str = "evaluate", source: str | None = None) -> Stage:
+        return self._unique(Stage(
+            kind=kind, label=f"evaluate {model.label}",
+            config={"dataset": dataset.fingerprint(), "fold": fold, "test_ids": hash_key(list(test_ids)),
+                    "metric_family": dataset.metric_family},
+            version=ENGINE_VERSION, deps={"model": model}, info={"test_ids": list(test_ids)},
+            params={"dataset": source, "test_ids": list(test_ids),
+                    "protocol": model.config.get("protocol", "full"),
+                    "settings": self.spec.finetune.model_dump(mode="json")}))
+
+
+def _labeler_groups(method_name: str, cfg: Any, dataset: Any, arrays: Any) -> tuple[list[str], list[str]]:
+    """The labeler's training groups (its settings', else every k-fold group but the last, else
+    'train') and its test groups (the rest but 'val')."""
+    groups = sorted(set(arrays.groups))
+    if cfg.train_groups is not None:
+        train_groups = list(cfg.train_groups)
+    elif dataset.split_scheme == "kfold":
+        train_groups = groups[:-1]
+    else:
+        train_groups = ["train"]
+    unknown = [g for g in train_groups if g not in groups]
+    if unknown:
+        raise SpecError(f"methods.{method_name}.labeler.train_groups: unknown groups {unknown} "
+                        f"for dataset '{dataset.name}' (it has {', '.join(groups)})")
+    return train_groups, [g for g in groups if g not in train_groups and g != "val"]
+
+
+# --- the cells of a spec ------------------------------------------------------------------------
+
+def build_plan(rspec: Any, registry: Any, resources: Any) -> Plan:
+    """Expand a resolved spec into cells, sharing identical stages between them."""
+    spec = rspec.spec
+    factory = StageFactory(rspec, registry, resources)
+    folds = spec.folds or resources.dataset.folds()
+    cells: list[Cell] = []
+    for method_name, method_config in rspec.method_configs.items():
+        plugin = spec.plugin_of(method_name)
+        info = registry.method(plugin)
+        method = info.cls(method_config)
+        for seed in spec.seeds:
+            if method.kind == "semisupervised":  # no encoder stage: one whole-model stage per split
+                cells += _semisup_cells(factory, method_name, plugin, method, info.version, folds, seed)
+                continue
+            for suffix, encoder in factory.encoder_stages(method, info.version, seed):
+                cells += _encoder_cells(factory, method_name + suffix, plugin, method_name, encoder,
+                                        folds, seed)
+    return Plan(cells)
+
+
+def _splits(factory: StageFactory, folds: list[str], seed: int):
+    """``(fold, test ids, fraction, chosen training ids by group)`` of every split of the spec."""
+    from harness.data.fractions import select_fraction
+
+    dataset, arrays = factory.resources.dataset, factory.resources.arrays
+    tissues = dict(zip(arrays.ids, arrays.tissues))
+    for fold in folds:
+        split = dataset.split(fold, arrays)
+        for fraction in factory.spec.fractions:
+            yield fold, split.test, fraction, select_fraction(split.train, tissues, fraction, seed)
+
+
+def _semisup_cells(factory: StageFactory, row: str, plugin: str, method: Any, version: str,
+                   folds: list[str], seed: int) -> list[Cell]:
+    if "full" not in factory.spec.protocols_of(row):  # validation rejects 'frozen' for these rows
+        return []
+    dataset, cells = factory.resources.dataset, []
+    for fold, test_ids, fraction, chosen in _splits(factory, folds, seed):
+        model = factory.semisup_stage(method, version, dataset, chosen, seed,
+                                      label=f"{row} full frac={fraction:g} {fold} seed {seed}",
+                                      extra={"fold": fold, "fraction": fraction})
+        ev = factory.evaluate_stage(model, dataset, test_ids, fold)
+        cells.append(Cell(row, "full", fraction, fold, seed, final=ev, plugin=plugin))
+    return cells
+
+
+def _encoder_cells(factory: StageFactory, row: str, plugin: str, method_name: str, encoder: Stage,
+                   folds: list[str], seed: int) -> list[Cell]:
+    spec, dataset, cells = factory.spec, factory.resources.dataset, []
+    for fold, test_ids, fraction, chosen in _splits(factory, folds, seed):
+        for protocol in spec.protocols_of(method_name):  # the spec's, or the row's own subset
+            ft = factory.finetune_stage(
+                encoder, dataset, chosen, protocol, seed, spec.finetune,
+                label=f"{row} {protocol} frac={fraction:g} {fold} seed {seed}",
+                extra={"fold": fold, "fraction": fraction})
+            ev = factory.evaluate_stage(ft, dataset, test_ids, fold)
+            cells.append(Cell(row, protocol, fraction, fold, seed, final=ev, plugin=plugin))
+    return cells
