@@ -75,7 +75,7 @@ def test_demo_pretraining_beats_random_encoder(tmp_path):
     and 0.079 (seed 1, 1 thread) here. The fine-tuning on top adds its own chaos; the probe is
     a closed-form fit, the same on every machine for a given encoder.
     """
-    from probes import encoder_features, probe_r2
+    from probes import probe_score
 
     from harness.plugins import build_registry
     from harness.data.open import load_arrays, open_dataset
@@ -96,8 +96,8 @@ def test_demo_pretraining_beats_random_encoder(tmp_path):
     def probe(method: str) -> float:
         stages = records[method]["stages"]
         encoder = stages[[s["kind"] for s in stages].index("finetune") - 1]
-        features = encoder_features(store / "stages" / encoder["kind"] / encoder["key"], arrays.images)
-        return probe_r2(features, arrays.classes, 6, train, test)
+        return probe_score(store / "stages" / encoder["kind"] / encoder["key"], arrays.images,
+                           arrays.classes, 6, train, test)
 
     scores = {m: probe(m) for m in ("scratch", "simclr", "pricon")}
     print("probe R^2", scores)
