@@ -70,27 +70,11 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
     accumulation = getattr(settings, "grad_accumulation", 1)
     total_steps = optimizer_steps(source.total, source.period, accumulation)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=settings.lr, betas=(0.9, 0.999),
-                                 weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps),
-                                                           eta_min=0.0)
-    scaler = precision.scaler()
-
-    def step_fn(batch, info):
-        images, masks = batch
-        images = normalizer(images.to(device, non_blocking=True))
-        masks = masks.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with precision.autocast():
-            logits = model(images)
-            loss = nnf.cross_entropy(logits.float(), masks)
-        return loss, {}
-
+    optimizer, scheduler = _adam_cosine(model, settings, total_steps)
+    step_fn = _segmentation_step(model, normalizer, precision, device, channels_last)
     loop = TrainLoop(
-        label=ctx.label, models={"model": model},
-        optimizer=optimizer, scheduler=scheduler, scaler=scaler, step_fn=step_fn, source=source,
+        label=ctx.label, models={"model": model}, optimizer=optimizer, scheduler=scheduler,
+        scaler=precision.scaler(), step_fn=step_fn, source=source,
         checkpoint=Checkpoint(ctx.work), checkpoint_every_s=ctx.checkpoint_every_s,
         hooks=[EpochLog(ctx, scheduler, "train", per_image=True)], weight_of=lambda batch: len(batch[0]),
         grad_clip_norm=getattr(settings, "grad_clip_norm", None), accumulation=accumulation,
@@ -113,3 +97,29 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
         "precision": str(precision.dtype).replace("torch.", "") if precision.dtype else "fp32",
         "seconds_this_run": time.time() - started,
     }
+
+
+def _adam_cosine(model: torch.nn.Module, settings: Any, total_steps: int):
+    """Adam (0.9, 0.999) over the trainable parameters, cosine decay to 0 per iteration."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=settings.lr, betas=(0.9, 0.999),
+                                 weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps),
+                                                           eta_min=0.0)
+    return optimizer, scheduler
+
+
+def _segmentation_step(model, normalizer, precision, device, channels_last):
+    """The loop's step: unweighted pixel cross-entropy of a batch of (images, masks)."""
+    def step_fn(batch, info):
+        images, masks = batch
+        images = normalizer(images.to(device, non_blocking=True))
+        masks = masks.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with precision.autocast():
+            logits = model(images)
+            loss = nnf.cross_entropy(logits.float(), masks)
+        return loss, {}
+
+    return step_fn

@@ -79,13 +79,7 @@ def pretrain(ctx: StageContext, *, method: PretrainMethod, images: np.ndarray,
 
     cfg = method.config
     device = ctx.device
-    seed_everything(seed)
-    encoder = build_encoder(encoder_name)
-    method.init_encoder(encoder, encoder_name, seed)
-    model = method.build_model(encoder, list(encoder.out_channels))
-    if start_from is not None:
-        model.load_state_dict(start_from)
-    model.to(device)
+    model = _initial_model(method, encoder_name, seed, start_from).to(device)
     precision = Precision(device, getattr(cfg, "amp", True))
 
     rows = _image_rows(len(images), cfg.max_images, seed)
@@ -99,7 +93,6 @@ def pretrain(ctx: StageContext, *, method: PretrainMethod, images: np.ndarray,
     total_steps = optimizer_steps(source.total, source.period, accumulation)
     optimizer = _optimizer(method, model)
     scheduler = _cosine_schedule(optimizer, total_steps)
-    scaler = precision.scaler()
     training_step = step_with_info(method)
 
     def step_fn(batch, info):
@@ -109,7 +102,7 @@ def pretrain(ctx: StageContext, *, method: PretrainMethod, images: np.ndarray,
 
     loop = TrainLoop(
         label=ctx.label, models={"model": model}, optimizer=optimizer, scheduler=scheduler,
-        scaler=scaler, step_fn=step_fn, source=source, checkpoint=Checkpoint(ctx.work),
+        scaler=precision.scaler(), step_fn=step_fn, source=source, checkpoint=Checkpoint(ctx.work),
         checkpoint_every_s=ctx.checkpoint_every_s,
         hooks=[MethodHook(method, model), EpochLog(ctx, scheduler, "pretrain")],
         grad_clip_norm=getattr(cfg, "grad_clip_norm", None), accumulation=accumulation,
@@ -130,3 +123,15 @@ def pretrain(ctx: StageContext, *, method: PretrainMethod, images: np.ndarray,
         "final_loss": history[-1]["loss"] if history else None,
         "seconds_this_run": time.time() - started,
     }
+
+
+def _initial_model(method: PretrainMethod, encoder_name: str, seed: int,
+                   start_from: dict[str, Any] | None) -> torch.nn.Module:
+    """The method's model (encoder + heads) from the seed, or a previous cycle's state."""
+    seed_everything(seed)
+    encoder = build_encoder(encoder_name)
+    method.init_encoder(encoder, encoder_name, seed)
+    model = method.build_model(encoder, list(encoder.out_channels))
+    if start_from is not None:
+        model.load_state_dict(start_from)
+    return model

@@ -41,6 +41,7 @@ of ``max(1, iterations // 20)`` iterations.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import time
 from typing import Any, Sequence
@@ -314,6 +315,14 @@ def _crop_size(label: str, arrays: LabeledArrays, train_ids: Sequence[str],
     return height, width
 
 
+def _iteration_loader(batches: Any, iterations: int, num_workers: int, device: torch.device,
+                      start: int) -> torch.utils.data.DataLoader:
+    """Iterations ``start .. iterations - 1`` of ``batches`` (one batch per index)."""
+    return torch.utils.data.DataLoader(
+        batches, batch_size=None, sampler=range(start, iterations), num_workers=num_workers,
+        worker_init_fn=worker_init_fn, pin_memory=device.type == "cuda")
+
+
 def train_semisupervised(ctx: StageContext, *, method: SemiSupervisedMethod, arrays: LabeledArrays,
                          train_ids: Sequence[str], unlabeled_images: np.ndarray, num_classes: int,
                          settings: Any, seed: int) -> dict[str, Any]:
@@ -345,11 +354,7 @@ def train_semisupervised(ctx: StageContext, *, method: SemiSupervisedMethod, arr
                                  weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=iterations, eta_min=0.0)
 
-    def make_loader(start: int) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(
-            batches, batch_size=None, sampler=range(start, iterations), num_workers=cfg.num_workers,
-            worker_init_fn=worker_init_fn, pin_memory=device.type == "cuda")
-
+    make_loader = functools.partial(_iteration_loader, batches, iterations, cfg.num_workers, device)
     step = _MeanTeacherStep(method, student, teacher, normalizer, precision, channels_last,
                             strong, seed, device)
     loop = TrainLoop(
