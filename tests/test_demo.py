@@ -51,29 +51,29 @@ def test_demo_end_to_end_via_cli(tmp_path):
 #: The demo's pretraining (its own settings and seed), then one frozen fine-tuning epoch per row
 #: (the cells need one; the probe reads the encoders, not the fine-tuned models).
 PRETRAIN_ONLY = ["--set", "folds=[fold1]", "--set", "protocols=[frozen]", "--set", "finetune.epochs=1"]
-#: Required probe gain of each pretrained encoder over the random one (R^2 points); see below.
-PROBE_MARGIN = {"simclr": 0.04, "pricon": 0.06}
+#: Required probe gain (R^2) of each pretrained encoder over the random one, and loss fall.
+PROBE_MARGIN = {"simclr": 0.03, "pricon": 0.03}
 LOSS_FALL = {"simclr": 0.1, "pricon": 0.1}
 
 
 @pytest.mark.slow
 def test_demo_pretraining_beats_random_encoder(tmp_path):
     """The demo's SimCLR and PRICon pretraining (its settings, one seed) learns: each loss falls,
-    and a linear probe (tests/probes.py: ridge from layer2 features to each 8x8 cell's class
-    fractions, fitted on folds 2+3, R^2 on fold 1) scores each pretrained encoder above the
-    random encoder of the same seed.
+    and a linear probe (tests/probes.py: ridge from layer1 and layer2 features to each cell's
+    class fractions, fitted on folds 2+3, mean R^2 on fold 1) scores each pretrained encoder
+    above the random encoder of the same seed.
 
-    Measured (mPQ-free; R^2 on fold 1; seeds 0-2, 1 and 2 threads; 2026-12-01, AMD EPYC):
-    random 0.446-0.450, SimCLR 0.526-0.583, PRICon 0.588-0.596; the smallest gain over the
-    random encoder of the same seed/threads is SimCLR +0.080, PRICon +0.138 (see the margins
-    above: at most half of the smallest gain; the gains' spread over seeds and thread counts,
-    which move floats the way another CPU does, is up to 0.057 for SimCLR).
+    Measured (2026-12-01, AMD EPYC; seeds 0, 1, 2 with 1 thread, seeds 0, 1 (and 2) with 2,
+    thread counts moving floats the way another CPU does): random 0.469-0.484; gain over it
+    SimCLR +0.078 to +0.144, PRICon +0.081 to +0.132 (mean about +0.105, spread sd about 0.025):
+    the margin of 0.03 is under 40% of the smallest gain and about 3 sd below the mean. Loss
+    falls: SimCLR 0.18-0.26, PRICon 0.25-0.41, against a margin of 0.1.
 
     Why not the frozen fine-tuning's mPQ, which the demo reports: at this budget its gain over
     the random encoder is of the size of its spread. Fold 1, 25 epochs, random 0.075-0.079:
-    SimCLR 0.109 (seed 0) but 0.079 (seed 1), PRICon 0.151 on one machine but 0.091 on another
-    and 0.079 (seed 1, 1 thread) here. The fine-tuning on top adds its own chaos; the probe is
-    a closed-form fit, the same on every machine for a given encoder.
+    SimCLR 0.109 (seed 0) but 0.079 (seed 1); PRICon 0.099 and 0.079 here, 0.151 on one other
+    machine and 0.091 on another. Fine-tuning adds its own chaos; the probe is a closed-form fit,
+    the same on every machine for a given encoder, so only the pretraining's spread remains.
     """
     from probes import probe_score
 
