@@ -20,27 +20,35 @@ import torch.nn.functional as F
 
 from harness.engine.model import build_encoder
 
-#: smp ResNet feature indices 2 and 3: layer1's and layer2's outputs (strides 4 and 8: 16x16 and
-#: 8x8 grids on 64 px images, cells of a fraction of a nucleus to about one). Deeper maps of a
-#: 64 px image have 4x4 and 2x2 cells, too few to fit well. Measured gains over a random encoder
-#: differ by level and method (SimCLR's are steadiest at stride 4, PRICon's at stride 8); their
-#: mean is steadier than either level alone.
-LEVELS = (2, 3)
+#: smp ResNet feature indices 3 and 4: layer2's and layer3's outputs (strides 8 and 16: 8x8 and
+#: 4x4 grids on 64 px images), the deepest maps with enough cells at this size to fit (layer4's
+#: is 2x2). Pretraining changes these layers most; their mean is steadier than either alone.
+LEVELS = (3, 4)
 RIDGE = 10.0
 
 
 def encoder_features(stage_dir: Path, images: np.ndarray, level: int) -> torch.Tensor:
     """(N, D, R, R) features of uint8 NHWC ``images`` from the encoder artifact in ``stage_dir``
-    (``encoder.pt`` + ``encoder.json``), inputs normalised as the artifact records, eval mode."""
+    (``encoder.pt`` + ``encoder.json``), inputs normalised as the artifact records.
+
+    Batch-norm statistics are recomputed on ``images`` for every encoder (as the frozen
+    protocol's ``frozen_bn: adapt`` does): a random encoder's stored statistics are its
+    initial 0/1, a pretrained one's come from its unlabeled data, and comparing them as stored
+    would credit pretraining with what is only a normalisation."""
     meta = json.loads((stage_dir / "encoder.json").read_text())
     encoder = build_encoder(meta["encoder"])
     encoder.load_state_dict(torch.load(stage_dir / "encoder.pt", map_location="cpu", weights_only=True))
-    encoder.eval()
     mean = torch.tensor(meta["normalization"]["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(meta["normalization"]["std"]).view(1, 3, 1, 1)
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    x = (x - mean) / std
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the pass below
     with torch.no_grad():
-        return encoder((x - mean) / std)[level]
+        encoder.train()(x)
+        return encoder.eval()(x)[level]
 
 
 def probe_r2(features: torch.Tensor, classes: np.ndarray, num_classes: int, train: np.ndarray,
