@@ -161,7 +161,9 @@ def region_pool(
 
     def pool(f: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         w = m[b_idx, c_idx].to(f.dtype)  # (K, R*R)
-        num = torch.einsum("kr,kdr->kd", w, f[b_idx])
+        # index_select, not f[b_idx]: an image repeats once per valid class, and advanced
+        # indexing's backward sums those repeats in a thread-dependent order (see _take_cells)
+        num = torch.einsum("kr,kdr->kd", w, f.index_select(0, b_idx))
         return num / w.sum(dim=1, keepdim=True)
 
     return torch.cat([pool(f1, m1), pool(f2, m2)]), torch.cat([c_idx, c_idx])
