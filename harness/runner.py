@@ -100,7 +100,7 @@ class Runner:
             result.records.append(record)
             self.hook.harness_cell_finished(cell=cell.coordinates, record=record)
 
-        from harness.report.tables import write_report
+        from harness.report.writer import write_report
 
         write_report(self.output_dir, result.records, run_info)
         self.hook.harness_run_finished(run=run_info, records=result.records)

@@ -11,7 +11,7 @@ from test_report import RUN_INFO, grid
 from harness.errors import DataError
 from harness.report.build import summarize
 from harness.report.compare import DEFAULT_FLOOR, compare_paths, compare_rows
-from harness.report.tables import write_report
+from harness.report.writer import write_report
 
 
 def rows(values, **kw):

@@ -15,7 +15,8 @@ from harness.errors import DataError, SpecError
 from harness.report import stats
 from harness.report.build import build_report, summarize
 from harness.report.schema import RECORD_SCHEMA, Report, load_records, load_report, validate_record
-from harness.report.tables import main_table, to_markdown, write_report
+from harness.report.tables import main_table, to_markdown
+from harness.report.writer import write_report
 
 CLASSES = ("neoplastic", "inflammatory")
 TISSUES = ("Breast", "Colon")

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from test_report import RUN_INFO, grid
-from harness.report.tables import write_report
+from harness.report.writer import write_report
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser",
                              shutil.which("chromium") or "", shutil.which("google-chrome") or "")

@@ -12,7 +12,8 @@ from harness.cli import _cell_count
 from harness.errors import SpecError
 from harness.plugins import build_registry
 from harness.report.build import build_report
-from harness.report.tables import main_table, method_order, to_markdown, write_report
+from harness.report.tables import main_table, method_order, to_markdown
+from harness.report.writer import write_report
 from harness.runner import Runner
 from harness.spec import load_spec
 from harness.store import ArtifactStore

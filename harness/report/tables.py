@@ -8,14 +8,13 @@
 * paired comparisons, paper comparison (like for like), both PQ variants, per-class PQ and
   per-tissue mPQ of each variant, stage wall times.
 
-``summarize``, ``load_records`` and ``write_report`` stay importable from here (the runner uses
-``harness.report.tables.write_report``).
+``summarize`` and ``load_records`` stay importable from here; reports are written by
+:func:`harness.report.writer.write_report` (which imports this module, not the other way round).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from harness.report.build import summarize  # noqa: F401  (public, used by callers)
@@ -215,11 +214,3 @@ def to_markdown(table: Table, heading: str = "###") -> str:
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The main table of bare rows (no comparisons) as Markdown (kept for callers)."""
     return to_markdown(main_table({"rows": rows}))
-
-
-def write_report(output_dir: Path, records: list[dict[str, Any]], run_info: dict[str, Any],
-                 **kwargs: Any) -> list[Path]:
-    """See :func:`harness.report.writer.write_report` (kept here for the runner)."""
-    from harness.report.writer import write_report as _write
-
-    return _write(output_dir, records, run_info, **kwargs)
