@@ -103,31 +103,3 @@ def test_interrupt_keeps_finished_stages_and_says_how_to_resume(tmp_path):
     assert "rerun the same command" in stderr and "Traceback" not in stderr
     assert not list((store / "tmp").glob("*/*")), "no half-written stage is left behind"
     assert list((store / "work" / "finetune").glob("*/checkpoint.pt"))
-
-
-def test_checkpoint_writes_are_throttled_by_their_own_cost(tmp_path, monkeypatch):
-    """Epoch-end checkpoints are skipped while the training since the last write took less
-    than WORK_PER_SAVE times the write itself; the first write and forced writes always go."""
-    import torch
-
-    from harness.engine import runtime
-
-    clock = {"t": 100.0}
-    monkeypatch.setattr(runtime.time, "monotonic", lambda: clock["t"])
-    real_save = runtime.Checkpoint.save
-
-    def slow_save(self, state):  # a write that takes 2 s of (fake) time
-        real_save(self, state)
-        clock["t"] += 2.0
-
-    monkeypatch.setattr(runtime.Checkpoint, "save", slow_save)
-    ckpt = runtime.Checkpoint(tmp_path)
-    model = torch.nn.Linear(2, 2)
-    assert ckpt.save_training(1, [], model=model)           # first: always
-    clock["t"] += 5.0
-    assert not ckpt.save_training(2, [], model=model)       # 5 s of work < 10 x 2 s
-    clock["t"] += 15.0
-    assert ckpt.save_training(3, [], model=model)           # 20 s since the last write
-    assert not ckpt.save_training(4, [], model=model)
-    assert ckpt.save_training(5, [], force=True, model=model)
-    assert torch.load(ckpt.path, weights_only=True)["epoch"] == 5

@@ -21,7 +21,7 @@ import torch
 
 from harness.engine.context import StageContext
 from harness.engine.init_encoder import save_encoder_artifact
-from harness.engine.loop import EpochLog, EpochSource, MethodHook, StepInfo, TrainLoop, epoch_loader, optimizer_steps
+from harness.engine.loop import EpochLog, EpochSource, MethodHook, TrainLoop, epoch_loader, optimizer_steps
 from harness.engine.model import build_encoder
 from harness.engine.runtime import Checkpoint, Precision, seed_everything, worker_init_fn
 from harness.methods import PretrainMethod

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import random
 import sys
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,46 +102,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class Checkpoint:
-    """One resumable training state file in a stage's work folder, written atomically.
-
-    :meth:`save_training` is called at every epoch end but writes only when the training done
-    since the last write took at least :attr:`WORK_PER_SAVE` times as long as that write: a
-    U-Net ResNet-18 state with Adam moments is ~170 MB (1-2 s on this class of machine), which
-    at toy scale (1-3 s epochs) used to be half of a run's time. A killed run therefore loses
-    at most ~``WORK_PER_SAVE`` x one write of training (plus the epoch in progress); at real
-    scale, where an epoch takes minutes, every epoch is saved.
-    """
-
-    WORK_PER_SAVE = 10.0
+    """One resumable training state file in a stage's work folder, written atomically (when
+    to write is the training loop's policy: :class:`harness.engine.loop.TrainLoop`)."""
 
     def __init__(self, work_dir: Path, name: str = "checkpoint.pt"):
         self.path = Path(work_dir) / name
-        self._last_write_end: float | None = None
-        self._last_write_cost = 0.0
-
-    def save_training(self, epoch: int, history: list, *, force: bool = False, **parts: Any) -> bool:
-        """Save ``parts`` (model, optimizer, scheduler, scaler, ...) by their state dicts if
-        enough training happened since the last write (always the first time, or ``force``).
-        Returns whether it wrote."""
-        now = time.monotonic()
-        if (not force and self._last_write_end is not None
-                and now - self._last_write_end < self.WORK_PER_SAVE * self._last_write_cost):
-            return False
-        self.save({**{k: v.state_dict() for k, v in parts.items()}, "epoch": epoch,
-                   "history": history})
-        self._last_write_end = time.monotonic()
-        self._last_write_cost = self._last_write_end - now
-        return True
-
-    def resume_training(self, label: str, total_epochs: int, **parts: Any) -> tuple[int, list]:
-        """Load ``parts`` from the checkpoint if there is one; ``(start_epoch, history)``."""
-        state = self.load(required=tuple(parts) + ("epoch", "history"))
-        if state is None:
-            return 0, []
-        for k, v in parts.items():
-            v.load_state_dict(state[k])
-        console.log(f"{label}: resuming from epoch {state['epoch']}/{total_epochs}")
-        return state["epoch"], state["history"]
 
     def exists(self) -> bool:
         return self.path.exists()
