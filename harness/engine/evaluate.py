@@ -14,8 +14,13 @@ from harness.data.torchdata import Normalizer
 from harness.engine.context import StageContext
 from harness.engine.model import build_unet
 from harness.engine.runtime import Precision, progress_bar
+from harness.metrics.stream import auto_workers
 from harness.safeload import STAGE_FIX, load_state_dict_file
 from harness.store import atomic_write_json
+
+
+#: Images per scoring chunk that ``eval_workers: auto`` sizes the pool by (the metric chunk).
+_SCORE_CHUNK = 64
 
 
 class _Images(torch.utils.data.Dataset):
@@ -76,9 +81,19 @@ def evaluate(ctx: StageContext, *, arrays: LabeledArrays, test_ids: Sequence[str
     rows = np.array([index[s] for s in test_ids], dtype=np.int64)
     chunks = predict(model, arrays.images, rows, normalizer, ctx.device, settings.eval_batch_size,
                      Precision(ctx.device, settings.amp), ctx.quiet, label=ctx.label)
-    pred = np.concatenate([p for _, p in chunks]) if len(rows) else \
-        np.zeros((0,) + arrays.classes.shape[1:], np.uint8)
-    metrics = get_registry().metric_family(metric_family).compute(pred, arrays, rows, class_names)
+    workers = settings.eval_workers
+    if workers == "auto":
+        workers = auto_workers(len(rows), _SCORE_CHUNK)
+    scorer = get_registry().metric_family(metric_family).scorer(arrays, rows, class_names, workers)
+    parts = []
+    try:
+        for _, part in chunks:
+            parts.append(part)
+            scorer.add(part)
+        metrics = scorer.finish()
+    finally:
+        scorer.close()
+    pred = np.concatenate(parts) if parts else np.zeros((0,) + arrays.classes.shape[1:], np.uint8)
     np.savez_compressed(ctx.out / "predictions.npz", classes=pred, ids=np.array(list(test_ids)))
     atomic_write_json(ctx.out / "metrics.json", metrics)
     return {"test_images": len(test_ids)}

@@ -7,14 +7,67 @@ from typing import Any
 
 import numpy as np
 
-from .instances import (CONNECTIVITY, instances_to_channels, semantic_to_binary_channels,
-                        semantic_to_instances)
-from .pq import per_image_pq, summarise_pq
+from scipy import ndimage
 
-__all__ = ["evaluate_segmentation"]
+from .instances import CONNECTIVITY, _as_batch
+from .pq import image_pq, summarise_pq
+
+__all__ = ["evaluate_segmentation", "score_chunk", "summarise_chunks"]
 
 #: Images converted to per-class channels at a time (bounds memory on a 2,700-image fold).
 _CHUNK = 64
+
+Scores = dict[str, tuple[np.ndarray, np.ndarray]]
+
+#: Predicted instances: :data:`~harness.metrics.instances.CONNECTIVITY`-connected components.
+_STRUCTURE = ndimage.generate_binary_structure(2, 1 if CONNECTIVITY == 4 else 2)
+
+
+def score_chunk(pred: np.ndarray, true: np.ndarray, inst: np.ndarray, k: int) -> Scores:
+    """Per-image ``(bPQ, class PQ)`` of both variants for a few images (see
+    :func:`evaluate_segmentation`). Pure and picklable: it runs in worker processes too.
+
+    Each image's per-class planes are built one image at a time, channel first, exactly as
+    :func:`~harness.metrics.instances.instances_to_channels`, ``semantic_to_instances`` and
+    ``semantic_to_binary_channels`` build their channels, never as ``(N, H, W, K)`` arrays
+    (a 64-image chunk of those is ~84 MB per variant, written and read again)."""
+    _as_batch(pred, k, "predictions")
+    _as_batch(true, k)
+    if not np.issubdtype(inst.dtype, np.integer):
+        raise ValueError(f"instances must hold integer ids, got dtype {inst.dtype}")
+    n = pred.shape[0]
+    out: Scores = {v: (np.full(n, np.nan), np.full((n, k), np.nan)) for v in ("instance", "thesis")}
+    structure = _STRUCTURE
+    for i in range(n):
+        t_masks = [true[i] == c + 1 for c in range(k)]
+        p_masks = [pred[i] == c + 1 for c in range(k)]
+        t_inst = []
+        for mask in t_masks:
+            plane = np.zeros(mask.shape, np.int32)
+            np.copyto(plane, inst[i], where=mask, casting="unsafe")
+            t_inst.append(plane)
+        p_inst = [ndimage.label(m, structure=structure)[0] if m.any() else np.zeros(m.shape, np.int32)
+                  for m in p_masks]
+        for variant, planes in (("instance", (t_inst, p_inst)),
+                                ("thesis", ([m.view(np.uint8) for m in t_masks],
+                                            [m.view(np.uint8) for m in p_masks]))):
+            bpq, class_pq = out[variant]
+            bpq[i], class_pq[i] = image_pq(*planes)
+    return out
+
+
+def summarise_chunks(chunks: Sequence[Scores], tissues: Sequence[str],
+                     class_names: Sequence[str]) -> dict[str, Any]:
+    """The metrics dict of :func:`evaluate_segmentation` from its chunks' scores, in image order."""
+    k = len(class_names)
+    result: dict[str, Any] = {}
+    for variant in ("instance", "thesis"):
+        parts = [c[variant] for c in chunks]
+        bpq = np.concatenate([b for b, _ in parts]) if parts else np.zeros(0)
+        class_pq = np.concatenate([c for _, c in parts]) if parts else np.zeros((0, k))
+        result[variant] = summarise_pq(bpq, class_pq, tissues, class_names)
+    result["connectivity"] = CONNECTIVITY
+    return result
 
 
 def evaluate_segmentation(pred_classes: np.ndarray, true_classes: np.ndarray,
@@ -29,7 +82,9 @@ def evaluate_segmentation(pred_classes: np.ndarray, true_classes: np.ndarray,
       prediction covering the whole image is simply one segment (the reference code crashes).
 
     Both are :func:`~harness.metrics.pq.aggregate_pq` dicts; they are computed in chunks of images
-    so that the ``(N, H, W, K)`` channel arrays never exist for the whole set at once.
+    so that the ``(N, H, W, K)`` channel arrays never exist for the whole set at once. Every image
+    is scored on its own, so chunking (and scoring chunks in other processes while predicting,
+    :class:`harness.metrics.stream.ChunkScorer`) leaves the values unchanged.
     """
     pred = np.asarray(pred_classes)
     true = np.asarray(true_classes)
@@ -38,17 +93,6 @@ def evaluate_segmentation(pred_classes: np.ndarray, true_classes: np.ndarray,
         raise ValueError(f"expected matching (N, H, W) maps, got pred {pred.shape}, "
                          f"classes {true.shape}, instances {inst.shape}")
     k = len(class_names)
-    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"instance": [], "thesis": []}
-    for start in range(0, pred.shape[0], _CHUNK):
-        sl = slice(start, start + _CHUNK)
-        parts["instance"].append(per_image_pq(instances_to_channels(inst[sl], true[sl], k),
-                                              semantic_to_instances(pred[sl], k)))
-        parts["thesis"].append(per_image_pq(semantic_to_binary_channels(true[sl], k),
-                                            semantic_to_binary_channels(pred[sl], k)))
-    result: dict[str, Any] = {}
-    for variant, chunks in parts.items():
-        bpq = np.concatenate([b for b, _ in chunks]) if chunks else np.zeros(0)
-        class_pq = np.concatenate([c for _, c in chunks]) if chunks else np.zeros((0, k))
-        result[variant] = summarise_pq(bpq, class_pq, tissues, class_names)
-    result["connectivity"] = CONNECTIVITY
-    return result
+    chunks = [score_chunk(pred[sl], true[sl], inst[sl], k)
+              for sl in (slice(i, i + _CHUNK) for i in range(0, pred.shape[0], _CHUNK))]
+    return summarise_chunks(chunks, tissues, class_names)

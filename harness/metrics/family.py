@@ -4,7 +4,9 @@ A dataset names its family (``Dataset.metric_family = "pq"``); a plugin register
 class through the ``harness_register_metric_families`` hook, as the built-in ``pq`` and ``dice``
 families do (``plugins/metrics/``). Everything the harness does with metrics asks the family:
 
-* the evaluate stage calls :meth:`MetricFamily.compute` and writes its dict as ``metrics.json``;
+* the evaluate stage feeds the predictions to :meth:`MetricFamily.scorer` batch by batch (by
+  default collected and given to :meth:`MetricFamily.compute` at the end) and writes the
+  resulting dict as ``metrics.json``;
 * validation checks a spec's ``metric.name`` against :attr:`~MetricFamily.metric_names` and its
   ``metric.pq_variant`` against :attr:`~MetricFamily.variants`;
 * records and reports read a headline value with :meth:`MetricFamily.headline`, and compare with
@@ -47,6 +49,15 @@ class MetricFamily:
         ``rows``; ``class_names`` are the foreground classes (class id ``i + 1``)."""
         raise NotImplementedError
 
+    def scorer(self, arrays: Any, rows: np.ndarray, class_names: Sequence[str],
+               workers: int) -> "BufferedScorer":
+        """An object that receives the predictions of ``rows`` in order, a batch at a time
+        (``add(pred)``), and returns :meth:`compute`'s dict from ``finish()``; ``close()`` frees
+        it after a failure. The default collects the batches and calls :meth:`compute` at the
+        end; a family whose images score independently may score batches as they come, in up to
+        ``workers`` processes (:class:`harness.metrics.stream.StreamingScorer`)."""
+        return BufferedScorer(self, arrays, rows, class_names)
+
     def headline(self, metrics: dict[str, Any], name: str, variant: str | None) -> float | None:
         """The value of metric ``name`` (of ``variant``, for a family with variants) in a dict
         that :meth:`compute` returned; KeyError if it holds none."""
@@ -55,3 +66,23 @@ class MetricFamily:
     def variant_of(self, variant: str | None) -> str | None:
         """The variant a record names for a spec's ``metric.pq_variant``: None without variants."""
         return variant if self.variants else None
+
+
+class BufferedScorer:
+    """:meth:`MetricFamily.scorer`'s default: everything scored by ``compute`` at the end."""
+
+    def __init__(self, family: MetricFamily, arrays: Any, rows: np.ndarray,
+                 class_names: Sequence[str]):
+        self._family, self._arrays, self._rows, self._names = family, arrays, rows, class_names
+        self._parts: list[np.ndarray] = []
+
+    def add(self, pred: np.ndarray) -> None:
+        self._parts.append(pred)
+
+    def finish(self) -> dict[str, Any]:
+        pred = (np.concatenate(self._parts) if self._parts
+                else np.zeros((0,) + tuple(self._arrays.classes.shape[1:]), np.uint8))
+        return self._family.compute(pred, self._arrays, self._rows, self._names)
+
+    def close(self) -> None:
+        self._parts = []

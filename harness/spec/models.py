@@ -42,6 +42,10 @@ class FinetuneSettings(_Strict):
         "encoder", description="'encoder': the normalisation recorded with the encoder weights; "
         "'thesis_quirk': inputs scaled to [-1/255, 1/255] as the thesis's fine-tuning code did")
     eval_batch_size: int = Field(32, ge=1, le=65_536)
+    eval_workers: int | Literal["auto"] = Field(
+        "auto", description="processes that score test predictions while the model predicts "
+        "(0: in the training process, after predicting); 'auto': none for a small test set, "
+        "else one per spare CPU, at most 8 (not part of result keys)")
     num_workers: int = Field(0, ge=0, le=256)
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
     amp: bool = Field(True, description="mixed precision on CUDA (bf16 where supported, else fp16)")

@@ -7,13 +7,16 @@ did, which is what the thesis's published "PQ" means (the like-for-like column).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
 from harness.hookspecs import hookimpl
 from harness.metrics import evaluate_segmentation
+from harness.metrics.evaluate import score_chunk, summarise_chunks
 from harness.metrics.family import MetricFamily
+from harness.metrics.stream import StreamingScorer
 
 
 class PanopticQuality(MetricFamily):
@@ -30,8 +33,26 @@ class PanopticQuality(MetricFamily):
         tissues = [arrays.tissues[r] for r in rows]
         return evaluate_segmentation(pred, true_classes, true_inst, tissues, list(class_names))
 
+    def scorer(self, arrays: Any, rows: np.ndarray, class_names: Sequence[str],
+               workers: int) -> StreamingScorer:
+        # every image scores on its own: chunks are scored while the model predicts the next
+        rows = np.asarray(rows)
+        tissues = [arrays.tissues[r] for r in rows]
+        names = list(class_names)
+
+        def truth(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+            sel = rows[start:stop]
+            return np.asarray(arrays.classes[sel]), np.asarray(arrays.instances[sel])
+
+        return StreamingScorer(functools.partial(_score, k=len(names)), truth,
+                               lambda chunks: summarise_chunks(chunks, tissues, names), workers)
+
     def headline(self, metrics: dict[str, Any], name: str, variant: str | None) -> float | None:
         return metrics[variant][name]
+
+
+def _score(pred: np.ndarray, true: np.ndarray, inst: np.ndarray, k: int) -> Any:
+    return score_chunk(pred, true, inst, k)
 
 
 @hookimpl
