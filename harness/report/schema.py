@@ -102,7 +102,12 @@ class Comparison(_Open):
     fraction: float
     n_pairs: int
     mean_diff: Optional[float] = None
-    diff_ci: Optional[list[float]] = None
+    diff_ci: Optional[list[float]] = None  # paired bootstrap percentile interval (descriptive)
+    diff_t_ci: Optional[list[float]] = None  # paired t-interval of the mean difference
+    p_signflip: Optional[float] = None  # paired permutation test: marks the table (after Holm)
+    signflip: Optional[str] = None  # "exact" (all 2^n sign patterns) or "monte carlo"
+    p_signflip_holm: Optional[float] = None
+    p_min: Optional[float] = None  # smallest p attainable with n_pairs pairs: 2 / 2^n
     p_bootstrap: Optional[float] = None
     p_wilcoxon: Optional[float] = None
     p_bootstrap_holm: Optional[float] = None
@@ -119,6 +124,8 @@ class Report(_Open):
     rows: list[Row]
     baseline: Optional[str] = None
     comparisons: list[Comparison] = Field(default_factory=list)
+    #: What the pairs allow (``harness.report.build.power_note``); None without comparisons.
+    power: Optional[dict[str, Any]] = None
     paper: list[dict[str, Any]] = Field(default_factory=list)
     breakdown: dict[str, Any] = Field(default_factory=dict)
     provenance: dict[str, Any] = Field(default_factory=dict)

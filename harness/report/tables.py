@@ -3,7 +3,8 @@
 
 * main table: rows = methods, columns = protocol (x label fraction), cells = mean ± sample std
   over folds and seeds, the number of runs and the 95% t-interval; the best mean of a column in
-  bold; ▲/▼ where a method differs from the baseline (paired bootstrap, Holm-corrected p < 0.05);
+  bold; ▲/▼ where a method differs from the baseline (exact paired sign-flip test, Holm-corrected
+  p < 0.05); a single value is shown without a spread;
   "paper" and "Δ" columns only when the headline metric is the paper's own (like for like).
 * paired comparisons, paper comparison (like for like), both PQ variants, per-class PQ and
   per-tissue mPQ of each variant, stage wall times.
@@ -65,10 +66,17 @@ def method_order(rows: list[dict[str, Any]]) -> list[str]:
     return order
 
 
+def mean_text(v: dict[str, Any]) -> str:
+    """``mean ± std``, or the bare mean where the spread is undefined (a single value)."""
+    if v.get("mean") is None:
+        return "-"
+    return f"{v['mean']:.4f}" if v.get("std") is None else f"{v['mean']:.4f} ± {v['std']:.4f}"
+
+
 def cell_text(r: dict[str, Any]) -> str:
     if r["mean"] is None:
         return f"- (n={r['n']})"
-    text = f"{r['mean']:.4f} ± {r['std']:.4f} (n={r['n']}"
+    text = f"{mean_text(r)} (n={r['n']}"
     if r.get("ci_low") is not None:
         text += f"; CI {r['ci_low']:.4f}–{r['ci_high']:.4f}"
     return text + ")"
@@ -105,34 +113,66 @@ def main_table(report: dict[str, Any]) -> Table:
         table.rows.append(cells)
     variant = f" (PQ variant `{report['variant']}`)" if report.get("variant") else ""
     table.notes.append(f"{metric}{variant}: mean ± sample std over folds and seeds; n = runs; "
-                       "CI = 95% t-interval of the mean; bold = best mean of the column.")
+                       "CI = 95% t-interval of the mean; bold = best mean of the column."
+                       + (" n = 1: a single run, no spread." if any(r["n"] == 1 for r in rows) else ""))
     if missing:
         table.notes.append("-: no result for the method in this column (e.g. a row restricted "
                            "to `protocols: [full]`: semi-supervised methods have no frozen encoder).")
     if report.get("baseline"):
         table.notes.append(f"▲/▼: differs from the baseline `{report['baseline']}` on identical "
-                           "(fold, seed) pairs (paired bootstrap, Holm-corrected p < 0.05).")
+                           "(fold, seed) pairs (exact paired sign-flip test, Holm-corrected "
+                           "p < 0.05). " + power_text(report))
     if with_paper:
         table.notes.append("paper/Δ: the thesis's value and ours minus it (like for like); "
                            "° = the published value lies outside our 95% CI.")
     return table
 
 
+def power_text(report: dict[str, Any]) -> str:
+    """What the report's pairs allow, in words (empty without comparisons)."""
+    power = report.get("power")
+    if not power:
+        return ""
+    n, family = power["min_pairs"], power["family"]
+    pairs = f"{n}" if n == power["max_pairs"] else f"{n} to {power['max_pairs']}"
+    text = (f"With {pairs} pair{'' if pairs == '1' else 's'} the smallest two-sided p any paired test can reach is "
+            f"2/2^{n} = {power['p_min']:.4g}")
+    if not power["reachable"]:
+        return (text + f"{f' (x{family} comparisons under Holm)' if family > 1 else ''}: no "
+                f"difference can be marked significant at {power['alpha']:g}, whatever the numbers; "
+                f"add seeds or folds ({power['pairs_needed']} pairs per comparison can reach it).")
+    return text + "."
+
+
 def comparison_table(report: dict[str, Any]) -> Table:
     cols, several = _columns(report["rows"])
     table = Table(f"Paired comparison against `{report.get('baseline')}`",
-                  ["method", "column", "pairs", "mean Δ", "Δ 95% CI (bootstrap)", "p bootstrap",
-                   "p boot. (Holm)", "p Wilcoxon", "p Wilc. (Holm)", "significant"], [], name="paired")
+                  ["method", "column", "pairs", "mean Δ", "Δ 95% t-CI", "Δ 95% CI (bootstrap)",
+                   "p sign-flip", "p sign-flip (Holm)", "smallest p", "p Wilcoxon", "significant"],
+                  [], name="paired")
+
+    def ci(pair: list[float] | None) -> str:
+        return "-" if not pair else f"{pair[0]:+.4f}…{pair[1]:+.4f}"
+
     for c in report.get("comparisons", []):
-        ci = "-" if not c["diff_ci"] else f"{c['diff_ci'][0]:+.4f}…{c['diff_ci'][1]:+.4f}"
+        p_flip = c.get("p_signflip")
+        how = " (MC)" if c.get("signflip") == "monte carlo" else ""
         table.rows.append([c["method"], column_name(c["protocol"], c["fraction"], several),
                            str(c["n_pairs"]), "-" if c["mean_diff"] is None else f"{c['mean_diff']:+.4f}",
-                           ci, fmt(c["p_bootstrap"]), fmt(c["p_bootstrap_holm"]), fmt(c["p_wilcoxon"]),
-                           fmt(c["p_wilcoxon_holm"]), "yes" if c["significant"] else "no"])
-    table.notes.append("Pairs = identical (fold, seed) cells of both methods. The bootstrap (10,000 "
-                       "resamples) marks the main table; Wilcoxon is shown beside it (its smallest "
-                       "p with n pairs is 2/2^n, so it needs n ≥ 6 to reach 0.05). Holm over all rows. "
-                       "With few pairs the bootstrap is optimistic: read it as descriptive.")
+                           ci(c.get("diff_t_ci")), ci(c["diff_ci"]),
+                           fmt(p_flip) + (how if p_flip is not None else ""),
+                           fmt(c.get("p_signflip_holm")), fmt(c.get("p_min")), fmt(c["p_wilcoxon"]),
+                           "yes" if c["significant"] else "no"])
+    table.notes.append("Pairs = identical (fold, seed) cells of both methods. The sign-flip test "
+                       "(paired permutation test of the mean difference: every one of the 2^n sign "
+                       "patterns, two-sided; Monte Carlo (MC) beyond 20 pairs, 100,000 patterns, seed 0) "
+                       "marks the main table after Holm correction over all rows; smallest p = "
+                       "2/2^n, the least any paired test can give with n pairs. The t-interval "
+                       "(Student t, n - 1 df) and the bootstrap interval (10,000 resamples) of the mean "
+                       "difference are descriptive; Wilcoxon signed-rank is shown beside it.")
+    text = power_text(report)
+    if text:
+        table.notes.append(text)
     return table
 
 
@@ -162,7 +202,7 @@ def _values_table(title: str, name: str, entries: list[dict[str, Any]], several:
         cells = [e["method"], column_name(e["protocol"], e["fraction"], several)]
         for k in keys:
             v = e["values"].get(k)
-            cells.append("-" if not v or v["mean"] is None else f"{v['mean']:.4f} ± {v['std']:.4f}")
+            cells.append(mean_text(v or {}))
         table.rows.append(cells)
     return table
 
