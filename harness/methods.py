@@ -95,6 +95,12 @@ class LabelerSettings(MethodConfig):
     """The segmentation model that pseudo-labels the unlabeled images for methods that learn
     from masks (PRICon): a U-Net trained with the shared fine-tuning engine."""
 
+    protocol: Literal["thesis", "per_cell"] = Field(
+        "thesis", description="'thesis': one labeler trained on fixed groups (the thesis's folds "
+        "1+2, whatever the test fold: in two of three rotations it saw the test fold's labels, "
+        "and at 1%/10% it sees 100% of the labels); 'per_cell': each cell's labeler trains on "
+        "that cell's own training folds and label fraction (one labeler -> pseudo-labels -> "
+        "pretraining chain per fold and fraction; no test-fold labels)")
     dataset: str | None = Field(None, description="labeled dataset plugin; default: the spec's "
                                 "fine-tuning dataset with its options")
     train_groups: list[str] | None = Field(

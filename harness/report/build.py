@@ -12,7 +12,7 @@ import math
 from typing import Any, Iterable
 
 from harness.references import published_value, reference_metric
-from harness.report import stats
+from harness.report import facts, stats
 from harness.report.provenance import collect_provenance
 from harness.report.schema import REPORT_SCHEMA, Comparison, Report, Row
 
@@ -218,6 +218,7 @@ def build_report(records: list[dict[str, Any]], runs: list[dict[str, Any]],
                            f"(have: {', '.join(sorted(methods))})")
     baseline = baseline or default_baseline(records)
     comparisons = compare_to_baseline(records, baseline) if baseline else []
+    single = facts.single_class_rows(records)
     metrics = list(dict.fromkeys((r["metric"]["name"], r["metric"].get("variant")) for r in records))
     names = [str(r.get("name")) for r in runs if r.get("name")] or \
         list(dict.fromkeys(r["run"] for r in records))
@@ -227,5 +228,7 @@ def build_report(records: list[dict[str, Any]], runs: list[dict[str, Any]],
         "rows": summarize(records), "baseline": baseline,
         "comparisons": comparisons, "power": power_note(comparisons),
         "paper": paper_comparison(records), "breakdown": breakdown(records),
+        "labelers": facts.labeler_rows(records, metric_of), "single_class": single,
+        "warnings": [facts.warning_text(e) for e in single],
         "provenance": collect_provenance(records, runs),
     })

@@ -60,6 +60,11 @@ class Record(_Open):
     split: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
     upstream: dict[str, Any] = Field(default_factory=dict)
+    #: The cell's labeler (protocol, train ids, test images it saw); None: no labeler, or a
+    #: record from before labeler protocols (those used the thesis's fixed folds).
+    labeler: Optional[dict[str, Any]] = None
+    #: The evaluate stage's summary (test images, classes predicted); empty in old records.
+    evaluation: dict[str, Any] = Field(default_factory=dict)
     stages: list[StageRef] = Field(default_factory=list)
     overrides: list[str] = Field(default_factory=list)
     provenance: dict[str, Any] = Field(default_factory=dict)
@@ -128,6 +133,11 @@ class Report(_Open):
     power: Optional[dict[str, Any]] = None
     paper: list[dict[str, Any]] = Field(default_factory=list)
     breakdown: dict[str, Any] = Field(default_factory=dict)
+    #: Rows with a labeler: its score, protocol, test-fold labels seen (harness.report.facts).
+    labelers: list[dict[str, Any]] = Field(default_factory=list)
+    #: Rows whose model predicts a single class on every test image, and the warnings about them.
+    single_class: list[dict[str, Any]] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
     provenance: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("schema_")

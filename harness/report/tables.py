@@ -89,6 +89,13 @@ def main_table(report: dict[str, Any]) -> Table:
     marks = {(c["method"], c["protocol"], c["fraction"]): ("▲" if c["mean_diff"] > 0 else "▼")
              for c in report.get("comparisons", []) if c["significant"] and c["mean_diff"]}
     outside = {(p["method"], p["protocol"], p["fraction"]): p["outside_ci"] for p in report.get("paper", [])}
+    for e in report.get("labelers", []):  # † the labeler saw test-fold labels
+        if e["cells_test_labels"]:
+            key = (e["method"], e["protocol"], e["fraction"])
+            marks[key] = (marks.get(key, "") + " †").strip()
+    for e in report.get("single_class", []):  # ⚠ a single class predicted on every test image
+        key = (e["method"], e["protocol"], e["fraction"])
+        marks[key] = (marks.get(key, "") + " ⚠").strip()
     with_paper = any(r["paper"] is not None for r in rows)
     header = ["method"]
     for protocol, fraction in cols:
@@ -122,6 +129,14 @@ def main_table(report: dict[str, Any]) -> Table:
         table.notes.append(f"▲/▼: differs from the baseline `{report['baseline']}` on identical "
                            "(fold, seed) pairs (exact paired sign-flip test, Holm-corrected "
                            "p < 0.05). " + power_text(report))
+    if any(e["cells_test_labels"] for e in report.get("labelers", [])):
+        table.notes.append("†: the labeler behind this row's pseudo-labels was trained on labels of "
+                           "the test fold (labeler protocol `thesis`: fixed folds whatever the test "
+                           "fold), an advantage no other row has; `labeler.protocol: per_cell` "
+                           "trains each cell's labeler on its own training split (see Labelers).")
+    if report.get("single_class"):
+        table.notes.append("⚠: the model predicts a single class on every test image in at least "
+                           "one cell of this row (see Warnings).")
     if with_paper:
         table.notes.append("paper/Δ: the thesis's value and ours minus it (like for like); "
                            "° = the published value lies outside our 95% CI.")
@@ -173,6 +188,30 @@ def comparison_table(report: dict[str, Any]) -> Table:
     text = power_text(report)
     if text:
         table.notes.append(text)
+    return table
+
+
+def labeler_table(report: dict[str, Any]) -> Table:
+    cols, several = _columns(report["rows"])
+    table = Table("Labelers behind pseudo-label rows", ["method", "column", "labeler protocol",
+                  "labeler score", "cells", "trained on test-fold labels", "labeled images",
+                  "beyond the cell's labels"], [], name="labelers")
+    for e in report.get("labelers", []):
+        metric = e["metric"] + (f" ({e['variant']})" if e.get("variant") else "")
+        score = mean_text({"mean": e["score_mean"], "std": e["score_std"]})
+        seen = f"{e['cells_test_labels']} of {e['cells']}" + \
+            (f" ({e['cells_unknown']} unknown)" if e["cells_unknown"] else "")
+        table.rows.append([e["method"], column_name(e["protocol"], e["fraction"], several),
+                           ", ".join(e["protocols"]), f"{score} {metric} (n={e['score_n']})", str(e["cells"]),
+                           seen, "-" if e["labeler_images"] is None else str(e["labeler_images"]),
+                           "-" if e["images_beyond_cell"] is None else str(e["images_beyond_cell"])])
+    table.notes.append("Labeler score: the labeler on its evaluation images (protocol `thesis`: the "
+                       "held-out fixed group; `per_cell`: the cell's test fold, a score only, "
+                       "nothing downstream reads it), in the row's metric. Trained on test-fold "
+                       "labels: cells whose labeler's training ids include test images of the cell. "
+                       "Beyond the cell's labels: the most labeler training images a cell's own "
+                       "fine-tuning labels do not include (at 1%/10%, the thesis's labeler sees "
+                       "100%). `thesis?`: a record from before labeler protocols were recorded.")
     return table
 
 

@@ -64,6 +64,11 @@ def write_report(output_dir: Path, records: list[dict[str, Any]], run_info: dict
             order.setdefault(method, len(order))
     records = sorted(records, key=lambda r: order.get(r["method"], len(order)))  # stable
     report = build_report(records, runs, baseline).dump()
+    if report.get("warnings"):
+        from harness.console import console
+
+        for warning in report["warnings"]:
+            console.print(f"warning: {warning}", style="yellow", markup=False, highlight=False)
     title = report.get("run") or run_info.get("name") or "report"
     paths: list[Path] = []
     if "md" in formats or "html" in formats:
