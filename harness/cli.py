@@ -105,15 +105,16 @@ def run(spec: Annotated[Path, typer.Argument(help="spec file")],
         quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
         json_: Annotated[bool, typer.Option("--json", help="with --dry-run: the plan as one JSON document (see the README)")] = False) -> None:
     """Compute every cell of a comparison (reusing the store) and write its report."""
+    from harness.errors import UsageError
     from harness.plugins import get_registry
     from harness.runner import Runner
     from harness.spec import load_spec
 
+    if json_ and not dry_run:
+        raise UsageError("--json: only with --dry-run (a run's results are in its report.json)")
     rspec = load_spec(spec, set_ or [])
     registry = get_registry()
     if output is not None and (problems := output_problems(str(output), None, "--output", "run folder")):
-        from harness.errors import UsageError
-
         raise UsageError(problems[0])
     output_dir = output or rspec.output_dir()
     runner = Runner(rspec, registry, _store(store), output_dir, quiet=True if quiet else None)
@@ -127,10 +128,6 @@ def run(spec: Annotated[Path, typer.Argument(help="spec file")],
             return write_json(plan_json(runner, plan, str(spec)))
         _print_plan(runner, plan)
         return
-    if json_:
-        from harness.errors import UsageError
-
-        raise UsageError("--json: only with --dry-run (a run's results are in its report.json)")
     result = runner.run(plan)
     out.print(f"{len(result.records)} cells; {len(result.computed)} stages computed, "
               f"{len(result.reused)} reused", markup=False)
