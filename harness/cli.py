@@ -34,14 +34,18 @@ app.add_typer(stage_app, name="stage")
 _DEBUG = False  # set by main() from `--debug`
 
 
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document (see the README)")]
+
+
 @app.command()
 def validate(specs: Annotated[list[Path], typer.Argument(help="spec files")],
-             set_: SetOpt = None) -> None:
+             set_: SetOpt = None, json_: JsonOpt = False) -> None:
     """Check specs without running anything: every problem at once, with its field path."""
     from harness.errors import SpecError
     from harness.spec import load_spec
 
     failures: list[HarnessError] = []
+    results: list[dict] = []
     for spec in specs:
         try:
             rspec = load_spec(spec, set_ or [])
@@ -51,10 +55,18 @@ def validate(specs: Annotated[list[Path], typer.Argument(help="spec files")],
                 import traceback
 
                 traceback.print_exception(exc, file=sys.stderr)
-            for line in _lines(exc, spec):
-                err.print(printable(line), markup=False)
+            results.append({"spec": str(spec), "ok": False, "exit_code": 2 if isinstance(exc, SpecError) else exc.exit_code,
+                            "problems": [printable(line) for line in _lines(exc, spec)]})
+            for line in [] if json_ else results[-1]["problems"]:
+                err.print(line, markup=False)
             continue
-        out.print(f"{spec}: ok ({_cell_count(rspec)} cells)", markup=False)
+        results.append({"spec": str(spec), "ok": True, "cells": _cell_count(rspec), "exit_code": 0, "problems": []})
+        if not json_:
+            out.print(f"{spec}: ok ({results[-1]['cells']} cells)", markup=False)
+    if json_:
+        from harness.cli_output import validate_json
+
+        validate_json(results)
     if failures:
         code = 2 if any(isinstance(f, SpecError) for f in failures) else failures[0].exit_code
         raise typer.Exit(code)
@@ -90,17 +102,19 @@ def run(spec: Annotated[Path, typer.Argument(help="spec file")],
         dry_run: Annotated[bool, typer.Option("--dry-run", help="print cells and stages, run no stage (a generated dataset is generated if missing)")] = False,
         store: StoreOpt = None,
         output: Annotated[Optional[Path], typer.Option("--output", help="run folder (default: the spec's output)")] = None,
-        quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False) -> None:
+        quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
+        json_: Annotated[bool, typer.Option("--json", help="with --dry-run: the plan as one JSON document (see the README)")] = False) -> None:
     """Compute every cell of a comparison (reusing the store) and write its report."""
+    from harness.errors import UsageError
     from harness.plugins import get_registry
     from harness.runner import Runner
     from harness.spec import load_spec
 
+    if json_ and not dry_run:
+        raise UsageError("--json: only with --dry-run (a run's results are in its report.json)")
     rspec = load_spec(spec, set_ or [])
     registry = get_registry()
     if output is not None and (problems := output_problems(str(output), None, "--output", "run folder")):
-        from harness.errors import UsageError
-
         raise UsageError(problems[0])
     output_dir = output or rspec.output_dir()
     runner = Runner(rspec, registry, _store(store), output_dir, quiet=True if quiet else None)
@@ -108,6 +122,10 @@ def run(spec: Annotated[Path, typer.Argument(help="spec file")],
     # stage keys depend on its sample ids, so without it a dry run on a fresh store cannot plan.
     plan, _, _ = runner.plan(prepare=True)
     if dry_run:
+        if json_:
+            from harness.cli_output import plan_json, write_json
+
+            return write_json(plan_json(runner, plan, str(spec)))
         _print_plan(runner, plan)
         return
     result = runner.run(plan)
@@ -138,37 +156,16 @@ def _print_plan(runner, plan) -> None:
 
 
 @app.command("list")
-def list_plugins(what: Annotated[str, typer.Argument(help="methods, datasets or all")] = "all") -> None:
+def list_plugins(what: Annotated[str, typer.Argument(help="methods, datasets or all")] = "all",
+                 json_: JsonOpt = False) -> None:
     """Installed method and dataset plugins, their kind and distribution; broken plugins with
-    their error."""
+    their error (exit 4 if any). Plain columns when stdout is not a terminal."""
+    from harness.cli_output import list_plugins as print_plugins
     from harness.plugins import get_registry
 
     if what not in ("methods", "datasets", "all"):
         raise click.BadParameter(f"'{what}': choose methods, datasets or all", param_hint="WHAT")
-    registry = get_registry()
-    table = Table()
-    for col in ("name", "type", "kind", "distribution", "version", "description"):
-        if col == "description":
-            table.add_column(col, ratio=1)
-        else:
-            table.add_column(col, no_wrap=True)
-    tables = []
-    if what in ("methods", "all"):
-        tables.append(("method", registry.methods))
-    if what in ("datasets", "all"):
-        tables.append(("dataset", registry.datasets))
-    for category, entries in tables:
-        for name, info in sorted(entries.items()):
-            table.add_row(name, category, info.kind, info.distribution, info.dist_version,
-                          getattr(info.cls, "description", "") or "")
-    out.print(table)
-    for broken in registry.broken:
-        out.print(f"BROKEN {broken.entry_point} (from {broken.distribution}): {broken.error}",
-                  markup=False)
-    for dup in registry.duplicates:
-        out.print(f"CONFLICT {dup}", markup=False)
-    if registry.duplicates:
-        raise typer.Exit(4)
+    print_plugins(get_registry(), what, json_)
 
 
 @app.command()
@@ -234,7 +231,9 @@ def data_prepare(name: str, source: Annotated[Optional[Path], typer.Option("--so
                   f"it again", markup=False)
         return
     if source is None and not dataset.auto_prepare:
-        raise HarnessError(f"{name}: --source PATH is required ({dataset.source_hint or 'the official download'})")
+        from harness.errors import UsageError
+
+        raise UsageError(f"{name}: --source PATH is required ({dataset.source_hint or 'the official download'})")
     if source is not None and not Path(source).exists():
         from harness.errors import DataError
 

@@ -14,10 +14,12 @@ Kinds:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:  # the contract imports without torch: `harness validate` and `list` load it
+    import torch
 
 KINDS = ("init", "pretrain", "semisupervised")
 
@@ -151,7 +153,7 @@ class PretrainMethod(Method):
 
     def view_config(self) -> Any:
         """The two-view augmentation (:class:`harness.data.views.ViewAugmentConfig`)."""
-        from harness.data.views import ViewAugmentConfig
+        from harness.data.view_config import ViewAugmentConfig
 
         return getattr(self.config, "augment", None) or ViewAugmentConfig()
 

@@ -152,6 +152,8 @@ def labeler_problems(spec: Any, method_configs: dict[str, Any], registry: Regist
                     continue
             info = registry.datasets.get(name)
             at = where(source, lines, loc + ("dataset",))
+            if info is None and labeler.dataset is None:
+                continue  # the spec's own dataset: its problem is reported at `dataset`
             if info is None:
                 problems.append(f"{at}: {'.'.join(loc)}.dataset: unknown dataset '{printable(name)}'"
                                 f"{did_you_mean(name, registry.datasets)}; installed: "

@@ -60,7 +60,7 @@ from pydantic import Field
 
 from harness.data.base import DatasetConfig, LabeledArrays
 from harness.data.cache import CachedDataset, CacheWriter, check_labeled_arrays, group_counts
-from harness.engine.runtime import progress_bar
+from harness.console import progress_bar
 from harness.errors import DataError
 from harness.hookspecs import hookimpl
 
