@@ -363,7 +363,7 @@ def main() -> None:
             raise
         from harness.errors import SpecError
 
-        lines = exc.problems if isinstance(exc, SpecError) else [str(exc)]
+        lines = getattr(exc, "problems", None) or [str(exc)]  # SpecError, MissingInputs
         src = f"{exc.source}: " if isinstance(exc, SpecError) and exc.source else ""
         for line in lines:
             err.print(printable(f"error: {src}{line}"), markup=False)
