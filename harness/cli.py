@@ -90,8 +90,10 @@ def run(spec: Annotated[Path, typer.Argument(help="spec file")],
         dry_run: Annotated[bool, typer.Option("--dry-run", help="print cells and stages, run no stage (a generated dataset is generated if missing)")] = False,
         store: StoreOpt = None,
         output: Annotated[Optional[Path], typer.Option("--output", help="run folder (default: the spec's output)")] = None,
-        quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False) -> None:
+        quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
+        logger: Annotated[Optional[list[str]], typer.Option("--logger", help="record the run with this logger too, e.g. tensorboard, mlflow (repeatable; as the spec's loggers:)")] = None) -> None:
     """Compute every cell of a comparison (reusing the store) and write its report."""
+    from harness.loggers import session_for
     from harness.plugins import get_registry
     from harness.runner import Runner
     from harness.spec import load_spec
@@ -104,13 +106,15 @@ def run(spec: Annotated[Path, typer.Argument(help="spec file")],
         raise UsageError(problems[0])
     output_dir = output or rspec.output_dir()
     runner = Runner(rspec, registry, _store(store), output_dir, quiet=True if quiet else None)
+    loggers = session_for(registry, rspec, logger or [], output_dir)  # checked before any work
     # A dry run runs no stage, but a generated (auto-prepared) dataset is generated: the plan's
     # stage keys depend on its sample ids, so without it a dry run on a fresh store cannot plan.
     plan, _, _ = runner.plan(prepare=True)
     if dry_run:
         _print_plan(runner, plan)
         return
-    result = runner.run(plan)
+    with loggers:
+        result = runner.run(plan)
     out.print(f"{len(result.records)} cells; {len(result.computed)} stages computed, "
               f"{len(result.reused)} reused", markup=False)
     for name in ("report.md", "report.html", "report.json", "report.csv"):

@@ -72,8 +72,8 @@ def harness_run_started(run: dict[str, Any], event: RunStarted) -> None:
 @hookspec
 def harness_stage_finished(stage: dict[str, Any], event: StageFinished) -> None:
     """A stage finished. ``stage`` holds ``kind``, ``key``, ``label``, ``cached`` (True when it
-    was reused from the store rather than computed), ``path`` and ``seconds``; ``event``:
-    :class:`~harness.events.StageFinished`."""
+    was reused from the store rather than computed), ``path``, ``seconds`` and ``result`` (the
+    kind's summary); ``event``: :class:`~harness.events.StageFinished`."""
 
 
 @hookspec
@@ -108,3 +108,11 @@ def harness_register_stage_kinds() -> list[type]:
 def harness_register_protocols() -> list[type]:
     """Return protocol classes (subclasses of :class:`harness.protocols.base.TrainingProtocol`):
     how a cell turns an encoder into an evaluated model; a spec's ``protocols:`` names them."""
+
+
+@hookspec
+def harness_register_loggers() -> list[type]:
+    """Return logger classes (subclasses of :class:`harness.loggers.Logger`), each named by its
+    ``name``: observers that record a run in an experiment tracker. A run uses the ones its
+    spec's ``loggers:`` or ``harness run --logger NAME`` enables; they see the lifecycle events
+    above through a guard, so a logger that fails warns once and never stops the run."""
