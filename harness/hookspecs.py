@@ -17,7 +17,9 @@ Registration hooks return plugin *classes*; the harness instantiates them. Lifec
 called during ``harness run`` so that a plugin can observe a run (loggers such as wandb,
 mlflow or tensorboard attach here); each gets its typed event (:mod:`harness.events`) as
 ``event`` beside the dict arguments; their return values are ignored, and an exception raised
-in one stops the run, so observers should be defensive.
+in one stops the run, so observers should be defensive. Loggers registered through
+``harness_register_loggers`` (:mod:`harness.loggers`) are called inside a guard instead: one that
+fails warns once and is off for the rest of the run.
 
 A hook implementation whose name matches no hook here (a misspelling, which pluggy would
 silently never call) makes its plugin broken: ``harness list`` shows it as ``BROKEN`` with the
