@@ -103,9 +103,11 @@ def run(spec: Annotated[Path, typer.Argument(help="spec file")],
         store: StoreOpt = None,
         output: Annotated[Optional[Path], typer.Option("--output", help="run folder (default: the spec's output)")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
+        logger: Annotated[Optional[list[str]], typer.Option("--logger", help="record the run with this logger too, e.g. tensorboard, mlflow (repeatable; as the spec's loggers:)")] = None,
         json_: Annotated[bool, typer.Option("--json", help="with --dry-run: the plan as one JSON document (see the README)")] = False) -> None:
     """Compute every cell of a comparison (reusing the store) and write its report."""
     from harness.errors import UsageError
+    from harness.loggers import session_for
     from harness.plugins import get_registry
     from harness.runner import Runner
     from harness.spec import load_spec
@@ -118,6 +120,7 @@ def run(spec: Annotated[Path, typer.Argument(help="spec file")],
         raise UsageError(problems[0])
     output_dir = output or rspec.output_dir()
     runner = Runner(rspec, registry, _store(store), output_dir, quiet=True if quiet else None)
+    loggers = session_for(registry, rspec, logger or [], output_dir)  # checked before any work
     # A dry run runs no stage, but a generated (auto-prepared) dataset is generated: the plan's
     # stage keys depend on its sample ids, so without it a dry run on a fresh store cannot plan.
     plan, _, _ = runner.plan(prepare=True)
@@ -128,7 +131,8 @@ def run(spec: Annotated[Path, typer.Argument(help="spec file")],
             return write_json(plan_json(runner, plan, str(spec)))
         _print_plan(runner, plan)
         return
-    result = runner.run(plan)
+    with loggers:
+        result = runner.run(plan)
     out.print(f"{len(result.records)} cells; {len(result.computed)} stages computed, "
               f"{len(result.reused)} reused", markup=False)
     for name in ("report.md", "report.html", "report.json", "report.csv"):
@@ -291,17 +295,20 @@ def viz_similarity(
         encoder: Annotated[list[str], typer.Option("--encoder", help="an encoder.pt (with its encoder.json), a stage folder holding one, or a stage key (prefix) in the store; repeatable, one column each")],
         image: Annotated[str, typer.Option("--image", help="sample id in the dataset, e.g. fold1/0003")],
         points: Annotated[str, typer.Option("--points", help='anchor pixels "x,y;x,y" (x = column, y = row); one row each')],
-        dataset: Annotated[str, typer.Option("--dataset", help="labeled dataset plugin that holds the image")],
-        set_: Annotated[Optional[list[str]], typer.Option("--set", help="a dataset option, e.g. --set dataset.image_size=256 (repeatable; the dataset. prefix is optional)")] = None,
+        dataset: Annotated[Optional[str], typer.Option("--dataset", help="labeled dataset plugin that holds the image (or --spec)")] = None,
+        spec: Annotated[Optional[Path], typer.Option("--spec", help="take the dataset and its options from this spec (the one the encoders came from)")] = None,
+        set_: Annotated[Optional[list[str]], typer.Option("--set", help="a dataset option, e.g. --set dataset.image_size=256 (repeatable; the dataset. prefix is optional; on top of --spec's)")] = None,
         size: Annotated[Optional[int], typer.Option("--size", help="encoder input side in px (default 4x the image side, as the thesis's 224 -> 896 px; rounded to a multiple of 32)")] = None,
         output: Annotated[Optional[Path], typer.Option("--output", help="PNG to write (default: similarity-IMAGE.png)")] = None,
         store: StoreOpt = None) -> None:
     """Point-similarity maps (thesis Fig. 4.2/4.3): the cosine similarity of each anchor's
     feature to every position of each encoder's last feature map, beside the ground truth."""
     from harness.viz.command import similarity_command
-    from harness.viz.inputs import dataset_options
+    from harness.viz.inputs import dataset_options, spec_dataset
 
-    ds = _dataset(dataset, store, dataset_options(set_))
+    if spec is None and dataset is None:
+        raise click.UsageError("give --dataset NAME or --spec SPEC (the dataset that holds the image)")
+    ds = spec_dataset(spec, dataset, set_, _store(store)) if spec else _dataset(dataset, store, dataset_options(set_))
     path = similarity_command(encoder, ds, image, points, size, output, _store(store).root)
     out.print(str(path), markup=False)
 
@@ -362,7 +369,7 @@ def main() -> None:
             raise
         from harness.errors import SpecError
 
-        lines = exc.problems if isinstance(exc, SpecError) else [str(exc)]
+        lines = getattr(exc, "problems", None) or [str(exc)]  # SpecError, MissingInputs
         src = f"{exc.source}: " if isinstance(exc, SpecError) and exc.source else ""
         for line in lines:
             err.print(printable(f"error: {src}{line}"), markup=False)
