@@ -386,6 +386,11 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - last resort: a bug, not bad input
         if debug:
             raise
+        from harness.plugin_faults import plugin_fault
+
+        if (fault := plugin_fault(exc)) is not None:  # raised inside plugin code: exit 4
+            err.print(printable(f"error: {fault}"), markup=False)
+            sys.exit(fault.exit_code)
         err.print(printable(f"error: unexpected {type(exc).__name__}: {exc} (a bug; please "
                             f"report it with the output of --debug)"), markup=False)
         sys.exit(1)

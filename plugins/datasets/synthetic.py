@@ -99,6 +99,12 @@ class SyntheticDataset(Dataset):
     config: SyntheticConfig
 
     # --- preparation ---------------------------------------------------------------------------
+
+    @classmethod
+    def conformance_fixture(cls, folder: Path) -> dict[str, Any]:  # noqa: ARG003
+        """Tiny settings for `harness plugin check` (generated: no source)."""
+        return {"config": {"images_per_fold": 3, "unlabeled_images": 4, "unlabeled_size": 64}}
+
     def prepare_command(self) -> str:
         return f"harness data prepare {self.name}"
 
