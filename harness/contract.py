@@ -74,7 +74,7 @@ def setting_origins(config: type) -> list[Setting]:
         base = definers[1] if len(definers) > 1 else None
         if base is not None:
             origin = f"overrides {base.__name__}"
-        elif _is_core(last) and last is not config:
+        elif _is_core(last):
             origin = f"inherited from {last.__name__}"
         elif last is not config:
             origin = f"inherited from {last.__name__} ({last.__module__})"

@@ -19,6 +19,7 @@ serves pretraining; its hidden class maps are kept (``unlabeled_classes``) for t
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
