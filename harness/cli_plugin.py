@@ -17,11 +17,14 @@ plugin_app = typer.Typer(no_args_is_help=True, help="Check plugins against their
 def plugin_check(names: Annotated[list[str], typer.Argument(help="method or dataset plugins")]) -> None:
     """Check each plugin against its contract and smoke-test it on tiny data; one FAIL line per
     problem (plugin, contract item, fix), exit 4 if any."""
+    import sys
+
     from harness.conformance import check
 
+    debug = "--debug" in sys.argv[1:]  # main() takes it off the command line it parses
     failed = False
     for name in names:
-        report = check(name)
+        report = check(name, debug=debug)
         for failure in report.failures:
             out.print(str(failure), markup=False)
         if report.ok:

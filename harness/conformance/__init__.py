@@ -48,13 +48,15 @@ def _registry(registry: Any) -> Any:
     return get_registry()
 
 
-def check(name: str, registry: Any = None, folder: Path | None = None) -> Report:
-    """Every check of plugin ``name`` (a method or a dataset)."""
+def check(name: str, registry: Any = None, folder: Path | None = None,
+          debug: bool = False) -> Report:
+    """Every check of plugin ``name`` (a method or a dataset); ``debug``: print the traceback
+    of each exception raised by plugin code to stderr."""
     from harness.contract import class_problems
     from harness.plugin_faults import describe
 
     registry = _registry(registry)
-    report = Report(name, [], [], [])
+    report = Report(name, [], [], debug)
     broken = [b for b in registry.broken if name in (b.entry_point, b.name)]
     for b in broken:
         report.failures.append(Failure(f"plugin '{name}' (from {b.distribution})", "load", b.error))
@@ -73,8 +75,7 @@ def check(name: str, registry: Any = None, folder: Path | None = None) -> Report
         if problems:
             continue
         report.passed.append("contract")
-        with tempfile.TemporaryDirectory(prefix="harness-check-",
-                                         dir=folder) as tmp:
+        with tempfile.TemporaryDirectory(prefix="harness-check-", dir=folder) as tmp:
             if info.category == "method":
                 from harness.conformance.methods import smoke_method as smoke
             else:

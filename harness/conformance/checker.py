@@ -22,7 +22,7 @@ class Report:
     name: str
     failures: list[Failure]
     passed: list[str]  # contract items that passed
-    skipped: list[str]  # why a smoke test did not run
+    debug: bool = False  # print tracebacks of plugin exceptions to stderr
 
     @property
     def ok(self) -> bool:
@@ -54,14 +54,22 @@ class Checker:
         """``fn(*args)``; an exception is a failure of contract item ``item``."""
         try:
             return fn(*args, **kwargs)
-        except NotImplementedError as exc:
-            raise self.fail(item, f"raised NotImplementedError{': ' + str(exc) if str(exc) else ''}"
-                            f"; implement {self.info.cls.__name__}.{item}") from exc
         except Exception as exc:  # noqa: BLE001 - plugin code: any exception is a finding
-            message = " ".join(str(exc).split())[:300]
-            raise self.fail(item, f"raised {type(exc).__name__}: {message or '(no message)'}; "
-                            f"fix {item} (`harness plugin check {self.info.name} --debug` shows "
-                            f"the traceback)") from exc
+            if self.report.debug:
+                import sys
+                import traceback
+
+                traceback.print_exception(exc, file=sys.stderr)
+            raise self._failure(item, exc) from exc
+
+    def _failure(self, item: str, exc: Exception) -> Stop:
+        if isinstance(exc, NotImplementedError):
+            return self.fail(item, f"raised NotImplementedError{': ' + str(exc) if str(exc) else ''}"
+                             f"; implement {self.info.cls.__name__}.{item}")
+        message = " ".join(str(exc).split())[:300]
+        return self.fail(item, f"raised {type(exc).__name__}: {message or '(no message)'}; "
+                         f"fix {item} (`harness plugin check {self.info.name} --debug` shows "
+                         f"the traceback)")
 
     def passed(self, item: str) -> None:
         self.report.passed.append(item)
