@@ -41,8 +41,13 @@ def _packages(registry: Any) -> dict[str, str]:
             top = info.cls.__module__.split(".")[0]
             if top != "harness":
                 packages.setdefault(top, info.distribution)
-    for broken in registry.broken:
-        packages.setdefault(broken.entry_point, broken.distribution)
+    for obj in registry.pm.get_plugins():  # hook-only plugins too (loggers: lifecycle hooks)
+        module = getattr(obj, "__name__", None) if isinstance(getattr(obj, "__name__", None), str) \
+            else type(obj).__module__
+        top = str(module).split(".")[0]
+        if top not in ("harness", "builtins"):
+            name = str(registry.pm.get_name(obj) or "")  # "distribution:entry point"
+            packages.setdefault(top, name.split(":")[0] if ":" in name else "unknown")
     return packages
 
 

@@ -148,3 +148,18 @@ def test_debug_shows_the_traceback(faulty_site, tmp_path):
                      store=store)
     assert result.returncode != 0 and "Traceback" in result.stderr
     assert "RuntimeError: weights server down" in result.stderr
+
+
+def test_fault_in_a_lifecycle_hook_names_the_hook():
+    module = types.ModuleType("flaky_logger")  # a logger plugin: lifecycle hooks only
+    exec(compile("from harness.hookspecs import hookimpl\n\n"
+                 "@hookimpl\n"
+                 "def harness_cell_finished(cell, record):\n"
+                 "    raise ConnectionError('tracking server down')\n", "flaky_logger.py", "exec"),
+         module.__dict__)
+    registry = build_registry([module])
+    exc = raised(lambda: registry.pm.hook.harness_cell_finished(cell={}, record={}, event=None))
+    fault = plugin_fault(exc, registry)
+    assert fault is not None, exc
+    assert "plugin package 'flaky_logger'" in str(fault)
+    assert "harness_cell_finished raised ConnectionError: tracking server down" in str(fault)
