@@ -179,6 +179,8 @@ def _config_problems(cls: type, base: str) -> list[str]:
     if config.model_config.get("extra") != "forbid":
         return [f"`Config` accepts unknown keys (a typo would be ignored); subclass {base}"]
     problems = shadowing_problems(config)
+    if any(f.is_required() for f in config.model_fields.values()):
+        return problems  # a spec must give those; the defaults of the others are checked then
     try:
         config()
     except Exception as exc:  # noqa: BLE001 - a default that fails its own validation
