@@ -1,4 +1,4 @@
-"""Command line: ``harness run | validate | list | report | compare | data | viz | stage``.
+"""Command line: ``harness run|validate|list|show|report|compare|data|viz|stage|plugin``.
 
 Exit codes: 0 ok, 1 failure (an unexpected error: a bug), 2 invalid spec or usage, 3 data or
 weights missing or corrupt, 4 plugin problem, 130 interrupted (Ctrl-C or SIGTERM). Errors are one
@@ -20,6 +20,8 @@ from rich.table import Table
 
 from harness.cli_common import SetOpt, StoreOpt, err, out
 from harness.cli_common import open_store as _store
+from harness.cli_plugin import plugin_app, show
+from harness.plugin_faults import plugin_fault as _plugin_fault
 from harness.cli_stage import stage_app
 from harness.errors import HarnessError
 from harness.spec_checks import output_problems, printable
@@ -31,6 +33,8 @@ app.add_typer(data_app, name="data")
 viz_app = typer.Typer(no_args_is_help=True, help="Visualise what encoders learned.")
 app.add_typer(viz_app, name="viz")
 app.add_typer(stage_app, name="stage")
+app.add_typer(plugin_app, name="plugin")
+app.command()(show)
 _DEBUG = False  # set by main() from `--debug`
 
 
@@ -392,6 +396,9 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - last resort: a bug, not bad input
         if debug:
             raise
+        if (fault := _plugin_fault(exc)) is not None:  # raised inside plugin code: exit 4
+            err.print(printable(f"error: {fault}"), markup=False)
+            sys.exit(fault.exit_code)
         err.print(printable(f"error: unexpected {type(exc).__name__}: {exc} (a bug; please "
                             f"report it with the output of --debug)"), markup=False)
         sys.exit(1)

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 import pluggy
 
 from harness import events, hookspecs
+from harness.contract import class_problems
 from harness.errors import PluginError
 
 ENTRY_POINT_GROUP = "harness"
@@ -46,6 +47,7 @@ class BrokenPlugin:
     entry_point: str
     distribution: str
     error: str
+    name: str = ""  # the class's name, when one class of the entry point broke its contract
 
 
 @dataclass
@@ -105,7 +107,7 @@ class Registry:
         table = {"method": self.methods, "dataset": self.datasets, "stage kind": self.stage_kinds,
                  "protocol": self.protocols, "logger": self.loggers}.get(category, self.metric_families)
         hint = did_you_mean(name, table)
-        broken = [b for b in self.broken if b.entry_point == name]
+        broken = [b for b in self.broken if name in (b.entry_point, b.name)]
         if broken:
             return (f"{category} plugin '{name}' failed to load "
                     f"(from {broken[0].distribution}): {broken[0].error}")
@@ -221,7 +223,8 @@ def build_registry(extra_plugins: Iterable[Any] = ()) -> Registry:
             try:
                 classes = impl.function() or []
             except Exception as exc:  # noqa: BLE001
-                registry.broken.append(BrokenPlugin(ep_name, dist, f"{type(exc).__name__}: {exc}"))
+                registry.broken.append(BrokenPlugin(
+                    ep_name, dist, f"{hook_name}() raised {type(exc).__name__}: {exc}"))
                 continue
             for cls in classes:
                 _add_class(registry, getattr(registry, table), cls, category,
@@ -277,8 +280,15 @@ def _add_class(registry: Registry, table: dict[str, PluginInfo], cls: type, cate
                where: tuple[str, str, str]) -> None:
     dist, dist_version, ep_name = where
     name = getattr(cls, "name", None)
-    if not name:
-        registry.broken.append(BrokenPlugin(ep_name, dist, f"{category} class {cls!r} has no `name`"))
+    try:
+        problems = class_problems(cls, category)
+    except Exception as exc:  # noqa: BLE001 - plugin code (a Config default factory...) failed
+        problems = [f"checking its contract raised {type(exc).__name__}: {exc}"]
+    if problems:
+        label = getattr(cls, "__qualname__", repr(cls))
+        registry.broken.append(BrokenPlugin(
+            ep_name, dist, f"{category} class {label}: " + "; ".join(problems),
+            name if isinstance(name, str) else ""))
         return
     if name in table and table[name].cls is not cls:
         other = table[name]

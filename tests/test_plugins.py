@@ -211,6 +211,19 @@ def test_example_spec_validates_and_runs(example_site, tmp_path):
     assert "example_blobs" in report
 
 
+def test_example_package_tests_itself_with_the_kit(example_site, tmp_path):
+    """The example package's own tests (`check_plugin` on its four plugins) against the
+    installed package: the README's test command covers them."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update({"PYTHONPATH": str(example_site), "HARNESS_STORE": str(tmp_path / "store")})
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(EXAMPLE),
+         "-c", str(EXAMPLE / "pyproject.toml"), str(EXAMPLE / "tests")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "1 passed" in result.stdout
+
+
 def load_example_module(site: Path, name: str):
     """A module of the installed example package, loaded from its file: the test process does
     not get the package on sys.path (which would change the registry of other tests)."""

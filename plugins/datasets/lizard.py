@@ -238,6 +238,13 @@ class LizardDataset(CachedDataset):
         return None  # per-fold patch counts are not published (only the 4,981 total)
 
     # --- preparation ---------------------------------------------------------------------------
+    @classmethod
+    def conformance_fixture(cls, folder: Path) -> dict:
+        """A tiny source in the official layout, for `harness plugin check`."""
+        from ._fixtures import lizard
+
+        return {"source": lizard(folder / "src")}
+
     def prepare(self, source: Path | None = None) -> None:
         if source is None:
             raise DataError(f"lizard: --source is required ({self.source_hint})")

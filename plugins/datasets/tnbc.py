@@ -283,6 +283,13 @@ class TNBCDataset(CachedDataset):
         return dict(THESIS_SPLIT)
 
     # --- preparation ---------------------------------------------------------------------------
+    @classmethod
+    def conformance_fixture(cls, folder: Path) -> dict:
+        """A tiny source in the official layout, for `harness plugin check`."""
+        from ._fixtures import tnbc
+
+        return {"source": tnbc(folder / "src")}
+
     def prepare(self, source: Path | None = None) -> None:
         if source is None:
             raise DataError(f"tnbc: --source is required ({self.source_hint})")

@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # no torch at import: `harness validate` and `list` import th
 
 
 class ReCoConfig(SemiSupervisedSettings):
+    overrides: ClassVar[frozenset[str]] = frozenset({"lr"})  # ReCo's own 1e-4, not 5e-4
     lr: float = Field(1e-4, gt=0)
     weak_threshold: float = Field(0.7, gt=0, le=1, description="teacher confidence that makes an "
                                   "unlabeled pixel valid for the ReCo loss")

@@ -20,6 +20,8 @@ if TYPE_CHECKING:  # no torch at import: `harness validate` and `list` import th
 
 
 class SimSiamConfig(PretrainSettings):
+    # Official SimSiam: SGD at lr 0.075 (0.05 x batch / 256), not the shared LARS at 0.2.
+    overrides: ClassVar[frozenset[str]] = frozenset({"lr", "optimizer"})
     lr: float = Field(0.075, gt=0)
     optimizer: Literal["lars", "sgd"] = "sgd"
     proj_dim: int = Field(2048, ge=1, description="projector width and output dimension")

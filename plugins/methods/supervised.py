@@ -65,6 +65,16 @@ class Supervised(InitMethod):
             f"{DOWNLOAD_BASE}{names[0]} into {hub}/ (or set TORCH_HOME, or "
             f"methods.supervised.weights: PATH)")
 
+    @classmethod
+    def conformance_fixture(cls, folder: Path) -> dict[str, Any]:
+        """For `harness plugin check`: a random resnet18 in torchvision's layout (with its
+        ImageNet head), as the weights file; nothing is downloaded."""
+        import torchvision
+
+        path = folder / "resnet18.pth"
+        torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+        return {"config": {"weights": str(path)}}
+
     def preflight(self, spec: Any) -> None:
         self.weights_path(spec.finetune.encoder)
 
