@@ -1,4 +1,4 @@
-"""Command line: ``harness run | validate | list | report | compare | data | viz | stage``.
+"""Command line: ``harness run|validate|list|show|report|compare|data|viz|stage|plugin``.
 
 Exit codes: 0 ok, 1 failure (an unexpected error: a bug), 2 invalid spec or usage, 3 data or
 weights missing or corrupt, 4 plugin problem, 130 interrupted (Ctrl-C or SIGTERM). Errors are one
@@ -20,6 +20,8 @@ from rich.table import Table
 
 from harness.cli_common import SetOpt, StoreOpt, err, out
 from harness.cli_common import open_store as _store
+from harness.cli_plugin import plugin_app, show
+from harness.plugin_faults import plugin_fault as _plugin_fault
 from harness.cli_stage import stage_app
 from harness.errors import HarnessError
 from harness.spec_checks import output_problems, printable
@@ -31,17 +33,23 @@ app.add_typer(data_app, name="data")
 viz_app = typer.Typer(no_args_is_help=True, help="Visualise what encoders learned.")
 app.add_typer(viz_app, name="viz")
 app.add_typer(stage_app, name="stage")
+app.add_typer(plugin_app, name="plugin")
+app.command()(show)
 _DEBUG = False  # set by main() from `--debug`
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document (see the README)")]
 
 
 @app.command()
 def validate(specs: Annotated[list[Path], typer.Argument(help="spec files")],
-             set_: SetOpt = None) -> None:
+             set_: SetOpt = None, json_: JsonOpt = False) -> None:
     """Check specs without running anything: every problem at once, with its field path."""
     from harness.errors import SpecError
     from harness.spec import load_spec
 
     failures: list[HarnessError] = []
+    results: list[dict] = []
     for spec in specs:
         try:
             rspec = load_spec(spec, set_ or [])
@@ -51,10 +59,18 @@ def validate(specs: Annotated[list[Path], typer.Argument(help="spec files")],
                 import traceback
 
                 traceback.print_exception(exc, file=sys.stderr)
-            for line in _lines(exc, spec):
-                err.print(printable(line), markup=False)
+            results.append({"spec": str(spec), "ok": False, "exit_code": 2 if isinstance(exc, SpecError) else exc.exit_code,
+                            "problems": [printable(line) for line in _lines(exc, spec)]})
+            for line in [] if json_ else results[-1]["problems"]:
+                err.print(line, markup=False)
             continue
-        out.print(f"{spec}: ok ({_cell_count(rspec)} cells)", markup=False)
+        results.append({"spec": str(spec), "ok": True, "cells": _cell_count(rspec), "exit_code": 0, "problems": []})
+        if not json_:
+            out.print(f"{spec}: ok ({results[-1]['cells']} cells)", markup=False)
+    if json_:
+        from harness.cli_output import validate_json
+
+        validate_json(results)
     if failures:
         code = 2 if any(isinstance(f, SpecError) for f in failures) else failures[0].exit_code
         raise typer.Exit(code)
@@ -90,27 +106,37 @@ def run(spec: Annotated[Path, typer.Argument(help="spec file")],
         dry_run: Annotated[bool, typer.Option("--dry-run", help="print cells and stages, run no stage (a generated dataset is generated if missing)")] = False,
         store: StoreOpt = None,
         output: Annotated[Optional[Path], typer.Option("--output", help="run folder (default: the spec's output)")] = None,
-        quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False) -> None:
+        quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
+        logger: Annotated[Optional[list[str]], typer.Option("--logger", help="record the run with this logger too, e.g. tensorboard, mlflow (repeatable; as the spec's loggers:)")] = None,
+        json_: Annotated[bool, typer.Option("--json", help="with --dry-run: the plan as one JSON document (see the README)")] = False) -> None:
     """Compute every cell of a comparison (reusing the store) and write its report."""
+    from harness.errors import UsageError
+    from harness.loggers import session_for
     from harness.plugins import get_registry
     from harness.runner import Runner
     from harness.spec import load_spec
 
+    if json_ and not dry_run:
+        raise UsageError("--json: only with --dry-run (a run's results are in its report.json)")
     rspec = load_spec(spec, set_ or [])
     registry = get_registry()
     if output is not None and (problems := output_problems(str(output), None, "--output", "run folder")):
-        from harness.errors import UsageError
-
         raise UsageError(problems[0])
     output_dir = output or rspec.output_dir()
     runner = Runner(rspec, registry, _store(store), output_dir, quiet=True if quiet else None)
+    loggers = session_for(registry, rspec, logger or [], output_dir)  # checked before any work
     # A dry run runs no stage, but a generated (auto-prepared) dataset is generated: the plan's
     # stage keys depend on its sample ids, so without it a dry run on a fresh store cannot plan.
     plan, _, _ = runner.plan(prepare=True)
     if dry_run:
+        if json_:
+            from harness.cli_output import plan_json, write_json
+
+            return write_json(plan_json(runner, plan, str(spec)))
         _print_plan(runner, plan)
         return
-    result = runner.run(plan)
+    with loggers:
+        result = runner.run(plan)
     out.print(f"{len(result.records)} cells; {len(result.computed)} stages computed, "
               f"{len(result.reused)} reused", markup=False)
     for name in ("report.md", "report.html", "report.json", "report.csv"):
@@ -138,37 +164,16 @@ def _print_plan(runner, plan) -> None:
 
 
 @app.command("list")
-def list_plugins(what: Annotated[str, typer.Argument(help="methods, datasets or all")] = "all") -> None:
+def list_plugins(what: Annotated[str, typer.Argument(help="methods, datasets or all")] = "all",
+                 json_: JsonOpt = False) -> None:
     """Installed method and dataset plugins, their kind and distribution; broken plugins with
-    their error."""
+    their error (exit 4 if any). Plain columns when stdout is not a terminal."""
+    from harness.cli_output import list_plugins as print_plugins
     from harness.plugins import get_registry
 
     if what not in ("methods", "datasets", "all"):
         raise click.BadParameter(f"'{what}': choose methods, datasets or all", param_hint="WHAT")
-    registry = get_registry()
-    table = Table()
-    for col in ("name", "type", "kind", "distribution", "version", "description"):
-        if col == "description":
-            table.add_column(col, ratio=1)
-        else:
-            table.add_column(col, no_wrap=True)
-    tables = []
-    if what in ("methods", "all"):
-        tables.append(("method", registry.methods))
-    if what in ("datasets", "all"):
-        tables.append(("dataset", registry.datasets))
-    for category, entries in tables:
-        for name, info in sorted(entries.items()):
-            table.add_row(name, category, info.kind, info.distribution, info.dist_version,
-                          getattr(info.cls, "description", "") or "")
-    out.print(table)
-    for broken in registry.broken:
-        out.print(f"BROKEN {broken.entry_point} (from {broken.distribution}): {broken.error}",
-                  markup=False)
-    for dup in registry.duplicates:
-        out.print(f"CONFLICT {dup}", markup=False)
-    if registry.duplicates:
-        raise typer.Exit(4)
+    print_plugins(get_registry(), what, json_)
 
 
 @app.command()
@@ -234,7 +239,9 @@ def data_prepare(name: str, source: Annotated[Optional[Path], typer.Option("--so
                   f"it again", markup=False)
         return
     if source is None and not dataset.auto_prepare:
-        raise HarnessError(f"{name}: --source PATH is required ({dataset.source_hint or 'the official download'})")
+        from harness.errors import UsageError
+
+        raise UsageError(f"{name}: --source PATH is required ({dataset.source_hint or 'the official download'})")
     if source is not None and not Path(source).exists():
         from harness.errors import DataError
 
@@ -292,17 +299,20 @@ def viz_similarity(
         encoder: Annotated[list[str], typer.Option("--encoder", help="an encoder.pt (with its encoder.json), a stage folder holding one, or a stage key (prefix) in the store; repeatable, one column each")],
         image: Annotated[str, typer.Option("--image", help="sample id in the dataset, e.g. fold1/0003")],
         points: Annotated[str, typer.Option("--points", help='anchor pixels "x,y;x,y" (x = column, y = row); one row each')],
-        dataset: Annotated[str, typer.Option("--dataset", help="labeled dataset plugin that holds the image")],
-        set_: Annotated[Optional[list[str]], typer.Option("--set", help="a dataset option, e.g. --set dataset.image_size=256 (repeatable; the dataset. prefix is optional)")] = None,
+        dataset: Annotated[Optional[str], typer.Option("--dataset", help="labeled dataset plugin that holds the image (or --spec)")] = None,
+        spec: Annotated[Optional[Path], typer.Option("--spec", help="take the dataset and its options from this spec (the one the encoders came from)")] = None,
+        set_: Annotated[Optional[list[str]], typer.Option("--set", help="a dataset option, e.g. --set dataset.image_size=256 (repeatable; the dataset. prefix is optional; on top of --spec's)")] = None,
         size: Annotated[Optional[int], typer.Option("--size", help="encoder input side in px (default 4x the image side, as the thesis's 224 -> 896 px; rounded to a multiple of 32)")] = None,
         output: Annotated[Optional[Path], typer.Option("--output", help="PNG to write (default: similarity-IMAGE.png)")] = None,
         store: StoreOpt = None) -> None:
     """Point-similarity maps (thesis Fig. 4.2/4.3): the cosine similarity of each anchor's
     feature to every position of each encoder's last feature map, beside the ground truth."""
     from harness.viz.command import similarity_command
-    from harness.viz.inputs import dataset_options
+    from harness.viz.inputs import dataset_options, spec_dataset
 
-    ds = _dataset(dataset, store, dataset_options(set_))
+    if spec is None and dataset is None:
+        raise click.UsageError("give --dataset NAME or --spec SPEC (the dataset that holds the image)")
+    ds = spec_dataset(spec, dataset, set_, _store(store)) if spec else _dataset(dataset, store, dataset_options(set_))
     path = similarity_command(encoder, ds, image, points, size, output, _store(store).root)
     out.print(str(path), markup=False)
 
@@ -363,7 +373,7 @@ def main() -> None:
             raise
         from harness.errors import SpecError
 
-        lines = exc.problems if isinstance(exc, SpecError) else [str(exc)]
+        lines = getattr(exc, "problems", None) or [str(exc)]  # SpecError, MissingInputs
         src = f"{exc.source}: " if isinstance(exc, SpecError) and exc.source else ""
         for line in lines:
             err.print(printable(f"error: {src}{line}"), markup=False)
@@ -386,6 +396,9 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - last resort: a bug, not bad input
         if debug:
             raise
+        if (fault := _plugin_fault(exc)) is not None:  # raised inside plugin code: exit 4
+            err.print(printable(f"error: {fault}"), markup=False)
+            sys.exit(fault.exit_code)
         err.print(printable(f"error: unexpected {type(exc).__name__}: {exc} (a bug; please "
                             f"report it with the output of --debug)"), markup=False)
         sys.exit(1)

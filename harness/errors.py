@@ -49,3 +49,18 @@ class PluginError(HarnessError):
     """A plugin is missing, duplicated or broken (exit 4)."""
 
     exit_code = 4
+
+
+class MissingInputs(DataError):
+    """Every weights file and dataset a spec needs that is missing (exit 3); ``problems``: the
+    lines to print (a heading, then one per missing input with its fix; just the one line when
+    one input is missing)."""
+
+    def __init__(self, missing: list[str]):
+        self.missing = list(missing)
+        n = len(self.missing)
+        # one missing input stays the one-line error it always was
+        self.problems = self.missing if n == 1 else [
+            f"{n} inputs missing (nothing was run); fix each, then run again:",
+            *[f"  - {m}" for m in self.missing]]
+        super().__init__("\n".join(self.problems))

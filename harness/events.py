@@ -61,6 +61,8 @@ class StageFinished(Event):
     cached: bool  #: True when reused from the store rather than computed
     path: str  #: the stage's folder in the store
     seconds: float | None = None  #: its wall time (when it was computed)
+    #: the stage kind's summary of its result (what the store's meta holds: losses, scores...)
+    result: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

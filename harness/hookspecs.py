@@ -17,7 +17,9 @@ Registration hooks return plugin *classes*; the harness instantiates them. Lifec
 called during ``harness run`` so that a plugin can observe a run (loggers such as wandb,
 mlflow or tensorboard attach here); each gets its typed event (:mod:`harness.events`) as
 ``event`` beside the dict arguments; their return values are ignored, and an exception raised
-in one stops the run, so observers should be defensive.
+in one stops the run, so observers should be defensive. Loggers registered through
+``harness_register_loggers`` (:mod:`harness.loggers`) are called inside a guard instead: one that
+fails warns once and is off for the rest of the run.
 
 A hook implementation whose name matches no hook here (a misspelling, which pluggy would
 silently never call) makes its plugin broken: ``harness list`` shows it as ``BROKEN`` with the
@@ -72,8 +74,8 @@ def harness_run_started(run: dict[str, Any], event: RunStarted) -> None:
 @hookspec
 def harness_stage_finished(stage: dict[str, Any], event: StageFinished) -> None:
     """A stage finished. ``stage`` holds ``kind``, ``key``, ``label``, ``cached`` (True when it
-    was reused from the store rather than computed), ``path`` and ``seconds``; ``event``:
-    :class:`~harness.events.StageFinished`."""
+    was reused from the store rather than computed), ``path``, ``seconds`` and ``result`` (the
+    kind's summary); ``event``: :class:`~harness.events.StageFinished`."""
 
 
 @hookspec
@@ -108,3 +110,11 @@ def harness_register_stage_kinds() -> list[type]:
 def harness_register_protocols() -> list[type]:
     """Return protocol classes (subclasses of :class:`harness.protocols.base.TrainingProtocol`):
     how a cell turns an encoder into an evaluated model; a spec's ``protocols:`` names them."""
+
+
+@hookspec
+def harness_register_loggers() -> list[type]:
+    """Return logger classes (subclasses of :class:`harness.loggers.Logger`), each named by its
+    ``name``: observers that record a run in an experiment tracker. A run uses the ones its
+    spec's ``loggers:`` or ``harness run --logger NAME`` enables; they see the lifecycle events
+    above through a guard, so a logger that fails warns once and never stops the run."""

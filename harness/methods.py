@@ -14,10 +14,12 @@ Kinds:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:  # the contract imports without torch: `harness validate` and `list` load it
+    import torch
 
 KINDS = ("init", "pretrain", "semisupervised")
 
@@ -95,6 +97,12 @@ class LabelerSettings(MethodConfig):
     """The segmentation model that pseudo-labels the unlabeled images for methods that learn
     from masks (PRICon): a U-Net trained with the shared fine-tuning engine."""
 
+    protocol: Literal["thesis", "per_cell"] = Field(
+        "thesis", description="'thesis': one labeler trained on fixed groups (the thesis's folds "
+        "1+2, whatever the test fold: in two of three rotations it saw the test fold's labels, "
+        "and at 1%/10% it sees 100% of the labels); 'per_cell': each cell's labeler trains on "
+        "that cell's own training folds and label fraction (one labeler -> pseudo-labels -> "
+        "pretraining chain per fold and fraction; no test-fold labels)")
     dataset: str | None = Field(None, description="labeled dataset plugin; default: the spec's "
                                 "fine-tuning dataset with its options")
     train_groups: list[str] | None = Field(
@@ -109,11 +117,14 @@ class LabelerSettings(MethodConfig):
 class PretrainSettings(MethodConfig):
     """Settings shared by pretraining methods (thesis §4.1.2 / A.2 defaults)."""
 
-    epochs: int = Field(100, ge=1, le=100_000)
-    batch_size: int = Field(256, ge=2, le=65_536)
-    lr: float = Field(0.2, gt=0, le=10)
-    weight_decay: float = Field(1e-4, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    epochs: int = Field(100, ge=1, le=100_000, description="passes over the unlabeled images")
+    batch_size: int = Field(256, ge=2, le=65_536, description="images per optimizer step (two "
+                            "views each)")
+    lr: float = Field(0.2, gt=0, le=10, description="peak learning rate (cosine decay to 0 per "
+                      "iteration, no warm-up)")
+    weight_decay: float = Field(1e-4, ge=0, description="weight decay of the optimizer")
+    momentum: float = Field(0.9, ge=0, lt=1, description="the optimizer's (LARS/SGD) momentum; a "
+                            "momentum target network needs its own setting")
     optimizer: Literal["lars", "sgd"] = Field("lars", description="LARS (timm) excludes biases and "
                                               "norm parameters from adaptation and weight decay")
     lars_trust_coeff: float = Field(0.02, gt=0, description="LARS eta (reference wrapper's 0.02)")
@@ -145,7 +156,7 @@ class PretrainMethod(Method):
 
     def view_config(self) -> Any:
         """The two-view augmentation (:class:`harness.data.views.ViewAugmentConfig`)."""
-        from harness.data.views import ViewAugmentConfig
+        from harness.data.view_config import ViewAugmentConfig
 
         return getattr(self.config, "augment", None) or ViewAugmentConfig()
 
@@ -195,8 +206,8 @@ class SemiSupervisedSettings(MethodConfig):
     batch_size: int = Field(4, ge=1, le=65_536, description="labeled images per iteration")
     unlabeled_batch_size: int | None = Field(None, ge=2, description="unlabeled images per "
                                              "iteration (default: batch_size, at least 2 for mixing)")
-    lr: float = Field(5e-4, gt=0, le=10)
-    weight_decay: float = Field(5e-4, ge=0)
+    lr: float = Field(5e-4, gt=0, le=10, description="Adam learning rate (cosine decay to 0)")
+    weight_decay: float = Field(5e-4, ge=0, description="Adam weight decay")
     ema_decay: float = Field(0.99, gt=0, lt=1, description="teacher EMA: min(1 - 1/(t+1), decay)")
     strong_threshold: float = Field(0.97, gt=0, le=1, description="teacher confidence that counts "
                                     "a pixel in the per-image unsupervised weight")

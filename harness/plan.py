@@ -71,6 +71,8 @@ class Cell:
     seed: int
     final: Stage  # the evaluation stage; its upstream chain is the cell's work
     plugin: str = ""  # the method plugin behind the row
+    #: Facts for the cell's record that no stage holds (e.g. ``labeler_protocol``); in no key.
+    info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def cell_id(self) -> str:

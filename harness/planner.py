@@ -11,11 +11,14 @@ stage's config is exactly what its key hashes; what its kind needs beyond that g
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from harness.errors import PluginError, SpecError
 from harness.plan import Cell, Plan, Stage
 from harness.store import hash_key
+
+#: One cell split: (test fold, test ids, label fraction, chosen training ids by group).
+Split = tuple[str, list[str], float, dict[str, list[str]]]
 
 #: Bump when the shared loops change results: part of the keys of the stages they compute.
 ENGINE_VERSION = "1"
@@ -49,13 +52,15 @@ class StageFactory:
         return self._stages.setdefault(stage.key, stage)
 
     # --- encoders -------------------------------------------------------------------------------
-    def encoder_stages(self, method: Any, version: str, seed: int) -> list[tuple[str, Stage]]:
+    def encoder_stages(self, method: Any, version: str, seed: int,
+                       split: Split | None = None) -> list[tuple[str, Stage]]:
         """``(row suffix, encoder stage)`` pairs: one for most methods; one per cycle for cyclic
-        pretraining (``@cycle1``, ``@cycle2``, ...), each reported as its own row."""
+        pretraining (``@cycle1``, ``@cycle2``, ...), each reported as its own row. ``split``:
+        the one cell split whose labels a ``per_cell`` labeler learns from."""
         if method.kind == "init":
             return [("", self.init_stage(method, version, seed))]
         if method.kind == "pretrain":
-            return self.pretrain_stages(method, version, seed)
+            return self.pretrain_stages(method, version, seed, split)
         raise PluginError(f"method '{method.name}' of kind '{method.kind}' has no encoder stage "
                           f"this harness version can build")
 
@@ -75,7 +80,8 @@ class StageFactory:
             config={"init": "random", "encoder": self.spec.finetune.encoder, "seed": seed},
             version=ENGINE_VERSION, params={"seed": seed}))
 
-    def pretrain_stages(self, method: Any, version: str, seed: int) -> list[tuple[str, Stage]]:
+    def pretrain_stages(self, method: Any, version: str, seed: int,
+                        split: Split | None = None) -> list[tuple[str, Stage]]:
         """Pretraining, preceded for mask-guided methods by labeler -> pseudo-labels. With
         ``cycles: K`` (Table 4.5) each cycle continues the previous cycle's encoder and heads on
         pseudo-labels from the previous cycle's encoder fine-tuned on the labeler data."""
@@ -84,19 +90,21 @@ class StageFactory:
         cycles = method.cycles()
         masks = None
         if method.needs_masks:
-            masks = self.pseudolabel_stage(*self.labeler_stages(method, seed))
+            masks = self.pseudolabel_stage(*self.labeler_stages(method, seed, split=split))
         rows: list[tuple[str, Stage]] = []
         previous = None
         for cycle in range(1, cycles + 1):
-            stage = self.pretrain_stage(method, version, seed, masks, previous, cycle if cycles > 1 else None)
+            stage = self.pretrain_stage(method, version, seed, masks, previous, cycle if cycles > 1 else None,
+                                        split)
             rows.append((f"@cycle{cycle}" if cycles > 1 else "", stage))
             if cycle < cycles and method.needs_masks:
-                masks = self.pseudolabel_stage(*self.labeler_stages(method, seed, encoder=stage, cycle=cycle))
+                masks = self.pseudolabel_stage(*self.labeler_stages(method, seed, encoder=stage, cycle=cycle,
+                                                                    split=split))
             previous = stage
         return rows
 
     def pretrain_stage(self, method: Any, version: str, seed: int, masks: Stage | None,
-                       previous: Stage | None, cycle: int | None) -> Stage:
+                       previous: Stage | None, cycle: int | None, split: Split | None = None) -> Stage:
         deps: dict[str, Stage] = {}
         num_classes = None
         if masks is not None:
@@ -108,7 +116,8 @@ class StageFactory:
         # the effective seed is keyed as 'seed', so `seed: 0` shares stages with a cell of seed 0
         settings = {k: v for k, v in method.config.model_dump(mode="json").items()
                     if k not in RUNTIME_ONLY and k not in ("cycles", "seed")}
-        label = f"{method.name} pretrain seed {seed}" + (f" cycle {cycle}" if cycle else "")
+        _drop_labeler_protocol(method, settings)
+        label = f"{method.name} pretrain seed {seed}" + _split_label(split) + (f" cycle {cycle}" if cycle else "")
         return self._unique(Stage(
             kind="pretrain", label=label,
             config={"method": method.name, "settings": settings, "encoder": self.spec.finetune.encoder,
@@ -119,28 +128,37 @@ class StageFactory:
 
     # --- labeler and pseudo-labels -----------------------------------------------------------------
     def labeler_stages(self, method: Any, seed: int, encoder: Stage | None = None,
-                       cycle: int | None = None) -> tuple[Stage, Stage, int]:
-        """The labeler U-Net (from a random encoder, or a pretraining cycle's encoder) trained on
-        the labeler dataset's training groups, its evaluation on the held-out group, and the
-        labeler dataset's number of classes."""
+                       cycle: int | None = None, split: Split | None = None) -> tuple[Stage, Stage, int]:
+        """The labeler U-Net (from a random encoder, or a pretraining cycle's encoder), its
+        evaluation and the labeler dataset's number of classes. Protocol ``thesis``: trained on
+        the labeler dataset's training groups, evaluated on the held-out group. ``per_cell``
+        (``split`` given): trained on that cell's own training ids (its folds and label
+        fraction), evaluated on the cell's test fold (a score only; nothing downstream reads
+        it), so no test-fold label reaches the pseudo-labels."""
         cfg = method.labeler()
-        dataset, arrays = self.resources.labeled(cfg.dataset)
-        train_groups, test_groups = _labeler_groups(method.name, cfg, dataset, arrays)
-        by_group = {g: [s for s, gg in zip(arrays.ids, arrays.groups) if gg == g] for g in train_groups}
+        if split is not None:
+            dataset, arrays = self.resources.dataset, self.resources.arrays
+            test_fold, test_ids, _, by_group = split
+            source = None
+        else:
+            dataset, arrays = self.resources.labeled(cfg.dataset)
+            train_groups, test_groups = _labeler_groups(method.name, cfg, dataset, arrays)
+            by_group = {g: [s for s, gg in zip(arrays.ids, arrays.groups) if gg == g] for g in train_groups}
+            test_ids = [s for s, g in zip(arrays.ids, arrays.groups) if g in test_groups]
+            test_fold, source = "+".join(test_groups), cfg.dataset
         if cfg.max_images is not None:
             from harness.data.fractions import select_fraction
 
-            ids = [s for g in train_groups for s in by_group[g]]
+            ids = _flat(by_group)
             fraction = min(1.0, cfg.max_images / max(1, len(ids)))
             by_group = select_fraction(by_group, dict(zip(arrays.ids, arrays.tissues)), fraction, seed)
         settings = self.spec.finetune.model_copy(update={"epochs": cfg.epochs, "batch_size": cfg.batch_size,
                                                          "lr": cfg.lr})
-        label = f"labeler {dataset.name} seed {seed}" + (f" after cycle {cycle}" if cycle else "")
+        label = f"labeler {dataset.name} seed {seed}" + _split_label(split) + \
+            (f" after cycle {cycle}" if cycle else "")
         ft = self.finetune_stage(encoder or self.random_encoder_stage(seed), dataset, by_group, "full",
-                                 seed, settings, label=label, kind="labeler", source=cfg.dataset)
-        test_ids = [s for s, g in zip(arrays.ids, arrays.groups) if g in test_groups]
-        ev = self.evaluate_stage(ft, dataset, test_ids, "+".join(test_groups), kind="labeler_eval",
-                                 source=cfg.dataset)
+                                 seed, settings, label=label, kind="labeler", source=source)
+        ev = self.evaluate_stage(ft, dataset, test_ids, test_fold, kind="labeler_eval", source=source)
         return ft, ev, dataset.num_classes
 
     def pseudolabel_stage(self, labeler: Stage, labeler_eval: Stage, num_classes: int) -> Stage:
@@ -196,6 +214,25 @@ class StageFactory:
                     "settings": self.spec.finetune.model_dump(mode="json")}))
 
 
+def labeler_protocol(method: Any) -> str | None:
+    """The labeler protocol of a mask-guided method (``thesis`` or ``per_cell``), else None."""
+    cfg = method.labeler() if getattr(method, "needs_masks", False) else None
+    return None if cfg is None else getattr(cfg, "protocol", "thesis")
+
+
+def _drop_labeler_protocol(method: Any, settings: dict[str, Any]) -> None:
+    """The labeler protocol is not a pretraining setting: which labeler a chain uses is in its
+    masks' key (so a thesis chain keeps the key it had before the setting existed)."""
+    cfg = method.labeler() if hasattr(method, "labeler") else None
+    for name, value in settings.items():
+        if cfg is not None and getattr(method.config, name, None) is cfg and isinstance(value, dict):
+            value.pop("protocol", None)
+
+
+def _split_label(split: Split | None) -> str:
+    return "" if split is None else f" {split[0]} frac={split[2]:g}"
+
+
 def _labeler_groups(method_name: str, cfg: Any, dataset: Any, arrays: Any) -> tuple[list[str], list[str]]:
     """The labeler's training groups (its settings', else every k-fold group but the last, else
     'train') and its test groups (the rest but 'val')."""
@@ -229,13 +266,24 @@ def build_plan(rspec: Any, registry: Any, resources: Any) -> Plan:
             if method.kind == "semisupervised":  # no encoder stage: one whole-model stage per split
                 cells += _semisup_cells(factory, method_name, plugin, method, info.version, folds, seed)
                 continue
+            protocol = labeler_protocol(method)
+            facts = {} if protocol is None else {"labeler_protocol": protocol}
+            if protocol == "per_cell":  # one labeler -> pseudo-labels -> pretraining chain per split
+                by_row: dict[str, list[Cell]] = {}
+                for split in _splits(factory, folds, seed):
+                    for suffix, encoder in factory.encoder_stages(method, info.version, seed, split):
+                        by_row.setdefault(suffix, []).extend(_encoder_cells(
+                            factory, method_name + suffix, plugin, method_name, encoder, [split], seed, facts))
+                cells += [c for row_cells in by_row.values() for c in row_cells]
+                continue
+            splits = list(_splits(factory, folds, seed))
             for suffix, encoder in factory.encoder_stages(method, info.version, seed):
                 cells += _encoder_cells(factory, method_name + suffix, plugin, method_name, encoder,
-                                        folds, seed)
+                                        splits, seed, facts)
     return Plan(cells)
 
 
-def _splits(factory: StageFactory, folds: list[str], seed: int):
+def _splits(factory: StageFactory, folds: list[str], seed: int) -> Iterator[Split]:
     """``(fold, test ids, fraction, chosen training ids by group)`` of every split of the spec."""
     from harness.data.fractions import select_fraction
 
@@ -262,14 +310,14 @@ def _semisup_cells(factory: StageFactory, row: str, plugin: str, method: Any, ve
 
 
 def _encoder_cells(factory: StageFactory, row: str, plugin: str, method_name: str, encoder: Stage,
-                   folds: list[str], seed: int) -> list[Cell]:
+                   splits: list[Split], seed: int, facts: dict[str, Any]) -> list[Cell]:
     spec, dataset, cells = factory.spec, factory.resources.dataset, []
-    for fold, test_ids, fraction, chosen in _splits(factory, folds, seed):
+    for fold, test_ids, fraction, chosen in splits:
         for protocol in spec.protocols_of(method_name):  # the spec's, or the row's own subset
             ft = factory.finetune_stage(
                 encoder, dataset, chosen, protocol, seed, spec.finetune,
                 label=f"{row} {protocol} frac={fraction:g} {fold} seed {seed}",
                 extra={"fold": fold, "fraction": fraction})
             ev = factory.evaluate_stage(ft, dataset, test_ids, fold)
-            cells.append(Cell(row, protocol, fraction, fold, seed, final=ev, plugin=plugin))
+            cells.append(Cell(row, protocol, fraction, fold, seed, final=ev, plugin=plugin, info=dict(facts)))
     return cells

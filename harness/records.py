@@ -29,6 +29,27 @@ def upstream_summaries(cell: Cell, timings: dict[str, dict[str, Any]], store: An
     return out
 
 
+def labeler_facts(cell: Cell, dataset: str) -> dict[str, Any]:
+    """The cell's labeler (the first ``labeler`` stage upstream), if it has one: its protocol,
+    dataset, training ids by group, how many of the cell's test images it was trained on
+    (labels of the test fold) and how many training images beyond the cell's own labeled ones.
+    Overlaps count only when the labeler learned from the spec's own dataset (``dataset``)."""
+    labeler = next((s for s in cell.stages() if s.kind == "labeler"), None)
+    if labeler is None:
+        return {}
+    ev, ft = cell.final, cell.final.deps["model"]
+    source = labeler.params.get("dataset") or dataset
+    train = labeler.info.get("train_ids") or {}
+    ids = {i for group in train.values() for i in group}
+    same = source == dataset
+    own = {i for group in ft.info.get("train_ids", {}).values() for i in group}
+    return {"labeler": {
+        "protocol": cell.info.get("labeler_protocol", "thesis"), "dataset": source,
+        "train_ids": train, "images": len(ids),
+        "test_images_seen": len(ids & set(ev.info["test_ids"])) if same else 0,
+        "images_beyond_cell": len(ids - own) if same else None}}
+
+
 def build_record(rspec: Any, cell: Cell, timings: dict[str, dict[str, Any]], metrics: dict[str, Any],
                  metric: dict[str, Any], upstream: dict[str, Any], provenance: dict[str, Any]) -> dict[str, Any]:
     spec = rspec.spec
@@ -47,6 +68,8 @@ def build_record(rspec: Any, cell: Cell, timings: dict[str, dict[str, Any]], met
         "split": {"train_ids": ft.info["train_ids"], "test_ids": ev.info["test_ids"]},
         "train": timings[ft.key]["result"],
         "upstream": upstream,
+        **labeler_facts(cell, spec.dataset.name),
+        "evaluation": timings[ev.key]["result"],
         "stages": [{"kind": s.kind, "key": s.key, "label": s.label,
                     "cached": timings[s.key]["cached"], "seconds": timings[s.key]["seconds"]}
                    for s in cell.stages()],

@@ -15,6 +15,7 @@ from harness.execute.local import LocalExecutor, run_provenance
 from harness.plan import Cell, Plan, Stage
 from harness.planner import build_plan
 from harness.plugins import Registry
+from harness.preflight import check_inputs
 from harness.records import build_record, read_metrics, upstream_summaries
 from harness.spec import ResolvedSpec
 from harness.stages.base import StageEnv
@@ -42,8 +43,8 @@ class Runner:
 
     # --- planning -----------------------------------------------------------------------------
     def plan(self, prepare: bool = True) -> tuple[Plan, Dataset, LabeledArrays]:
-        for name, config in self.rspec.method_configs.items():
-            self.registry.method(self.rspec.spec.plugin_of(name)).cls(config).preflight(self.rspec.spec)
+        # every missing weights file and dataset at once, before any work (exit 3)
+        check_inputs(self.rspec, self.registry, self.store, prepare=prepare)
         self.resources = Resources(self.rspec, self.registry, self.store, prepare=prepare)
         plan = build_plan(self.rspec, self.registry, self.resources)
         return plan, self.resources.dataset, self.resources.arrays

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import subprocess
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -67,13 +68,14 @@ def harness(*args: object, site: Path | None, store: Path, cwd: Path = REPO,
 
 
 def table_rows(stdout: str) -> dict[str, list[str]]:
-    """Rows of ``harness list``'s table by name: [name, type, kind, distribution, version, ...]."""
+    """Rows of ``harness list`` by name: [name, type, kind, distribution, version, ...] (stdout
+    is a pipe here: plain columns, two spaces apart, up to the BROKEN/CONFLICT lines)."""
     rows: dict[str, list[str]] = {}
     for line in stdout.splitlines():
-        if "│" not in line:
+        if line.startswith(("BROKEN ", "CONFLICT ")) or not line.strip():
             continue
-        cells = [c.strip() for c in line.split("│")[1:-1]]
-        if cells and cells[0] and cells[0] != "name":
+        cells = re.split(r"\s{2,}", line.strip(), maxsplit=5)
+        if cells and cells[0] != "name":
             rows.setdefault(cells[0], cells)
     return rows
 
@@ -209,6 +211,19 @@ def test_example_spec_validates_and_runs(example_site, tmp_path):
     assert "example_blobs" in report
 
 
+def test_example_package_tests_itself_with_the_kit(example_site, tmp_path):
+    """The example package's own tests (`check_plugin` on its four plugins) against the
+    installed package: the README's test command covers them."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update({"PYTHONPATH": str(example_site), "HARNESS_STORE": str(tmp_path / "store")})
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(EXAMPLE),
+         "-c", str(EXAMPLE / "pyproject.toml"), str(EXAMPLE / "tests")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "1 passed" in result.stdout
+
+
 def load_example_module(site: Path, name: str):
     """A module of the installed example package, loaded from its file: the test process does
     not get the package on sys.path (which would change the registry of other tests)."""
@@ -276,7 +291,7 @@ def test_example_method_contract(example_site):
 def test_broken_plugin_is_listed_and_does_not_break_others(broken_site, tmp_path):
     store = tmp_path / "store"
     result = harness("list", site=broken_site, store=store)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 4, result.stderr  # listed, and CI sees that something is broken
     broken = [line for line in result.stdout.splitlines() if line.startswith("BROKEN")]
     assert broken == ["BROKEN broken_method (from harness-broken-plugin): ImportError: "
                       "harness_broken needs 'nonexistent_dependency_xyz'"]
@@ -292,7 +307,7 @@ def test_broken_plugin_is_listed_and_does_not_break_others(broken_site, tmp_path
 def test_misspelled_hook_is_a_broken_plugin_naming_its_distribution(typo_site, tmp_path):
     """pluggy alone would silently never call it; the harness lists it with the likely name."""
     result = harness("list", "methods", site=typo_site, store=tmp_path / "store")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 4, result.stderr
     broken = [line for line in result.stdout.splitlines() if line.startswith("BROKEN")]
     assert broken == ["BROKEN typo_logger (from harness-typo-logger): hook implementation "
                       "'harness_cell_finshed' matches no hook of the harness (did you mean "

@@ -73,7 +73,7 @@ RUN_INFO = {"name": "unit", "spec": {"name": "unit", "description": "A unit-test
 
 def test_mean_std_and_t_interval():
     assert stats.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
-    assert stats.mean_std([0.5]) == (0.5, 0.0)
+    assert stats.mean_std([0.5]) == (0.5, None)  # one value: no spread
     assert stats.mean_std([None, float("nan")]) == (None, None)
     lo, hi = stats.t_interval([1.0, 2.0, 3.0])
     half = 4.302652729911275 / math.sqrt(3)  # t_{0.975, 2}
@@ -108,13 +108,19 @@ def test_summarize_rows_best_and_ci():
 
 
 def test_paired_comparison_pairs_identical_folds_and_marks_table():
-    records = grid({"scratch": [0.30, 0.32, 0.31, 0.30], "better": [0.40, 0.42, 0.41, 0.405]})
+    records = grid({"scratch": [0.30, 0.32, 0.31, 0.30, 0.33, 0.31],
+                    "better": [0.40, 0.42, 0.41, 0.405, 0.43, 0.40]})
     records += [make_record("better", fold="fold9", value=0.9)]  # no baseline partner: unpaired
     report = build_report(records, [RUN_INFO], baseline="scratch").dump()
     (c,) = report["comparisons"]
-    assert c["method"] == "better" and c["n_pairs"] == 4 and c["significant"]
-    assert c["mean_diff"] == pytest.approx(0.10125)
-    assert c["p_wilcoxon"] == pytest.approx(0.125) and c["p_bootstrap_holm"] == c["p_bootstrap"]
+    assert c["method"] == "better" and c["n_pairs"] == 6 and c["significant"]
+    assert c["mean_diff"] == pytest.approx(0.595 / 6)
+    # all six differences positive: only the all-+ and all-- patterns are as extreme
+    assert c["p_signflip"] == pytest.approx(2 / 64) and c["signflip"] == "exact"
+    assert c["p_min"] == pytest.approx(2 / 64) and c["p_signflip_holm"] == c["p_signflip"]
+    assert c["p_wilcoxon"] == pytest.approx(2 / 64)
+    lo, hi = c["diff_t_ci"]
+    assert lo < c["mean_diff"] < hi and lo > 0
     md = to_markdown(main_table(report))
     assert "▲" in md and "**" in md  # better is best and significantly above the baseline
     assert build_report(records, [RUN_INFO]).dump()["baseline"] == "scratch"  # default: first method

@@ -217,3 +217,36 @@ def test_cli_errors_are_one_line(case, code, message, encoders, store, tmp_path,
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     assert re.search(message, lines[0]), lines[0]
     assert not (tmp_path / "x.png").exists()
+
+
+VIZ_SPEC = """
+name: viz_spec
+dataset: {name: synthetic, image_size: 32, images_per_fold: 3, unlabeled_images: 0}
+methods: [scratch]
+protocols: [frozen]
+finetune: {batch_size: 4}
+"""
+
+
+def test_spec_gives_the_dataset_and_its_options(encoders, store, tmp_path, monkeypatch, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(VIZ_SPEC)
+    out = tmp_path / "sim.png"
+    args = ["viz", "similarity", "--encoder", str(encoders["file"]), "--spec", str(spec),
+            "--points", "4,5", "--output", str(out)]
+    got, err = harness_main(monkeypatch, capsys, *args, "--image", "fold3/0002")
+    assert got == 0, err
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the spec's options were used (3 images per fold, 32 px), and --set goes on top of them
+    got, err = harness_main(monkeypatch, capsys, *args, "--image", "fold3/0003")
+    assert got == 2 and "no such sample in dataset 'synthetic' (9 samples" in err, err
+    got, err = harness_main(monkeypatch, capsys, *args, "--image", "fold3/0003", "--set",
+                            "images_per_fold=4")
+    assert got == 0, err
+    got, err = harness_main(monkeypatch, capsys, *args, "--image", "fold1/0001", "--points", "40,3")
+    assert got == 2 and "outside the image (32 x 32 px" in err, err
+    got, err = harness_main(monkeypatch, capsys, *args, "--image", "fold1/0001", "--dataset", "tnbc")
+    assert got == 2 and "--dataset tnbc: " in err and "fine-tunes on 'synthetic'" in err, err
+    no_spec = [a for a in args if a not in ("--spec", str(spec))]
+    got, err = harness_main(monkeypatch, capsys, *no_spec, "--image", "fold1/0001")
+    assert got == 2 and "give --dataset NAME or --spec SPEC" in err, err

@@ -96,4 +96,14 @@ def evaluate(ctx: StageContext, *, arrays: LabeledArrays, test_ids: Sequence[str
     pred = np.concatenate(parts) if parts else np.zeros((0,) + arrays.classes.shape[1:], np.uint8)
     np.savez_compressed(ctx.out / "predictions.npz", classes=pred, ids=np.array(list(test_ids)))
     atomic_write_json(ctx.out / "metrics.json", metrics)
-    return {"test_images": len(test_ids)}
+    return {"test_images": len(test_ids), **predicted_classes(pred, ["background", *class_names])}
+
+
+def predicted_classes(pred: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+    """Facts about the predictions, per image: on how many images each class is predicted, and
+    how many images are predicted as a single class throughout (a model that predicts only
+    background everywhere has ``single_class_images`` equal to the number of images)."""
+    present = np.stack([(pred == c).any(axis=(1, 2)) for c in range(len(names))], axis=1) \
+        if len(pred) else np.zeros((0, len(names)), bool)
+    return {"images_with_class": {n: int(v) for n, v in zip(names, present.sum(0))},
+            "single_class_images": int((present.sum(1) == 1).sum())}

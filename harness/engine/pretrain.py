@@ -25,6 +25,7 @@ from harness.engine.loop import EpochLog, EpochSource, MethodHook, TrainLoop, ep
 from harness.engine.model import build_encoder
 from harness.engine.runtime import Checkpoint, Precision, seed_everything, worker_init_fn
 from harness.methods import PretrainMethod
+from harness.plugin_faults import require_attribute
 from harness.store import atomic_torch_save
 
 
@@ -132,6 +133,7 @@ def _initial_model(method: PretrainMethod, encoder_name: str, seed: int,
     encoder = build_encoder(encoder_name)
     method.init_encoder(encoder, encoder_name, seed)
     model = method.build_model(encoder, list(encoder.out_channels))
+    require_attribute(method, model, "encoder", encoder, "build_model")
     if start_from is not None:
         model.load_state_dict(start_from)
     return model

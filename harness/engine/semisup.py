@@ -62,6 +62,7 @@ from harness.engine.model import build_unet
 from harness.engine.runtime import Checkpoint, Precision, seed_everything, worker_init_fn
 from harness.errors import DataError
 from harness.methods import HALF_NORMALIZATION, SemiSupervisedMethod
+from harness.plugin_faults import require_attribute
 from harness.store import atomic_torch_save
 
 #: Random streams derived from (seed, iteration).
@@ -280,7 +281,9 @@ class IntervalLog(Hook):
 def _student_and_teacher(method: SemiSupervisedMethod, encoder: str, num_classes: int,
                          device: torch.device, channels_last: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The student (a random U-Net in the method's network) and its EMA copy, on ``device``."""
-    student = method.build_model(build_unet(encoder, num_classes))
+    unet = build_unet(encoder, num_classes)
+    student = method.build_model(unet)
+    require_attribute(method, student, "unet", unet, "build_model")
     teacher = copy.deepcopy(student)
     for p in teacher.parameters():
         p.requires_grad_(False)

@@ -56,7 +56,8 @@ class LocalExecutor:
             result.reused.append(stage.key)
             meta = self.store.meta(stage.kind, stage.key)
             self.hook.harness_stage_finished(stage={**stage_info, "cached": True, "path": str(path),
-                                                    "seconds": meta.get("seconds")})
+                                                    "seconds": meta.get("seconds"),
+                                                    "result": meta.get("result", {})})
             return {"cached": True, "seconds": meta.get("seconds"), "result": meta.get("result", {})}
 
         tmp = self.store.new_tmp(stage.kind, stage.key)
@@ -80,5 +81,5 @@ class LocalExecutor:
         result.computed.append(stage.key)
         console.log(f"  done {stage.kind} {stage.label} ({seconds:.1f} s)")
         self.hook.harness_stage_finished(stage={**stage_info, "cached": False, "path": str(path),
-                                                "seconds": seconds})
+                                                "seconds": seconds, "result": stage_result})
         return {"cached": False, "seconds": seconds, "result": stage_result}

@@ -9,7 +9,6 @@ class ``c + 1``.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 __all__ = [
     "CONNECTIVITY",
@@ -24,9 +23,11 @@ __all__ = [
 #: ``skimage.measure.label`` would merge them (its 2-D default is 8-connectivity).
 CONNECTIVITY = 4
 
+#: ``scipy.ndimage.generate_binary_structure(2, 1)`` and ``(2, 2)``, spelled out so that importing
+#: this module imports no scipy (listing and validating specs import the metric families)
 _STRUCTURES = {
-    4: ndimage.generate_binary_structure(2, 1),
-    8: ndimage.generate_binary_structure(2, 2),
+    4: np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool),
+    8: np.ones((3, 3), dtype=bool),
 }
 
 
@@ -57,6 +58,8 @@ def semantic_to_instances(classes: np.ndarray, num_fg_classes: int,
     if connectivity not in _STRUCTURES:
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
     batch, single = _as_batch(classes, num_fg_classes)
+    from scipy import ndimage
+
     structure = _STRUCTURES[connectivity]
     out = np.zeros(batch.shape + (num_fg_classes,), dtype=np.int32)
     for i in range(batch.shape[0]):

@@ -8,9 +8,10 @@ model to load the trained weights; predictions are the argmax of its logits at i
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from torch import nn
+if TYPE_CHECKING:  # no torch at import: `harness validate` and `list` load every protocol
+    from torch import nn
 
 
 class TrainingProtocol:

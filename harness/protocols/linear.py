@@ -4,23 +4,13 @@ class logits, bilinearly upsampled to the input size. Only the 1x1 convolution t
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as nnf
-from torch import nn
+from typing import TYPE_CHECKING
 
 from harness.hookspecs import hookimpl
 from harness.protocols.base import TrainingProtocol
 
-
-class LinearProbe(nn.Module):
-    def __init__(self, encoder: nn.Module, num_classes: int):
-        super().__init__()
-        self.encoder = encoder
-        self.head = nn.Conv2d(encoder.out_channels[-1], num_classes, kernel_size=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.head(self.encoder(x)[-1])
-        return nnf.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+if TYPE_CHECKING:  # no torch at import: `harness validate` and `list` load every protocol
+    from torch import nn
 
 
 class Linear(TrainingProtocol):
@@ -30,6 +20,7 @@ class Linear(TrainingProtocol):
 
     def build_model(self, encoder_name: str, num_classes: int) -> nn.Module:
         from harness.engine.model import build_encoder
+        from harness.protocols.linear_probe import LinearProbe
 
         return LinearProbe(build_encoder(encoder_name), num_classes)
 

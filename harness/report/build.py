@@ -12,7 +12,7 @@ import math
 from typing import Any, Iterable
 
 from harness.references import published_value, reference_metric
-from harness.report import stats
+from harness.report import facts, stats
 from harness.report.provenance import collect_provenance
 from harness.report.schema import REPORT_SCHEMA, Comparison, Report, Row
 
@@ -93,7 +93,9 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def compare_to_baseline(records: list[dict[str, Any]], baseline: str) -> list[dict[str, Any]]:
     """Every other method against ``baseline`` in each column where both exist, on identical
-    (fold, seed) pairs; both tests Holm-corrected over the whole family."""
+    (fold, seed) pairs. The sign-flip test marks a row (Holm-corrected over the whole family,
+    p < :data:`~harness.report.stats.ALPHA`); the bootstrap and Wilcoxon p beside it are
+    Holm-corrected too, descriptive only."""
     by_method: dict[tuple, dict[tuple, float | None]] = {}
     for r in records:
         by_method.setdefault((r["method"], *column_key(r)), {})[(r["fold"], int(r["seed"]))] = \
@@ -105,17 +107,35 @@ def compare_to_baseline(records: list[dict[str, Any]], baseline: str) -> list[di
             continue
         diffs = stats.paired_diffs(values, base)
         p_boot, ci = stats.paired_bootstrap(diffs)
+        p_flip, how = stats.sign_flip(diffs)
         out.append(Comparison(method=method, baseline=baseline, protocol=protocol,
                               fraction=fraction, n_pairs=len(diffs),
                               mean_diff=sum(diffs) / len(diffs) if diffs else None, diff_ci=ci,
+                              diff_t_ci=stats.paired_t_interval(diffs), p_signflip=p_flip,
+                              signflip=how, p_min=stats.smallest_p(len(diffs)),
                               p_bootstrap=p_boot, p_wilcoxon=stats.wilcoxon(diffs)).model_dump())
-    for test in ("bootstrap", "wilcoxon"):
+    for test in ("signflip", "bootstrap", "wilcoxon"):
         adjusted = stats.holm([c[f"p_{test}"] for c in out])
         for c, p in zip(out, adjusted):
             c[f"p_{test}_holm"] = p
     for c in out:
-        c["significant"] = c["p_bootstrap_holm"] is not None and c["p_bootstrap_holm"] < 0.05
+        c["significant"] = c["p_signflip_holm"] is not None and c["p_signflip_holm"] < stats.ALPHA
     return out
+
+
+def power_note(comparisons: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What the pairs allow: the smallest p attainable with the fewest pairs of any comparison,
+    the Holm family size, whether any mark is reachable at all and how many pairs would be."""
+    sizes = [c["n_pairs"] for c in comparisons if c["n_pairs"]]
+    if not sizes:
+        return None
+    family = sum(1 for c in comparisons if c.get("p_signflip") is not None)
+    n = min(sizes)
+    best = max(sizes)
+    return {"alpha": stats.ALPHA, "min_pairs": n, "max_pairs": best, "family": family,
+            "p_min": stats.smallest_p(n), "p_min_best": stats.smallest_p(best),
+            "reachable": family * stats.smallest_p(best) < stats.ALPHA,
+            "pairs_needed": stats.pairs_needed(stats.ALPHA, max(1, family))}
 
 
 def paper_comparison(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -197,6 +217,8 @@ def build_report(records: list[dict[str, Any]], runs: list[dict[str, Any]],
         raise SpecError(f"--baseline {baseline}: no such method in the records "
                            f"(have: {', '.join(sorted(methods))})")
     baseline = baseline or default_baseline(records)
+    comparisons = compare_to_baseline(records, baseline) if baseline else []
+    single = facts.single_class_rows(records)
     metrics = list(dict.fromkeys((r["metric"]["name"], r["metric"].get("variant")) for r in records))
     names = [str(r.get("name")) for r in runs if r.get("name")] or \
         list(dict.fromkeys(r["run"] for r in records))
@@ -204,7 +226,9 @@ def build_report(records: list[dict[str, Any]], runs: list[dict[str, Any]],
         "schema": REPORT_SCHEMA, "run": " + ".join(names) if names else None, "runs": names,
         "metric": metrics[0][0] if metrics else None, "variant": metrics[0][1] if metrics else None,
         "rows": summarize(records), "baseline": baseline,
-        "comparisons": compare_to_baseline(records, baseline) if baseline else [],
+        "comparisons": comparisons, "power": power_note(comparisons),
         "paper": paper_comparison(records), "breakdown": breakdown(records),
+        "labelers": facts.labeler_rows(records, metric_of), "single_class": single,
+        "warnings": [facts.warning_text(e) for e in single],
         "provenance": collect_provenance(records, runs),
     })

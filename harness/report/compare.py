@@ -8,7 +8,7 @@ Rule, per baseline cell (all our metrics are higher-is-better):
 
 * tolerance = ``--tolerance X`` when given (absolute, in metric units); otherwise derived from the
   baseline's recorded spread: ``max(k * std, floor)`` with ``std`` the baseline's sample std over
-  folds and seeds (0 for a single run), ``k`` = :data:`DEFAULT_K` and ``floor`` =
+  folds and seeds (none, i.e. 0, for a single run), ``k`` = :data:`DEFAULT_K` and ``floor`` =
   :data:`DEFAULT_FLOOR` (the floor absorbs CPU-vs-CPU float noise of a single-run baseline);
 * ``regression`` when ``new_mean < baseline_mean - tolerance``; ``improved`` when
   ``new_mean > baseline_mean + tolerance``; ``ok`` otherwise;
@@ -121,8 +121,9 @@ def rich_table(result: dict[str, Any]):
         table.add_column(col, no_wrap=True, justify="left" if col in ("cell", "metric", "status") else "right")
     for c in result["cells"]:
         metric = c["metric"] + (f"/{c['variant']}" if c.get("variant") else "")
+        spread = "" if c["baseline_std"] is None else f" ± {c['baseline_std']:.4f}"
         base = "-" if c["baseline_mean"] is None else \
-            f"{c['baseline_mean']:.4f} ± {c['baseline_std'] or 0:.4f} (n={c['baseline_n']})"
+            f"{c['baseline_mean']:.4f}{spread} (n={c['baseline_n']})"
         new = "-" if c["new_mean"] is None else f"{c['new_mean']:.4f} (n={c['new_n']})"
         status = f"[{colours[c['status']]}]{c['status']}[/]" if colours[c["status"]] else c["status"]
         table.add_row(f"{c['method']} / {c['protocol']} @ {c['fraction']:g}", metric, base, new,

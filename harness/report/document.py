@@ -2,7 +2,7 @@
 blocks), rendered to Markdown here and to HTML by :mod:`harness.report.html`, so that both
 formats always hold the same content.
 
-Sections: summary; main results (+ bar chart, fraction curves); paired comparison against the
+Sections: summary; warnings (models predicting one class everywhere); main results; labelers (+ bar chart, fraction curves); paired comparison against the
 baseline; paper comparison (like for like); PQ variants (overall, per class, per tissue, both
 variants named); training curves; provenance (versions, commit, device, plugins, packages,
 overrides, stages with wall time, resolved spec of each run).
@@ -71,9 +71,13 @@ def _provenance(report: dict[str, Any]) -> Section:
 
 def build_sections(report: dict[str, Any], records: list[dict[str, Any]], run_info: dict[str, Any],
                    figures: dict[str, Any]) -> list[Section]:
-    sections = [_summary(report, records, run_info),
-                Section("Main results", tables=[T.main_table(report)],
-                        figures=[f for f in ("bars", "fractions") if f in figures])]
+    sections = [_summary(report, records, run_info)]
+    if report.get("warnings"):
+        sections.append(Section("Warnings", bullets=list(report["warnings"])))
+    sections.append(Section("Main results", tables=[T.main_table(report)],
+                            figures=[f for f in ("bars", "fractions") if f in figures]))
+    if report.get("labelers"):
+        sections.append(Section("Labelers", tables=[T.labeler_table(report)]))
     if report.get("comparisons"):
         sections.append(Section("Paired comparison", tables=[T.comparison_table(report)]))
     if report.get("paper"):

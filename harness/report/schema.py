@@ -60,6 +60,11 @@ class Record(_Open):
     split: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
     upstream: dict[str, Any] = Field(default_factory=dict)
+    #: The cell's labeler (protocol, train ids, test images it saw); None: no labeler, or a
+    #: record from before labeler protocols (those used the thesis's fixed folds).
+    labeler: Optional[dict[str, Any]] = None
+    #: The evaluate stage's summary (test images, classes predicted); empty in old records.
+    evaluation: dict[str, Any] = Field(default_factory=dict)
     stages: list[StageRef] = Field(default_factory=list)
     overrides: list[str] = Field(default_factory=list)
     provenance: dict[str, Any] = Field(default_factory=dict)
@@ -102,7 +107,12 @@ class Comparison(_Open):
     fraction: float
     n_pairs: int
     mean_diff: Optional[float] = None
-    diff_ci: Optional[list[float]] = None
+    diff_ci: Optional[list[float]] = None  # paired bootstrap percentile interval (descriptive)
+    diff_t_ci: Optional[list[float]] = None  # paired t-interval of the mean difference
+    p_signflip: Optional[float] = None  # paired permutation test: marks the table (after Holm)
+    signflip: Optional[str] = None  # "exact" (all 2^n sign patterns) or "monte carlo"
+    p_signflip_holm: Optional[float] = None
+    p_min: Optional[float] = None  # smallest p attainable with n_pairs pairs: 2 / 2^n
     p_bootstrap: Optional[float] = None
     p_wilcoxon: Optional[float] = None
     p_bootstrap_holm: Optional[float] = None
@@ -119,8 +129,15 @@ class Report(_Open):
     rows: list[Row]
     baseline: Optional[str] = None
     comparisons: list[Comparison] = Field(default_factory=list)
+    #: What the pairs allow (``harness.report.build.power_note``); None without comparisons.
+    power: Optional[dict[str, Any]] = None
     paper: list[dict[str, Any]] = Field(default_factory=list)
     breakdown: dict[str, Any] = Field(default_factory=dict)
+    #: Rows with a labeler: its score, protocol, test-fold labels seen (harness.report.facts).
+    labelers: list[dict[str, Any]] = Field(default_factory=list)
+    #: Rows whose model predicts a single class on every test image, and the warnings about them.
+    single_class: list[dict[str, Any]] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
     provenance: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("schema_")

@@ -3,7 +3,8 @@
 
 * main table: rows = methods, columns = protocol (x label fraction), cells = mean ± sample std
   over folds and seeds, the number of runs and the 95% t-interval; the best mean of a column in
-  bold; ▲/▼ where a method differs from the baseline (paired bootstrap, Holm-corrected p < 0.05);
+  bold; ▲/▼ where a method differs from the baseline (exact paired sign-flip test, Holm-corrected
+  p < 0.05); a single value is shown without a spread;
   "paper" and "Δ" columns only when the headline metric is the paper's own (like for like).
 * paired comparisons, paper comparison (like for like), both PQ variants, per-class PQ and
   per-tissue mPQ of each variant, stage wall times.
@@ -65,10 +66,17 @@ def method_order(rows: list[dict[str, Any]]) -> list[str]:
     return order
 
 
+def mean_text(v: dict[str, Any]) -> str:
+    """``mean ± std``, or the bare mean where the spread is undefined (a single value)."""
+    if v.get("mean") is None:
+        return "-"
+    return f"{v['mean']:.4f}" if v.get("std") is None else f"{v['mean']:.4f} ± {v['std']:.4f}"
+
+
 def cell_text(r: dict[str, Any]) -> str:
     if r["mean"] is None:
         return f"- (n={r['n']})"
-    text = f"{r['mean']:.4f} ± {r['std']:.4f} (n={r['n']}"
+    text = f"{mean_text(r)} (n={r['n']}"
     if r.get("ci_low") is not None:
         text += f"; CI {r['ci_low']:.4f}–{r['ci_high']:.4f}"
     return text + ")"
@@ -81,6 +89,13 @@ def main_table(report: dict[str, Any]) -> Table:
     marks = {(c["method"], c["protocol"], c["fraction"]): ("▲" if c["mean_diff"] > 0 else "▼")
              for c in report.get("comparisons", []) if c["significant"] and c["mean_diff"]}
     outside = {(p["method"], p["protocol"], p["fraction"]): p["outside_ci"] for p in report.get("paper", [])}
+    for e in report.get("labelers", []):  # † the labeler saw test-fold labels
+        if e["cells_test_labels"]:
+            key = (e["method"], e["protocol"], e["fraction"])
+            marks[key] = (marks.get(key, "") + " †").strip()
+    for e in report.get("single_class", []):  # ⚠ a single class predicted on every test image
+        key = (e["method"], e["protocol"], e["fraction"])
+        marks[key] = (marks.get(key, "") + " ⚠").strip()
     with_paper = any(r["paper"] is not None for r in rows)
     header = ["method"]
     for protocol, fraction in cols:
@@ -105,34 +120,98 @@ def main_table(report: dict[str, Any]) -> Table:
         table.rows.append(cells)
     variant = f" (PQ variant `{report['variant']}`)" if report.get("variant") else ""
     table.notes.append(f"{metric}{variant}: mean ± sample std over folds and seeds; n = runs; "
-                       "CI = 95% t-interval of the mean; bold = best mean of the column.")
+                       "CI = 95% t-interval of the mean; bold = best mean of the column."
+                       + (" n = 1: a single run, no spread." if any(r["n"] == 1 for r in rows) else ""))
     if missing:
         table.notes.append("-: no result for the method in this column (e.g. a row restricted "
                            "to `protocols: [full]`: semi-supervised methods have no frozen encoder).")
     if report.get("baseline"):
         table.notes.append(f"▲/▼: differs from the baseline `{report['baseline']}` on identical "
-                           "(fold, seed) pairs (paired bootstrap, Holm-corrected p < 0.05).")
+                           "(fold, seed) pairs (exact paired sign-flip test, Holm-corrected "
+                           "p < 0.05). " + power_text(report))
+    if any(e["cells_test_labels"] for e in report.get("labelers", [])):
+        table.notes.append("†: the labeler behind this row's pseudo-labels was trained on labels of "
+                           "the test fold (labeler protocol `thesis`: fixed folds whatever the test "
+                           "fold), an advantage no other row has; `labeler.protocol: per_cell` "
+                           "trains each cell's labeler on its own training split (see Labelers).")
+    if report.get("single_class"):
+        table.notes.append("⚠: the model predicts a single class on every test image in at least "
+                           "one cell of this row (see Warnings).")
     if with_paper:
         table.notes.append("paper/Δ: the thesis's value and ours minus it (like for like); "
                            "° = the published value lies outside our 95% CI.")
     return table
 
 
+def power_text(report: dict[str, Any]) -> str:
+    """What the report's pairs allow, in words (empty without comparisons)."""
+    power = report.get("power")
+    if not power:
+        return ""
+    n, family = power["min_pairs"], power["family"]
+    pairs = f"{n}" if n == power["max_pairs"] else f"{n} to {power['max_pairs']}"
+    text = (f"With {pairs} pair{'' if pairs == '1' else 's'} the smallest two-sided p any paired test can reach is "
+            f"2/2^{n} = {power['p_min']:.4g}")
+    if not power["reachable"]:
+        return (text + f"{f' (x{family} comparisons under Holm)' if family > 1 else ''}: no "
+                f"difference can be marked significant at {power['alpha']:g}, whatever the numbers; "
+                f"add seeds or folds ({power['pairs_needed']} pairs per comparison can reach it).")
+    return text + "."
+
+
 def comparison_table(report: dict[str, Any]) -> Table:
     cols, several = _columns(report["rows"])
     table = Table(f"Paired comparison against `{report.get('baseline')}`",
-                  ["method", "column", "pairs", "mean Δ", "Δ 95% CI (bootstrap)", "p bootstrap",
-                   "p boot. (Holm)", "p Wilcoxon", "p Wilc. (Holm)", "significant"], [], name="paired")
+                  ["method", "column", "pairs", "mean Δ", "Δ 95% t-CI", "Δ 95% CI (bootstrap)",
+                   "p sign-flip", "p sign-flip (Holm)", "smallest p", "p Wilcoxon", "significant"],
+                  [], name="paired")
+
+    def ci(pair: list[float] | None) -> str:
+        return "-" if not pair else f"{pair[0]:+.4f}…{pair[1]:+.4f}"
+
     for c in report.get("comparisons", []):
-        ci = "-" if not c["diff_ci"] else f"{c['diff_ci'][0]:+.4f}…{c['diff_ci'][1]:+.4f}"
+        p_flip = c.get("p_signflip")
+        how = " (MC)" if c.get("signflip") == "monte carlo" else ""
         table.rows.append([c["method"], column_name(c["protocol"], c["fraction"], several),
                            str(c["n_pairs"]), "-" if c["mean_diff"] is None else f"{c['mean_diff']:+.4f}",
-                           ci, fmt(c["p_bootstrap"]), fmt(c["p_bootstrap_holm"]), fmt(c["p_wilcoxon"]),
-                           fmt(c["p_wilcoxon_holm"]), "yes" if c["significant"] else "no"])
-    table.notes.append("Pairs = identical (fold, seed) cells of both methods. The bootstrap (10,000 "
-                       "resamples) marks the main table; Wilcoxon is shown beside it (its smallest "
-                       "p with n pairs is 2/2^n, so it needs n ≥ 6 to reach 0.05). Holm over all rows. "
-                       "With few pairs the bootstrap is optimistic: read it as descriptive.")
+                           ci(c.get("diff_t_ci")), ci(c["diff_ci"]),
+                           fmt(p_flip) + (how if p_flip is not None else ""),
+                           fmt(c.get("p_signflip_holm")), fmt(c.get("p_min")), fmt(c["p_wilcoxon"]),
+                           "yes" if c["significant"] else "no"])
+    table.notes.append("Pairs = identical (fold, seed) cells of both methods. The sign-flip test "
+                       "(paired permutation test of the mean difference: every one of the 2^n sign "
+                       "patterns, two-sided; Monte Carlo (MC) beyond 20 pairs, 100,000 patterns, seed 0) "
+                       "marks the main table after Holm correction over all rows; smallest p = "
+                       "2/2^n, the least any paired test can give with n pairs. The t-interval "
+                       "(Student t, n - 1 df) and the bootstrap interval (10,000 resamples) of the mean "
+                       "difference are descriptive; Wilcoxon signed-rank is shown beside it.")
+    text = power_text(report)
+    if text:
+        table.notes.append(text)
+    return table
+
+
+def labeler_table(report: dict[str, Any]) -> Table:
+    cols, several = _columns(report["rows"])
+    table = Table("Labelers behind pseudo-label rows", ["method", "column", "labeler protocol",
+                  "labeler score", "cells", "trained on test-fold labels", "labeled images",
+                  "beyond the cell's labels"], [], name="labelers")
+    for e in report.get("labelers", []):
+        metric = e["metric"] + (f" ({e['variant']})" if e.get("variant") else "")
+        score = mean_text({"mean": e["score_mean"], "std": e["score_std"]})
+        seen = f"{e['cells_test_labels']} of {e['cells']}" + \
+            (f" ({e['cells_unknown']} unknown)" if e["cells_unknown"] else "")
+        table.rows.append([e["method"], column_name(e["protocol"], e["fraction"], several),
+                           ", ".join(e["protocols"]), f"{score} {metric} (n={e['score_n']})", str(e["cells"]),
+                           seen, "-" if e["labeler_images"] is None else str(e["labeler_images"]),
+                           "-" if e["images_beyond_cell"] is None else str(e["images_beyond_cell"])])
+    table.notes.append("Labeler score: the labeler on its evaluation images (protocol `thesis`: the "
+                       "held-out fixed group; `per_cell`: the cell's test fold, a score only, "
+                       "nothing downstream reads it), in the row's metric. Trained on test-fold "
+                       "labels: cells whose labeler's training ids include test images of the cell. "
+                       "Beyond the cell's labels: the most labeler training images a cell's own "
+                       "fine-tuning labels do not include (at 1%/10%, the thesis's labeler sees "
+                       "100%). `thesis?`: a record from before labeler protocols were recorded.")
     return table
 
 
@@ -162,7 +241,7 @@ def _values_table(title: str, name: str, entries: list[dict[str, Any]], several:
         cells = [e["method"], column_name(e["protocol"], e["fraction"], several)]
         for k in keys:
             v = e["values"].get(k)
-            cells.append("-" if not v or v["mean"] is None else f"{v['mean']:.4f} ± {v['std']:.4f}")
+            cells.append(mean_text(v or {}))
         table.rows.append(cells)
     return table
 

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from harness.errors import HarnessError
+from harness.errors import DataError
 from harness.report.build import build_report
 from harness.report.schema import validate_record
 from harness.store import atomic_write_json, atomic_write_text
@@ -54,7 +54,7 @@ def write_report(output_dir: Path, records: list[dict[str, Any]], run_info: dict
     output_dir = Path(output_dir)
     formats = parse_formats(formats)
     if not records:
-        raise HarnessError("no result records to report")
+        raise DataError("no result records to report")
     records = [validate_record(r, f"record {r.get('cell_id', '?') if isinstance(r, dict) else '?'}")
                for r in records]
     runs = runs if runs is not None else [run_info]
@@ -64,6 +64,11 @@ def write_report(output_dir: Path, records: list[dict[str, Any]], run_info: dict
             order.setdefault(method, len(order))
     records = sorted(records, key=lambda r: order.get(r["method"], len(order)))  # stable
     report = build_report(records, runs, baseline).dump()
+    if report.get("warnings"):
+        from harness.console import console
+
+        for warning in report["warnings"]:
+            console.print(f"warning: {warning}", style="yellow", markup=False, highlight=False)
     title = report.get("run") or run_info.get("name") or "report"
     paths: list[Path] = []
     if "md" in formats or "html" in formats:
@@ -102,5 +107,6 @@ def read_run_infos(run_dirs: Iterable[Path]) -> list[dict[str, Any]]:
         try:
             infos.append(json.loads(path.read_text()) if path.exists() else {"name": Path(d).name})
         except (OSError, json.JSONDecodeError) as exc:
-            raise HarnessError(f"{path}: cannot be read ({exc})") from None
+            raise DataError(f"{path}: cannot be read ({exc}); restore the run folder's run.json "
+                            f"or delete it") from None
     return infos

@@ -129,7 +129,8 @@ def fold_problems(spec: Any, registry: Registry, dataset_config: Any, source: st
 def labeler_problems(spec: Any, method_configs: dict[str, Any], registry: Registry,
                      source: str, lines: Lines) -> list[str]:
     """Every labeler setting of every row (any settings field of type LabelerSettings): its
-    dataset must be an installed labeled dataset, and its train_groups folds it has."""
+    dataset must be an installed labeled dataset, and its train_groups folds it has; protocol
+    ``per_cell`` takes neither (a cell's own split decides)."""
     from harness.methods import LabelerSettings
 
     problems = []
@@ -140,8 +141,19 @@ def labeler_problems(spec: Any, method_configs: dict[str, Any], registry: Regist
                 continue
             loc = ("methods", row, field)
             name = labeler.dataset or spec.dataset.name
+            if getattr(labeler, "protocol", "thesis") == "per_cell":
+                clash = [k for k in ("dataset", "train_groups") if getattr(labeler, k) is not None
+                         and not (k == "dataset" and labeler.dataset == spec.dataset.name)]
+                if clash:
+                    problems.append(
+                        f"{where(source, lines, loc + (clash[0],))}: {'.'.join(loc)}.{clash[0]}: "
+                        f"protocol per_cell trains each cell's labeler on that cell's own training "
+                        f"split of the spec's dataset; drop `{clash[0]}` or use protocol: thesis")
+                    continue
             info = registry.datasets.get(name)
             at = where(source, lines, loc + ("dataset",))
+            if info is None and labeler.dataset is None:
+                continue  # the spec's own dataset: its problem is reported at `dataset`
             if info is None:
                 problems.append(f"{at}: {'.'.join(loc)}.dataset: unknown dataset '{printable(name)}'"
                                 f"{did_you_mean(name, registry.datasets)}; installed: "

@@ -40,9 +40,9 @@ def cross_checks(spec: Spec, registry: Registry, dataset_config: Any, source: st
 
 def encoder_problems(spec: Spec, at) -> list[str]:
     """An encoder the U-Net cannot build."""
-    import segmentation_models_pytorch as smp
+    from harness.spec.encoders import encoder_names
 
-    encoders = smp.encoders.get_encoder_names()
+    encoders = encoder_names()
     if spec.finetune.encoder in encoders:
         return []
     return [f"{at('finetune', 'encoder')}: finetune.encoder: unknown encoder "

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from harness.errors import PluginError, SpecError
+from harness.loggers import logger_problems
 from harness.plugins import Registry
 from harness.spec.checks import (check_dataset, check_methods, fold_problems, labeler_problems,
                                  plugin_name_problems)
@@ -77,6 +78,7 @@ def settings_checks(spec: Spec, registry: Registry, source: str, lines: Lines,
     problems.extend(labeler_problems(spec, method_configs, registry, source, lines))
     problems.extend(number_problems({(): spec, ("dataset",): dataset_config, ("unlabeled",): unlabeled_config,
                                      **{("methods", m): c for m, c in method_configs.items()}}, source, lines))
+    problems.extend(logger_problems(spec, registry, source, lines))
     metric = metric_problems(spec, registry, source, lines)  # reported, but blocks nothing
     if not problems:
         cross_checks(spec, registry, dataset_config, source, lines, problems)

@@ -131,6 +131,9 @@ class Spec(_Strict):
         None, description="unlabeled images for pretraining and semi-supervised methods "
         "(e.g. tcga); default: the fine-tuning dataset's own unlabeled set, if it has one")
     output: str = Field("reports/{name}", description="run folder; {name} is the spec name")
+    loggers: dict[str, dict[str, Any] | None] = Field(
+        default_factory=dict, description="experiment trackers that record the run (e.g. "
+        "[tensorboard, mlflow], or a mapping name -> the logger's settings); part of no stage key")
 
     @field_validator("dataset", "unlabeled", mode="before")
     @classmethod
@@ -143,6 +146,17 @@ class Spec(_Strict):
         if isinstance(v, list):
             if not all(isinstance(m, str) for m in v):
                 raise ValueError("a list of method names, or a mapping name -> settings")
+            return {m: None for m in v}
+        return v
+
+    @field_validator("loggers", mode="before")
+    @classmethod
+    def _loggers_list(cls, v: Any) -> Any:
+        if v is None:
+            return {}
+        if isinstance(v, list):
+            if not all(isinstance(m, str) for m in v):
+                raise ValueError("a list of logger names, or a mapping name -> settings")
             return {m: None for m in v}
         return v
 
@@ -210,6 +224,8 @@ class ResolvedSpec:
         data["methods"] = {m: {"method": self.spec.plugin_of(m), **self._row_protocols(m),
                                **c.model_dump(mode="json")}
                            for m, c in self.method_configs.items()}
+        if not data.get("loggers"):  # a spec without loggers resolves as it always did
+            data.pop("loggers", None)
         data["dataset"] = {"name": self.spec.dataset.name,
                            **self.dataset_config.model_dump(mode="json")}
         if self.spec.unlabeled is not None:

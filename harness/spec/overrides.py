@@ -47,6 +47,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(nxt, (dict, list)):
                 raise SpecError(f"--set {item!r}: '{here}' is not a mapping (it holds {nxt!r}); "
                                 f"set it whole, e.g. --set {here}=VALUE")
+            # A YAML alias (`augment: *views`) is one object in several places (deepcopy keeps
+            # that): copy the path being written so the --set changes only the key it names.
+            nxt = copy.copy(nxt)
+            node[int(part) if isinstance(node, list) else part] = nxt
             node = nxt
         last = parts[-1]
         if isinstance(node, list):

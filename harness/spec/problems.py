@@ -13,11 +13,14 @@ from harness.plugins import did_you_mean
 
 
 def where(source: str, lines: dict[tuple, Any], loc: tuple) -> str:
-    """``file:line`` of the longest known prefix of ``loc``, or the ``--set`` that gave it."""
+    """``file:line`` of the longest known prefix of ``loc``, or the ``--set`` that gave it
+    (``file:line (--set ...)`` where a ``--set`` reached inside that line's value)."""
     for n in range(len(loc), 0, -1):
         line = lines.get(tuple(loc[:n]))
         if isinstance(line, str):
             return line
+        if isinstance(line, tuple):
+            return f"{source}:{line[0]} ({line[1]})"
         if line is not None:
             return f"{source}:{line}"
     return source

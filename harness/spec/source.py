@@ -114,8 +114,19 @@ def too_deep(data: Any, limit: int = 40, max_nodes: int = 100_000) -> bool:
 
 
 def mark_overrides(lines: Lines, overrides: list[str]) -> None:
-    """Values set with ``--set`` are reported as ``--set KEY=VALUE``, not by a spec line."""
+    """Values set with ``--set`` are reported as ``--set KEY=VALUE``, not by a spec line: the
+    key path it sets, everything below it, and the keys above it that only the ``--set`` made
+    (``--set methods.simclrr.lr=1`` names a row the spec does not have). A key above it that
+    the spec has keeps its line, with the ``--set`` beside it (``file:12 (--set ...)``): a
+    problem there (a whole-object check, a plugin name) may come from what the ``--set`` put
+    inside it."""
     for item in overrides:
         key = item.split("=", 1)[0]
         parts = tuple(int(p) if p.isdigit() else p for p in key.strip().split(".") if p)
         lines.update({k: f"--set {item}" for k in [*lines, parts] if k[:len(parts)] == parts})
+        for n in range(len(parts) - 1, 0, -1):
+            line = lines.get(parts[:n])
+            if line is None:
+                lines[parts[:n]] = f"--set {item}"
+            elif isinstance(line, int):
+                lines[parts[:n]] = (line, f"--set {item}")

@@ -140,3 +140,21 @@ def load_sample(dataset, sample_id: str) -> tuple[np.ndarray, np.ndarray]:
                         f"({len(arrays.ids)} samples; {hint})")
     row = index[sample_id]
     return np.array(arrays.images[row]), np.array(arrays.classes[row])
+
+
+def spec_dataset(spec: Path, dataset: str | None, options: list[str] | None, store: Any):
+    """The dataset of ``--spec SPEC`` with the spec's options (``--set`` on top, as
+    ``dataset.KEY=VALUE`` overrides of the spec), opened in ``store``; ``--dataset``, if also
+    given, must name the same dataset."""
+    from harness.data.base import dataset_root
+    from harness.errors import UsageError
+    from harness.plugins import get_registry
+    from harness.spec import load_spec
+
+    rspec = load_spec(spec, [f"dataset.{o}" for o in dataset_options(options)])
+    name = rspec.spec.dataset.name
+    if dataset is not None and dataset != name:
+        raise UsageError(f"--dataset {dataset}: {spec} fine-tunes on '{name}'; give one of "
+                         f"--dataset and --spec")
+    cls = get_registry().dataset(name).cls
+    return cls(rspec.dataset_config, root=dataset_root(cls, rspec.dataset_config, store))

@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from harness.data.cache import CacheWriter
 from harness.errors import DataError
@@ -80,7 +79,7 @@ VOID_POLICY_HELP = (
 #: argmax channel -> class id (channel 5 = background -> 0).
 _CHANNEL_TO_CLASS = np.array([1, 2, 3, 4, 5, 0], dtype=np.uint8)
 _ID_LIMIT = 1 << 24  # largest accepted instance id (the release's maxima are ~3,517)
-_FOUR = ndimage.generate_binary_structure(2, 1)
+_FOUR = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)  # ndimage.generate_binary_structure(2, 1)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -408,6 +407,8 @@ def count_split_ids(mi: np.ndarray) -> int:
     4-connected component. One labelling of the foreground of all class planes finds the ids
     spread over several components; ids that share their one component with other ids (touching
     nuclei) are checked exactly on their own."""
+    from scipy import ndimage  # scipy on use: `harness validate`/`list` import this module
+
     n, h, w, _ = mi.shape
     planes = np.ascontiguousarray(mi[..., :5].transpose(0, 3, 1, 2)).reshape(n * 5, h, w)
     fg = planes > 0
@@ -436,6 +437,8 @@ def count_split_ids(mi: np.ndarray) -> int:
 def convert_masks(masks: np.ndarray, member: NpyMember, indices: np.ndarray,
                   stats: dict[str, int]) -> dict[str, np.ndarray]:
     """Class and instance maps of both void policies for a chunk ``(n, H, W, 6)``."""
+    from scipy import ndimage  # scipy on use: `harness validate`/`list` import this module
+
     mi = _as_int_ids(np.asarray(masks), member, indices)
     n = len(mi)
     # argmax over the six channels, exactly as np.argmax (ties -> the lower channel)

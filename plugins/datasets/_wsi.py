@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import median_filter
 
 from harness.errors import DataError
 
@@ -145,6 +144,8 @@ def tissue_mask(rgb: np.ndarray, median_kernel: int = 7,
     (Otsu when ``threshold`` is None, else the fixed value, as CLAM's ``sthresh``)."""
     sat = hsv_saturation(rgb)
     if median_kernel > 1:
+        from scipy.ndimage import median_filter  # scipy on use: `harness validate`/`list` import this module
+
         sat = median_filter(sat, size=median_kernel, mode="nearest")
     t = otsu_threshold(sat) if threshold is None else int(threshold)
     return sat > t, t

@@ -60,7 +60,7 @@ from pydantic import Field
 
 from harness.data.base import DatasetConfig, LabeledArrays
 from harness.data.cache import CachedDataset, CacheWriter, check_labeled_arrays, group_counts
-from harness.engine.runtime import progress_bar
+from harness.console import progress_bar
 from harness.errors import DataError
 from harness.hookspecs import hookimpl
 
@@ -238,6 +238,13 @@ class LizardDataset(CachedDataset):
         return None  # per-fold patch counts are not published (only the 4,981 total)
 
     # --- preparation ---------------------------------------------------------------------------
+    @classmethod
+    def conformance_fixture(cls, folder: Path) -> dict:
+        """A tiny source in the official layout, for `harness plugin check`."""
+        from ._fixtures import lizard
+
+        return {"source": lizard(folder / "src")}
+
     def prepare(self, source: Path | None = None) -> None:
         if source is None:
             raise DataError(f"lizard: --source is required ({self.source_hint})")

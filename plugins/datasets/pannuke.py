@@ -66,6 +66,13 @@ class PanNukeBase(CachedDataset):
 
     config: PanNukeConfig
 
+    @classmethod
+    def conformance_fixture(cls, folder: Path) -> dict:
+        """A tiny source in the official layout, for `harness plugin check`."""
+        from ._fixtures import pannuke
+
+        return {"source": pannuke(folder / "src")}
+
     def _ready_info(self) -> dict:
         return json.loads((self.root / "READY").read_text())
 

@@ -19,6 +19,7 @@ serves pretraining; its hidden class maps are kept (``unlabeled_classes``) for t
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -99,6 +100,12 @@ class SyntheticDataset(Dataset):
     config: SyntheticConfig
 
     # --- preparation ---------------------------------------------------------------------------
+
+    @classmethod
+    def conformance_fixture(cls, folder: Path) -> dict[str, Any]:  # noqa: ARG003
+        """Tiny settings for `harness plugin check` (generated: no source)."""
+        return {"config": {"images_per_fold": 3, "unlabeled_images": 4, "unlabeled_size": 64}}
+
     def prepare_command(self) -> str:
         return f"harness data prepare {self.name}"
 

@@ -182,6 +182,13 @@ class TCGADataset(CachedDataset):
     config: TCGAConfig
 
     # --- preparation ---------------------------------------------------------------------------
+    @classmethod
+    def conformance_fixture(cls, folder: Path) -> dict:
+        """A tiny source in the official layout, for `harness plugin check`."""
+        from ._fixtures import tiles
+
+        return {"source": tiles(folder / "src"), "config": {"mode": "tiles", "tile_size": 64}}
+
     def prepare(self, source: Path | None = None) -> None:
         if source is None:
             raise DataError(f"{self.name}: --source PATH is required ({self.source_hint})")

@@ -64,11 +64,10 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
-from scipy import ndimage
 
 from harness.data.base import DatasetConfig, LabeledArrays
 from harness.data.cache import CachedDataset, CacheWriter, check_labeled_arrays, group_counts
-from harness.engine.runtime import progress_bar
+from harness.console import progress_bar
 from harness.errors import DataError
 from harness.hookspecs import hookimpl
 from harness.metrics import CONNECTIVITY
@@ -81,7 +80,6 @@ SPLIT_SEED = 0
 _SLIDE = re.compile(r"^Slide_(\d+)$")
 _GT = re.compile(r"^GT_(\d+)$")
 _STEM = re.compile(r"^(\d+)_(\d+)$")
-_STRUCTURE = ndimage.generate_binary_structure(2, 1 if CONNECTIVITY == 4 else 2)
 
 
 class TNBCConfig(DatasetConfig):
@@ -285,6 +283,13 @@ class TNBCDataset(CachedDataset):
         return dict(THESIS_SPLIT)
 
     # --- preparation ---------------------------------------------------------------------------
+    @classmethod
+    def conformance_fixture(cls, folder: Path) -> dict:
+        """A tiny source in the official layout, for `harness plugin check`."""
+        from ._fixtures import tnbc
+
+        return {"source": tnbc(folder / "src")}
+
     def prepare(self, source: Path | None = None) -> None:
         if source is None:
             raise DataError(f"tnbc: --source is required ({self.source_hint})")
@@ -295,6 +300,9 @@ class TNBCDataset(CachedDataset):
             src.close()
 
     def _prepare(self, src: _Source) -> None:
+        from scipy import ndimage  # scipy on use: `harness validate`/`list` import this module
+
+        structure = ndimage.generate_binary_structure(2, 1 if CONNECTIVITY == 4 else 2)
         entries = src.entries()
         n = len(entries)
         if n < 2:
@@ -323,7 +331,7 @@ class TNBCDataset(CachedDataset):
                     if len(values[values > 0]) > 1:
                         nonbinary.append(e.stem)
                     fg = mask > 0
-                    labels, _ = ndimage.label(fg, structure=_STRUCTURE)
+                    labels, _ = ndimage.label(fg, structure=structure)
                     out_img[i] = image
                     out_inst[i] = labels
                     out_cls[i] = fg

@@ -10,14 +10,13 @@ ReCo's code. The loop is :mod:`harness.engine.semisup`.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
-import torch
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from harness.hookspecs import hookimpl
 from harness.methods import SemiSupervisedMethod, SemiSupervisedSettings
 
-from .mixing import classmix_mask, mix
+if TYPE_CHECKING:  # no torch at import: `harness validate` and `list` import this module
+    import torch
 
 
 class ClassMix(SemiSupervisedMethod):
@@ -27,6 +26,10 @@ class ClassMix(SemiSupervisedMethod):
 
     def mix(self, images: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        import torch
+
+        from .mixing import classmix_mask, mix
+
         masks = torch.stack([classmix_mask(lab) for lab in labels])
         return mix(images, labels, confidence, masks)
 

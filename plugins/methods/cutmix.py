@@ -13,15 +13,15 @@ description of it; ``box_area: up_to`` draws the area fraction uniformly in (0, 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
 from pydantic import Field
 
 from harness.hookspecs import hookimpl
 from harness.methods import SemiSupervisedMethod, SemiSupervisedSettings
 
-from .mixing import cutmix_mask, mix
+if TYPE_CHECKING:  # no torch at import: `harness validate` and `list` import this module
+    import torch
 
 
 class CutMixConfig(SemiSupervisedSettings):
@@ -37,6 +37,10 @@ class CutMix(SemiSupervisedMethod):
 
     def mix(self, images: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        import torch
+
+        from .mixing import cutmix_mask, mix
+
         b, _, h, w = images.shape
         masks = torch.stack([cutmix_mask(h, w, self.config.box_area) for _ in range(b)])
         return mix(images, labels, confidence, masks)

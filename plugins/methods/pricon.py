@@ -19,19 +19,17 @@ trained with the shared fine-tuning engine (default: the spec's dataset, folds 1
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
 
-from harness.data.views import ViewAugmentConfig
+from harness.data.view_config import ViewAugmentConfig
 from harness.hookspecs import hookimpl
 from harness.methods import LabelerSettings, PretrainMethod, PretrainSettings
 
-from .losses import nt_xent, supcon_loss
-from .pricon_ops import image_pool, pool_masks, region_pool, sample_points, upsample_dense, valid_classes
+if TYPE_CHECKING:  # no torch at import: `harness validate` and `list` import this module
+    import torch
+    from torch import nn
 
 
 class PRIConConfig(PretrainSettings):
@@ -59,17 +57,6 @@ class PRIConConfig(PretrainSettings):
     augment: ViewAugmentConfig = Field(default_factory=ViewAugmentConfig)
 
 
-class PRIConModel(nn.Module):
-    def __init__(self, encoder: nn.Module, in_dim: int, hidden: int, out: int):
-        super().__init__()
-        self.encoder = encoder
-        self.projector = nn.Sequential(nn.Conv2d(in_dim, hidden, 1), nn.ReLU(inplace=True),
-                                       nn.Conv2d(hidden, out, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.encoder(x)[-1])
-
-
 class PRICon(PretrainMethod):
     name: ClassVar[str] = "pricon"
     description: ClassVar[str] = "PRICon: pseudo-label guided point/region/image contrastive learning"
@@ -90,11 +77,19 @@ class PRICon(PretrainMethod):
             self._imagenet().init_encoder(encoder, encoder_name, seed)
 
     def build_model(self, encoder: nn.Module, encoder_channels: list[int]) -> nn.Module:
+        from .heads import PRIConModel
+
         c = self.config
         return PRIConModel(encoder, encoder_channels[-1], c.hidden_dim, c.proj_dim)
 
     def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor],
                       num_classes: int | None) -> tuple[torch.Tensor, dict[str, float]]:
+        import torch.nn.functional as F
+
+        from .losses import nt_xent, supcon_loss
+        from .pricon_ops import (image_pool, pool_masks, region_pool, sample_points, upsample_dense,
+                                 valid_classes)
+
         c = self.config
         z1, z2 = model(batch["view1"]).float(), model(batch["view2"]).float()
         if c.resolution is not None:

@@ -18,20 +18,22 @@ classes. Weight 1 beside the supervised and unsupervised losses; lr 1e-4.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 from pydantic import Field
-from torch import nn
 
 from harness.hookspecs import hookimpl
 from harness.methods import SemiSupervisedSettings
 
 from .classmix import ClassMix
-from .mixing import reco_loss
+
+if TYPE_CHECKING:  # no torch at import: `harness validate` and `list` import this module
+    import torch
+    from torch import nn
 
 
 class ReCoConfig(SemiSupervisedSettings):
+    overrides: ClassVar[frozenset[str]] = frozenset({"lr"})  # ReCo's own 1e-4, not 5e-4
     lr: float = Field(1e-4, gt=0)
     weak_threshold: float = Field(0.7, gt=0, le=1, description="teacher confidence that makes an "
                                   "unlabeled pixel valid for the ReCo loss")
@@ -41,22 +43,6 @@ class ReCoConfig(SemiSupervisedSettings):
     rep_dim: int = Field(256, ge=1, description="representation head output dimension")
 
 
-class UnetWithRepresentation(nn.Module):
-    """An smp U-Net (``.unet``) plus ReCo's representation head on its decoder output."""
-
-    def __init__(self, unet: nn.Module, rep_dim: int, hidden: int = 256):
-        super().__init__()
-        self.unet = unet
-        channels = unet.segmentation_head[0].in_channels
-        self.representation = nn.Sequential(
-            nn.Conv2d(channels, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden),
-            nn.ReLU(inplace=True), nn.Conv2d(hidden, rep_dim, 1))
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        decoded = self.unet.decoder(self.unet.encoder(x))
-        return {"logits": self.unet.segmentation_head(decoded), "rep": self.representation(decoded)}
-
-
 class ReCo(ClassMix):
     name: ClassVar[str] = "reco"
     description: ClassVar[str] = ("ClassMix mean teacher + ReCo regional contrastive loss "
@@ -64,10 +50,16 @@ class ReCo(ClassMix):
     Config: ClassVar[type] = ReCoConfig
 
     def build_model(self, unet: nn.Module) -> nn.Module:
+        from .heads import UnetWithRepresentation
+
         return UnetWithRepresentation(unet, self.config.rep_dim)
 
     def extra_loss(self, labeled: dict[str, torch.Tensor], unlabeled: dict[str, torch.Tensor],
                    targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        import torch
+
+        from .mixing import reco_loss
+
         c = self.config
         rep = torch.cat([labeled["rep"], unlabeled["rep"]])
         logits = torch.cat([labeled["logits"], unlabeled["logits"]]).detach().float()

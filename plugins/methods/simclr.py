@@ -4,17 +4,17 @@ Table A.1 augmentations."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 from pydantic import Field
-from torch import nn
 
-from harness.data.views import ViewAugmentConfig
+from harness.data.view_config import ViewAugmentConfig
 from harness.hookspecs import hookimpl
 from harness.methods import PretrainMethod, PretrainSettings
 
-from .losses import nt_xent
+if TYPE_CHECKING:  # no torch at import: `harness validate` and `list` import this module
+    import torch
+    from torch import nn
 
 
 class SimCLRConfig(PretrainSettings):
@@ -25,28 +25,21 @@ class SimCLRConfig(PretrainSettings):
                                        description="two-view augmentations (Table A.1)")
 
 
-class SimCLRModel(nn.Module):
-    def __init__(self, encoder: nn.Module, in_dim: int, hidden: int, out: int):
-        super().__init__()
-        self.encoder = encoder
-        self.projector = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True),
-                                       nn.Linear(hidden, out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.encoder(x)[-1].mean(dim=(2, 3)))
-
-
 class SimCLR(PretrainMethod):
     name: ClassVar[str] = "simclr"
     description: ClassVar[str] = "SimCLR contrastive pretraining (NT-Xent, LARS)"
     Config: ClassVar[type] = SimCLRConfig
 
     def build_model(self, encoder: nn.Module, encoder_channels: list[int]) -> nn.Module:
+        from .heads import SimCLRModel
+
         c = self.config
         return SimCLRModel(encoder, encoder_channels[-1], c.hidden_dim, c.proj_dim)
 
     def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor],
                       num_classes: int | None) -> tuple[torch.Tensor, dict[str, float]]:
+        from .losses import nt_xent
+
         z1, z2 = model(batch["view1"]), model(batch["view2"])
         return nt_xent(z1.float(), z2.float(), self.config.temperature), {}
 

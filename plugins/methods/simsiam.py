@@ -6,21 +6,22 @@ wd 1e-4, batch 256, cosine decay except the predictor, which keeps its initial l
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
 
-from harness.data.views import ViewAugmentConfig
+from harness.data.view_config import ViewAugmentConfig
 from harness.hookspecs import hookimpl
 from harness.methods import PretrainMethod, PretrainSettings, decay_groups
 
-from .losses import simsiam_loss
+if TYPE_CHECKING:  # no torch at import: `harness validate` and `list` import this module
+    import torch
+    from torch import nn
 
 
 class SimSiamConfig(PretrainSettings):
+    # Official SimSiam: SGD at lr 0.075 (0.05 x batch / 256), not the shared LARS at 0.2.
+    overrides: ClassVar[frozenset[str]] = frozenset({"lr", "optimizer"})
     lr: float = Field(0.075, gt=0)
     optimizer: Literal["lars", "sgd"] = "sgd"
     proj_dim: int = Field(2048, ge=1, description="projector width and output dimension")
@@ -31,33 +32,20 @@ class SimSiamConfig(PretrainSettings):
         description="two-view augmentations (Table A.1 with weak colour jitter)")
 
 
-class SimSiamModel(nn.Module):
-    def __init__(self, encoder: nn.Module, in_dim: int, dim: int, pred_dim: int):
-        super().__init__()
-        self.encoder = encoder
-        self.projector = nn.Sequential(
-            nn.Linear(in_dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
-            nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
-            nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim, affine=False))
-        self.predictor = nn.Sequential(
-            nn.Linear(dim, pred_dim, bias=False), nn.BatchNorm1d(pred_dim), nn.ReLU(inplace=True),
-            nn.Linear(pred_dim, dim))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.projector(self.encoder(x)[-1].mean(dim=(2, 3)))
-        return self.predictor(z), z
-
-
 class SimSiam(PretrainMethod):
     name: ClassVar[str] = "simsiam"
     description: ClassVar[str] = "SimSiam (stop-gradient, no negatives)"
     Config: ClassVar[type] = SimSiamConfig
 
     def build_model(self, encoder: nn.Module, encoder_channels: list[int]) -> nn.Module:
+        from .heads import SimSiamModel
+
         c = self.config
         return SimSiamModel(encoder, encoder_channels[-1], c.proj_dim, c.pred_dim)
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        from torch import nn
+
         c = self.config
         rest = nn.ModuleDict({"encoder": model.encoder, "projector": model.projector})
         predictor = [{**g, "fixed_lr": c.fix_pred_lr}
@@ -66,6 +54,10 @@ class SimSiam(PretrainMethod):
 
     def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor],
                       num_classes: int | None) -> tuple[torch.Tensor, dict[str, float]]:
+        import torch.nn.functional as F
+
+        from .losses import simsiam_loss
+
         p1, z1 = model(batch["view1"])
         p2, z2 = model(batch["view2"])
         loss = simsiam_loss(p1.float(), p2.float(), z1.float(), z2.float())

@@ -8,16 +8,17 @@ either of torchvision's file names.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 from pydantic import Field
-from torch import nn
 
 from harness.errors import DataError
 from harness.hookspecs import hookimpl
 from harness.methods import InitMethod, MethodConfig
 from harness.safeload import load_state_dict_file
+
+if TYPE_CHECKING:  # no torch at import: `harness validate` and `list` import this module
+    from torch import nn
 
 #: torchvision IMAGENET1K_V1 files per encoder: current name first, then the legacy name that
 #: smp <= 0.4 (the thesis's pinned 0.2.1) used; both hold the same weights.
@@ -53,6 +54,8 @@ class Supervised(InitMethod):
         if names is None:
             raise DataError(f"supervised: no known torchvision ImageNet file for encoder "
                             f"'{encoder_name}'; set methods.supervised.weights: PATH")
+        import torch  # the hub folder (TORCH_HOME, torch.hub.set_dir) is torch's to say
+
         hub = Path(torch.hub.get_dir()) / "checkpoints"
         for name in names:
             if (hub / name).is_file():
@@ -61,6 +64,16 @@ class Supervised(InitMethod):
             f"supervised: ImageNet weights for {encoder_name} not found; download "
             f"{DOWNLOAD_BASE}{names[0]} into {hub}/ (or set TORCH_HOME, or "
             f"methods.supervised.weights: PATH)")
+
+    @classmethod
+    def conformance_fixture(cls, folder: Path) -> dict[str, Any]:
+        """For `harness plugin check`: a random resnet18 in torchvision's layout (with its
+        ImageNet head), as the weights file; nothing is downloaded."""
+        import torchvision
+
+        path = folder / "resnet18.pth"
+        torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+        return {"config": {"weights": str(path)}}
 
     def preflight(self, spec: Any) -> None:
         self.weights_path(spec.finetune.encoder)

@@ -1,0 +1,61 @@
+"""Every input a spec needs, checked before any work: weights files (each method's
+``preflight``), the fine-tuning dataset, the unlabeled set of the methods that learn from one,
+and the labeled datasets of methods that pseudo-label with a labeler. Every missing one is
+listed at once, each with its fix, in one :class:`~harness.errors.MissingInputs` (exit 3), so a
+newcomer fixes them all in one go instead of one per try.
+
+Only what is *missing* is collected here; a prepared cache that does not match its manifest is
+still refused when it is opened (:mod:`harness.data.open`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.data.base import dataset_root
+from harness.errors import DataError, MissingInputs
+
+
+def missing_inputs(rspec: Any, registry: Any, store: Any, prepare: bool = True) -> list[str]:
+    """One line per missing input (deduplicated, in the spec's order): what is missing and how
+    to get it. ``prepare``: a dataset that can generate itself counts as present."""
+    spec = rspec.spec
+    problems: list[str] = []
+    methods = []
+    for row, config in rspec.method_configs.items():
+        method = registry.method(spec.plugin_of(row)).cls(config)
+        methods.append(method)
+        try:
+            method.preflight(spec)
+        except DataError as exc:
+            problems.append(str(exc))
+    problems += _dataset_problem(registry.dataset(spec.dataset.name).cls, rspec.dataset_config,
+                                 store, prepare)
+    if spec.unlabeled is not None and any(getattr(m, "needs_unlabeled", False) for m in methods):
+        problems += _dataset_problem(registry.dataset(spec.unlabeled.name).cls,
+                                     rspec.unlabeled_config, store, prepare, role="unlabeled set")
+    for method in methods:
+        labeler = method.labeler() if getattr(method, "needs_masks", False) else None
+        name = getattr(labeler, "dataset", None)
+        if name is not None and name != spec.dataset.name:
+            problems += _dataset_problem(registry.dataset(name).cls, None, store, prepare,
+                                         role=f"labeler dataset of {method.name}")
+    return list(dict.fromkeys(problems))
+
+
+def _dataset_problem(cls: type, config: Any, store: Any, prepare: bool,
+                     role: str = "") -> list[str]:
+    dataset = cls(config, root=dataset_root(cls, config, store))
+    if dataset.is_prepared() or (dataset.auto_prepare and prepare):
+        return []
+    hint = f" ({dataset.source_hint})" if dataset.source_hint else ""
+    what = f" ({role})" if role else ""
+    return [f"dataset '{dataset.name}'{what} is not prepared (looked in {dataset.root}); "
+            f"run `{dataset.prepare_command()}`{hint}"]
+
+
+def check_inputs(rspec: Any, registry: Any, store: Any, prepare: bool = True) -> None:
+    """Raise :class:`MissingInputs` listing every missing input of the spec; nothing if none."""
+    problems = missing_inputs(rspec, registry, store, prepare)
+    if problems:
+        raise MissingInputs(problems)

@@ -1,0 +1,1 @@
+"""Built-in loggers (TensorBoard, MLflow): optional extras, imported only when a run enables them."""
