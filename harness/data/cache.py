@@ -66,7 +66,10 @@ class CacheWriter:
 
     def json(self, name: str, data: Any) -> None:
         assert self.dir is not None
-        (self.dir / name).write_text(json.dumps(data, indent=1, sort_keys=True))
+        # json.dump encodes piece by piece (the same text as dumps): a 150,000-tile index is
+        # never one string in memory
+        with open(self.dir / name, "w") as fh:
+            json.dump(data, fh, indent=1, sort_keys=True)
 
     def samples(self, ids: list[str], tissues: list[str], groups: list[str]) -> None:
         if len(set(ids)) != len(ids):

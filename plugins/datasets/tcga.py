@@ -269,10 +269,11 @@ class TCGADataset(CachedDataset):
                 raise DataError(f"{source / rel}: same tile id '{sid}' as {source / by_id[sid]} "
                                 f"(two files differ only in their extension)")
             by_id[sid] = rel
+        del by_id  # per-tile bookkeeping is what grows with the tile count: keep only what is used
 
         # Pass 1: headers only (size), so the tile count is known before decoding.
         skipped: list[dict[str, Any]] = []
-        usable: list[tuple[str, Path, tuple[int, int] | None]] = []  # rel, path, crop offset
+        usable: list[tuple[str, str, tuple[int, int] | None]] = []  # rel, path, crop offset
         with progress_bar(f"{self.name}: reading {len(files)} tile headers", len(files)) as advance:
             for rel, path in files:
                 advance()
@@ -284,6 +285,7 @@ class TCGADataset(CachedDataset):
                 except Exception as exc:  # noqa: BLE001 - any unreadable file
                     self._corrupt(path, f"unreadable image ({_one_line(exc)})", skipped, rel)
                     continue
+                path = str(path)  # a str holds a path in a fifth of a Path's memory
                 if (w, h) == (t, t):
                     usable.append((rel, path, None))
                     continue
@@ -295,13 +297,14 @@ class TCGADataset(CachedDataset):
                     usable.append((rel, path, ((w - t) // 2, (h - t) // 2)))
                 else:
                     self._skip(skipped, {"file": rel, "reason": f"size {size} != {t}x{t}"})
+        del files
         chosen = [usable[i] for i in _select(len(usable), cfg.max_tiles, cfg.seed)]
         if not chosen:
             raise DataError(f"{source}: no usable {t}x{t} tile ({len(skipped)} skipped, e.g. "
                             f"{skipped[0]['file']}: {skipped[0]['reason']})" if skipped else
                             f"{source}: no usable tile")
 
-        def decode(item: tuple[str, Path, tuple[int, int] | None]) -> np.ndarray:
+        def decode(item: tuple[str, str, tuple[int, int] | None]) -> np.ndarray:
             rel, path, crop = item
             with Image.open(path) as im:
                 if crop is not None:
