@@ -20,12 +20,25 @@ from harness.store import hash_key
 #: Bump when the shared loops change results: part of the keys of the stages they compute.
 ENGINE_VERSION = "1"
 
+#: Version of the fine-tuning stages (kinds ``finetune`` and ``labeler``). 2: an epoch keeps its
+#: last partial batch (``finetune.drop_last``) and the blur is the reference's (kernel 3/5/7 with
+#: p 0.2/0.4/0.4, OpenCV's sigma-0 kernels; harness/data/augment.py).
+FINETUNE_VERSION = "2"
+
 #: Settings that do not change a result (where or how fast it is computed): not in stage keys.
 RUNTIME_ONLY = {"device", "num_workers", "eval_batch_size", "channels_last"}
 
+#: Fine-tuning settings added after stage keys were pinned: in a key only when set to another
+#: value than this default, so adding them changed no key.
+ADDED_SETTINGS = {"drop_last": False, "pseudolabel_amp": False}
 
-def _result_settings(model: Any) -> dict[str, Any]:
-    return {k: v for k, v in model.model_dump(mode="json").items() if k not in RUNTIME_ONLY}
+
+def _result_settings(model: Any, unread: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``model``'s settings as they enter a key: without the runtime-only ones, the ones the
+    stage does not read (``unread``) and the added ones left at their default."""
+    return {k: v for k, v in model.model_dump(mode="json").items()
+            if k not in RUNTIME_ONLY and k not in unread
+            and not (k in ADDED_SETTINGS and v == ADDED_SETTINGS[k])}
 
 
 def method_params(method: Any) -> dict[str, Any]:
@@ -145,9 +158,11 @@ class StageFactory:
 
     def pseudolabel_stage(self, labeler: Stage, labeler_eval: Stage, num_classes: int) -> Stage:
         unlabeled = self.resources.unlabeled_dataset()
+        # fp32 by default (the reference's); mixed precision enters the key only when chosen
+        precision = {"amp": True} if self.spec.finetune.pseudolabel_amp else {}
         return self._unique(Stage(
             kind="pseudolabel", label=f"pseudo-labels from {labeler.label}",
-            config={"unlabeled": unlabeled.fingerprint(), "num_classes": num_classes},
+            config={"unlabeled": unlabeled.fingerprint(), "num_classes": num_classes, **precision},
             version=ENGINE_VERSION, deps={"labeler": labeler, "labeler_eval": labeler_eval},
             params={"settings": self.spec.finetune.model_dump(mode="json")}))
 
@@ -160,9 +175,10 @@ class StageFactory:
         return self._unique(Stage(
             kind=kind, label=label,
             config={"dataset": dataset.fingerprint(), "seed": seed, "protocol": protocol,
-                    "train_ids": hash_key(train_ids), "settings": _result_settings(settings),
+                    "train_ids": hash_key(train_ids),
+                    "settings": _result_settings(settings, unread=("pseudolabel_amp",)),
                     **(extra or {})},
-            version=ENGINE_VERSION, deps={"encoder": encoder}, info={"train_ids": chosen},
+            version=FINETUNE_VERSION, deps={"encoder": encoder}, info={"train_ids": chosen},
             params={"dataset": source, "train_ids": train_ids,
                     "settings": settings.model_dump(mode="json")}))
 
@@ -177,7 +193,8 @@ class StageFactory:
         return self._unique(Stage(
             kind="semisup", label=label,
             config={"method": method.name, "settings": method_settings,
-                    "finetune": _result_settings(settings), "dataset": dataset.fingerprint(),
+                    "finetune": _result_settings(settings, unread=("drop_last", "pseudolabel_amp")),
+                    "dataset": dataset.fingerprint(),
                     "unlabeled": self.resources.unlabeled_dataset().fingerprint(), "seed": seed,
                     "train_ids": hash_key(train_ids), **(extra or {})},
             version=f"{version}/engine{ENGINE_VERSION}", info={"train_ids": chosen},
