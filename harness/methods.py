@@ -69,7 +69,8 @@ def _over_model(default: BaseModel, over: dict[str, Any]) -> dict[str, Any]:
     merged = default.model_dump()
     for key, value in over.items():
         sub = getattr(default, key) if key in type(default).model_fields else None
-        merged[key] = _over_model(sub, value) if isinstance(value, dict) and isinstance(sub, BaseModel) else value
+        nested = isinstance(value, dict) and isinstance(sub, BaseModel)
+        merged[key] = _over_model(sub, value) if nested else value
     return merged
 
 

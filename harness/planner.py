@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from harness.errors import PluginError, SpecError
+from harness.inputs import keyed_settings
 from harness.plan import Cell, Plan, Stage
 from harness.store import hash_key
 
@@ -61,6 +62,15 @@ class StageFactory:
     def _unique(self, stage: Stage) -> Stage:
         return self._stages.setdefault(stage.key, stage)
 
+    def _keyed(self, method: Any, settings: dict[str, Any]
+               ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A method's settings as they enter a key (its input files by content hash) and the
+        stage info recording those files (``input_files``; nothing when it reads none)."""
+        root = getattr(getattr(self.resources, "store", None), "root", None)
+        keyed, files = keyed_settings(method.config, settings,
+                                      None if root is None else root / "file-hashes")
+        return keyed, ({"input_files": files} if files else {})
+
     # --- encoders -------------------------------------------------------------------------------
     def encoder_stages(self, method: Any, version: str, seed: int) -> list[tuple[str, Stage]]:
         """``(row suffix, encoder stage)`` pairs: one for most methods; one per cycle for cyclic
@@ -75,11 +85,12 @@ class StageFactory:
     def init_stage(self, method: Any, version: str, seed: int) -> Stage:
         encoder_name = self.spec.finetune.encoder
         enc_seed = seed if method.seed_dependent else None
+        settings, info = self._keyed(method, method.config.model_dump(mode="json"))
         return self._unique(Stage(
             kind="encoder", label=f"{method.name} encoder" + (f" seed {seed}" if enc_seed is not None else ""),
-            config={"method": method.name, "settings": method.config.model_dump(mode="json"),
-                    "encoder": encoder_name, "seed": enc_seed},
-            version=version, params={"method": method_params(method), "seed": seed}))
+            config={"method": method.name, "settings": settings, "encoder": encoder_name,
+                    "seed": enc_seed},
+            version=version, info=info, params={"method": method_params(method), "seed": seed}))
 
     def random_encoder_stage(self, seed: int) -> Stage:
         """A randomly initialised encoder (labelers are trained from scratch, as in the thesis)."""
@@ -119,15 +130,16 @@ class StageFactory:
             deps["previous"] = previous
         # the number of cycles does not change what cycle k computes (its number is in the key);
         # the effective seed is keyed as 'seed', so `seed: 0` shares stages with a cell of seed 0
-        settings = {k: v for k, v in method.config.model_dump(mode="json").items()
-                    if k not in RUNTIME_ONLY and k not in ("cycles", "seed")}
+        settings, info = self._keyed(method, {
+            k: v for k, v in method.config.model_dump(mode="json").items()
+            if k not in RUNTIME_ONLY and k not in ("cycles", "seed")})
         label = f"{method.name} pretrain seed {seed}" + (f" cycle {cycle}" if cycle else "")
         return self._unique(Stage(
             kind="pretrain", label=label,
             config={"method": method.name, "settings": settings, "encoder": self.spec.finetune.encoder,
                     "seed": seed, "unlabeled": self.resources.unlabeled_dataset().fingerprint(),
                     "cycle": cycle},
-            version=f"{version}/engine{ENGINE_VERSION}", deps=deps,
+            version=f"{version}/engine{ENGINE_VERSION}", deps=deps, info=info,
             params={"method": method_params(method), "num_classes": num_classes}))
 
     # --- labeler and pseudo-labels -----------------------------------------------------------------
@@ -188,8 +200,8 @@ class StageFactory:
         the unlabeled images; the evaluation stage reads it like a fine-tuned model."""
         train_ids = _flat(chosen)
         settings = self.spec.finetune
-        method_settings = {k: v for k, v in method.config.model_dump(mode="json").items()
-                           if k not in RUNTIME_ONLY}
+        method_settings, files = self._keyed(method, {
+            k: v for k, v in method.config.model_dump(mode="json").items() if k not in RUNTIME_ONLY})
         return self._unique(Stage(
             kind="semisup", label=label,
             config={"method": method.name, "settings": method_settings,
@@ -197,7 +209,7 @@ class StageFactory:
                     "dataset": dataset.fingerprint(),
                     "unlabeled": self.resources.unlabeled_dataset().fingerprint(), "seed": seed,
                     "train_ids": hash_key(train_ids), **(extra or {})},
-            version=f"{version}/engine{ENGINE_VERSION}", info={"train_ids": chosen},
+            version=f"{version}/engine{ENGINE_VERSION}", info={"train_ids": chosen, **files},
             params={"method": method_params(method), "dataset": None, "train_ids": train_ids,
                     "settings": settings.model_dump(mode="json")}))
 

@@ -150,7 +150,8 @@ def draw_blur_kernel(blur_limit: tuple[int, int] = BLUR_LIMIT) -> int:
 def gaussian_blur_cv2(image: torch.Tensor, k: int) -> torch.Tensor:
     """``cv2.GaussianBlur(image, (k, k), 0)`` of a ``(..., C, H, W)`` image: separable
     convolution with :func:`blur_kernel_1d`, reflect-101 borders, in float64 (exact for the
-    tabled kernels, whose weights are multiples of 1/64); uint8 rounds half up (OpenCV's fixed point), floats keep their dtype."""
+    tabled kernels, whose weights are multiples of 1/64); uint8 rounds half up (OpenCV's fixed
+    point), floats keep their dtype."""
     w = blur_kernel_1d(k)
     shape = image.shape
     x = image.reshape((-1, 1) + shape[-2:]).to(torch.float64)

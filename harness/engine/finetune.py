@@ -6,7 +6,9 @@ iteration, batch 16, 100 epochs, unweighted cross-entropy; the last epoch's weig
 batch may be partial (the reference's DataLoader keeps it, so an epoch is ceil(n / batch) steps;
 ``finetune.drop_last: true`` drops it instead, as this harness did before). A batch-norm layer
 that would see a single value per channel (a last batch of one image whose feature map is 1x1,
-which PyTorch refuses in train mode) normalises that batch with its running statistics. The loop is :mod:`harness.engine.loop`
+which PyTorch refuses in train mode) normalises that batch with its running statistics.
+
+The loop is :mod:`harness.engine.loop`
 (checkpoints every few minutes of training, at the end and on SIGTERM; a rerun resumes from
 the last one bit-identically).
 """

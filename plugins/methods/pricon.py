@@ -18,7 +18,6 @@ trained with the shared fine-tuning engine (default: the spec's dataset, folds 1
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -28,6 +27,7 @@ from torch import nn
 
 from harness.data.views import ViewAugmentConfig
 from harness.hookspecs import hookimpl
+from harness.inputs import InputFile
 from harness.methods import LabelerSettings, PretrainMethod, PretrainSettings
 
 from .losses import nt_xent, supcon_loss
@@ -51,7 +51,8 @@ class PRIConConfig(PretrainSettings):
     proj_dim: int = Field(128, ge=1)
     init: Literal["random", "imagenet"] = Field(
         "random", description="'imagenet' starts from torchvision ImageNet weights (Table 4.8)")
-    imagenet_weights: Path | None = Field(None, description="weights file for init: imagenet")
+    imagenet_weights: InputFile | None = Field(
+        None, description="weights file for init: imagenet (keyed by its content)")
     labeler: LabelerSettings = Field(default_factory=LabelerSettings)
     cycles: int = Field(1, ge=1, description="cyclic training (Table 4.5): K rounds of pretrain "
                         "`epochs` -> fine-tune on the labeler data -> relabel, continuing the same "
