@@ -149,12 +149,13 @@ def draw_blur_kernel(blur_limit: tuple[int, int] = BLUR_LIMIT) -> int:
 
 def gaussian_blur_cv2(image: torch.Tensor, k: int) -> torch.Tensor:
     """``cv2.GaussianBlur(image, (k, k), 0)`` of a ``(..., C, H, W)`` image: separable
-    convolution with :func:`blur_kernel_1d`, reflect-101 borders, in float64 (exact for the
-    tabled kernels, whose weights are multiples of 1/64); uint8 rounds half up (OpenCV's fixed
-    point), floats keep their dtype."""
-    w = blur_kernel_1d(k)
+    convolution with :func:`blur_kernel_1d`, reflect-101 borders, in float32 (exact for uint8
+    and the tabled kernels: their weights are multiples of 1/64, so the two passes need 14 and
+    20 mantissa bits); uint8 rounds half up (OpenCV's fixed point), floats keep their dtype."""
+    dtype = torch.float64 if image.dtype == torch.float64 else torch.float32
+    w = blur_kernel_1d(k).to(dtype)
     shape = image.shape
-    x = image.reshape((-1, 1) + shape[-2:]).to(torch.float64)
+    x = image.reshape((-1, 1) + shape[-2:]).to(dtype)
     pad = k // 2
     x = torch.nn.functional.pad(x, (pad, pad, 0, 0), mode="reflect")
     x = torch.nn.functional.conv2d(x, w.view(1, 1, 1, k))
