@@ -39,8 +39,6 @@ def test_unset_void_policy_follows_the_variant(tmp_path, dataset, variant, polic
 
 def test_the_resolved_default_keys_like_the_explicit_value(tmp_path):
     """Specs that wrote the consistent value keep their stage keys (same fingerprint)."""
-    from harness.data.base import Dataset  # noqa: F401 - the contract the plugin implements
-
     cls = REGISTRY.datasets["pannuke"].cls
     implicit = _load(tmp_path, variant="thesis").dataset_config
     explicit = _load(tmp_path, policy="thesis", variant="thesis").dataset_config
