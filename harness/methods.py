@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:  # the contract imports without torch: `harness validate` and `list` load it
     import torch
@@ -38,9 +38,42 @@ HALF_NORMALIZATION = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 
 
 class MethodConfig(BaseModel):
-    """Base of every method's settings; unknown keys, inf and nan are errors."""
+    """Base of every method's settings; unknown keys, inf and nan are errors.
+
+    A nested block given in part (``augment: {crop_size: 64}`` in a spec, or ``--set
+    methods.simsiam.augment.crop_size=64``) is merged into the *method's own* default of that
+    field (SimSiam's weak jitter stays), not rebuilt from the nested model's class defaults."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_into_field_defaults(cls, data: Any) -> Any:
+        return merge_into_defaults(cls, data)
+
+
+def merge_into_defaults(cls: type[BaseModel], data: Any) -> Any:
+    """``data`` with every mapping given for a field whose default is a model laid over that
+    default (recursively through nested models): only the keys it names change."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for name, field in cls.model_fields.items():
+        value = out.get(name)
+        if isinstance(value, dict):
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, BaseModel):
+                out[name] = _over_model(default, value)
+    return out
+
+
+def _over_model(default: BaseModel, over: dict[str, Any]) -> dict[str, Any]:
+    merged = default.model_dump()
+    for key, value in over.items():
+        sub = getattr(default, key) if key in type(default).model_fields else None
+        nested = isinstance(value, dict) and isinstance(sub, BaseModel)
+        merged[key] = _over_model(sub, value) if nested else value
+    return merged
 
 
 class Method:

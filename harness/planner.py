@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Iterator, Sequence
 
 from harness.errors import PluginError, SpecError
+from harness.inputs import keyed_settings
 from harness.plan import Cell, Plan, Stage
 from harness.store import hash_key
 
@@ -23,12 +24,25 @@ Split = tuple[str, list[str], float, dict[str, list[str]]]
 #: Bump when the shared loops change results: part of the keys of the stages they compute.
 ENGINE_VERSION = "1"
 
+#: Version of the fine-tuning stages (kinds ``finetune`` and ``labeler``). 2: an epoch keeps its
+#: last partial batch (``finetune.drop_last``) and the blur is the reference's (kernel 3/5/7 with
+#: p 0.2/0.4/0.4, OpenCV's sigma-0 kernels; harness/data/augment.py).
+FINETUNE_VERSION = "2"
+
 #: Settings that do not change a result (where or how fast it is computed): not in stage keys.
 RUNTIME_ONLY = {"device", "num_workers", "eval_batch_size", "eval_workers", "channels_last"}
 
+#: Fine-tuning settings added after stage keys were pinned: in a key only when set to another
+#: value than this default, so adding them changed no key.
+ADDED_SETTINGS = {"drop_last": False, "pseudolabel_amp": False}
 
-def _result_settings(model: Any) -> dict[str, Any]:
-    return {k: v for k, v in model.model_dump(mode="json").items() if k not in RUNTIME_ONLY}
+
+def _result_settings(model: Any, unread: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``model``'s settings as they enter a key: without the runtime-only ones, the ones the
+    stage does not read (``unread``) and the added ones left at their default."""
+    return {k: v for k, v in model.model_dump(mode="json").items()
+            if k not in RUNTIME_ONLY and k not in unread
+            and not (k in ADDED_SETTINGS and v == ADDED_SETTINGS[k])}
 
 
 def method_params(method: Any) -> dict[str, Any]:
@@ -51,6 +65,15 @@ class StageFactory:
     def _unique(self, stage: Stage) -> Stage:
         return self._stages.setdefault(stage.key, stage)
 
+    def _keyed(self, method: Any, settings: dict[str, Any]
+               ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A method's settings as they enter a key (its input files by content hash) and the
+        stage info recording those files (``input_files``; nothing when it reads none)."""
+        root = getattr(getattr(self.resources, "store", None), "root", None)
+        keyed, files = keyed_settings(method.config, settings,
+                                      None if root is None else root / "file-hashes")
+        return keyed, ({"input_files": files} if files else {})
+
     # --- encoders -------------------------------------------------------------------------------
     def encoder_stages(self, method: Any, version: str, seed: int,
                        split: Split | None = None) -> list[tuple[str, Stage]]:
@@ -67,11 +90,12 @@ class StageFactory:
     def init_stage(self, method: Any, version: str, seed: int) -> Stage:
         encoder_name = self.spec.finetune.encoder
         enc_seed = seed if method.seed_dependent else None
+        settings, info = self._keyed(method, method.config.model_dump(mode="json"))
         return self._unique(Stage(
             kind="encoder", label=f"{method.name} encoder" + (f" seed {seed}" if enc_seed is not None else ""),
-            config={"method": method.name, "settings": method.config.model_dump(mode="json"),
-                    "encoder": encoder_name, "seed": enc_seed},
-            version=version, params={"method": method_params(method), "seed": seed}))
+            config={"method": method.name, "settings": settings, "encoder": encoder_name,
+                    "seed": enc_seed},
+            version=version, info=info, params={"method": method_params(method), "seed": seed}))
 
     def random_encoder_stage(self, seed: int) -> Stage:
         """A randomly initialised encoder (labelers are trained from scratch, as in the thesis)."""
@@ -114,8 +138,9 @@ class StageFactory:
             deps["previous"] = previous
         # the number of cycles does not change what cycle k computes (its number is in the key);
         # the effective seed is keyed as 'seed', so `seed: 0` shares stages with a cell of seed 0
-        settings = {k: v for k, v in method.config.model_dump(mode="json").items()
-                    if k not in RUNTIME_ONLY and k not in ("cycles", "seed")}
+        settings, info = self._keyed(method, {
+            k: v for k, v in method.config.model_dump(mode="json").items()
+            if k not in RUNTIME_ONLY and k not in ("cycles", "seed")})
         _drop_labeler_protocol(method, settings)
         label = f"{method.name} pretrain seed {seed}" + _split_label(split) + (f" cycle {cycle}" if cycle else "")
         return self._unique(Stage(
@@ -123,7 +148,7 @@ class StageFactory:
             config={"method": method.name, "settings": settings, "encoder": self.spec.finetune.encoder,
                     "seed": seed, "unlabeled": self.resources.unlabeled_dataset().fingerprint(),
                     "cycle": cycle},
-            version=f"{version}/engine{ENGINE_VERSION}", deps=deps,
+            version=f"{version}/engine{ENGINE_VERSION}", deps=deps, info=info,
             params={"method": method_params(method), "num_classes": num_classes}))
 
     # --- labeler and pseudo-labels -----------------------------------------------------------------
@@ -163,9 +188,11 @@ class StageFactory:
 
     def pseudolabel_stage(self, labeler: Stage, labeler_eval: Stage, num_classes: int) -> Stage:
         unlabeled = self.resources.unlabeled_dataset()
+        # fp32 by default (the reference's); mixed precision enters the key only when chosen
+        precision = {"amp": True} if self.spec.finetune.pseudolabel_amp else {}
         return self._unique(Stage(
             kind="pseudolabel", label=f"pseudo-labels from {labeler.label}",
-            config={"unlabeled": unlabeled.fingerprint(), "num_classes": num_classes},
+            config={"unlabeled": unlabeled.fingerprint(), "num_classes": num_classes, **precision},
             version=ENGINE_VERSION, deps={"labeler": labeler, "labeler_eval": labeler_eval},
             params={"settings": self.spec.finetune.model_dump(mode="json")}))
 
@@ -178,9 +205,10 @@ class StageFactory:
         return self._unique(Stage(
             kind=kind, label=label,
             config={"dataset": dataset.fingerprint(), "seed": seed, "protocol": protocol,
-                    "train_ids": hash_key(train_ids), "settings": _result_settings(settings),
+                    "train_ids": hash_key(train_ids),
+                    "settings": _result_settings(settings, unread=("pseudolabel_amp",)),
                     **(extra or {})},
-            version=ENGINE_VERSION, deps={"encoder": encoder}, info={"train_ids": chosen},
+            version=FINETUNE_VERSION, deps={"encoder": encoder}, info={"train_ids": chosen},
             params={"dataset": source, "train_ids": train_ids,
                     "settings": settings.model_dump(mode="json")}))
 
@@ -190,15 +218,16 @@ class StageFactory:
         the unlabeled images; the evaluation stage reads it like a fine-tuned model."""
         train_ids = _flat(chosen)
         settings = self.spec.finetune
-        method_settings = {k: v for k, v in method.config.model_dump(mode="json").items()
-                           if k not in RUNTIME_ONLY}
+        method_settings, files = self._keyed(method, {
+            k: v for k, v in method.config.model_dump(mode="json").items() if k not in RUNTIME_ONLY})
         return self._unique(Stage(
             kind="semisup", label=label,
             config={"method": method.name, "settings": method_settings,
-                    "finetune": _result_settings(settings), "dataset": dataset.fingerprint(),
+                    "finetune": _result_settings(settings, unread=("drop_last", "pseudolabel_amp")),
+                    "dataset": dataset.fingerprint(),
                     "unlabeled": self.resources.unlabeled_dataset().fingerprint(), "seed": seed,
                     "train_ids": hash_key(train_ids), **(extra or {})},
-            version=f"{version}/engine{ENGINE_VERSION}", info={"train_ids": chosen},
+            version=f"{version}/engine{ENGINE_VERSION}", info={"train_ids": chosen, **files},
             params={"method": method_params(method), "dataset": None, "train_ids": train_ids,
                     "settings": settings.model_dump(mode="json")}))
 

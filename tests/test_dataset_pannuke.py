@@ -141,7 +141,7 @@ def test_class_attributes_and_config():
     assert ds.folds() == ["fold1", "fold2", "fold3"]  # without data
     assert ds.expected_group_sizes() == {"fold1": 2656, "fold2": 2523, "fold3": 2722}
     assert "fold_1.zip" in ds.source_hint and "warwick" in ds.source_hint
-    assert ds.config.void_policy == "thesis"
+    assert ds.config.void_policy is None and ds.void_policy == "thesis"  # unset: follows the spec
     assert make(Path("/x"), void_policy="background").config.void_policy == "background"
     for bad in ({"void_policy": "ignore"}, {"unknown": 1}):
         with pytest.raises(ValidationError):

@@ -96,7 +96,7 @@ def test_class_attributes():
     assert ds.class_names == CLASS_NAMES and ds.num_classes == 6
     assert ds.folds() == ["test"]
     assert ds.expected_group_sizes() == {"train": 1692, "val": 188, "test": 471}
-    assert ds.config.void_policy == "thesis" and ds.cache_fields == ()
+    assert ds.config.void_policy is None and ds.void_policy == "thesis" and ds.cache_fields == ()
     assert pannuke_breast.harness_register_datasets() == [PanNukeBreastDataset]
 
 

@@ -111,6 +111,15 @@ class Dataset:
             config = {k: v for k, v in config.items() if k in self.cache_fields}
         return {"name": self.name, "version": self.version, "config": config}
 
+    @classmethod
+    def resolve_config(cls, config: DatasetConfig, metric: Any) -> tuple[DatasetConfig, list[tuple[str, str]]]:
+        """Options that follow the spec's headline metric (``metric``: the spec's ``metric``
+        settings, e.g. a default chosen by the PQ variant) filled in, and ``(option, problem)``
+        pairs for options that contradict it (reported as spec problems, each with its fix).
+        Called by spec validation for the spec's datasets and for datasets opened by name
+        (a labeler's). Default: the config unchanged, no problems."""
+        return config, []
+
     # --- preparation ---------------------------------------------------------------------------
     def is_prepared(self) -> bool:
         return (self.root / "READY").exists()

@@ -77,7 +77,8 @@ class Resources:
             return self.dataset, self.arrays
         if name not in self._labeled:
             info = self.registry.dataset(name)
-            ds = _open(info.cls, None, self.store, self.prepare)
+            config, _ = info.cls.resolve_config(info.cls.Config(), self.rspec.spec.metric)
+            ds = _open(info.cls, config, self.store, self.prepare)
             self._labeled[name] = (ds, load_arrays(ds))
         return self._labeled[name]
 

@@ -2,16 +2,23 @@
 
 Thesis §4.1.3 defaults: Adam (0.9, 0.999), lr 1e-3 with cosine decay to 0 stepped per
 iteration, batch 16, 100 epochs, unweighted cross-entropy; the last epoch's weights are kept
-(the test fold is never used for selection). The loop is :mod:`harness.engine.loop`
+(the test fold is never used for selection). Every epoch sees every training image: the last
+batch may be partial (the reference's DataLoader keeps it, so an epoch is ceil(n / batch) steps;
+``finetune.drop_last: true`` drops it instead, as this harness did before). A batch-norm layer
+that would see a single value per channel (a last batch of one image whose feature map is 1x1,
+which PyTorch refuses in train mode) normalises that batch with its running statistics.
+
+The loop is :mod:`harness.engine.loop`
 (checkpoints every few minutes of training, at the end and on SIGTERM; a rerun resumes from
 the last one bit-identically).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as nnf
@@ -62,7 +69,8 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
 
     data = SegmentationSamples(arrays, train_ids,
                                finetune_train_transforms(settings.image_size, settings.augment))
-    drop_last = len(data) >= settings.batch_size  # keep every image when the subset is tiny
+    # the reference keeps the last partial batch; drop_last (opt-in) never drops a whole epoch
+    drop_last = getattr(settings, "drop_last", False) and len(data) >= settings.batch_size
     loader = epoch_loader(data, batch_size=settings.batch_size, drop_last=drop_last,
                           num_workers=settings.num_workers, device=device, worker_init_fn=worker_init_fn)
     source = EpochSource(loader, settings.epochs, seed,
@@ -117,9 +125,37 @@ def _segmentation_step(model, normalizer, precision, device, channels_last):
         masks = masks.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with precision.autocast():
+        single = len(images) == 1 and model.training
+        with precision.autocast(), (single_sample_batchnorm(model) if single else contextlib.nullcontext()):
             logits = model(images)
             loss = nnf.cross_entropy(logits.float(), masks)
         return loss, {}
 
     return step_fn
+
+
+@contextlib.contextmanager
+def single_sample_batchnorm(model: torch.nn.Module) -> Iterator[None]:
+    """Inside: a batch-norm layer in train mode whose input holds one value per channel (batch
+    of one, 1x1 map: batch statistics undefined, PyTorch raises) normalises with its running
+    statistics for that call and leaves them unchanged; every other layer is untouched."""
+    def before(module, args):
+        x = args[0]
+        if module.training and x.numel() == x.shape[1]:
+            module.training = False
+            module._single_sample = True
+
+    def after(module, args, output):
+        if getattr(module, "_single_sample", False):
+            module.training = True
+            del module._single_sample
+
+    handles = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.training:
+            handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

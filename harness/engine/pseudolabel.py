@@ -1,5 +1,6 @@
 """Pseudo-labels: a labeler's argmax over every unlabeled image (no augmentation), batched,
-stored as one uint8 memory map, resumable chunk by chunk."""
+stored as one uint8 memory map, resumable chunk by chunk. In fp32 by default, as the
+reference labeled (``finetune.pseudolabel_amp: true`` for mixed precision on CUDA)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ CHUNK = 512
 
 
 def pseudolabel(ctx: StageContext, *, images: np.ndarray, encoder_name: str, num_classes: int,
-                batch_size: int, amp: bool = True, chunk: int | None = None) -> dict[str, Any]:
+                batch_size: int, amp: bool = False, chunk: int | None = None) -> dict[str, Any]:
     chunk = chunk or CHUNK
     model, normalizer = load_model(ctx.inputs["labeler"], encoder_name, num_classes)
     n, h, w = images.shape[:3]
@@ -40,4 +41,5 @@ def pseudolabel(ctx: StageContext, *, images: np.ndarray, encoder_name: str, num
     del masks
     os.replace(path, ctx.out / "masks.npy")
     return {"images": n, "class_fractions": (counts / max(1, counts.sum())).round(6).tolist(),
-            "resumed_from_image": done}
+            "resumed_from_image": done,
+            "precision": str(precision.dtype).replace("torch.", "") if precision.dtype else "fp32"}

@@ -1,5 +1,13 @@
 """Panoptic quality (PQ) with the semantics of the official PanNuke metric.
 
+Which numbers equal the official metric: the ``instance`` variant
+(:func:`harness.metrics.evaluate_segmentation`) scored against ground truth whose void pixels
+(0 in every mask channel) are background. A dataset that can map void elsewhere says so in its
+options (PanNuke's ``void_policy``: ``background`` is the official ground truth and is what an
+unset policy becomes under ``pq_variant: instance``; ``thesis`` turns void into neoplastic as
+the thesis's masks did, and goes with the ``thesis`` variant, which reproduces the thesis's
+numbers, not the official metric).
+
 :func:`panoptic_quality` scores one pair of instance maps exactly as PanNuke-metrics'
 ``get_fast_pq`` with ``match_iou >= 0.5`` does (reference §1.5). :func:`aggregate_pq` turns
 per-class instance maps of a whole test set into the reported mPQ/bPQ: per-image class nanmean,

@@ -62,15 +62,23 @@ def plugin_name_problems(data: dict[str, Any], source: str, lines: Lines, regist
 
 
 def check_dataset(ref: DatasetRef, field: str, registry: Registry, source: str, lines: Lines,
-                   problems: list[str]):
+                   problems: list[str], metric: Any = None):
+    """The dataset's own options, resolved against the spec's ``metric`` settings
+    (:meth:`harness.data.base.Dataset.resolve_config`)."""
     info = registry.datasets.get(ref.name)
     if info is None:
         return None
     try:
-        return info.cls.Config.model_validate(ref.options)
+        config = info.cls.Config.model_validate(ref.options)
     except ValidationError as exc:
         problems.extend(format_errors(exc, info.cls.Config, source, lines, prefix=(field,)))
         return None
+    if metric is None:
+        return config
+    config, conflicts = info.cls.resolve_config(config, metric)
+    problems.extend(f"{where(source, lines, (field, option))}: {field}.{option}: {message}"
+                    for option, message in conflicts)
+    return config
 
 
 def check_methods(spec: Spec, registry: Registry, source: str, lines: Lines,

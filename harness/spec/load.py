@@ -69,9 +69,10 @@ def settings_checks(spec: Spec, registry: Registry, source: str, lines: Lines,
                     problems: list[str]) -> tuple[Any, Any, dict[str, Any]]:
     """Each plugin's own settings, folds, labelers, number ranges and the headline metric (even
     when other fields are broken), then the cross-field checks (only when nothing else is)."""
-    dataset_config = check_dataset(spec.dataset, "dataset", registry, source, lines, problems)
-    unlabeled_config = (check_dataset(spec.unlabeled, "unlabeled", registry, source, lines, problems)
-                        if spec.unlabeled is not None else None)
+    dataset_config = check_dataset(spec.dataset, "dataset", registry, source, lines, problems,
+                                   spec.metric)
+    unlabeled_config = (check_dataset(spec.unlabeled, "unlabeled", registry, source, lines, problems,
+                                      spec.metric) if spec.unlabeled is not None else None)
     method_configs = check_methods(spec, registry, source, lines, problems)
     if dataset_config is not None:
         problems.extend(fold_problems(spec, registry, dataset_config, source, lines))

@@ -29,6 +29,10 @@ class FinetuneSettings(_Strict):
     encoder: str = Field("resnet18", description="any segmentation-models-pytorch encoder name")
     epochs: int = Field(100, ge=1, le=100_000)
     batch_size: int = Field(16, ge=1, le=65_536)
+    drop_last: bool = Field(
+        False, description="drop each epoch's last partial batch (false: keep it, as the "
+        "reference's DataLoader, so an epoch is ceil(n / batch_size) steps; true: this harness's "
+        "behaviour before, floor(n / batch_size) steps)")
     lr: float = Field(1e-3, gt=0, le=10)
     weight_decay: float = Field(0.0, ge=0)
     image_size: int | None = Field(
@@ -49,6 +53,9 @@ class FinetuneSettings(_Strict):
     num_workers: int = Field(0, ge=0, le=256)
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
     amp: bool = Field(True, description="mixed precision on CUDA (bf16 where supported, else fp16)")
+    pseudolabel_amp: bool = Field(
+        False, description="pseudo-labels under mixed precision on CUDA; false (default): fp32, "
+        "as the reference labeled")
     channels_last: bool = Field(True, description="channels_last memory format on CUDA")
 
     @field_validator("device")

@@ -35,6 +35,12 @@ class StageEnv:
         """Fine-tuning settings from their JSON dump."""
         return type(self.spec.finetune).model_validate(data)
 
+    @property
+    def file_hash_cache(self) -> Path | None:
+        """Where content hashes of input files are cached (:mod:`harness.inputs`)."""
+        root = getattr(getattr(self.resources, "store", None), "root", None)
+        return None if root is None else Path(root) / "file-hashes"
+
     def labeled(self, name: str | None) -> tuple[Any, Any]:
         """``(dataset, arrays)`` of a labeled dataset plugin; None = the spec's own."""
         return self.resources.labeled(name)

@@ -4,6 +4,7 @@ encoder that labelers start from (config ``init: random``)."""
 from __future__ import annotations
 
 from harness.hookspecs import hookimpl
+from harness.inputs import check_input_files
 from harness.stages.base import StageKind
 
 
@@ -17,8 +18,10 @@ class EncoderStage(StageKind):
         cfg, params = stage.config, stage.params
         if cfg.get("init") == "random":
             return run_random_encoder(ctx, encoder_name=cfg["encoder"], seed=params["seed"])
-        return run_init_encoder(ctx, method=env.method(params["method"]), encoder_name=cfg["encoder"],
-                                seed=params["seed"])
+        files = check_input_files(stage, env.file_hash_cache)  # the bytes the key names
+        result = run_init_encoder(ctx, method=env.method(params["method"]), encoder_name=cfg["encoder"],
+                                  seed=params["seed"])
+        return {**result, "input_files": files} if files else result
 
 
 @hookimpl

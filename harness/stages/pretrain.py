@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from harness.hookspecs import hookimpl
+from harness.inputs import check_input_files
 from harness.stages.base import StageKind
 
 
@@ -18,12 +19,14 @@ class PretrainStage(StageKind):
         from harness.safeload import STAGE_FIX, load_state_dict_file
 
         cfg, params = stage.config, stage.params
+        files = check_input_files(stage, env.file_hash_cache)  # the bytes the key names
         masks = np.load(inputs["masks"] / "masks.npy", mmap_mode="r") if "masks" in inputs else None
         start = (load_state_dict_file(inputs["previous"] / "model.pt", fix=STAGE_FIX)
                  if "previous" in inputs else None)
-        return pretrain(ctx, method=env.method(params["method"]), images=env.resources.unlabeled_images(),
-                        masks=masks, encoder_name=cfg["encoder"], seed=cfg["seed"],
-                        num_classes=params["num_classes"], start_from=start)
+        result = pretrain(ctx, method=env.method(params["method"]), images=env.resources.unlabeled_images(),
+                          masks=masks, encoder_name=cfg["encoder"], seed=cfg["seed"],
+                          num_classes=params["num_classes"], start_from=start)
+        return {**result, "input_files": files} if files else result
 
 
 @hookimpl

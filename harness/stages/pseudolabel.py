@@ -16,7 +16,7 @@ class PseudolabelStage(StageKind):
         settings = env.settings(stage.params["settings"])
         return pseudolabel(ctx, images=env.resources.unlabeled_images(), encoder_name=settings.encoder,
                            num_classes=stage.config["num_classes"], batch_size=settings.eval_batch_size,
-                           amp=settings.amp)
+                           amp=settings.pseudolabel_amp)
 
 
 @hookimpl

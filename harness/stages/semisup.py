@@ -4,6 +4,7 @@ and the unlabeled images."""
 from __future__ import annotations
 
 from harness.hookspecs import hookimpl
+from harness.inputs import check_input_files
 from harness.stages.base import StageKind
 
 
@@ -15,11 +16,13 @@ class SemisupStage(StageKind):
         from harness.engine.semisup import train_semisupervised
 
         cfg, params = stage.config, stage.params
+        files = check_input_files(stage, env.file_hash_cache)  # the bytes the key names
         dataset, arrays = env.labeled(params["dataset"])
-        return train_semisupervised(
+        result = train_semisupervised(
             ctx, method=env.method(params["method"]), arrays=arrays, train_ids=params["train_ids"],
             unlabeled_images=env.resources.unlabeled_images(), num_classes=dataset.num_classes,
             settings=env.settings(params["settings"]), seed=cfg["seed"])
+        return {**result, "input_files": files} if files else result
 
 
 @hookimpl

@@ -69,12 +69,17 @@ POLICY_ARRAYS: dict[str, tuple[str, str]] = {
     "thesis": ("classes", "instances"),
     "background": ("classes_background", "instances_background"),
 }
+#: The void policy each PQ variant is defined with: the official PanNuke metric scores void
+#: pixels as background; the thesis's numbers came from its argmax masks (void -> neoplastic).
+VARIANT_VOID_POLICY: dict[str, str] = {"instance": "background", "thesis": "thesis"}
 VOID_POLICY_HELP = (
-    "What void pixels (0 in all six mask channels) become. 'thesis' (default): the reference "
-    "code's argmax over all six channels, so void pixels are class neoplastic (whole void "
-    "patches become all-neoplastic) -- needed to compare with the thesis's numbers. "
-    "'background': void pixels are background (instance 0). Both keep overlaps on the channel "
-    "with the larger id. Chosen at load time: one prepared copy serves both.")
+    "What void pixels (0 in all six mask channels) become. Unset (default): follows "
+    "metric.pq_variant -- 'background' for 'instance' (the official PanNuke metric), 'thesis' "
+    "for 'thesis' (the thesis's numbers). 'thesis': the reference code's argmax over all six "
+    "channels, so void pixels are class neoplastic (whole void patches become all-neoplastic). "
+    "'background': void pixels are background (instance 0). A value that contradicts "
+    "metric.pq_variant is an error. Both keep overlaps on the channel with the larger id. "
+    "Chosen at load time: one prepared copy serves both.")
 
 #: argmax channel -> class id (channel 5 = background -> 0).
 _CHANNEL_TO_CLASS = np.array([1, 2, 3, 4, 5, 0], dtype=np.uint8)

@@ -10,11 +10,16 @@ Class map: class ``c + 1`` for mask channel ``c`` (neoplastic, inflammatory, con
 epithelial). ``void_policy`` picks what void pixels (0 in all six channels) become, at load time
 (both maps are in the one prepared copy, so the option is not part of the cache identity):
 
-* ``thesis`` (default) -- the reference code's ``argmax`` over all six channels: void pixels are
+* ``thesis`` -- the reference code's ``argmax`` over all six channels: void pixels are
   neoplastic (the fully void patches become entirely neoplastic) and each void region is one
-  "neoplastic" instance. This is what produced the thesis's numbers, so it is the default for
-  every thesis-comparison spec.
-* ``background`` -- void pixels are background (class 0, instance 0).
+  "neoplastic" instance. This is what produced the thesis's numbers.
+* ``background`` -- void pixels are background (class 0, instance 0), as the official PanNuke
+  metric scores them.
+* unset (default) -- follows the spec's ``metric.pq_variant`` (:meth:`PanNukeBase.resolve_config`):
+  ``instance`` -> ``background`` (together: the official PanNuke metric), ``thesis`` ->
+  ``thesis`` (together: the thesis's numbers). An explicit value that contradicts the variant is
+  a validation error (the pair equals neither metric). Outside a spec (a dataset opened
+  directly) unset loads ``thesis``, the converted arrays' plain argmax.
 
 Overlap pixels go to the channel with the larger id value under both policies (the reference
 argmax). Anomalies are counted per fold in ``READY`` (``anomalies``).
@@ -38,8 +43,8 @@ from harness.data.cache import CachedDataset, check_labeled_arrays, group_counts
 from harness.hookspecs import hookimpl
 
 from ._pannuke_io import (CLASS_NAMES, FOLDS, OFFICIAL_FOLD_SIZES, POLICY_ARRAYS, TISSUES,
-                          VOID_POLICY_HELP, VoidPolicy, inspect_folds, locate_folds,
-                          parse_sample_id, write_cache)
+                          VARIANT_VOID_POLICY, VOID_POLICY_HELP, VoidPolicy, inspect_folds,
+                          locate_folds, parse_sample_id, write_cache)
 
 SOURCE_HINT = ("download fold_1.zip, fold_2.zip and fold_3.zip (no registration) from "
                "https://warwick.ac.uk/fac/cross_fac/tia/data/pannuke and pass the folder "
@@ -48,7 +53,7 @@ SOURCE_HINT = ("download fold_1.zip, fold_2.zip and fold_3.zip (no registration)
 
 
 class PanNukeConfig(DatasetConfig):
-    void_policy: VoidPolicy = Field("thesis", description=VOID_POLICY_HELP)
+    void_policy: VoidPolicy | None = Field(None, description=VOID_POLICY_HELP)
 
 
 class PanNukeBase(CachedDataset):
@@ -73,13 +78,37 @@ class PanNukeBase(CachedDataset):
 
         return {"source": pannuke(folder / "src")}
 
+    @classmethod
+    def resolve_config(cls, config: PanNukeConfig, metric) -> tuple[PanNukeConfig, list[tuple[str, str]]]:
+        """An unset ``void_policy`` follows ``metric.pq_variant``; an explicit one must agree
+        with it (:data:`VARIANT_VOID_POLICY`)."""
+        variant = getattr(metric, "pq_variant", None)
+        follows = VARIANT_VOID_POLICY.get(variant)
+        if config.void_policy is None:
+            return config.model_copy(update={"void_policy": follows or "thesis"}), []
+        if follows is None or config.void_policy == follows:
+            return config, []
+        other = next(v for v, p in VARIANT_VOID_POLICY.items() if p == config.void_policy)
+        return config, [("void_policy", (
+            f"'{config.void_policy}' contradicts metric.pq_variant '{variant}' (which "
+            f"is scored with void_policy '{follows}'; "
+            + ("'instance' with 'background' is the official PanNuke metric, 'thesis' with "
+               "'thesis' the thesis's numbers")
+            + f"); set void_policy: {follows}, or metric.pq_variant: {other}, or drop "
+            f"void_policy to follow the variant"))]
+
+    @property
+    def void_policy(self) -> str:
+        """The policy load() applies (unset outside a spec: ``thesis``, the plain argmax)."""
+        return self.config.void_policy or "thesis"
+
     def _ready_info(self) -> dict:
         return json.loads((self.root / "READY").read_text())
 
     def load(self) -> LabeledArrays:
         if not self.is_prepared():
             raise FileNotFoundError(f"{self.root} is not a prepared '{self.name}' cache")
-        return self._load_policy(self.config.void_policy)
+        return self._load_policy(self.void_policy)
 
     def _load_policy(self, policy: str) -> LabeledArrays:
         samples = json.loads((self.root / "samples.json").read_text())

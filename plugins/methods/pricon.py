@@ -25,6 +25,7 @@ from pydantic import Field
 
 from harness.data.view_config import ViewAugmentConfig
 from harness.hookspecs import hookimpl
+from harness.inputs import InputFile
 from harness.methods import LabelerSettings, PretrainMethod, PretrainSettings
 
 if TYPE_CHECKING:  # no torch at import: `harness validate` and `list` import this module
@@ -49,7 +50,8 @@ class PRIConConfig(PretrainSettings):
     proj_dim: int = Field(128, ge=1)
     init: Literal["random", "imagenet"] = Field(
         "random", description="'imagenet' starts from torchvision ImageNet weights (Table 4.8)")
-    imagenet_weights: Path | None = Field(None, description="weights file for init: imagenet")
+    imagenet_weights: InputFile | None = Field(
+        None, description="weights file for init: imagenet (keyed by its content)")
     labeler: LabelerSettings = Field(default_factory=LabelerSettings)
     cycles: int = Field(1, ge=1, description="cyclic training (Table 4.5): K rounds of pretrain "
                         "`epochs` -> fine-tune on the labeler data -> relabel, continuing the same "

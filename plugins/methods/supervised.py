@@ -14,6 +14,7 @@ from pydantic import Field
 
 from harness.errors import DataError
 from harness.hookspecs import hookimpl
+from harness.inputs import InputFile
 from harness.methods import InitMethod, MethodConfig
 from harness.safeload import load_state_dict_file
 
@@ -34,8 +35,9 @@ DOWNLOAD_BASE = "https://download.pytorch.org/models/"
 
 
 class SupervisedConfig(MethodConfig):
-    weights: Path | None = Field(
-        None, description="path to a torchvision ImageNet state dict; default: torch's hub cache")
+    weights: InputFile | None = Field(
+        None, description="path to a torchvision ImageNet state dict (keyed by its content); "
+        "default: torch's hub cache")
 
 
 class Supervised(InitMethod):

@@ -3,6 +3,11 @@
 ``instance`` is the PanNuke protocol (predicted instances are connected components of each
 class); ``thesis`` scores each class of an image as one segment, as the thesis's evaluation code
 did, which is what the thesis's published "PQ" means (the like-for-like column).
+
+The official PanNuke metric is ``pq_variant: instance`` on ground truth with void pixels as
+background (``pannuke``'s ``void_policy: background``, what an unset policy becomes with that
+variant); the thesis's numbers are ``pq_variant: thesis`` on its masks (``void_policy: thesis``,
+void -> neoplastic). Validation rejects the two mixed pairs.
 """
 
 from __future__ import annotations
