@@ -1,6 +1,7 @@
 """In-process execution of stages: reuse a stage the store holds, else run its kind in a
 temporary folder and publish it atomically (the work folder keeps checkpoints for a resume),
-calling the lifecycle hooks on the way."""
+calling the lifecycle hooks on the way. A stage is computed under a claim in the store
+(:mod:`harness.claims`): a worker that finds another computing it waits and reuses it."""
 
 from __future__ import annotations
 
@@ -51,14 +52,19 @@ class LocalExecutor:
         Returns ``{cached, seconds, result}`` (the kind's summary)."""
         stage_info = {"kind": stage.kind, "key": stage.key, "label": stage.label}
         path = self.store.stage_dir(stage.kind, stage.key)
-        device = self.device
-        if self.store.is_done(stage.kind, stage.key):
-            result.reused.append(stage.key)
-            meta = self.store.meta(stage.kind, stage.key)
-            self.hook.harness_stage_finished(stage={**stage_info, "cached": True, "path": str(path),
-                                                    "seconds": meta.get("seconds")})
-            return {"cached": True, "seconds": meta.get("seconds"), "result": meta.get("result", {})}
+        if not self.store.is_done(stage.kind, stage.key):
+            with self.store.claim(stage.kind, stage.key, stage.label) as claim:
+                if claim is not None:  # else another worker published it while we waited
+                    return self._compute(stage, result, stage_info, path)
+        result.reused.append(stage.key)
+        meta = self.store.meta(stage.kind, stage.key)
+        self.hook.harness_stage_finished(stage={**stage_info, "cached": True, "path": str(path),
+                                                "seconds": meta.get("seconds")})
+        return {"cached": True, "seconds": meta.get("seconds"), "result": meta.get("result", {})}
 
+    def _compute(self, stage: Stage, result: Any, stage_info: dict[str, Any], path: Any
+                 ) -> dict[str, Any]:
+        device = self.device
         tmp = self.store.new_tmp(stage.kind, stage.key)
         ctx = StageContext(
             out=tmp, work=self.store.work_dir(stage.kind, stage.key),
