@@ -11,7 +11,7 @@ is. Random augmentations are switched off (each process draws its own; the same 
 other, equally distributed views than in one process) and PRICon's random point term with
 them (``alpha_point: 0``; its region and image terms stay).
 
-Measured agreement (losses and final weights, relative to their scale): see TOL."""
+Measured agreement (losses and final weights): see TOL_FIRST and TOL_TRAJECTORY."""
 
 from __future__ import annotations
 
@@ -48,7 +48,19 @@ finetune: {{epochs: 5, batch_size: 8, augment: false}}
 # Pretraining views are 64 px: at 32 px ResNet-18's last stage is 1x1, its BatchNorm normalises 4
 # values per rank, and float rounding (1e-7 at step 1) then grows ~100x per step (measured:
 # 1e-7, 1e-7, 2.5e-6, 1.7e-5, 3.8e-3), in one process as much as in two.
-TOL = 1e-4  # relative; the measured differences are printed by the tests (see below)
+# Tolerances, from measured differences (relative; 2 gloo processes vs 1 process, 1 thread each):
+# the first entry (pretraining: step 1; fine-tuning: the mean of steps 1-2) agreed exactly (0.0)
+# for all three, pretraining's step 2 to 7.6e-8 (SimCLR) and 9.2e-8 (PRICon): the arithmetic is
+# the single-process one up to float32 rounding (reduction order: the gather and the gradient
+# all-reduce vs one batch). After the first updates the rounding differences grow with training,
+# as they do between two single-process runs with 1 and 2 threads (SimCLR, measured: 0, 7.6e-8,
+# 1.1e-7, 1.9e-7, 9.5e-7, 4.6e-5, ..., 4.2e-4 at step 10; weights 1.8e-3). Adam's first step is
+# lr * sign(g), which flips for near-zero gradients (fine-tuning: 1e-5..2e-4 from step 2 on,
+# not growing), and these tiny-batch contrastive runs amplify them ~3-10x per step. Measured over
+# the 10 steps, max per-entry loss / weight (||dw|| / ||w||) differences: SimCLR 2.8e-4 / 1.8e-3,
+# PRICon 2.2e-2 / 3.4e-2, fine-tune 2.0e-4 / 1.2e-2.
+TOL_FIRST = 1e-6  # step 1 (and pretraining's step 2)
+TOL_TRAJECTORY = 0.1  # every entry, and the final weights: about 3x the largest measured
 
 
 def _ghost_batchnorm(monkeypatch, groups: int = 2) -> None:
@@ -166,7 +178,9 @@ def _compare(ref_dir: Path, ddp_dir: Path, what: str) -> None:
     weight_diff = _weight_diff(wa, wb)
     print(f"\n{what}: losses {[round(x, 5) for x in la]}; relative difference to one process "
           f"per entry {steps}; weights {weight_diff:.2e}")
-    assert loss_diff < TOL and weight_diff < TOL, (what, loss_diff, weight_diff)
+    first = 2 if ddp_dir.parent.name == "pretrain" else 1
+    assert _rel(la[:first], lb[:first]) < TOL_FIRST, (what, steps)
+    assert loss_diff < TOL_TRAJECTORY and weight_diff < TOL_TRAJECTORY, (what, steps, weight_diff)
     assert len(set(la)) > 1  # it trained
 
 
