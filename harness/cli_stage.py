@@ -1,9 +1,14 @@
 """``harness stage run SPEC KEY``: compute one stage of a spec's plan in this process, exactly
-as ``harness run`` computes it, and publish it in the store (what executors call)."""
+as ``harness run`` computes it, and publish it in the store (what executors call). With
+``--nproc N`` the command re-launches itself under torchrun (``torch.distributed.run``): N
+processes train the stage with DDP (:mod:`harness.engine.distributed`)."""
 
 from __future__ import annotations
 
+import os
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -18,7 +23,8 @@ stage_app = typer.Typer(no_args_is_help=True, help="Run one stage of a spec's pl
 def stage_run(spec: Annotated[Path, typer.Argument(help="spec file")],
               key: Annotated[str, typer.Argument(help="stage key, a unique prefix of it, or KIND/PREFIX (see `harness run SPEC --dry-run`)")],
               set_: SetOpt = None, store: StoreOpt = None,
-              quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False) -> None:
+              quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
+              nproc: Annotated[int, typer.Option("--nproc", min=1, help="processes training this stage together (DDP under torchrun: one per GPU, or CPU processes with gloo); batch_size stays the global batch")] = 1) -> None:
     """Compute one stage of a spec's plan (its dependencies in the store) and publish it."""
     from harness.errors import DataError
     from harness.plugins import get_registry
@@ -31,7 +37,8 @@ def stage_run(spec: Annotated[Path, typer.Argument(help="spec file")],
     plan, _, _ = runner.plan(prepare=True)
     stage = _one_stage(plan, key, spec)
     name = f"{stage.kind}/{stage.key} ({stage.label})"
-    if artifacts.is_done(stage.kind, stage.key):
+    under_torchrun = "LOCAL_RANK" in os.environ  # rank 0 decides for all (runner.run_stage)
+    if artifacts.is_done(stage.kind, stage.key) and not under_torchrun:
         out.print(f"{name}: already done ({artifacts.stage_dir(stage.kind, stage.key)})", markup=False)
         return
     missing = [s for s in stage.upstream()[:-1] if not artifacts.is_done(s.kind, s.key)]
@@ -42,7 +49,16 @@ def stage_run(spec: Annotated[Path, typer.Argument(help="spec file")],
         raise DataError(f"{name}: {len(missing)} upstream stage(s) not in the store: "
                         f"{' '.join(f'{s.kind}/{s.key}' for s in missing)}; compute them in "
                         f"this order with `{again}` (or all with `harness run`)")
+    if nproc > 1 and not under_torchrun:
+        code = _torchrun(nproc)
+        if code:
+            raise typer.Exit(code)
+        return
     runner.run_stage(stage)
+    from harness.engine.distributed import rank
+
+    if rank() > 0:
+        return
     out.print(f"{name}: done ({artifacts.stage_dir(stage.kind, stage.key)})", markup=False)
 
 
@@ -58,3 +74,19 @@ def _one_stage(plan, key: str, spec: Path):
     names = ", ".join(f"{s.kind}/{s.key[:12]}" for s in found[:4])
     raise UsageError(f"KEY {key!r}: {len(found)} stages match ({names}"
                      f"{', ...' if len(found) > 4 else ''}); give more of the key")
+
+
+def _torchrun(nproc: int) -> int:
+    """This command again, without ``--nproc``, in ``nproc`` processes under torchrun; its exit
+    status (torchrun's: non-zero when any process failed; rerun to resume from the checkpoint)."""
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "harness.cli", *args]
+    return subprocess.call(cmd)

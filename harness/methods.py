@@ -185,6 +185,11 @@ class PretrainMethod(Method):
 
     kind: ClassVar[str] = "pretrain"
     needs_masks: ClassVar[bool] = False
+    #: Under DDP on CUDA: BatchNorm statistics over the global batch (SyncBatchNorm) rather
+    #: than each process's slice. Default on: the thesis trained on one GPU, so this keeps its
+    #: semantics whatever the GPU count; a method whose design relies on per-device statistics
+    #: (e.g. MoCo's shuffled BN) sets it False.
+    sync_batchnorm: ClassVar[bool] = True
     Config: ClassVar[type[MethodConfig]] = PretrainSettings
 
     def view_config(self) -> Any:

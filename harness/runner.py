@@ -62,7 +62,10 @@ class Runner:
         """The in-process executor of this runner's plan (``plan()`` first)."""
         if self.resources is None:
             self.resources = Resources(self.rspec, self.registry, self.store)
-        device = resolve_device(self.rspec.spec.finetune.device)
+        from harness.engine import distributed
+
+        device = distributed.local_device(resolve_device(self.rspec.spec.finetune.device))
+        distributed.init_from_env(device)  # under torchrun: one stage over its processes
         self.device = device
         self.provenance = run_provenance(self.registry, device)
         self.env = StageEnv(self.rspec, self.registry, self.resources)

@@ -4,7 +4,9 @@ Every stage output lives under ``<root>/stages/<kind>/<key>/`` where ``key`` has
 resolved config, its upstream keys and the plugin's version. A stage is written into a temporary
 folder and renamed into place only when complete, so nothing half-written is ever read as
 finished. Training stages checkpoint into ``<root>/work/<kind>/<key>/`` and resume from there
-after a crash; the work folder is removed once the stage is committed.
+after a crash; the work folder is removed once the stage is committed. While a worker computes
+a stage it holds a claim on it (``<root>/claims/<kind>/<key>.json``, :mod:`harness.claims`), so
+that workers sharing the store compute each stage once; correctness never depends on the claim.
 
 Location: ``--store PATH`` on the command line, else ``$HARNESS_STORE``, else the user's cache
 directory (``~/.cache/harness/store`` on Linux).
@@ -112,6 +114,16 @@ class ArtifactStore:
     def work_dir(self, kind: str, key: str) -> Path:
         return self.root / "work" / kind / key
 
+    def claim_path(self, kind: str, key: str) -> Path:
+        return self.root / "claims" / kind / f"{key}.json"
+
+    def claim(self, kind: str, key: str, label: str = ""):
+        """Context manager: hold the claim on a stage while computing it; yields None when
+        another worker published it meanwhile (reuse it). See :mod:`harness.claims`."""
+        from harness.claims import claimed
+
+        return claimed(self.claim_path(kind, key), lambda: self.is_done(kind, key), label)
+
     def dataset_dir(self, name: str, fingerprint: Any) -> Path:
         return self.root / "datasets" / name / hash_key(fingerprint, 16)
 
@@ -137,10 +149,14 @@ class ArtifactStore:
         atomic_write_json(tmp / "meta.json", meta)
         final = self.stage_dir(kind, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():  # computed concurrently by someone else: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
+        try:  # one atomic rename publishes it (fails if the folder exists and is not empty)
+            if final.exists():
+                raise FileExistsError(final)
             os.rename(tmp, final)
+        except OSError:
+            if not final.exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # computed concurrently: keep theirs
         shutil.rmtree(self.work_dir(kind, key), ignore_errors=True)
         return final
 

@@ -27,9 +27,15 @@ def ensure_prepared(dataset: Dataset, generate: bool = True, announce: bool = Tr
     ``announce``); a DataError with the command that prepares it if it cannot."""
     if not dataset.is_prepared():
         if dataset.auto_prepare and generate:
-            if announce:
-                console.log(f"generating dataset '{dataset.name}' into {dataset.root}")
-            dataset.prepare(None)
+            from harness.claims import claimed
+
+            # one worker generates; others sharing the store wait for it (harness.claims)
+            claim_at = dataset.root.with_name(f".{dataset.root.name}.claim.json")
+            with claimed(claim_at, dataset.is_prepared, f"dataset '{dataset.name}'") as claim:
+                if claim is not None:
+                    if announce:
+                        console.log(f"generating dataset '{dataset.name}' into {dataset.root}")
+                    dataset.prepare(None)
         elif not dataset.auto_prepare:
             hint = f" ({dataset.source_hint})" if dataset.source_hint else ""
             raise DataError(f"dataset '{dataset.name}' is not prepared (looked in {dataset.root}); "

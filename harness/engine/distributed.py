@@ -16,12 +16,19 @@ the gradient of ``L`` for the whole global batch, as on one device.
 
 from __future__ import annotations
 
+import os
 import warnings
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["is_distributed", "world_size", "rank", "gather_sizes", "gather_with_grad"]
+__all__ = ["is_distributed", "world_size", "rank", "gather_sizes", "gather_with_grad",
+           "init_from_env", "local_device", "barrier", "agree", "gather_objects", "mean_over_ranks",
+           "on_rank_zero", "wrap_ddp"]
+
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
 def is_distributed() -> bool:
@@ -83,3 +90,101 @@ def gather_with_grad(tensor: torch.Tensor, sizes: list[int] | None = None) -> to
     if any(s != max_n for s in sizes):
         parts = [p[:s] for p, s in zip(parts, sizes)]
     return torch.cat(parts, dim=0)
+
+
+# --- one stage over several processes (torchrun) ---------------------------------------------
+
+def init_from_env(device: torch.device) -> bool:
+    """Join the process group torchrun describes (``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/
+    ``MASTER_ADDR``); NCCL on CUDA, gloo on CPU. False (and nothing done) outside torchrun or
+    when already joined."""
+    if is_distributed() or not all(k in os.environ for k in TORCHRUN_ENV):
+        return False
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
+def local_device(device: torch.device) -> torch.device:
+    """This process's device: under torchrun, CUDA device ``LOCAL_RANK``."""
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
+
+
+_control: Any = None
+
+
+def _control_group() -> Any:
+    """A gloo group for small host-side agreements (works next to an NCCL default group)."""
+    global _control
+    if _control is None:
+        _control = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+    return _control
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier(group=_control_group())
+
+
+def agree(*flags: bool) -> tuple[bool, ...]:
+    """Each flag true on any rank, on every rank (one small all-reduce); identity when alone."""
+    if not is_distributed():
+        return tuple(bool(f) for f in flags)
+    t = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control_group())
+    return tuple(bool(v) for v in t.tolist())
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (tensors, numbers, lists, dicts), in rank order."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj, group=_control_group())
+    return out
+
+
+def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The mean of a (detached) scalar over the ranks; the value itself when alone."""
+    if not is_distributed():
+        return value
+    value = value.detach().float().clone()
+    dist.all_reduce(value)
+    return value / world_size()
+
+
+@contextmanager
+def on_rank_zero(cm: Any) -> Iterator[Any]:
+    """Enter the context manager ``cm`` on rank 0 only (a store claim); every rank receives
+    rank 0's value, or True on other ranks when rank 0's is not None."""
+    if not is_distributed():
+        with cm as value:
+            yield value
+        return
+    if rank() == 0:
+        with cm as value:
+            agree(value is not None)
+            yield value
+    else:
+        (held,) = agree(False)
+        yield True if held else None
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device, sync_batchnorm: bool) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel when distributed (else ``model`` itself). With
+    ``sync_batchnorm`` on CUDA its BatchNorm layers normalise over the global batch
+    (SyncBatchNorm, in place: the returned wrapper shares the parameters); on CPU (gloo)
+    SyncBatchNorm does not exist, so statistics stay per process. Every trainable parameter
+    must take part in each step's loss (``find_unused_parameters=False``: no extra graph walk)."""
+    if not is_distributed():
+        return model
+    if sync_batchnorm and device.type == "cuda":
+        converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if converted is not model:  # the model itself is a BatchNorm: nothing to share
+            raise ValueError("wrap_ddp: the model itself is a BatchNorm layer")
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids,
+                                                     find_unused_parameters=False)

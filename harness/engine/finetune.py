@@ -27,6 +27,7 @@ from harness.data.augment import finetune_train_transforms
 from harness.data.base import LabeledArrays
 from harness.data.torchdata import Normalizer, SegmentationSamples
 from harness.engine.context import StageContext
+from harness.engine.distributed import wrap_ddp
 from harness.engine.loop import EpochLog, EpochSource, TrainLoop, epoch_loader, optimizer_steps
 from harness.engine.model import load_encoder_weights
 from harness.engine.runtime import Checkpoint, Precision, seed_everything, worker_init_fn
@@ -72,14 +73,18 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
     # the reference keeps the last partial batch; drop_last (opt-in) never drops a whole epoch
     drop_last = getattr(settings, "drop_last", False) and len(data) >= settings.batch_size
     loader = epoch_loader(data, batch_size=settings.batch_size, drop_last=drop_last,
-                          num_workers=settings.num_workers, device=device, worker_init_fn=worker_init_fn)
+                          num_workers=settings.num_workers, device=device, worker_init_fn=worker_init_fn,
+                          shard=True)
     source = EpochSource(loader, settings.epochs, seed,
                          begin=lambda epoch: protocol.set_train_mode(model, settings.frozen_bn))
     accumulation = getattr(settings, "grad_accumulation", 1)
     total_steps = optimizer_steps(source.total, source.period, accumulation)
 
     optimizer, scheduler = _adam_cosine(model, settings, total_steps)
-    step_fn = _segmentation_step(model, normalizer, precision, device, channels_last)
+    # under torchrun: DDP, and BatchNorm over the global batch on CUDA (SyncBatchNorm), as the
+    # thesis's one-GPU fine-tuning normalised it (batch 16 over 8 GPUs is 2 images per rank)
+    net = wrap_ddp(model, device, sync_batchnorm=True)
+    step_fn = _segmentation_step(net, normalizer, precision, device, channels_last)
     loop = TrainLoop(
         label=ctx.label, models={"model": model}, optimizer=optimizer, scheduler=scheduler,
         scaler=precision.scaler(), step_fn=step_fn, source=source,

@@ -31,7 +31,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
-from harness.engine.runtime import Checkpoint, console, progress_bar
+from harness.engine import distributed as dist
+from harness.engine.runtime import Checkpoint, console, progress_bar, set_rng_state
 
 _SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 _pending: list[int] = []  # signals received while a loop runs
@@ -82,10 +83,12 @@ class EpochSource:
 
     def batches(self, start: int) -> Iterator[Any]:
         first, skip = divmod(start, self.period)
+        sampler = self.loader.batch_sampler
+        rank = sampler.rank if getattr(sampler, "world", 1) > 1 else 0  # own augmentation draws
         for epoch in range(first, self.epochs):
             self.loader.generator.manual_seed(self.seed * 100_003 + epoch)
             if not skip:
-                torch.manual_seed(self.seed * 100_019 + epoch)
+                torch.manual_seed(self.seed * 100_019 + epoch + rank * 1_000_003)
             self.begin(epoch)
             self.loader.batch_sampler.skip, skip = skip, 0
             yield from self.loader
@@ -103,32 +106,72 @@ class IterationSource:
 
 
 class _SkippingBatches(torch.utils.data.Sampler):
-    """A batch sampler whose next pass draws (without loading) and drops ``skip`` batches."""
+    """A batch sampler whose next pass draws (without loading) and drops ``skip`` batches.
 
-    def __init__(self, inner: torch.utils.data.BatchSampler):
-        self.inner, self.skip = inner, 0
+    Under DDP (``world`` > 1) every rank draws the same global batches (one generator, re-seeded
+    per epoch: the role of ``DistributedSampler.set_epoch``) and keeps its contiguous slice
+    (rank ``r`` of ``W``: ``np.array_split``'s ``r``-th piece). Unlike ``DistributedSampler``,
+    the global batches are the single-process ones whatever the world size, so a run on 4 GPUs
+    trains on the same batches as on 1 (and nothing is padded)."""
+
+    def __init__(self, inner: torch.utils.data.BatchSampler, rank: int = 0, world: int = 1):
+        self.inner, self.skip, self.rank, self.world = inner, 0, rank, world
 
     def __len__(self) -> int:
         return len(self.inner)
+
+    def _bounds(self, n: int) -> tuple[int, int]:
+        base, extra = divmod(n, self.world)
+        lo = self.rank * base + min(self.rank, extra)
+        return lo, lo + base + (self.rank < extra)
+
+    def share(self, n: int) -> float:
+        """``W * n_rank / n`` for a global batch of ``n``: the factor that makes DDP's mean of
+        per-rank mean losses the global mean when the last batch does not split evenly."""
+        lo, hi = self._bounds(n)
+        return self.world * (hi - lo) / n
 
     def __iter__(self) -> Iterator[list[int]]:
         batches = iter(self.inner)
         for _ in range(self.skip):
             next(batches, None)
-        yield from batches
+        if self.world == 1:
+            yield from batches
+            return
+        for batch in batches:
+            lo, hi = self._bounds(len(batch))
+            yield batch[lo:hi]
 
 
 def epoch_loader(data: torch.utils.data.Dataset, *, batch_size: int, drop_last: bool,
-                 num_workers: int, device: torch.device, worker_init_fn: Callable[[int], None]
-                 ) -> torch.utils.data.DataLoader:
+                 num_workers: int, device: torch.device, worker_init_fn: Callable[[int], None],
+                 shard: bool = False) -> torch.utils.data.DataLoader:
     """``DataLoader(shuffle=True)`` with its own generator whose batch sampler can skip the
-    first batches of a pass: the same draws as before, so results are unchanged."""
+    first batches of a pass: the same draws as before, so results are unchanged. With
+    ``shard`` under DDP, ``batch_size`` is the global batch and each rank loads its slice."""
     generator = torch.Generator()
     sampler = torch.utils.data.RandomSampler(data, generator=generator)
-    batches = _SkippingBatches(torch.utils.data.BatchSampler(sampler, batch_size, drop_last))
+    world = dist.world_size() if shard else 1
+    if world > 1:
+        _check_split(len(data), batch_size, drop_last, world)
+    batches = _SkippingBatches(torch.utils.data.BatchSampler(sampler, batch_size, drop_last),
+                               dist.rank() if world > 1 else 0, world)
     return torch.utils.data.DataLoader(
         data, batch_sampler=batches, num_workers=num_workers, worker_init_fn=worker_init_fn,
         generator=generator, pin_memory=device.type == "cuda", persistent_workers=num_workers > 0)
+
+
+def _check_split(n: int, batch_size: int, drop_last: bool, world: int) -> None:
+    from harness.errors import SpecError
+
+    if batch_size % world:
+        raise SpecError(f"batch_size {batch_size} is the global batch and does not split over "
+                        f"{world} processes; use a multiple of {world} (or another --nproc)")
+    last = 0 if drop_last else n % batch_size
+    if 0 < last < world:
+        raise SpecError(f"the last batch has {last} image(s) ({n} images, batch_size "
+                        f"{batch_size}), fewer than the {world} processes; use --nproc {last} "
+                        f"or fewer, or another batch_size")
 
 
 def optimizer_steps(total: int, period: int, accumulation: int = 1) -> int:
@@ -208,6 +251,9 @@ class TrainLoop:
             return 0
         for name, part in self.parts.items():
             part.load_state_dict(state[name])
+        ranks = state.get("rng_ranks")
+        if ranks is not None and len(ranks) == dist.world_size() > 1:
+            set_rng_state(ranks[dist.rank()])  # every rank resumes its own random stream
         self.start = self.position = state["position"]
         self.history, self._sums, self._count = state["history"], state["sums"], state["count"]
         if isinstance(self.source, EpochSource):
@@ -219,9 +265,19 @@ class TrainLoop:
         return self.position
 
     def save(self) -> None:
-        self.checkpoint.save({**{k: v.state_dict() for k, v in self.parts.items()},
-                              "position": self.position, "epoch": self.position // self.source.period,
-                              "history": self.history, "sums": self._sums, "count": self._count})
+        """Write the checkpoint; under DDP (every rank calls it at the same step) rank 0 alone
+        writes it, with every rank's RNG state, after a barrier."""
+        extra = {}
+        if dist.world_size() > 1:
+            from harness.engine.runtime import rng_state
+
+            extra["rng_ranks"] = dist.gather_objects(rng_state())
+            dist.barrier()
+        if dist.rank() == 0:
+            self.checkpoint.save({**{k: v.state_dict() for k, v in self.parts.items()},
+                                  "position": self.position, "epoch": self.position // self.source.period,
+                                  "history": self.history, "sums": self._sums, "count": self._count,
+                                  **extra})
         self._last_write = time.monotonic()
 
     # --- the loop ---------------------------------------------------------------------------
@@ -247,16 +303,30 @@ class TrainLoop:
                     self._end_period(period)
                 if boundary:
                     self._maybe_checkpoint()
-            if self.position > self.start or not self.checkpoint.exists():
+            if self.position > self.start or dist.world_size() > 1 or not self.checkpoint.exists():
                 self.save()  # the end state: a crash before the commit does not retrain
+        dist.barrier()
         return self.history
 
     def _forward_backward(self, batch: Any, info: StepInfo) -> tuple[torch.Tensor, dict[str, Any]]:
         loss, logs = self.step_fn(batch, info)
         if self.accumulation == 1 or info.batch_index % self.source.period % self.accumulation == 0:
             self.optimizer.zero_grad(set_to_none=True)  # after the forward pass, as always
-        self.scaler.scale(loss if self.accumulation == 1 else loss / self.accumulation).backward()
+        share = self._share(info.batch_index)
+        scaled = loss * share if share != 1 else loss
+        self.scaler.scale(scaled if self.accumulation == 1 else scaled / self.accumulation).backward()
+        if dist.world_size() > 1:  # the logged loss is the global batch's (local ones differ)
+            loss = dist.mean_over_ranks(scaled)
         return loss, logs
+
+    def _share(self, batch_index: int) -> float:
+        """Under DDP with a sharded loader, this rank's weight for an unevenly split batch."""
+        sampler = getattr(getattr(self.source, "loader", None), "batch_sampler", None)
+        if getattr(sampler, "world", 1) == 1:
+            return 1.0
+        offset, n = batch_index % self.source.period, len(sampler.inner.sampler)
+        size = sampler.inner.batch_size
+        return sampler.share(size if (offset + 1) * size <= n else n - offset * size)
 
     def _accumulate(self, loss: torch.Tensor, logs: dict[str, Any], weight: float) -> float:
         """Check the loss (after the optimizer step: one device sync per step, as before) and
@@ -287,13 +357,18 @@ class TrainLoop:
             hook.after_period(self, period, means)
 
     def _maybe_checkpoint(self) -> None:
+        due = self.position < self.source.total and time.monotonic() - self._last_write >= self.checkpoint_every_s
+        if dist.world_size() > 1:  # every rank saves (a collective) at the same step
+            stop, due = dist.agree(bool(_pending), due)
+            if stop and not _pending:
+                _pending.append(signal.SIGTERM)  # another rank was told to stop
         if _pending:
             self.save()
             name = signal.Signals(_pending[0]).name
             console.log(f"{self.label}: {name}: checkpoint written at batch {self.position}/"
                         f"{self.source.total}; rerun the same command to resume")
             raise Preempted(name)
-        if self.position < self.source.total and time.monotonic() - self._last_write >= self.checkpoint_every_s:
+        if due:
             self.save()
 
 

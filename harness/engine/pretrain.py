@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from harness.engine.context import StageContext
+from harness.engine.distributed import wrap_ddp
 from harness.engine.init_encoder import save_encoder_artifact
 from harness.engine.loop import EpochLog, EpochSource, MethodHook, TrainLoop, epoch_loader, optimizer_steps
 from harness.engine.model import build_encoder
@@ -88,18 +89,20 @@ def pretrain(ctx: StageContext, *, method: PretrainMethod, images: np.ndarray,
     data = TwoViewDataset(images, masks, view_cfg, indices=rows)
     batch_size = min(cfg.batch_size, len(data))
     loader = epoch_loader(data, batch_size=batch_size, drop_last=True, num_workers=cfg.num_workers,
-                          device=device, worker_init_fn=worker_init_fn)
+                          device=device, worker_init_fn=worker_init_fn, shard=True)
     source = EpochSource(loader, cfg.epochs, seed, begin=lambda epoch: model.train())
     accumulation = getattr(cfg, "grad_accumulation", 1)
     total_steps = optimizer_steps(source.total, source.period, accumulation)
     optimizer = _optimizer(method, model)
     scheduler = _cosine_schedule(optimizer, total_steps)
     training_step = step_with_info(method)
+    # under torchrun: DDP, SyncBatchNorm on CUDA where the method asks for it
+    net = wrap_ddp(model, device, getattr(method, "sync_batchnorm", True))
 
     def step_fn(batch, info):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with precision.autocast():
-            return training_step(model, batch, num_classes, info)
+            return training_step(net, batch, num_classes, info)
 
     loop = TrainLoop(
         label=ctx.label, models={"model": model}, optimizer=optimizer, scheduler=scheduler,

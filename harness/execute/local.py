@@ -1,14 +1,18 @@
 """In-process execution of stages: reuse a stage the store holds, else run its kind in a
 temporary folder and publish it atomically (the work folder keeps checkpoints for a resume),
-calling the lifecycle hooks on the way."""
+calling the lifecycle hooks on the way. A stage is computed under a claim in the store
+(:mod:`harness.claims`): a worker that finds another computing it waits and reuses it."""
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
 from harness.console import console
+from harness.engine import distributed as dist
 from harness.engine.context import StageContext
 from harness.plan import Stage
 from harness.provenance import provenance
@@ -51,33 +55,47 @@ class LocalExecutor:
         Returns ``{cached, seconds, result}`` (the kind's summary)."""
         stage_info = {"kind": stage.kind, "key": stage.key, "label": stage.label}
         path = self.store.stage_dir(stage.kind, stage.key)
-        device = self.device
-        if self.store.is_done(stage.kind, stage.key):
-            result.reused.append(stage.key)
-            meta = self.store.meta(stage.kind, stage.key)
-            self.hook.harness_stage_finished(stage={**stage_info, "cached": True, "path": str(path),
-                                                    "seconds": meta.get("seconds"),
-                                                    "result": meta.get("result", {})})
-            return {"cached": True, "seconds": meta.get("seconds"), "result": meta.get("result", {})}
+        if dist.is_distributed() or not self.store.is_done(stage.kind, stage.key):
+            # under DDP rank 0 claims and decides for every rank
+            with dist.on_rank_zero(self.store.claim(stage.kind, stage.key, stage.label)) as claim:
+                if claim is not None:  # else another worker published it while we waited
+                    return self._compute(stage, result, stage_info, path)
+        result.reused.append(stage.key)
+        meta = self.store.meta(stage.kind, stage.key)
+        self.hook.harness_stage_finished(stage={**stage_info, "cached": True, "path": str(path),
+                                                "seconds": meta.get("seconds"),
+                                                "result": meta.get("result", {})})
+        return {"cached": True, "seconds": meta.get("seconds"), "result": meta.get("result", {})}
 
-        tmp = self.store.new_tmp(stage.kind, stage.key)
+    def _compute(self, stage: Stage, result: Any, stage_info: dict[str, Any], path: Any
+                 ) -> dict[str, Any]:
+        device, lead = self.device, dist.rank() == 0
+        # under DDP every rank runs the stage; rank 0 alone writes its artifact and logs
+        tmp = self.store.new_tmp(stage.kind, stage.key) if lead else Path(tempfile.mkdtemp())
         ctx = StageContext(
             out=tmp, work=self.store.work_dir(stage.kind, stage.key),
             inputs={name: self.store.stage_dir(dep.kind, dep.key) for name, dep in stage.deps.items()},
-            device=device, label=stage.label, quiet=self.quiet,
-            log_metrics=lambda step, metrics: self.hook.harness_metrics_logged(
+            device=device, label=stage.label, quiet=self.quiet if lead else True,
+            log_metrics=lambda step, metrics: lead and self.hook.harness_metrics_logged(
                 stage=stage_info, step=step, metrics=metrics))
         started = time.time()
         try:
             stage_result = self.run_kind(stage, ctx) or {}
+            dist.barrier()
         except BaseException:
             self.store.discard(tmp)  # the work folder (checkpoints) stays for a resume
             raise
         seconds = time.time() - started
+        if not lead:
+            self.store.discard(tmp)
+            dist.barrier()  # rank 0 has published it
+            result.computed.append(stage.key)
+            return {"cached": False, "seconds": seconds, "result": stage_result}
         self.store.commit(stage.kind, stage.key, tmp, {
             "label": stage.label, "config": stage.config, "version": stage.version,
             "deps": {n: d.key for n, d in stage.deps.items()}, "result": stage_result,
             "seconds": seconds, "device": str(device), "provenance": self.provenance})
+        dist.barrier()
         result.computed.append(stage.key)
         console.log(f"  done {stage.kind} {stage.label} ({seconds:.1f} s)")
         self.hook.harness_stage_finished(stage={**stage_info, "cached": False, "path": str(path),

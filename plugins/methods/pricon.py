@@ -64,6 +64,9 @@ class PRICon(PretrainMethod):
     description: ClassVar[str] = "PRICon: pseudo-label guided point/region/image contrastive learning"
     needs_masks: ClassVar[bool] = True
     Config: ClassVar[type] = PRIConConfig
+    # global BN as SimCLR: its image-level NT-Xent term has the same per-device BN shortcut,
+    # and the thesis's region/point terms were trained with one GPU's batch statistics
+    sync_batchnorm: ClassVar[bool] = True
 
     def preflight(self, spec: Any) -> None:
         if self.config.init == "imagenet":

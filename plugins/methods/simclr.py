@@ -29,6 +29,9 @@ class SimCLR(PretrainMethod):
     name: ClassVar[str] = "simclr"
     description: ClassVar[str] = "SimCLR contrastive pretraining (NT-Xent, LARS)"
     Config: ClassVar[type] = SimCLRConfig
+    # SimCLR (Chen et al. 2020, §2.3 "global BN"): per-device BN statistics let the contrastive
+    # task be solved through them ("leak" which images share a device), so BN is global
+    sync_batchnorm: ClassVar[bool] = True
 
     def build_model(self, encoder: nn.Module, encoder_channels: list[int]) -> nn.Module:
         from .heads import SimCLRModel
