@@ -7,9 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from scipy import ndimage
-
-from .instances import CONNECTIVITY, _as_batch
+from .instances import _STRUCTURES, CONNECTIVITY, _as_batch
 from .pq import image_pq, summarise_pq
 
 __all__ = ["evaluate_segmentation", "score_chunk", "summarise_chunks"]
@@ -18,9 +16,6 @@ __all__ = ["evaluate_segmentation", "score_chunk", "summarise_chunks"]
 _CHUNK = 64
 
 Scores = dict[str, tuple[np.ndarray, np.ndarray]]
-
-#: Predicted instances: :data:`~harness.metrics.instances.CONNECTIVITY`-connected components.
-_STRUCTURE = ndimage.generate_binary_structure(2, 1 if CONNECTIVITY == 4 else 2)
 
 
 def score_chunk(pred: np.ndarray, true: np.ndarray, inst: np.ndarray, k: int) -> Scores:
@@ -31,13 +26,15 @@ def score_chunk(pred: np.ndarray, true: np.ndarray, inst: np.ndarray, k: int) ->
     :func:`~harness.metrics.instances.instances_to_channels`, ``semantic_to_instances`` and
     ``semantic_to_binary_channels`` build their channels, never as ``(N, H, W, K)`` arrays
     (a 64-image chunk of those is ~84 MB per variant, written and read again)."""
+    from scipy import ndimage  # here: listing and validating specs import this module
+
     _as_batch(pred, k, "predictions")
     _as_batch(true, k)
     if not np.issubdtype(inst.dtype, np.integer):
         raise ValueError(f"instances must hold integer ids, got dtype {inst.dtype}")
     n = pred.shape[0]
     out: Scores = {v: (np.full(n, np.nan), np.full((n, k), np.nan)) for v in ("instance", "thesis")}
-    structure = _STRUCTURE
+    structure = _STRUCTURES[CONNECTIVITY]  # predicted instances: connected components
     for i in range(n):
         t_masks = [true[i] == c + 1 for c in range(k)]
         p_masks = [pred[i] == c + 1 for c in range(k)]
