@@ -21,7 +21,8 @@ from harness.store import hash_key
 ENGINE_VERSION = "1"
 
 #: Settings that do not change a result (where or how fast it is computed): not in stage keys.
-RUNTIME_ONLY = {"device", "num_workers", "eval_batch_size", "channels_last"}
+RUNTIME_ONLY = {"device", "num_workers", "eval_batch_size", "channels_last", "view_pipeline",
+                "compile"}
 
 
 def _result_settings(model: Any) -> dict[str, Any]:
