@@ -204,3 +204,49 @@ def test_auto_pipeline_is_device_on_cuda_only():
     assert resolve_view_pipeline("auto", torch.device("cpu")) == "cpu"
     assert resolve_view_pipeline("auto", torch.device("cuda")) == "device"
     assert resolve_view_pipeline("device", torch.device("cpu")) == "device"
+
+
+def test_pretraining_on_the_device_pipeline_resumes_mid_epoch_to_the_same_encoder(tmp_path, monkeypatch):
+    """view_pipeline: device; killed in epoch 2 after its first batch (3 batches an epoch), the
+    stage resumes from the checkpoint (torch RNG state, the views' only random source) and ends
+    with exactly the encoder of an uninterrupted run."""
+    from test_pretraining import TOY, _runner
+    from harness_builtin.methods.simclr import SimCLR
+
+    monkeypatch.setenv("HARNESS_CHECKPOINT_EVERY_S", "0")  # a checkpoint every step
+    method = "{simclr: {epochs: 2, batch_size: 5, view_pipeline: device, augment: {crop_size: 32}}}"
+    overrides = ["methods=" + method, "folds=[fold1]", "fractions=[1.0]", "protocols=[frozen]"]
+
+    def encoder_after(root, interrupt_at=None):
+        runner = _runner(root, TOY, overrides)
+        plan = runner.plan()[0]
+        real_step, calls = SimCLR.training_step, {"n": 0}
+
+        def step(self, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == interrupt_at:
+                raise KeyboardInterrupt
+            return real_step(self, *args, **kwargs)
+
+        with monkeypatch.context() as m:
+            m.setattr(SimCLR, "training_step", step)
+            if interrupt_at is not None:
+                with pytest.raises(KeyboardInterrupt):
+                    runner.run(plan)
+        stage = next(s for s in plan.stages() if s.kind == "pretrain")
+        if interrupt_at is not None:
+            saved = torch.load(runner.store.work_dir("pretrain", stage.key) / "checkpoint.pt",
+                               weights_only=True)
+            assert saved["position"] == 4  # epoch 2, batch 1 of 3
+            runner.run(runner.plan()[0])
+        else:
+            runner.run(plan)
+        meta = runner.store.meta("pretrain", stage.key)
+        return meta["result"], torch.load(runner.store.stage_dir("pretrain", stage.key) / "encoder.pt")
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    resumed_meta, resumed = encoder_after(tmp_path / "a", interrupt_at=5)
+    fresh_meta, fresh = encoder_after(tmp_path / "b")
+    assert resumed_meta["final_loss"] == fresh_meta["final_loss"]
+    assert all(torch.equal(resumed[k], fresh[k]) for k in fresh)
