@@ -307,6 +307,19 @@ def run(device_name: str, tiny: bool, budget_s: float) -> dict[str, Any]:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     results: dict[str, Any] = {"info": info}
+    threads = torch.get_num_threads()
+    if tiny and device.type == "cpu":  # intra-op threads only spin on toy tensors (and stall
+        torch.set_num_threads(1)       # badly on a shared machine)
+    try:
+        _run_parts(results, sc, device, started, budget_s)
+    finally:
+        torch.set_num_threads(threads)
+    info["seconds"] = round(time.monotonic() - started, 1)
+    return results
+
+
+def _run_parts(results: dict[str, Any], sc: dict, device: torch.device, started: float,
+               budget_s: float) -> None:
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp_name:
         tmp = Path(tmp_name)
         parts: list[tuple[str, Callable[[], dict[str, Any]]]] = [
@@ -332,8 +345,6 @@ def run(device_name: str, tiny: bool, budget_s: float) -> dict[str, Any]:
                 results[name]["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                 torch.cuda.reset_peak_memory_stats(device)
                 torch.cuda.empty_cache()
-    info["seconds"] = round(time.monotonic() - started, 1)
-    return results
 
 
 def main(argv: list[str] | None = None) -> int:

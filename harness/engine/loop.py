@@ -252,6 +252,7 @@ class TrainLoop:
                 if boundary:
                     self._optimizer_step(step)
                     step += 1
+                logs = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in logs.items()}
                 self._unread.append((self.position - 1, loss.detach(), logs, self.weight_of(batch)))
                 if ends_period or len(self._unread) >= self.read_every:
                     self._read()
@@ -281,7 +282,9 @@ class TrainLoop:
         batches, self._unread = self._unread, []
         tensors = [t for _, loss, logs, _ in batches
                    for t in (loss, *logs.values()) if isinstance(t, torch.Tensor)]
-        host = iter(torch.stack([t.float().reshape(()) for t in tensors]).cpu().tolist()
+        # float64 holds every float32/bf16 value exactly: the sums equal per-step float(v)
+        device = tensors[0].device if tensors else None
+        host = iter(torch.stack([t.double().reshape(()).to(device) for t in tensors]).cpu().tolist()
                     if tensors else [])
         for position, loss, logs, weight in batches:
             value = next(host) if isinstance(loss, torch.Tensor) else float(loss)
