@@ -14,10 +14,12 @@ Kinds:
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+
+from harness.workers import WorkerCount
 
 KINDS = ("init", "pretrain", "semisupervised")
 
@@ -118,7 +120,7 @@ class PretrainSettings(MethodConfig):
                                               "norm parameters from adaptation and weight decay")
     lars_trust_coeff: float = Field(0.02, gt=0, description="LARS eta (reference wrapper's 0.02)")
     max_images: int | None = Field(None, ge=1, description="use a seeded subset of the unlabeled images")
-    num_workers: Annotated[int, Field(ge=0, le=256)] | Literal["auto"] = Field(
+    num_workers: WorkerCount = Field(
         "auto", description="data-loader workers; auto: from the CPUs this process may use on "
         "CUDA, 0 on CPU (not part of result keys)")
     view_pipeline: Literal["auto", "device", "cpu"] = Field(

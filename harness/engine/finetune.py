@@ -22,7 +22,8 @@ from harness.data.torchdata import Normalizer, SegmentationSamples
 from harness.engine.context import StageContext
 from harness.engine.loop import EpochLog, EpochSource, TrainLoop, epoch_loader, optimizer_steps
 from harness.engine.model import load_encoder_weights
-from harness.engine.runtime import Checkpoint, Precision, seed_everything, worker_init_fn
+from harness.engine.runtime import (Checkpoint, Precision, resolve_num_workers, seed_everything,
+                                    worker_init_fn)
 from harness.safeload import STAGE_FIX, load_state_dict_file
 from harness.store import atomic_torch_save
 
@@ -64,7 +65,8 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
                                finetune_train_transforms(settings.image_size, settings.augment))
     drop_last = len(data) >= settings.batch_size  # keep every image when the subset is tiny
     loader = epoch_loader(data, batch_size=settings.batch_size, drop_last=drop_last,
-                          num_workers=settings.num_workers, device=device, worker_init_fn=worker_init_fn)
+                          num_workers=resolve_num_workers(settings.num_workers, device), device=device,
+                          worker_init_fn=worker_init_fn)
     source = EpochSource(loader, settings.epochs, seed,
                          begin=lambda epoch: protocol.set_train_mode(model, settings.frozen_bn))
     accumulation = getattr(settings, "grad_accumulation", 1)

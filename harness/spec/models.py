@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from harness.protocols import check_protocol_name
+from harness.workers import WorkerCount
 
 #: A protocol name; which ones exist comes from the protocol registry (harness/protocols).
 Protocol = Annotated[str, AfterValidator(check_protocol_name)]
@@ -42,7 +43,9 @@ class FinetuneSettings(_Strict):
         "encoder", description="'encoder': the normalisation recorded with the encoder weights; "
         "'thesis_quirk': inputs scaled to [-1/255, 1/255] as the thesis's fine-tuning code did")
     eval_batch_size: int = Field(32, ge=1, le=65_536)
-    num_workers: int = Field(0, ge=0, le=256)
+    num_workers: WorkerCount = Field(
+        "auto", description="data-loader workers; auto: from the CPUs this process may use on "
+        "CUDA, 0 on CPU (not part of result keys)")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
     amp: bool = Field(True, description="mixed precision on CUDA (bf16 where supported, else fp16)")
     channels_last: bool = Field(True, description="channels_last memory format on CUDA")
