@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 if TYPE_CHECKING:  # the contract imports without torch: `harness validate` and `list` load it
     import torch
 
+from harness.workers import WorkerCount
+
 KINDS = ("init", "pretrain", "semisupervised")
 
 #: What a kind implies for a class that declares only its ``kind`` (and for the base classes
@@ -162,7 +164,16 @@ class PretrainSettings(MethodConfig):
                                               "norm parameters from adaptation and weight decay")
     lars_trust_coeff: float = Field(0.02, gt=0, description="LARS eta (reference wrapper's 0.02)")
     max_images: int | None = Field(None, ge=1, description="use a seeded subset of the unlabeled images")
-    num_workers: int = Field(0, ge=0, le=256, description="data-loader workers (not part of result keys)")
+    num_workers: WorkerCount = Field(
+        "auto", description="data-loader workers; auto: from the CPUs this process may use on "
+        "CUDA, 0 on CPU (not part of result keys)")
+    view_pipeline: Literal["auto", "device", "cpu"] = Field(
+        "auto", description="where the two views are made: device (batched on the training "
+        "device, harness.data.device_views), cpu (per sample in loader workers), auto: device "
+        "on CUDA, else cpu. Same distributions, different random streams, like num_workers: "
+        "not part of result keys")
+    channels_last: bool = Field(True, description="channels_last memory format on CUDA")
+    compile: bool = Field(False, description="torch.compile the model (not part of result keys)")
     seed: int | None = Field(
         None, ge=0, description="seed of the pretraining chain (labeler, pseudo-labels, "
         "pretraining); default: each cell's seed. Set it to pretrain once and fine-tune with "

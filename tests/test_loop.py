@@ -95,6 +95,35 @@ def test_non_finite_loss_names_the_stage_and_step(tmp_path):
         _loop(tmp_path, losses={2}).run()
 
 
+def test_losses_are_read_every_n_batches_and_the_first_bad_step_is_named(tmp_path, monkeypatch):
+    reads = []
+    real_read = TrainLoop._read
+    monkeypatch.setattr(TrainLoop, "_read", lambda self: (
+        reads.append((self.position, len(self._unread))) if self._unread else None, real_read(self))[1])
+    loop = _loop(tmp_path, total=7, period=7, read_every=3)
+    loop.run()
+    # one transfer per 3 batches and at the period's end; none in between
+    assert reads == [(3, 3), (6, 3), (7, 1)]
+    assert loop.history == [] and loop._count == 0  # the period's sums went to its means
+    reads.clear()
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 5$"):
+        _loop(tmp_path / "nan", losses={4, 5}, total=8, period=8, read_every=3).run()
+    assert reads == [(3, 3), (6, 3)]  # caught at the read after batch 6, the first bad named
+
+
+def test_period_means_equal_per_batch_float_reads(tmp_path):
+    means = []
+    loop = _loop(tmp_path, total=6, period=3, read_every=2)
+    loop.hooks.append(type("H", (loop_mod.Hook,), {
+        "after_period": lambda self, lp, period, m: means.append(m)})())
+    values = []
+    real_step = loop.step_fn
+    loop.step_fn = lambda b, i: (lambda out: (values.append(float(out[0].detach())), out)[1])(real_step(b, i))
+    loop.run()
+    assert [m["loss"] for m in means] == [sum(values[:3]) / 3, sum(values[3:]) / 3]
+    assert [m["seen"] for m in means] == [1.0, 4.0]  # steps 0, 1, 2 and 3, 4, 5
+
+
 def test_gradient_clipping_and_accumulation(tmp_path):
     seen = []
     loop = _loop(tmp_path, grad_clip_norm=1e-3, accumulation=2, total=6, period=3)

@@ -31,7 +31,7 @@ def _gray(img: torch.Tensor) -> torch.Tensor:
     return torch.matmul(w, img.flatten(-2)).view(img.shape[:-3] + (1,) + img.shape[-2:])
 
 
-def adjust_hue_fast(img: torch.Tensor, hue_factor: float) -> torch.Tensor:
+def adjust_hue_fast(img: torch.Tensor, hue_factor: float | torch.Tensor) -> torch.Tensor:
     """``F.adjust_hue`` for float RGB images ``(..., 3, H, W)`` with values >= 0 (any scale, e.g.
     [0, 1] or [0, 255]), without the round trip through a stacked HSV image; equal to
     torchvision's result up to float rounding (tested).
@@ -45,7 +45,8 @@ def adjust_hue_fast(img: torch.Tensor, hue_factor: float) -> torch.Tensor:
     elementwise passes instead of torchvision's ~60 (``torch.where``, bool masks, ``remainder``
     and ``aminmax`` over the channel dim are several times slower on CPU, so none is used).
     """
-    if not -0.5 <= hue_factor <= 0.5:
+    # a tensor ``hue_factor`` broadcasts against (..., H, W): per-sample shifts, shape (B, 1, 1)
+    if not isinstance(hue_factor, torch.Tensor) and not -0.5 <= hue_factor <= 0.5:
         raise ValueError(f"hue_factor ({hue_factor}) is not in [-0.5, 0.5].")
     if not img.is_floating_point():
         raise TypeError("adjust_hue_fast expects a float image")

@@ -35,6 +35,9 @@ somewhat less (~3.7-3.9x) when other processes oversubscribe the cores:
   closed form instead of torchvision's RGB->HSV->RGB round trip (~7x faster, equal to float
   rounding: tested), and crop parameters are drawn in one call (:class:`RandomResizedCropFast`);
 * masks are resized by row/column gathers (several times faster than torch's uint8 nearest).
+
+This is the ``view_pipeline: cpu`` path; :mod:`harness.data.device_views` makes the same views
+in batches on the training device (``device``, the default on CUDA).
 """
 
 from __future__ import annotations

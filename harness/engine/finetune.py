@@ -30,7 +30,8 @@ from harness.engine.context import StageContext
 from harness.engine.distributed import wrap_ddp
 from harness.engine.loop import EpochLog, EpochSource, TrainLoop, epoch_loader, optimizer_steps
 from harness.engine.model import load_encoder_weights
-from harness.engine.runtime import Checkpoint, Precision, seed_everything, worker_init_fn
+from harness.engine.runtime import (Checkpoint, Precision, resolve_num_workers, seed_everything,
+                                    worker_init_fn)
 from harness.safeload import STAGE_FIX, load_state_dict_file
 from harness.store import atomic_torch_save
 
@@ -73,8 +74,8 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
     # the reference keeps the last partial batch; drop_last (opt-in) never drops a whole epoch
     drop_last = getattr(settings, "drop_last", False) and len(data) >= settings.batch_size
     loader = epoch_loader(data, batch_size=settings.batch_size, drop_last=drop_last,
-                          num_workers=settings.num_workers, device=device, worker_init_fn=worker_init_fn,
-                          shard=True)
+                          num_workers=resolve_num_workers(settings.num_workers, device), device=device,
+                          worker_init_fn=worker_init_fn, shard=True)
     source = EpochSource(loader, settings.epochs, seed,
                          begin=lambda epoch: protocol.set_train_mode(model, settings.frozen_bn))
     accumulation = getattr(settings, "grad_accumulation", 1)

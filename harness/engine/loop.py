@@ -6,7 +6,10 @@ The stage supplies the model parts, the optimiser and schedule, a ``step_fn(batc
 of batches (:class:`EpochSource`: per-epoch shuffled loaders; :class:`IterationSource`: batch
 ``t`` is a function of the iteration) and :class:`Hook` objects. The loop owns everything
 else: zero_grad/backward/grad scaling/optimizer step/per-iteration schedule, optional gradient
-clipping and accumulation, the finiteness check, means over each period (an epoch, or a
+clipping and accumulation, the finiteness check (losses and logs stay on the device and are
+read in one transfer every ``read_every`` batches, at period ends and before checkpoints, so a
+step never waits for the device; the first non-finite loss is reported with its step), means
+over each period (an epoch, or a
 logging interval), progress, checkpoints and bit-identical resume.
 
 **Checkpoints** (:class:`~harness.engine.runtime.Checkpoint`, one file, atomically overwritten)
@@ -148,7 +151,8 @@ def epoch_loader(data: torch.utils.data.Dataset, *, batch_size: int, drop_last: 
                  shard: bool = False) -> torch.utils.data.DataLoader:
     """``DataLoader(shuffle=True)`` with its own generator whose batch sampler can skip the
     first batches of a pass: the same draws as before, so results are unchanged. With
-    ``shard`` under DDP, ``batch_size`` is the global batch and each rank loads its slice."""
+    ``shard`` under DDP, ``batch_size`` is the global batch and each rank loads its slice. On
+    CUDA, batches are pinned and each worker keeps 4 batches ready."""
     generator = torch.Generator()
     sampler = torch.utils.data.RandomSampler(data, generator=generator)
     world = dist.world_size() if shard else 1
@@ -158,7 +162,8 @@ def epoch_loader(data: torch.utils.data.Dataset, *, batch_size: int, drop_last: 
                                dist.rank() if world > 1 else 0, world)
     return torch.utils.data.DataLoader(
         data, batch_sampler=batches, num_workers=num_workers, worker_init_fn=worker_init_fn,
-        generator=generator, pin_memory=device.type == "cuda", persistent_workers=num_workers > 0)
+        generator=generator, pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
+        prefetch_factor=4 if num_workers > 0 and device.type == "cuda" else None)
 
 
 def _check_split(n: int, batch_size: int, drop_last: bool, world: int) -> None:
@@ -234,6 +239,9 @@ class TrainLoop:
     history: list[dict[str, Any]] = field(default_factory=list)
     start: int = 0
     position: int = 0
+    #: losses and logs stay on the device and are read (one host sync) every ``read_every``
+    #: batches, at period ends and at checkpoints
+    read_every: int = 50
 
     def __post_init__(self) -> None:
         self.parts = {**self.models, "optimizer": self.optimizer, "scheduler": self.scheduler,
@@ -242,6 +250,8 @@ class TrainLoop:
         self._sums: dict[str, float] = {}
         self._count = 0.0
         self._last_write = 0.0
+        self._unread: list[tuple[int, torch.Tensor, dict[str, Any], float]] = []
+        self._last_loss = float("nan")
 
     # --- state ------------------------------------------------------------------------------
     def resume(self) -> int:
@@ -267,6 +277,7 @@ class TrainLoop:
     def save(self) -> None:
         """Write the checkpoint; under DDP (every rank calls it at the same step) rank 0 alone
         writes it, with every rank's RNG state, after a barrier."""
+        self._read()
         extra = {}
         if dist.world_size() > 1:
             from harness.engine.runtime import rng_state
@@ -297,8 +308,12 @@ class TrainLoop:
                 if boundary:
                     self._optimizer_step(step)
                     step += 1
-                value = self._accumulate(loss, logs, self.weight_of(batch))
-                advance(1, **self.progress_fields(period, step), loss=value)
+                logs = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in logs.items()}
+                self._unread.append((self.position - 1, loss.detach(), logs, self.weight_of(batch)))
+                if ends_period or len(self._unread) >= self.read_every:
+                    self._read()
+                shown = {} if math.isnan(self._last_loss) else {"loss": self._last_loss}
+                advance(1, **self.progress_fields(period, step), **shown)
                 if ends_period:
                     self._end_period(period)
                 if boundary:
@@ -328,16 +343,29 @@ class TrainLoop:
         size = sampler.inner.batch_size
         return sampler.share(size if (offset + 1) * size <= n else n - offset * size)
 
-    def _accumulate(self, loss: torch.Tensor, logs: dict[str, Any], weight: float) -> float:
-        """Check the loss (after the optimizer step: one device sync per step, as before) and
-        add the batch's values to the period's sums."""
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"{self.label}: loss is {value} at step {self.position}")
-        for k, v in {"loss": value, **logs}.items():
-            self._sums[k] = self._sums.get(k, 0.0) + float(v) * weight
-        self._count += weight
-        return value
+    def _read(self) -> None:
+        """Bring the unread batches' losses and logs to the host in one transfer, check that
+        every loss is finite (naming the first batch whose loss is not) and add them to the
+        period's sums in batch order, in float64 as when they were read one by one."""
+        if not self._unread:
+            return
+        batches, self._unread = self._unread, []
+        tensors = [t for _, loss, logs, _ in batches
+                   for t in (loss, *logs.values()) if isinstance(t, torch.Tensor)]
+        # float64 holds every float32/bf16 value exactly: the sums equal per-step float(v)
+        device = tensors[0].device if tensors else None
+        host = iter(torch.stack([t.double().reshape(()).to(device) for t in tensors]).cpu().tolist()
+                    if tensors else [])
+        for position, loss, logs, weight in batches:
+            value = next(host) if isinstance(loss, torch.Tensor) else float(loss)
+            if not math.isfinite(value):
+                raise FloatingPointError(f"{self.label}: loss is {value} at step {position + 1}")
+            values = {k: next(host) if isinstance(v, torch.Tensor) else float(v)
+                      for k, v in logs.items()}
+            for k, v in {"loss": value, **values}.items():
+                self._sums[k] = self._sums.get(k, 0.0) + v * weight
+            self._count += weight
+            self._last_loss = value
 
     def _optimizer_step(self, step: int) -> None:
         if self.grad_clip_norm is not None:

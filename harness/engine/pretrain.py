@@ -24,7 +24,8 @@ from harness.engine.distributed import wrap_ddp
 from harness.engine.init_encoder import save_encoder_artifact
 from harness.engine.loop import EpochLog, EpochSource, MethodHook, TrainLoop, epoch_loader, optimizer_steps
 from harness.engine.model import build_encoder
-from harness.engine.runtime import Checkpoint, Precision, seed_everything, worker_init_fn
+from harness.engine.runtime import (Checkpoint, Precision, resolve_num_workers, seed_everything,
+                                    worker_init_fn)
 from harness.methods import PretrainMethod
 from harness.plugin_faults import require_attribute
 from harness.store import atomic_torch_save
@@ -77,18 +78,30 @@ def pretrain(ctx: StageContext, *, method: PretrainMethod, images: np.ndarray,
     """Pretrain an encoder; write ``encoder.pt``/``encoder.json`` (the fine-tuning input),
     ``model.pt`` (encoder + heads, to continue training in a later cycle) and
     ``pretrain_log.json``."""
+    from harness.data.device_views import DeviceViews, TileDataset, resolve_view_pipeline
     from harness.data.views import TwoViewDataset
 
     cfg = method.config
     device = ctx.device
     model = _initial_model(method, encoder_name, seed, start_from).to(device)
     precision = Precision(device, getattr(cfg, "amp", True))
+    channels_last = getattr(cfg, "channels_last", True) and device.type == "cuda"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if getattr(cfg, "compile", False):  # in place (state_dict keys unchanged); methods call
+        getattr(model, "encoder", model).compile()  # model.encoder, so compile that
 
     rows = _image_rows(len(images), cfg.max_images, seed)
     view_cfg = method.view_config()
-    data = TwoViewDataset(images, masks, view_cfg, indices=rows)
+    on_device = resolve_view_pipeline(getattr(cfg, "view_pipeline", "auto"), device) == "device"
+    if on_device:  # the loader streams uint8 tiles; the views are made where the model runs
+        data = TileDataset(images, masks, indices=rows)
+        make_views = DeviceViews(view_cfg)
+    else:
+        data = TwoViewDataset(images, masks, view_cfg, indices=rows)
     batch_size = min(cfg.batch_size, len(data))
-    loader = epoch_loader(data, batch_size=batch_size, drop_last=True, num_workers=cfg.num_workers,
+    loader = epoch_loader(data, batch_size=batch_size, drop_last=True,
+                          num_workers=resolve_num_workers(cfg.num_workers, device),
                           device=device, worker_init_fn=worker_init_fn, shard=True)
     source = EpochSource(loader, cfg.epochs, seed, begin=lambda epoch: model.train())
     accumulation = getattr(cfg, "grad_accumulation", 1)
@@ -101,6 +114,11 @@ def pretrain(ctx: StageContext, *, method: PretrainMethod, images: np.ndarray,
 
     def step_fn(batch, info):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        if on_device:
+            batch = make_views(batch)
+        if channels_last:
+            batch = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v
+                     for k, v in batch.items()}
         with precision.autocast():
             return training_step(net, batch, num_classes, info)
 

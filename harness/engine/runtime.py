@@ -140,3 +140,20 @@ class Checkpoint:
                         f" (moved to {aside.name})")
             return None
         return state
+
+
+def resolve_num_workers(setting: int | str, device: torch.device) -> int:
+    """``auto``: on CUDA, the CPUs this process may run on (``os.sched_getaffinity``) shared by
+    the local ranks (``LOCAL_WORLD_SIZE``), one left to the training process, at most 8 (with
+    views made on the device a worker only copies tiles); on CPU 0, since training already uses
+    every core and worker start-up dominates small runs."""
+    if setting != "auto":
+        return int(setting)
+    if device.type != "cuda":
+        return 0
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(8, cpus // local - 1))

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from harness.protocols import check_protocol_name
+from harness.workers import WorkerCount
 
 #: A protocol name; which ones exist comes from the protocol registry (harness/protocols).
 Protocol = Annotated[str, AfterValidator(check_protocol_name)]
@@ -50,7 +51,9 @@ class FinetuneSettings(_Strict):
         "auto", description="processes that score test predictions while the model predicts "
         "(0: in the training process, after predicting); 'auto': none for a small test set, "
         "else one per spare CPU, at most 8 (not part of result keys)")
-    num_workers: int = Field(0, ge=0, le=256)
+    num_workers: WorkerCount = Field(
+        "auto", description="data-loader workers; auto: from the CPUs this process may use on "
+        "CUDA, 0 on CPU (not part of result keys)")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
     amp: bool = Field(True, description="mixed precision on CUDA (bf16 where supported, else fp16)")
     pseudolabel_amp: bool = Field(
