@@ -21,6 +21,7 @@ from rich.table import Table
 from harness.cli_common import SetOpt, StoreOpt, err, out
 from harness.cli_common import open_store as _store
 from harness.cli_stage import stage_app
+from harness.cli_execute import ExecutorOpt, execute, pick, show_schedule
 from harness.errors import HarnessError
 from harness.spec_checks import output_problems, printable
 
@@ -90,7 +91,8 @@ def run(spec: Annotated[Path, typer.Argument(help="spec file")],
         dry_run: Annotated[bool, typer.Option("--dry-run", help="print cells and stages, run no stage (a generated dataset is generated if missing)")] = False,
         store: StoreOpt = None,
         output: Annotated[Optional[Path], typer.Option("--output", help="run folder (default: the spec's output)")] = None,
-        quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False) -> None:
+        quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
+        executor: ExecutorOpt = None) -> None:
     """Compute every cell of a comparison (reusing the store) and write its report."""
     from harness.plugins import get_registry
     from harness.runner import Runner
@@ -104,13 +106,15 @@ def run(spec: Annotated[Path, typer.Argument(help="spec file")],
         raise UsageError(problems[0])
     output_dir = output or rspec.output_dir()
     runner = Runner(rspec, registry, _store(store), output_dir, quiet=True if quiet else None)
+    chosen = pick(runner, executor)
     # A dry run runs no stage, but a generated (auto-prepared) dataset is generated: the plan's
     # stage keys depend on its sample ids, so without it a dry run on a fresh store cannot plan.
     plan, _, _ = runner.plan(prepare=True)
     if dry_run:
         _print_plan(runner, plan)
+        show_schedule(runner, plan, chosen)
         return
-    result = runner.run(plan)
+    result = execute(runner, plan, chosen)
     out.print(f"{len(result.records)} cells; {len(result.computed)} stages computed, "
               f"{len(result.reused)} reused", markup=False)
     for name in ("report.md", "report.html", "report.json", "report.csv"):

@@ -49,3 +49,13 @@ class PluginError(HarnessError):
     """A plugin is missing, duplicated or broken (exit 4)."""
 
     exit_code = 4
+
+
+class StagesFailed(HarnessError):
+    """Stages computed by workers or jobs failed (the others finished and are kept). The exit
+    code is the failed stages' own (2, 3, 4, or 1 for a bug); a summary line per stage."""
+
+    def __init__(self, summary: str, codes: list[int]):
+        super().__init__(summary)
+        known = [c for c in codes if c in (2, 3, 4)]
+        self.exit_code = max(known) if known and len(known) == len(codes) else 1

@@ -108,3 +108,10 @@ def harness_register_stage_kinds() -> list[type]:
 def harness_register_protocols() -> list[type]:
     """Return protocol classes (subclasses of :class:`harness.protocols.base.TrainingProtocol`):
     how a cell turns an encoder into an evaluated model; a spec's ``protocols:`` names them."""
+
+
+@hookspec
+def harness_register_executors() -> list[type]:
+    """Return executor classes (subclasses of :class:`harness.execute.base.Executor`): how a
+    run's stages get computed (in process, a pool of local workers, cluster jobs...); chosen
+    with ``harness run --executor NAME`` or the spec's ``execution: {executor: NAME, ...}``."""

@@ -56,6 +56,7 @@ class Registry:
     metric_families: dict[str, PluginInfo] = field(default_factory=dict)
     stage_kinds: dict[str, PluginInfo] = field(default_factory=dict)
     protocols: dict[str, PluginInfo] = field(default_factory=dict)
+    executors: dict[str, PluginInfo] = field(default_factory=dict)
     broken: list[BrokenPlugin] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
 
@@ -99,7 +100,7 @@ class Registry:
 
     def missing_message(self, name: str, category: str) -> str:
         table = {"method": self.methods, "dataset": self.datasets, "stage kind": self.stage_kinds,
-                 "protocol": self.protocols}.get(category, self.metric_families)
+                 "protocol": self.protocols, "executor": self.executors}.get(category, self.metric_families)
         hint = did_you_mean(name, table)
         broken = [b for b in self.broken if b.entry_point == name]
         if broken:
@@ -174,6 +175,7 @@ REGISTRATIONS = {
     "harness_register_metric_families": ("metric family", "metric_families"),
     "harness_register_stage_kinds": ("stage kind", "stage_kinds"),
     "harness_register_protocols": ("protocol", "protocols"),
+    "harness_register_executors": ("executor", "executors"),
 }
 
 

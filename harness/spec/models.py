@@ -109,6 +109,18 @@ class DatasetRef(BaseModel):
         return dict(self.model_extra or {})
 
 
+class ExecutionSettings(BaseModel):
+    """Where the stages run (``harness/execute/``): part of no stage key and of no record. The
+    keys beside ``executor`` are that executor's own settings, validated by its ``Config``."""
+
+    model_config = ConfigDict(extra="allow")
+    executor: str = Field("local", description="executor plugin: local, pool, slurm, ...")
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
 class Spec(_Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="identifier of the comparison")
     description: str = ""
@@ -127,6 +139,7 @@ class Spec(_Strict):
         None, description="unlabeled images for pretraining and semi-supervised methods "
         "(e.g. tcga); default: the fine-tuning dataset's own unlabeled set, if it has one")
     output: str = Field("reports/{name}", description="run folder; {name} is the spec name")
+    execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
 
     @field_validator("dataset", "unlabeled", mode="before")
     @classmethod
@@ -202,7 +215,7 @@ class ResolvedSpec:
 
     def resolved(self) -> dict[str, Any]:
         """Every setting, defaults filled in (what a record stores as provenance)."""
-        data = self.spec.model_dump(mode="json")
+        data = self.spec.model_dump(mode="json", exclude={"execution"})  # where, not what
         data["methods"] = {m: {"method": self.spec.plugin_of(m), **self._row_protocols(m),
                                **c.model_dump(mode="json")}
                            for m, c in self.method_configs.items()}
