@@ -94,7 +94,12 @@ def schedule(plan: Any, store: Any, slot_names: list[str], device: str) -> dict[
             seconds[s.key] = est
         rows.append({"stage": s, "seconds": est, "basis": basis,
                      "resumes": store.has_checkpoint(s.kind, s.key)})
-    total, where = simulate(todo, seconds, len(slot_names))
+    total, _ = simulate(todo, seconds, len(slot_names))
+    # placement: a stage without an estimate counts as the typical one of its kind (or 1 s)
+    typical = {k: statistics.median(v) for k in {s.kind for s in todo}
+               if (v := [seconds[s.key] for s in todo if s.kind == k and s.key in seconds])}
+    _, where = simulate(todo, {s.key: seconds.get(s.key, typical.get(s.kind, 1.0)) for s in todo},
+                        len(slot_names))
     wave_of = {s.key: i for i, wave in enumerate(waves(todo)) for s in wave}
     for row in rows:
         key = row["stage"].key

@@ -78,23 +78,24 @@ class SlurmExecutor(Executor):
                              " (or pip install submitit)") from None
         c = self.config
         folder = Path(c.folder) if c.folder else Path(runner.output_dir) / "slurm"
-        ex = submitit.AutoExecutor(folder=folder.resolve() / "%j", cluster=c.cluster,
-                                   **{f"{c.cluster}_max_num_timeout": c.max_requeues})
+        if c.cluster == "local":  # submitit's local executor, its own parameter names
+            ex = submitit.LocalExecutor(folder=folder.resolve() / "%j", max_num_timeout=c.max_requeues)
+            ex.update_parameters(timeout_min=c.time_min, gpus_per_node=c.gpus_per_job,
+                                 signal_delay_s=c.signal_delay_s)
+            return ex
+        ex = submitit.AutoExecutor(folder=folder.resolve() / "%j", cluster="slurm",
+                                   slurm_max_num_timeout=c.max_requeues)
         params: dict[str, Any] = {"timeout_min": c.time_min, "gpus_per_node": c.gpus_per_job,
-                                  "cpus_per_task": c.cpus_per_job, "name": f"harness-{runner.rspec.name}"}
-        if c.cluster == "slurm":
-            params.update(slurm_signal_delay_s=c.signal_delay_s,
-                          slurm_additional_parameters=dict(c.sbatch), slurm_setup=list(c.setup),
-                          slurm_array_parallelism=c.max_jobs)
-            if c.partition:
-                params["slurm_partition"] = c.partition
-            if c.account:
-                params["slurm_account"] = c.account
-            if c.mem_gb:
-                params["mem_gb"] = c.mem_gb
-        else:
-            params.pop("cpus_per_task")
-            params["local_signal_delay_s"] = c.signal_delay_s
+                                  "cpus_per_task": c.cpus_per_job, "name": f"harness-{runner.rspec.name}",
+                                  "slurm_signal_delay_s": c.signal_delay_s,
+                                  "slurm_additional_parameters": dict(c.sbatch),
+                                  "slurm_setup": list(c.setup), "slurm_array_parallelism": c.max_jobs}
+        if c.partition:
+            params["slurm_partition"] = c.partition
+        if c.account:
+            params["slurm_account"] = c.account
+        if c.mem_gb:
+            params["mem_gb"] = c.mem_gb
         ex.update_parameters(**params)
         return ex
 
@@ -186,7 +187,7 @@ class JobLauncher:
 
     def poll(self, handle: Any) -> tuple[int, str] | None:
         stage, job = handle
-        if not job.done():
+        if not job.done() and not _left_queue(job):
             return None
         if self.runner.store.is_done(stage.kind, stage.key):
             return 0, ""
@@ -224,20 +225,57 @@ def _zombie(pid: int) -> bool:
         return True
 
 
+def queue_state(job_id: str) -> str | None:
+    """The job's state by ``squeue`` (which also lists jobs that ended in the last MinJobAge
+    seconds); None when SLURM does not know it. submitit asks ``sacct``, which a cluster
+    without accounting storage cannot answer; the result file and this cover that case."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(["squeue", "-h", "-t", "all", "-j", str(job_id), "-o", "%T"],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "UNKNOWN"
+    states = [ln.strip().upper() for ln in proc.stdout.splitlines() if ln.strip()]
+    if proc.returncode != 0 and "Invalid job id" not in proc.stderr:
+        return "UNKNOWN"
+    return states[0] if states else None
+
+
+def submitit_local_job() -> type:
+    from submitit.local.local import LocalJob
+
+    return LocalJob
+
+
+def _left_queue(job: Any) -> bool:
+    """A SLURM job no longer queued or running (ended without a result file: cancelled, or
+    killed with its node)."""
+    if isinstance(job, _PidJob) or not hasattr(job, "watcher"):
+        return False
+    if isinstance(job, submitit_local_job()):
+        return False
+    state = queue_state(job.job_id)
+    return state not in ACTIVE
+
+
 def _reattached(entry: dict[str, str]) -> Any | None:
     if entry["cluster"] == "local":
         job = _PidJob(entry["job_id"])
         return None if job.done() else job
     import submitit
 
-    job = submitit.SlurmJob(folder=entry["folder"], job_id=entry["job_id"])
-    state = str(job.state).split()[0].upper()
-    return job if state in ACTIVE and not job.done() else None
+    if queue_state(entry["job_id"]) not in ACTIVE:
+        return None
+    return submitit.SlurmJob(folder=entry["folder"], job_id=entry["job_id"])
 
 
 def _job_error(job: Any) -> str:
     if isinstance(job, _PidJob):
         return "its job ended without publishing the stage"
+    if not job.paths.result_pickle.exists():
+        state = "gone" if isinstance(job, submitit_local_job()) else queue_state(job.job_id)
+        return f"job ended ({state or 'gone from the queue'}) without a result; its log: {job.paths.stderr}"
     try:
         job.result()
     except Exception as exc:  # noqa: BLE001 - what the job raised, as one line
