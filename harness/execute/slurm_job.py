@@ -1,7 +1,7 @@
 """The callable a SLURM job runs: ``harness stage run`` for one stage, as a subprocess.
 
 It is a ``submitit.helpers.Checkpointable``: when SLURM warns of the time limit or of a
-preemption (submitit's USR2), :meth:`StageJob.checkpoint` passes SIGUSR1 to the stage (the
+preemption (submitit's USR2), :meth:`StageJob.checkpoint` passes SIGTERM to the stage (the
 training loop writes its checkpoint at the next step and stops) and returns the same job for
 submitit to requeue; the requeued job runs the same command, which resumes from the stage's
 checkpoint in the store. A job killed outright (``scontrol requeue``, a lost node) resumes
@@ -30,7 +30,7 @@ class StageJob(submitit.helpers.Checkpointable):
         if self.threads:
             env.setdefault("OMP_NUM_THREADS", str(self.threads))
         # its own session: SLURM's and submitit's signals go to this process, which decides
-        # what the stage gets (SIGUSR1: checkpoint and stop)
+        # what the stage gets (SIGTERM: checkpoint and stop; also before training, where it is a clean exit)
         self._proc = subprocess.Popen(self.cmd, env=env, start_new_session=True)
         rc = self._proc.wait()
         self._proc = None
@@ -41,7 +41,7 @@ class StageJob(submitit.helpers.Checkpointable):
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         proc = self._proc
         if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGUSR1)
+            proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=self.grace_s)
             except subprocess.TimeoutExpired:

@@ -1,0 +1,63 @@
+"""``--executor pool``: the same records as ``local``; a failed stage stops its dependents only;
+the dry run then estimates from the store's records. Real worker subprocesses (slow on 2 CPUs:
+9 ``harness stage run`` processes per run)."""
+
+from __future__ import annotations
+
+import pytest
+from executor_specs import FOUR_FINETUNES, harness, records, stage_count
+
+pytestmark = pytest.mark.slow
+
+POOL = "execution: {executor: pool, workers: 2, threads: 1}\n"
+
+
+def test_pool_of_two_gives_the_records_of_local(tmp_path):
+    spec = tmp_path / "four.yaml"
+    spec.write_text(FOUR_FINETUNES + POOL)
+    # local with the workers' thread count: float sums (and so the bits) depend on it
+    local = harness("run", str(spec), "--executor", "local", "--output", str(tmp_path / "local"),
+                    "--quiet", store=tmp_path / "s_local", threads=1)
+    assert local.returncode == 0, local.stderr
+    pool = harness("run", str(spec), "--output", str(tmp_path / "pool"), "--quiet",
+                   store=tmp_path / "s_pool")
+    assert pool.returncode == 0, pool.stderr
+    assert "9 stages computed, 0 reused" in pool.stdout
+    a, b = records(tmp_path / "local"), records(tmp_path / "pool")
+    assert len(a) == 4 and a == b
+    assert (tmp_path / "pool" / "report.md").read_text() == (tmp_path / "local" / "report.md").read_text()
+
+    # the dry run of a variant now estimates every stage from those records
+    dry = harness("run", str(spec), "--set", "finetune.lr=0.002", "--dry-run", store=tmp_path / "s_pool")
+    assert dry.returncode == 0, dry.stderr
+    assert "1 setting(s) differ" in dry.stdout and "no record" not in dry.stdout
+    assert "8 stage(s) pending in 2 wave(s), 1 already in the store" in dry.stdout
+
+
+def test_a_failed_stage_stops_only_its_dependents(tmp_path):
+    """A fine-tune whose checkpoint is corrupt fails; the other three fine-tunes and their
+    evaluations finish and stay in the store; the summary names the stage."""
+    spec = tmp_path / "four.yaml"
+    spec.write_text(FOUR_FINETUNES + POOL)
+    store = tmp_path / "s"
+    [stage] = [s for s in _plan(store, spec).stages()
+               if s.kind == "finetune" and "full" in s.label and "fold2" in s.label]
+    work = store / "work" / "finetune" / stage.key
+    work.mkdir(parents=True)
+    (work / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    proc = harness("run", str(spec), "--output", str(tmp_path / "out"), "--quiet", store=store)
+    assert proc.returncode not in (0, 130), (proc.stdout[-2000:], proc.stderr)
+    assert "1 stage(s) failed, 1 not run because they need one; 7 computed" in proc.stderr
+    assert stage.label in proc.stderr and "checkpoint" in proc.stderr
+    assert stage_count(store, "finetune") == 3 and stage_count(store, "evaluate") == 3
+    assert not (tmp_path / "out" / "report.md").exists()
+
+
+def _plan(store, spec):
+    from harness.plugins import get_registry
+    from harness.runner import Runner
+    from harness.spec import load_spec
+    from harness.store import ArtifactStore
+
+    runner = Runner(load_spec(spec), get_registry(), ArtifactStore(store), store / "o")
+    return runner.plan(prepare=True)[0]

@@ -1,0 +1,84 @@
+"""The ``slurm`` executor's driver through submitit's local executor (``cluster: local``): real
+subprocess jobs, time limits and requeues on this machine, no SLURM needed. The same tests on a
+real cluster: test_slurm_cluster.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO
+from executor_specs import harness, one_cell, records, stage_count, train_summary
+
+pytestmark = pytest.mark.slow
+
+LOCAL = "execution: {{executor: slurm, cluster: local, poll_s: 0.5, time_min: {time_min}, " \
+        "signal_delay_s: {delay}, max_requeues: 20}}"
+
+
+def test_slurm_driver_end_to_end_with_local_jobs(tmp_path):
+    spec = one_cell(tmp_path, execution=LOCAL.format(time_min=30, delay=60))
+    store = tmp_path / "s"
+    proc = harness("run", str(spec), "--output", str(tmp_path / "out"), "--quiet", store=store)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr)
+    assert "1 cells; 3 stages computed, 0 reused" in proc.stdout
+    assert proc.stdout.count("submitted") == 3
+    [state] = (store / "executors" / "slurm").glob("*.json")
+    assert json.loads(state.read_text()) == {"jobs": {}}  # finished jobs are forgotten
+    # the same records as in process
+    local = harness("run", str(spec), "--executor", "local", "--output", str(tmp_path / "local"),
+                    "--quiet", store=tmp_path / "s2")
+    assert local.returncode == 0, local.stderr
+    assert records(tmp_path / "out") == records(tmp_path / "local")
+
+
+def test_time_limit_requeues_and_resumes_from_the_checkpoint(tmp_path):
+    """A 1-minute time limit with the warning 20 s before it: the fine-tuning job is told to
+    checkpoint, requeued, and resumes; it finishes with the loss of an uninterrupted run."""
+    spec = one_cell(tmp_path, epochs=400, execution=LOCAL.format(time_min=1, delay=20))
+    store = tmp_path / "s"
+    proc = harness("run", str(spec), "--output", str(tmp_path / "out"), "--quiet", store=store,
+                   timeout=1500)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr)
+    summary = train_summary(store)
+    assert summary["resumed_from_epoch"] > 0, summary
+    logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "out" / "slurm").rglob("*.err"))
+    assert "Requeued job" in logs or "requeue" in logs.lower()
+
+
+def test_restarted_driver_reattaches_to_running_jobs(tmp_path):
+    """The driver is killed while a job runs; a new driver finds the finished stage in the
+    store, waits for the running job (its id from the JSON state) instead of resubmitting it."""
+    spec = one_cell(tmp_path, epochs=150, execution=LOCAL.format(time_min=30, delay=60))
+    store = tmp_path / "s"
+    env = {**os.environ, "HARNESS_STORE": str(store), "COLUMNS": "250"}
+    cmd = [sys.executable, "-m", "harness.cli", "run", str(spec), "--store", str(store),
+           "--output", str(tmp_path / "out"), "--quiet"]
+    driver = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    state_dir = store / "executors" / "slurm"
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        states = list(state_dir.glob("*.json")) if state_dir.exists() else []
+        jobs = json.loads(states[0].read_text())["jobs"] if states else {}
+        if stage_count(store, "encoder") == 1 and len(jobs) == 2:  # the fine-tune is submitted
+            break
+        time.sleep(0.5)
+    else:
+        driver.kill()
+        pytest.fail(driver.communicate()[0][-3000:])
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    finetune_job = [v["job_id"] for k, v in jobs.items()
+                    if not (store / "stages" / "encoder" / k).exists()]
+    assert len(finetune_job) == 1
+    again = harness("run", str(spec), "--output", str(tmp_path / "out"), "--quiet", store=store)
+    assert again.returncode == 0, (again.stdout[-3000:], again.stderr)
+    assert f"job {finetune_job[0]}" in again.stdout and "reattached finetune" in again.stdout
+    assert "submitted finetune" not in again.stdout  # not computed twice
+    assert "1 cells; 2 stages computed, 1 reused" in again.stdout
