@@ -4,6 +4,8 @@ the dry run then estimates from the store's records. Real worker subprocesses (s
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from executor_specs import FOUR_FINETUNES, harness, records, stage_count
 
@@ -19,8 +21,9 @@ def test_pool_of_two_gives_the_records_of_local(tmp_path):
     local = harness("run", str(spec), "--executor", "local", "--output", str(tmp_path / "local"),
                     "--quiet", store=tmp_path / "s_local", threads=1)
     assert local.returncode == 0, local.stderr
+    # the driver's thread count too: it is the device the records' provenance names
     pool = harness("run", str(spec), "--output", str(tmp_path / "pool"), "--quiet",
-                   store=tmp_path / "s_pool")
+                   store=tmp_path / "s_pool", threads=1)
     assert pool.returncode == 0, pool.stderr
     assert "9 stages computed, 0 reused" in pool.stdout
     a, b = records(tmp_path / "local"), records(tmp_path / "pool")
@@ -61,3 +64,45 @@ def _plan(store, spec):
 
     runner = Runner(load_spec(spec), get_registry(), ArtifactStore(store), store / "o")
     return runner.plan(prepare=True)[0]
+
+
+def test_sigterm_reaches_the_workers_and_finished_stages_stay(tmp_path):
+    """SIGTERM to the driver: each running worker checkpoints and stops, the driver exits 130,
+    the encoder stays in the store and the fine-tunes keep their checkpoints for a rerun."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    spec = tmp_path / "four.yaml"
+    spec.write_text(FOUR_FINETUNES.replace("epochs: 1", "epochs: 400") + POOL)
+    store = tmp_path / "s"
+    env = {**os.environ, "HARNESS_STORE": str(store), "HARNESS_CHECKPOINT_EVERY_S": "1"}
+    driver = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(spec), "--store",
+                               str(store), "--output", str(tmp_path / "out"), "--quiet"],
+                              env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    work = store / "work" / "finetune"
+    deadline = time.time() + 600
+    while time.time() < deadline and len(list(work.glob("*/checkpoint.pt")) if work.exists() else []) < 2:
+        assert driver.poll() is None, driver.communicate()[0][-3000:]
+        time.sleep(0.5)
+    driver.send_signal(signal.SIGTERM)
+    out, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 130, out[-3000:]
+    assert stage_count(store, "encoder") == 1 and stage_count(store, "finetune") == 0
+    assert len(list(work.glob("*/checkpoint.pt"))) == 2
+    assert "checkpoint written" in "".join(p.read_text() for p in (tmp_path / "out" / "logs").glob("finetune-*.log"))
+    left = [p for p in Path("/proc").glob("[0-9]*/cmdline")
+            if str(spec).encode() in _read(p)]
+    assert not left, left
+
+
+def _read(path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""

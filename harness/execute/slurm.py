@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -255,8 +256,16 @@ def _left_queue(job: Any) -> bool:
         return False
     if isinstance(job, submitit_local_job()):
         return False
+    now = time.time()
+    if now - _checked.get(job.job_id, 0.0) < QUEUE_CHECK_S:  # one squeue per job per 30 s
+        return False
+    _checked[job.job_id] = now
     state = queue_state(job.job_id)
     return state not in ACTIVE
+
+
+QUEUE_CHECK_S = 30.0
+_checked: dict[str, float] = {}
 
 
 def _reattached(entry: dict[str, str]) -> Any | None:
