@@ -24,7 +24,9 @@ LOCAL = "execution: {{executor: slurm, cluster: local, poll_s: 0.5, time_min: {t
 def test_slurm_driver_end_to_end_with_local_jobs(tmp_path):
     spec = one_cell(tmp_path, execution=LOCAL.format(time_min=30, delay=60))
     store = tmp_path / "s"
-    proc = harness("run", str(spec), "--output", str(tmp_path / "out"), "--quiet", store=store)
+    # the driver at the jobs' thread count: the records' provenance names its device
+    proc = harness("run", str(spec), "--output", str(tmp_path / "out"), "--quiet", store=store,
+                   threads=1)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr)
     assert "1 cells; 3 stages computed, 0 reused" in proc.stdout
     assert proc.stdout.count("submitted") == 3
@@ -32,7 +34,7 @@ def test_slurm_driver_end_to_end_with_local_jobs(tmp_path):
     assert json.loads(state.read_text()) == {"jobs": {}}  # finished jobs are forgotten
     # the same records as in process
     local = harness("run", str(spec), "--executor", "local", "--output", str(tmp_path / "local"),
-                    "--quiet", store=tmp_path / "s2")
+                    "--quiet", store=tmp_path / "s2", threads=1)
     assert local.returncode == 0, local.stderr
     assert records(tmp_path / "out") == records(tmp_path / "local")
 

@@ -63,6 +63,12 @@ def _wait(condition, driver, seconds=600):
     pytest.fail(f"timed out: {driver.communicate()[0][-3000:]}")
 
 
+def _state(job: str) -> str:
+    proc = subprocess.run(["squeue", "-h", "-t", "all", "-j", job, "-o", "%T"], capture_output=True,
+                          text=True, timeout=30)
+    return proc.stdout.strip()
+
+
 def _jobs(store):
     states = list((store / "executors" / "slurm").glob("*.json"))
     return json.loads(states[0].read_text())["jobs"] if states else {}
@@ -76,7 +82,9 @@ def _checkpoint(store):
 def test_spec_end_to_end_on_slurm(tmp_path):
     spec = one_cell(tmp_path, execution=SLURM)
     store = tmp_path / "s"
-    proc = harness("run", str(spec), "--output", str(tmp_path / "out"), "--quiet", store=store)
+    # the driver at the jobs' thread count: the records' provenance names its device
+    proc = harness("run", str(spec), "--output", str(tmp_path / "out"), "--quiet", store=store,
+                   threads=1)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr)
     assert "1 cells; 3 stages computed, 0 reused" in proc.stdout
     local = harness("run", str(spec), "--executor", "local", "--output", str(tmp_path / "local"),
@@ -94,6 +102,9 @@ def test_requeued_job_resumes_from_its_checkpoint(tmp_path):
     _wait(lambda: _checkpoint(store) is not None, driver)
     [job] = [v["job_id"] for k, v in _jobs(store).items() if not (store / "stages" / "encoder" / k).exists()]
     subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)
+    # SLURM holds a requeued job back for a while (BeginTime); let it start at once
+    _wait(lambda: _state(job) == "PENDING", driver, 120)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=30)
     out, _ = driver.communicate(timeout=1200)
     assert driver.returncode == 0, out[-3000:]
     assert train_summary(store)["resumed_from_epoch"] > 0

@@ -192,6 +192,8 @@ class JobLauncher:
             return None
         if self.runner.store.is_done(stage.kind, stage.key):
             return 0, ""
+        if _requeued(job):  # a result of an earlier attempt; SLURM runs the job again
+            return None
         message = _job_error(job)
         match = re.search(r"exited (\d+)", message)
         return (int(match.group(1)) if match else 1), f"job {job.job_id}: {message}"
@@ -262,6 +264,12 @@ def _left_queue(job: Any) -> bool:
     _checked[job.job_id] = now
     state = queue_state(job.job_id)
     return state not in ACTIVE
+
+
+def _requeued(job: Any) -> bool:
+    if isinstance(job, (_PidJob, submitit_local_job())):
+        return False
+    return queue_state(job.job_id) in ACTIVE - {"UNKNOWN", "COMPLETING"}
 
 
 QUEUE_CHECK_S = 30.0

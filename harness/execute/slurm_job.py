@@ -14,9 +14,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from typing import Any
 
 import submitit
+
+
+#: Exit codes of a stage stopped by a signal (the CLI's 130, or killed outright).
+STOPPED = {130, -15, -9, 143, 137}
 
 
 class StageJob(submitit.helpers.Checkpointable):
@@ -24,6 +29,7 @@ class StageJob(submitit.helpers.Checkpointable):
                  grace_s: float = 60.0):
         self.cmd, self.label, self.threads, self.grace_s = list(cmd), label, threads, grace_s
         self._proc: subprocess.Popen | None = None
+        self._checkpointing = False
 
     def __call__(self) -> int:
         env = dict(os.environ)
@@ -34,11 +40,17 @@ class StageJob(submitit.helpers.Checkpointable):
         self._proc = subprocess.Popen(self.cmd, env=env, start_new_session=True)
         rc = self._proc.wait()
         self._proc = None
+        if rc in STOPPED and not self._checkpointing:
+            # The scheduler stops the job (scancel, `scontrol requeue`, a preemption without
+            # warning): the stage has checkpointed; wait for the kill instead of reporting a
+            # result, so that a requeued job is not taken for a failed one.
+            time.sleep(self.grace_s * 5)
         if rc != 0:
             raise RuntimeError(f"{self.label}: `harness stage run` exited {rc}")
         return rc
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        self._checkpointing = True
         proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -51,4 +63,4 @@ class StageJob(submitit.helpers.Checkpointable):
                                                            self.grace_s))
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_proc": None}
+        return {**self.__dict__, "_proc": None, "_checkpointing": False}
