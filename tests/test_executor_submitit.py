@@ -61,8 +61,8 @@ def test_restarted_driver_reattaches_to_running_jobs(tmp_path):
     env = {**os.environ, "HARNESS_STORE": str(store), "COLUMNS": "250"}
     cmd = [sys.executable, "-m", "harness.cli", "run", str(spec), "--store", str(store),
            "--output", str(tmp_path / "out"), "--quiet"]
-    driver = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "driver.log"  # a file, not a pipe nobody reads while it runs
+    driver = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     state_dir = store / "executors" / "slurm"
     deadline = time.time() + 600
     while time.time() < deadline:
@@ -73,7 +73,7 @@ def test_restarted_driver_reattaches_to_running_jobs(tmp_path):
         time.sleep(0.5)
     else:
         driver.kill()
-        pytest.fail(driver.communicate()[0][-3000:])
+        pytest.fail(log.read_text()[-3000:])
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     finetune_job = [v["job_id"] for k, v in jobs.items()

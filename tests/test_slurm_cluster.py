@@ -47,8 +47,14 @@ def _env(store):
 def _driver(spec, store, out):
     cmd = [sys.executable, "-m", "harness.cli", "run", str(spec), "--store", str(store),
            "--output", str(out), "--quiet"]
-    return subprocess.Popen(cmd, env=_env(store), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    log = open(out.parent / "driver.log", "w")  # a file, not a pipe nobody reads while it runs
+    proc = subprocess.Popen(cmd, env=_env(store), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    proc.log = out.parent / "driver.log"
+    return proc
+
+
+def _output(driver) -> str:
+    return driver.log.read_text(errors="replace")[-3000:]
 
 
 def _wait(condition, driver, seconds=600):
@@ -57,10 +63,10 @@ def _wait(condition, driver, seconds=600):
         if condition():
             return
         if driver.poll() is not None:
-            pytest.fail(f"driver ended ({driver.returncode}): {driver.communicate()[0][-3000:]}")
+            pytest.fail(f"driver ended ({driver.returncode}): {_output(driver)}")
         time.sleep(0.5)
     driver.kill()
-    pytest.fail(f"timed out: {driver.communicate()[0][-3000:]}")
+    pytest.fail(f"timed out: {_output(driver)}")
 
 
 def _state(job: str) -> str:
@@ -105,8 +111,8 @@ def test_requeued_job_resumes_from_its_checkpoint(tmp_path):
     # SLURM holds a requeued job back for a while (BeginTime); let it start at once
     _wait(lambda: _state(job) == "PENDING", driver, 120)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=30)
-    out, _ = driver.communicate(timeout=1200)
-    assert driver.returncode == 0, out[-3000:]
+    driver.wait(timeout=1200)
+    assert driver.returncode == 0, _output(driver)
     assert train_summary(store)["resumed_from_epoch"] > 0
     assert stage_count(store) == 3
 

@@ -59,12 +59,13 @@ class Outcome:
     codes: list[int] = field(default_factory=list)  # exit codes of the failed stages
 
     def summary(self) -> str:
-        lines = [f"{len(self.failed)} stage(s) failed, {len(self.blocked)} not run because "
+        """One line: the counts, each failed stage with why, the stages not run."""
+        parts = [f"{len(self.failed)} stage(s) failed, {len(self.blocked)} not run because "
                  f"they need one; {len(self.computed)} computed (kept in the store)"]
-        lines += [f"  {label}: {why}" for label, why in self.failed.items()]
+        parts += [f"{label}: {why}" for label, why in self.failed.items()]
         if self.blocked:
-            lines.append(f"  not run: {', '.join(self.blocked)}")
-        return "\n".join(lines)
+            parts.append(f"not run: {', '.join(self.blocked)}")
+        return "; ".join(parts)
 
 
 def drive(plan: Plan, store: Any, launcher: Launcher, running: dict[str, Any] | None = None,

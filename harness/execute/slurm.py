@@ -16,6 +16,7 @@ time limits and requeues on this machine), which is how the tests drive it witho
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -84,6 +85,9 @@ class SlurmExecutor(Executor):
             ex.update_parameters(timeout_min=c.time_min, gpus_per_node=c.gpus_per_job,
                                  signal_delay_s=c.signal_delay_s)
             return ex
+        # submitit asks sacct for job states and warns at every poll where the cluster keeps no
+        # accounting; the driver also reads squeue and the result files (see queue_state)
+        logging.getLogger("submitit").setLevel(logging.ERROR)
         ex = submitit.AutoExecutor(folder=folder.resolve() / "%j", cluster="slurm",
                                    slurm_max_num_timeout=c.max_requeues)
         params: dict[str, Any] = {"timeout_min": c.time_min, "gpus_per_node": c.gpus_per_job,
