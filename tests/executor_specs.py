@@ -32,7 +32,7 @@ metric: {{name: mpq, pq_variant: instance}}
 """
 
 #: Record fields that say when and how fast, not what was computed.
-TIMING = {"created_at", "seconds", "seconds_this_run"}
+TIMING = {"created_at", "seconds", "seconds_this_run", "seconds_per_kind", "seconds_total"}
 
 
 def one_cell(tmp: Path, epochs: int = 1, execution: str = "", name: str = "one.yaml") -> Path:
@@ -55,6 +55,11 @@ def without_timing(data):
     if isinstance(data, list):
         return [without_timing(v) for v in data]
     return data
+
+
+def report(run_dir: Path) -> dict:
+    """``report.json`` without timings (the Markdown/HTML tables show seconds per stage)."""
+    return without_timing(json.loads((run_dir / "report.json").read_text()))
 
 
 def records(run_dir: Path) -> dict[str, dict]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from executor_specs import FOUR_FINETUNES, harness, records, stage_count
+from executor_specs import FOUR_FINETUNES, harness, records, report, stage_count
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def test_pool_of_two_gives_the_records_of_local(tmp_path):
     assert "9 stages computed, 0 reused" in pool.stdout
     a, b = records(tmp_path / "local"), records(tmp_path / "pool")
     assert len(a) == 4 and a == b
-    assert (tmp_path / "pool" / "report.md").read_text() == (tmp_path / "local" / "report.md").read_text()
+    assert report(tmp_path / "pool") == report(tmp_path / "local")
 
     # the dry run of a variant now estimates every stage from those records
     dry = harness("run", str(spec), "--set", "finetune.lr=0.002", "--dry-run", store=tmp_path / "s_pool")

@@ -67,20 +67,25 @@ def estimate(stage: Any, metas: list[dict[str, Any]], device: str) -> tuple[floa
 
 
 def simulate(stages: list[Any], seconds: dict[str, float], slots: int) -> tuple[float, dict[str, int]]:
-    """List scheduling as the drivers do it: a stage starts on the first free slot once its
-    dependencies end. Returns the makespan and each stage's slot."""
+    """List scheduling as the drivers do it: of the stages whose dependencies are scheduled, the
+    one ready first (then plan order) starts on the slot free first. Returns the makespan and
+    each stage's slot."""
     keys = {s.key for s in stages}
     end: dict[str, float] = {}
     free = [(0.0, i) for i in range(max(1, slots))]
     heapq.heapify(free)
     where: dict[str, int] = {}
-    for s in stages:  # dependencies first
-        ready = max((end[d.key] for d in s.deps.values() if d.key in keys), default=0.0)
+    remaining = list(stages)  # dependencies first
+    while remaining:
+        ready = {s.key: max((end[d.key] for d in s.deps.values() if d.key in keys), default=0.0)
+                 for s in remaining if all(d.key in end or d.key not in keys for d in s.deps.values())}
+        order = {s.key: i for i, s in enumerate(remaining)}
+        key = min(ready, key=lambda k: (ready[k], order[k]))
+        stage = remaining.pop(order[key])
         at, slot = heapq.heappop(free)
-        start = max(at, ready)
-        end[s.key] = start + seconds.get(s.key, 0.0)
-        where[s.key] = slot
-        heapq.heappush(free, (end[s.key], slot))
+        end[key] = max(at, ready[key]) + seconds.get(key, 0.0)
+        where[key] = slot
+        heapq.heappush(free, (end[key], slot))
     return max(end.values(), default=0.0), where
 
 
