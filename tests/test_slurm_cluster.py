@@ -102,7 +102,7 @@ def test_spec_end_to_end_on_slurm(tmp_path):
 def test_requeued_job_resumes_from_its_checkpoint(tmp_path):
     """`scontrol requeue` of the fine-tuning job once it has written a checkpoint: SLURM stops
     it (SIGTERM: the loop checkpoints), runs it again, and the stage resumes."""
-    spec = one_cell(tmp_path, epochs=300, execution=SLURM)
+    spec = one_cell(tmp_path, epochs=60, execution=SLURM)
     store = tmp_path / "s"
     driver = _driver(spec, store, tmp_path / "out")
     _wait(lambda: _checkpoint(store) is not None, driver)
