@@ -29,7 +29,7 @@ def test_slurm_driver_end_to_end_with_local_jobs(tmp_path):
                    threads=1)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr)
     assert "1 cells; 3 stages computed, 0 reused" in proc.stdout
-    assert proc.stdout.count("submitted") == 3
+    assert (proc.stdout + proc.stderr).count("submitted") == 3  # the log is on stderr
     [state] = (store / "executors" / "slurm").glob("*.json")
     assert json.loads(state.read_text()) == {"jobs": {}}  # finished jobs are forgotten
     # the same records as in process
@@ -81,6 +81,7 @@ def test_restarted_driver_reattaches_to_running_jobs(tmp_path):
     assert len(finetune_job) == 1
     again = harness("run", str(spec), "--output", str(tmp_path / "out"), "--quiet", store=store)
     assert again.returncode == 0, (again.stdout[-3000:], again.stderr)
-    assert f"job {finetune_job[0]}" in again.stdout and "reattached finetune" in again.stdout
-    assert "submitted finetune" not in again.stdout  # not computed twice
+    log = again.stdout + again.stderr
+    assert f"job {finetune_job[0]}" in log and "reattached finetune" in log
+    assert "submitted finetune" not in log  # not computed twice
     assert "1 cells; 2 stages computed, 1 reused" in again.stdout
