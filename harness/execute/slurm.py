@@ -160,7 +160,7 @@ class JobLauncher:
 
         c = self.executor.config
         return StageJob(stage_command(self.runner, stage, absolute=True), stage.label,
-                        threads=c.cpus_per_job, grace_s=max(10.0, c.signal_delay_s / 2))
+                        threads=c.cpus_per_job, grace_s=max(10.0, c.signal_delay_s * 0.75))
 
     def start(self, stages: list[Any]) -> list[Any]:
         if self.executor.config.array and len(stages) > 1:

@@ -52,13 +52,20 @@ class StageJob(submitit.helpers.Checkpointable):
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         self._checkpointing = True
         proc = self._proc
-        if proc is not None and proc.poll() is None:
+        if proc is not None and proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=self.grace_s)
-            except subprocess.TimeoutExpired:
+            # Not proc.wait(): this runs in a signal handler that interrupted __call__'s
+            # proc.wait(), which holds Popen's wait lock; waitpid here does not need it.
+            deadline = time.time() + self.grace_s
+            while time.time() < deadline:
+                try:
+                    if os.waitpid(proc.pid, os.WNOHANG)[0]:
+                        break
+                except ChildProcessError:
+                    break
+                time.sleep(0.2)
+            else:
                 proc.kill()
-                proc.wait()
         return submitit.helpers.DelayedSubmission(StageJob(self.cmd, self.label, self.threads,
                                                            self.grace_s))
 
