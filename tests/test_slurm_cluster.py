@@ -118,10 +118,11 @@ def test_requeued_job_resumes_from_its_checkpoint(tmp_path):
 
 
 def test_restarted_driver_finds_finished_stages_and_running_jobs(tmp_path):
-    spec = one_cell(tmp_path, epochs=100, execution=SLURM)
+    spec = one_cell(tmp_path, epochs=300, execution=SLURM)
     store = tmp_path / "s"
     driver = _driver(spec, store, tmp_path / "out")
-    _wait(lambda: stage_count(store, "encoder") == 1 and len(_jobs(store)) == 2, driver)
+    # the fine-tuning job is training (long enough to outlast the restart)
+    _wait(lambda: len(_jobs(store)) == 2 and _checkpoint(store) is not None, driver)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     env = _env(store)
