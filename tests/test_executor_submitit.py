@@ -56,9 +56,10 @@ def test_time_limit_requeues_and_resumes_from_the_checkpoint(tmp_path):
 def test_restarted_driver_reattaches_to_running_jobs(tmp_path):
     """The driver is killed while a job runs; a new driver finds the finished stage in the
     store, waits for the running job (its id from the JSON state) instead of resubmitting it."""
-    spec = one_cell(tmp_path, epochs=150, execution=LOCAL.format(time_min=30, delay=60))
+    spec = one_cell(tmp_path, epochs=300, execution=LOCAL.format(time_min=30, delay=60))
     store = tmp_path / "s"
-    env = {**os.environ, "HARNESS_STORE": str(store), "COLUMNS": "250"}
+    env = {**os.environ, "HARNESS_STORE": str(store), "COLUMNS": "250",
+           "HARNESS_CHECKPOINT_EVERY_S": "1"}
     cmd = [sys.executable, "-m", "harness.cli", "run", str(spec), "--store", str(store),
            "--output", str(tmp_path / "out"), "--quiet"]
     log = tmp_path / "driver.log"  # a file, not a pipe nobody reads while it runs
@@ -68,8 +69,9 @@ def test_restarted_driver_reattaches_to_running_jobs(tmp_path):
     while time.time() < deadline:
         states = list(state_dir.glob("*.json")) if state_dir.exists() else []
         jobs = json.loads(states[0].read_text())["jobs"] if states else {}
-        if stage_count(store, "encoder") == 1 and len(jobs) == 2:  # the fine-tune is submitted
-            break
+        work = store / "work" / "finetune"
+        if len(jobs) == 2 and work.exists() and any(work.glob("*/checkpoint.pt")):
+            break  # the fine-tuning job trains (long enough to outlast the restart)
         time.sleep(0.5)
     else:
         driver.kill()
