@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import REPO
@@ -39,18 +40,33 @@ def test_slurm_driver_end_to_end_with_local_jobs(tmp_path):
     assert records(tmp_path / "out") == records(tmp_path / "local")
 
 
-def test_time_limit_requeues_and_resumes_from_the_checkpoint(tmp_path):
-    """A 1-minute time limit with the warning 20 s before it: the fine-tuning job is told to
-    checkpoint, requeued, and resumes; it finishes with the loss of an uninterrupted run."""
-    spec = one_cell(tmp_path, epochs=400, execution=LOCAL.format(time_min=1, delay=20))
+def test_preempted_job_is_requeued_and_resumes_from_the_checkpoint(tmp_path):
+    """The fine-tuning job gets submitit's preemption/time-limit signal (USR2, what SLURM sends
+    ahead of a time limit, and what submitit's own LocalJob._interrupt sends) once it trains:
+    the stage checkpoints, the job is requeued and resumes, and the run finishes."""
+    spec = one_cell(tmp_path, epochs=60, execution=LOCAL.format(time_min=30, delay=60))
     store = tmp_path / "s"
-    proc = harness("run", str(spec), "--output", str(tmp_path / "out"), "--quiet", store=store,
-                   timeout=1500)
-    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr)
-    summary = train_summary(store)
-    assert summary["resumed_from_epoch"] > 0, summary
-    logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "out" / "slurm").rglob("*.err"))
-    assert "Requeued job" in logs or "requeue" in logs.lower()
+    log = tmp_path / "driver.log"
+    env = {**os.environ, "HARNESS_STORE": str(store), "HARNESS_CHECKPOINT_EVERY_S": "1"}
+    driver = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(spec), "--store",
+                               str(store), "--output", str(tmp_path / "out"), "--quiet"],
+                              env=env, cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    work = store / "work" / "finetune"
+    deadline = time.time() + 600
+    while not (work.exists() and any(work.glob("*/checkpoint.pt"))):
+        assert driver.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+    [state] = (store / "executors" / "slurm").glob("*.json")
+    job = [v["job_id"] for k, v in json.loads(state.read_text())["jobs"].items()
+           if not (store / "stages" / "encoder" / k).exists()][0]
+    # the job's process: the child of submitit's local controller (whose pid is the job id)
+    [task] = Path(f"/proc/{job}/task/{job}/children").read_text().split()
+    os.kill(int(task), signal.SIGUSR2)
+    driver.wait(timeout=900)
+    assert driver.returncode == 0, log.read_text()[-3000:]
+    assert train_summary(store)["resumed_from_epoch"] > 0
+    logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "out" / "slurm").rglob("*_log.*"))
+    assert "this job is preempted" in logs and "Requeued job" in logs, logs[-3000:]
 
 
 def test_restarted_driver_reattaches_to_running_jobs(tmp_path):
