@@ -64,3 +64,13 @@ class MissingInputs(DataError):
             f"{n} inputs missing (nothing was run); fix each, then run again:",
             *[f"  - {m}" for m in self.missing]]
         super().__init__("\n".join(self.problems))
+
+
+class StagesFailed(HarnessError):
+    """Stages computed by workers or jobs failed (the others finished and are kept). The exit
+    code is the failed stages' own (2, 3, 4, or 1 for a bug); a summary line per stage."""
+
+    def __init__(self, summary: str, codes: list[int]):
+        super().__init__(summary)
+        known = [c for c in codes if c in (2, 3, 4)]
+        self.exit_code = max(known) if known and len(known) == len(codes) else 1

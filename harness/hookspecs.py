@@ -118,3 +118,10 @@ def harness_register_loggers() -> list[type]:
     ``name``: observers that record a run in an experiment tracker. A run uses the ones its
     spec's ``loggers:`` or ``harness run --logger NAME`` enables; they see the lifecycle events
     above through a guard, so a logger that fails warns once and never stops the run."""
+
+
+@hookspec
+def harness_register_executors() -> list[type]:
+    """Return executor classes (subclasses of :class:`harness.execute.base.Executor`): how a
+    run's stages get computed (in process, a pool of local workers, cluster jobs...); chosen
+    with ``harness run --executor NAME`` or the spec's ``execution: {executor: NAME, ...}``."""

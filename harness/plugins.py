@@ -59,6 +59,7 @@ class Registry:
     stage_kinds: dict[str, PluginInfo] = field(default_factory=dict)
     protocols: dict[str, PluginInfo] = field(default_factory=dict)
     loggers: dict[str, PluginInfo] = field(default_factory=dict)
+    executors: dict[str, PluginInfo] = field(default_factory=dict)
     broken: list[BrokenPlugin] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
 
@@ -105,7 +106,8 @@ class Registry:
 
     def missing_message(self, name: str, category: str) -> str:
         table = {"method": self.methods, "dataset": self.datasets, "stage kind": self.stage_kinds,
-                 "protocol": self.protocols, "logger": self.loggers}.get(category, self.metric_families)
+                 "protocol": self.protocols, "logger": self.loggers,
+                 "executor": self.executors}.get(category, self.metric_families)
         hint = did_you_mean(name, table)
         broken = [b for b in self.broken if name in (b.entry_point, b.name)]
         if broken:
@@ -193,6 +195,7 @@ REGISTRATIONS = {
     "harness_register_stage_kinds": ("stage kind", "stage_kinds"),
     "harness_register_protocols": ("protocol", "protocols"),
     "harness_register_loggers": ("logger", "loggers"),
+    "harness_register_executors": ("executor", "executors"),
 }
 
 

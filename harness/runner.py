@@ -77,8 +77,11 @@ class Runner:
         self.executor().execute(stage, result)
         return result
 
-    def run(self, plan: Plan) -> RunResult:
+    def run(self, plan: Plan, computed_elsewhere: Any = ()) -> RunResult:
+        """Compute (or reuse) every stage in this process and write records and report;
+        ``computed_elsewhere``: keys an executor's workers computed for this run."""
         executor = self.executor()
+        executor.elsewhere = set(computed_elsewhere)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "records").mkdir(exist_ok=True)
         run_info = {"name": self.rspec.name, "spec": self.rspec.resolved(),

@@ -14,6 +14,8 @@ from typing import Any
 from harness.console import console
 from harness.engine import distributed as dist
 from harness.engine.context import StageContext
+from harness.execute.base import Executor
+from harness.hookspecs import hookimpl
 from harness.plan import Stage
 from harness.provenance import provenance
 from harness.stages.base import StageEnv
@@ -41,6 +43,9 @@ class LocalExecutor:
         self.env, self.store, self.device = env, store, device
         self.provenance, self.quiet = provenance, quiet
         self.hook = env.registry.hook
+        #: Keys that other processes (an executor's workers or jobs) computed for this run: a
+        #: record says computed, not reused, for them, as if this process had computed them.
+        self.elsewhere: set[str] = set()
 
     def missing(self, stage: Stage) -> list[Stage]:
         """The stages upstream of ``stage`` that the store does not hold, dependencies first."""
@@ -60,12 +65,13 @@ class LocalExecutor:
             with dist.on_rank_zero(self.store.claim(stage.kind, stage.key, stage.label)) as claim:
                 if claim is not None:  # else another worker published it while we waited
                     return self._compute(stage, result, stage_info, path)
-        result.reused.append(stage.key)
+        cached = stage.key not in self.elsewhere  # a pool worker or cluster job computed it
+        (result.reused if cached else result.computed).append(stage.key)
         meta = self.store.meta(stage.kind, stage.key)
-        self.hook.harness_stage_finished(stage={**stage_info, "cached": True, "path": str(path),
+        self.hook.harness_stage_finished(stage={**stage_info, "cached": cached, "path": str(path),
                                                 "seconds": meta.get("seconds"),
                                                 "result": meta.get("result", {})})
-        return {"cached": True, "seconds": meta.get("seconds"), "result": meta.get("result", {})}
+        return {"cached": cached, "seconds": meta.get("seconds"), "result": meta.get("result", {})}
 
     def _compute(self, stage: Stage, result: Any, stage_info: dict[str, Any], path: Any
                  ) -> dict[str, Any]:
@@ -101,3 +107,19 @@ class LocalExecutor:
         self.hook.harness_stage_finished(stage={**stage_info, "cached": False, "path": str(path),
                                                 "seconds": seconds, "result": stage_result})
         return {"cached": False, "seconds": seconds, "result": stage_result}
+
+
+
+class LocalRun(Executor):
+    """The ``local`` executor plugin: every stage in this process, one after another."""
+
+    name = "local"
+    description = "every stage in this process, one at a time (the default)"
+
+    def run(self, runner: Any, plan: Any) -> Any:
+        return runner.run(plan)
+
+
+@hookimpl
+def harness_register_executors():
+    return [LocalRun]

@@ -81,6 +81,9 @@ def settings_checks(spec: Spec, registry: Registry, source: str, lines: Lines,
                                      **{("methods", m): c for m, c in method_configs.items()}}, source, lines))
     problems.extend(logger_problems(spec, registry, source, lines))
     metric = metric_problems(spec, registry, source, lines)  # reported, but blocks nothing
+    from harness.execute.base import execution_problems
+
+    problems.extend(execution_problems(spec, registry, source, lines))
     if not problems:
         cross_checks(spec, registry, dataset_config, source, lines, problems)
     problems.extend(metric)

@@ -123,6 +123,18 @@ class DatasetRef(BaseModel):
         return dict(self.model_extra or {})
 
 
+class ExecutionSettings(BaseModel):
+    """Where the stages run (``harness/execute/``): part of no stage key and of no record. The
+    keys beside ``executor`` are that executor's own settings, validated by its ``Config``."""
+
+    model_config = ConfigDict(extra="allow")
+    executor: str = Field("local", description="executor plugin: local, pool, slurm, ...")
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
 class Spec(_Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="identifier of the comparison")
     description: str = ""
@@ -144,6 +156,7 @@ class Spec(_Strict):
     loggers: dict[str, dict[str, Any] | None] = Field(
         default_factory=dict, description="experiment trackers that record the run (e.g. "
         "[tensorboard, mlflow], or a mapping name -> the logger's settings); part of no stage key")
+    execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
 
     @field_validator("dataset", "unlabeled", mode="before")
     @classmethod
@@ -230,7 +243,7 @@ class ResolvedSpec:
 
     def resolved(self) -> dict[str, Any]:
         """Every setting, defaults filled in (what a record stores as provenance)."""
-        data = self.spec.model_dump(mode="json")
+        data = self.spec.model_dump(mode="json", exclude={"execution"})  # where, not what
         data["methods"] = {m: {"method": self.spec.plugin_of(m), **self._row_protocols(m),
                                **c.model_dump(mode="json")}
                            for m, c in self.method_configs.items()}

@@ -1,0 +1,54 @@
+"""``harness run --executor NAME`` and the schedule ``--dry-run`` prints (the executor plugins are
+in :mod:`harness.execute`; this module only connects them to the command line)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from harness.cli_common import out
+
+ExecutorOpt = Annotated[Optional[str], typer.Option(
+    "--executor", help="where stages run: local (default), pool (one worker per GPU or CPU "
+    "share), slurm (cluster jobs), or an installed executor plugin; overrides the spec's "
+    "execution.executor (settings: --set execution.KEY=VALUE)")]
+
+
+def pick(runner: Any, name: str | None) -> Any:
+    """The executor (instance) of this run: ``--executor`` or the spec's ``execution:``."""
+    from harness.execute.base import executor_config
+
+    cls, config = executor_config(runner.rspec.spec, runner.registry, name, runner.rspec.source)
+    return cls(config)
+
+
+def execute(runner: Any, plan: Any, executor: Any) -> Any:
+    return executor.run(runner, plan)
+
+
+def show_schedule(runner: Any, plan: Any, executor: Any) -> None:
+    from harness.engine.runtime import describe_device, resolve_device
+    from harness.execute.schedule import device_kind, fmt_seconds, schedule
+
+    slots = executor.slots(runner)
+    device = device_kind(describe_device(resolve_device(runner.rspec.spec.finetune.device)))
+    plan_info = schedule(plan, runner.store, slots, device)
+    table = Table(title=f"schedule: executor {executor.name}, {len(slots)} at once "
+                        f"({', '.join(slots[:4])}{', ...' if len(slots) > 4 else ''})")
+    for col in ("wave", "stage", "label", "key", "where", "estimate", "basis"):
+        table.add_column(col)
+    for r in plan_info["rows"]:
+        s = r["stage"]
+        basis = r["basis"] + ("; resumes from a checkpoint" if r["resumes"] else "")
+        table.add_row(str(r["wave"]), s.kind, s.label, s.key[:12], r["where"],
+                      fmt_seconds(r["seconds"]), basis)
+    out.print(table)
+    unknown = plan_info["unknown"]
+    note = f" ({unknown} stage(s) without an estimate not counted)" if unknown else ""
+    out.print(f"{len(plan_info['rows'])} stage(s) pending in "
+              f"{len({r['wave'] for r in plan_info['rows']})} wave(s), {len(plan_info['done'])} "
+              f"already in the store; estimated wall time on {device} with {executor.name}: "
+              f"{fmt_seconds(plan_info['total_s'])} (one at a time: "
+              f"{fmt_seconds(plan_info['serial_s'])}){note}", markup=False)

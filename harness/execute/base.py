@@ -1,0 +1,98 @@
+"""The executor contract and how a run picks its executor.
+
+An executor is a class with a ``name``, a ``description``, a pydantic ``Config`` (its settings,
+read from the spec's ``execution:`` section beside ``executor: NAME``) and ``run(runner, plan)``,
+returned by a ``harness_register_executors`` hook. Where a stage runs changes nothing it
+computes, so ``execution:`` is part of no stage key and of no record.
+
+Executors that spread stages over processes or machines walk the plan's graph
+(:mod:`harness.execute.graph`) and compute each ready stage with ``harness stage run SPEC KEY``
+against the shared store; once every stage is in the store, the run's records and report are
+written exactly as the ``local`` executor writes them (:meth:`harness.runner.Runner.run`).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from harness.errors import PluginError, SpecError
+
+
+class ExecutorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Executor:
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    Config: ClassVar[type[BaseModel]] = ExecutorConfig
+
+    def __init__(self, config: BaseModel):
+        self.config = config
+
+    def run(self, runner: Any, plan: Any) -> Any:
+        """Compute every stage of ``plan`` and write records and report; a RunResult."""
+        raise NotImplementedError
+
+    def slots(self, runner: Any) -> list[str]:
+        """Where stages run side by side (for ``--dry-run``): one name per slot."""
+        return ["this process"]
+
+
+def executor_config(spec: Any, registry: Any, name: str | None, source: str = "",
+                    lines: dict | None = None) -> tuple[type[Executor], BaseModel]:
+    """The executor class and its validated settings: ``name`` (``--executor``) or the spec's
+    ``execution.executor``; the section's other keys are that executor's settings. Where the
+    section names an executor and ``--executor`` another, its settings are dropped (they belong
+    to the spec's one); where it names none, they are the chosen executor's."""
+    from harness.spec.problems import format_errors
+
+    section = spec.execution
+    chosen = name or section.executor
+    info = registry.executors.get(chosen)
+    if info is None:
+        raise PluginError(registry.missing_message(chosen, "executor"))
+    named = "executor" in section.model_fields_set
+    settings = section.options if chosen == section.executor or not named else {}
+    try:
+        return info.cls, info.cls.Config.model_validate(settings)
+    except ValidationError as exc:
+        raise SpecError(format_errors(exc, info.cls.Config, source, lines or {},
+                                      prefix=("execution",))) from None
+
+
+def execution_problems(spec: Any, registry: Any, source: str, lines: dict) -> list[str]:
+    """Spec-load check of the ``execution:`` section (unknown executor, bad settings); settings
+    without ``executor:`` are checked when ``--executor`` has chosen one."""
+    if "executor" not in spec.execution.model_fields_set:
+        return []
+    try:
+        executor_config(spec, registry, None, source, lines)
+    except SpecError as exc:
+        return exc.problems
+    except PluginError as exc:
+        return [f"{source}: execution.executor: {exc}"]
+    return []
+
+
+def stage_command(runner: Any, stage: Any, absolute: bool = False) -> list[str]:
+    """``harness stage run SPEC KEY --store S --quiet [--set ...]`` for one stage, with this
+    interpreter (so a worker runs the very installation the driver runs)."""
+    spec = Path(runner.rspec.source)
+    if absolute:
+        spec = spec.resolve()
+    store = Path(runner.store.root).resolve() if absolute else Path(runner.store.root)
+    cmd = [sys.executable, "-m", "harness.cli", "stage", "run", str(spec),
+           f"{stage.kind}/{stage.key}", "--store", str(store), "--quiet"]
+    for override in runner.rspec.overrides:
+        cmd += ["--set", override]
+    return cmd
+
+
+def shown(cmd: list[str]) -> str:
+    return " ".join(shlex.quote(c) for c in cmd)

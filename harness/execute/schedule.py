@@ -1,0 +1,125 @@
+"""The schedule ``harness run SPEC --dry-run`` shows for the chosen executor: the pending stages
+by wave (a wave's stages can run side by side), where each would run, an estimated duration per
+stage and the run's estimated wall time.
+
+Estimates come from the store: every published stage keeps ``seconds`` and, in its provenance,
+the device it ran on. A pending stage is estimated by the published stages of the same kind on
+the same kind of device (GPU model, or the CPU) whose config is closest to its own (fewest
+differing settings; the median of ties), and says which basis it used. A stage with no such
+record has no estimate (``?``); a calibration run is not made (it would be a real stage run:
+compute one cheap cell first, e.g. with ``--set finetune.epochs=1``, and the records it leaves
+are what later dry runs scale from, marked as from a different config).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from harness.execute.graph import pending, waves
+
+
+def device_kind(description: str | None) -> str:
+    """``cuda:NVIDIA H200`` or ``cpu``: what durations are comparable across."""
+    return (description or "?").split(" (")[0]
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): json.dumps(data, sort_keys=True, default=str)}
+
+
+def published(store: Any, kinds: set[str]) -> dict[str, list[dict[str, Any]]]:
+    """The metas of the store's published stages of these kinds."""
+    out: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+    for kind in kinds:
+        for meta_file in (Path(store.root) / "stages" / kind).glob("*/meta.json"):
+            try:
+                meta = json.loads(meta_file.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(meta.get("seconds"), (int, float)):
+                out[kind].append(meta)
+    return out
+
+
+def estimate(stage: Any, metas: list[dict[str, Any]], device: str) -> tuple[float | None, str]:
+    """Seconds and the basis of the estimate, or ``(None, "no record")``."""
+    same = [m for m in metas if device_kind(m.get("provenance", {}).get("device")) == device]
+    if not same:
+        return None, f"no record on {device}"
+    mine = _flat(stage.config)
+    def distance(meta: dict[str, Any]) -> int:
+        theirs = _flat(meta.get("config", {}))
+        return sum(mine.get(k) != theirs.get(k) for k in set(mine) | set(theirs))
+    scored = sorted((distance(m), m["seconds"]) for m in same)
+    best = scored[0][0]
+    seconds = statistics.median(s for d, s in scored if d == best)
+    basis = "same config" if best == 0 else f"{best} setting(s) differ"
+    return seconds, f"{basis}, {sum(d == best for d, _ in scored)} record(s)"
+
+
+def simulate(stages: list[Any], seconds: dict[str, float], slots: int) -> tuple[float, dict[str, int]]:
+    """List scheduling as the drivers do it: of the stages whose dependencies are scheduled, the
+    one ready first (then plan order) starts on the slot free first. Returns the makespan and
+    each stage's slot."""
+    keys = {s.key for s in stages}
+    end: dict[str, float] = {}
+    free = [(0.0, i) for i in range(max(1, slots))]
+    heapq.heapify(free)
+    where: dict[str, int] = {}
+    remaining = list(stages)  # dependencies first
+    while remaining:
+        ready = {s.key: max((end[d.key] for d in s.deps.values() if d.key in keys), default=0.0)
+                 for s in remaining if all(d.key in end or d.key not in keys for d in s.deps.values())}
+        order = {s.key: i for i, s in enumerate(remaining)}
+        key = min(ready, key=lambda k: (ready[k], order[k]))
+        stage = remaining.pop(order[key])
+        at, slot = heapq.heappop(free)
+        end[key] = max(at, ready[key]) + seconds.get(key, 0.0)
+        where[key] = slot
+        heapq.heappush(free, (end[key], slot))
+    return max(end.values(), default=0.0), where
+
+
+def schedule(plan: Any, store: Any, slot_names: list[str], device: str) -> dict[str, Any]:
+    todo = pending(plan, store)
+    metas = published(store, {s.kind for s in todo})
+    rows, seconds = [], {}
+    for s in todo:
+        est, basis = estimate(s, metas[s.kind], device)
+        if est is not None:
+            seconds[s.key] = est
+        rows.append({"stage": s, "seconds": est, "basis": basis,
+                     "resumes": store.has_checkpoint(s.kind, s.key)})
+    total, _ = simulate(todo, seconds, len(slot_names))
+    # placement: a stage without an estimate counts as the typical one of its kind (or 1 s)
+    typical = {k: statistics.median(v) for k in {s.kind for s in todo}
+               if (v := [seconds[s.key] for s in todo if s.kind == k and s.key in seconds])}
+    _, where = simulate(todo, {s.key: seconds.get(s.key, typical.get(s.kind, 1.0)) for s in todo},
+                        len(slot_names))
+    wave_of = {s.key: i for i, wave in enumerate(waves(todo)) for s in wave}
+    for row in rows:
+        key = row["stage"].key
+        row["wave"] = wave_of[key]
+        row["where"] = slot_names[where[key] % len(slot_names)] if slot_names else "?"
+    done = [s for s in plan.stages() if store.is_done(s.kind, s.key)]
+    return {"rows": sorted(rows, key=lambda r: r["wave"]), "done": done, "total_s": total,
+            "serial_s": sum(seconds.values()), "unknown": sum(r["seconds"] is None for r in rows),
+            "device": device}
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = round(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
