@@ -71,6 +71,7 @@ class Supervised(InitMethod):
     def conformance_fixture(cls, folder: Path) -> dict[str, Any]:
         """For `harness plugin check`: a random resnet18 in torchvision's layout (with its
         ImageNet head), as the weights file; nothing is downloaded."""
+        import torch
         import torchvision
 
         path = folder / "resnet18.pth"
