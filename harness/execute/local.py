@@ -14,8 +14,6 @@ from typing import Any
 from harness.console import console
 from harness.engine import distributed as dist
 from harness.engine.context import StageContext
-from harness.execute.base import Executor
-from harness.hookspecs import hookimpl
 from harness.plan import Stage
 from harness.provenance import provenance
 from harness.stages.base import StageEnv
@@ -107,19 +105,3 @@ class LocalExecutor:
         self.hook.harness_stage_finished(stage={**stage_info, "cached": False, "path": str(path),
                                                 "seconds": seconds, "result": stage_result})
         return {"cached": False, "seconds": seconds, "result": stage_result}
-
-
-
-class LocalRun(Executor):
-    """The ``local`` executor plugin: every stage in this process, one after another."""
-
-    name = "local"
-    description = "every stage in this process, one at a time (the default)"
-
-    def run(self, runner: Any, plan: Any) -> Any:
-        return runner.run(plan)
-
-
-@hookimpl
-def harness_register_executors():
-    return [LocalRun]
