@@ -21,7 +21,6 @@ Run: ``.venv/bin/python -m pytest benchmarks/test_pq_sparse_ids.py -m benchmark 
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -30,7 +29,7 @@ from harness.metrics import panoptic_quality
 from harness.metrics.evaluate import score_chunk
 from harness.metrics.instances import (instances_to_channels, semantic_to_binary_channels,
                                        semantic_to_instances)
-from test_pq_speed import get_fast_pq_loop, make_pair
+from test_pq_speed import _best_of, get_fast_pq_loop, make_pair
 
 N_CLASSES = 5
 #: Gates, below the measured figures to absorb a shared machine's noise (3.0-3.5x and 2.0x
@@ -151,15 +150,6 @@ def previous_scoring(pred: np.ndarray, true: np.ndarray, inst: np.ndarray) -> di
                                               semantic_to_instances(pred, k)),
             "thesis": previous_per_image_pq(semantic_to_binary_channels(true, k),
                                             semantic_to_binary_channels(pred, k))}
-
-
-def _best_of(fn, args, rounds: int) -> float:
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn(*args)
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 @pytest.mark.benchmark(group="pq_id_layouts")
