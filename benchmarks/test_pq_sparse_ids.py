@@ -10,8 +10,8 @@ on the id layout, in value (bit-identical) or much in time. Baselines measured i
   table, then a joint histogram of every pixel; and its per-image scoring (channel-last slices,
   full-image binarisation).
 
-Figures: PQ of one map pair on sparse ids against the previous implementation (target 3x; gated
-at 2.0x: 2.7x measured with a CI run beside it), each layout against the loop (at least 10x), and the evaluation of PanNuke-like
+Figures: PQ of one map pair on sparse ids against the previous implementation (target 3x;
+gated at 2x), each layout against the loop (at least 10x), and the evaluation of PanNuke-like
 images (argmax class maps against GT instances with sparse ids; both PQ variants, 5 classes and
 bPQ) against the previous implementation (gated at 1.5x), all with equal values.
 
@@ -32,8 +32,8 @@ from harness.metrics.instances import (instances_to_channels, semantic_to_binary
 from test_pq_speed import _best_of, get_fast_pq_loop, make_pair
 
 N_CLASSES = 5
-#: Gates, below the measured figures to absorb a shared machine's noise (3.0-3.5x, 2.7x with a CI run beside it, and 2.0-2.4x
-#: measured on 2 loaded cores; the issue's target for PQ on sparse ids is 3x).
+#: Gates, below the measured figures to absorb a shared machine's noise: sparse ids 3.0-3.5x
+#: (2.7x with a CI run beside it), evaluation 2.0-2.4x.
 SPARSE_TARGET = 2.0
 EVALUATION_TARGET = 1.5
 LOOP_TARGET = 10.0
