@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from harness.data.view_color import _gray, adjust_hue_fast
-from harness.data.views import ViewAugmentConfig, _MemmapRef, _tensor_view
+from harness.data.views import MemmapPickling, ViewAugmentConfig, _tensor_view
 
 __all__ = ["TileDataset", "DeviceViews", "ViewParams", "draw_view_params", "crop_boxes",
            "gaussian_blur_per_sample", "reference_blur_params", "resolve_view_pipeline"]
@@ -60,7 +60,7 @@ def resolve_view_pipeline(setting: str, device: torch.device) -> str:
 
 # --- loader side -------------------------------------------------------------------------------
 
-class TileDataset(torch.utils.data.Dataset):
+class TileDataset(MemmapPickling, torch.utils.data.Dataset):
     """uint8 tiles ``(H, W, 3)`` (+ class maps ``(H, W)``) of ``images[indices[i]]``, no
     augmentation: the loader's whole job is one copy out of the memory map."""
 
@@ -77,18 +77,6 @@ class TileDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.indices)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["images"] = _MemmapRef.wrap(self.images)
-        state["masks"] = _MemmapRef.wrap(self.masks)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        for key in ("images", "masks"):
-            if isinstance(state[key], _MemmapRef):
-                state[key] = state[key].open()
-        self.__dict__.update(state)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         row = int(self.indices[i])

@@ -252,7 +252,24 @@ class _MemmapRef:
                          shape=self.shape)
 
 
-class TwoViewDataset(torch.utils.data.Dataset):
+class MemmapPickling:
+    """Pickles a dataset's ``images`` and ``masks`` memory maps as references to their files
+    (spawned loader workers re-open them read-only instead of receiving a copy)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["images"] = _MemmapRef.wrap(self.images)
+        state["masks"] = _MemmapRef.wrap(self.masks)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for key in ("images", "masks"):
+            if isinstance(state[key], _MemmapRef):
+                state[key] = state[key].open()
+        self.__dict__.update(state)
+
+
+class TwoViewDataset(MemmapPickling, torch.utils.data.Dataset):
     """Two independently augmented views of each image, with their aligned class maps.
 
     ``images``: ``(N, H, W, 3)`` uint8 array, typically a read-only ``np.memmap``; only sample
@@ -299,18 +316,6 @@ class TwoViewDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.indices)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["images"] = _MemmapRef.wrap(self.images)
-        state["masks"] = _MemmapRef.wrap(self.masks)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        for key in ("images", "masks"):
-            if isinstance(state[key], _MemmapRef):
-                state[key] = state[key].open()
-        self.__dict__.update(state)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         row = int(self.indices[i])
