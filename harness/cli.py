@@ -23,7 +23,8 @@ from harness.cli_common import open_store as _store
 from harness.cli_plugin import plugin_app, show
 from harness.plugin_faults import plugin_fault as _plugin_fault
 from harness.cli_stage import stage_app
-from harness.cli_execute import ExecutorOpt, execute, pick, show_schedule
+from harness.cli_execute import (CalibrateOpt, CalibrateStepsOpt, ExecutorOpt, calibrate as
+                                 run_calibration, execute, pick, show_schedule)
 from harness.errors import HarnessError
 from harness.spec_checks import output_problems, printable
 
@@ -110,7 +111,8 @@ def run(spec: Annotated[Path, typer.Argument(help="spec file")],
         quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
         logger: Annotated[Optional[list[str]], typer.Option("--logger", help="record the run with this logger too, e.g. tensorboard, mlflow (repeatable; as the spec's loggers:)")] = None,
         json_: Annotated[bool, typer.Option("--json", help="with --dry-run: the plan as one JSON document (see the README)")] = False,
-        executor: ExecutorOpt = None) -> None:
+        executor: ExecutorOpt = None, calibrate: CalibrateOpt = False,
+        calibrate_steps: CalibrateStepsOpt = 5) -> None:
     """Compute every cell of a comparison (reusing the store) and write its report."""
     from harness.errors import UsageError
     from harness.loggers import session_for
@@ -120,6 +122,8 @@ def run(spec: Annotated[Path, typer.Argument(help="spec file")],
 
     if json_ and not dry_run:
         raise UsageError("--json: only with --dry-run (a run's results are in its report.json)")
+    if calibrate and not dry_run:
+        raise UsageError("--calibrate: only with --dry-run (it estimates what a run costs)")
     rspec = load_spec(spec, set_ or [])
     registry = get_registry()
     if output is not None and (problems := output_problems(str(output), None, "--output", "run folder")):
@@ -136,6 +140,8 @@ def run(spec: Annotated[Path, typer.Argument(help="spec file")],
             from harness.cli_output import plan_json, write_json
 
             return write_json(plan_json(runner, plan, str(spec)))
+        if calibrate:
+            run_calibration(runner, plan, calibrate_steps)
         _print_plan(runner, plan)
         show_schedule(runner, plan, chosen)
         return

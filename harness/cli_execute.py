@@ -28,12 +28,37 @@ def execute(runner: Any, plan: Any, executor: Any) -> Any:
     return executor.run(runner, plan)
 
 
-def show_schedule(runner: Any, plan: Any, executor: Any) -> None:
+CalibrateOpt = Annotated[bool, typer.Option(
+    "--calibrate", help="with --dry-run: run each pending stage the store has no record of the "
+    "same config for a few timed batches per loop, in a scratch folder (nothing is published), "
+    "and estimate it from them; kept in the store for later dry runs")]
+CalibrateStepsOpt = Annotated[int, typer.Option(
+    "--calibrate-steps", min=1, max=10_000, help="timed batches per loop of a calibration run "
+    "(after one untimed)")]
+
+
+def device_name(runner: Any) -> str:
     from harness.engine.runtime import describe_device, resolve_device
-    from harness.execute.schedule import device_kind, fmt_seconds, schedule
+    from harness.execute.schedule import device_kind
+
+    return device_kind(describe_device(resolve_device(runner.rspec.spec.finetune.device)))
+
+
+def calibrate(runner: Any, plan: Any, steps: int) -> None:
+    """Calibration runs of the pending stages without a same-config record on this device."""
+    from harness.execute.calibrate import calibrate as run, to_calibrate
+    from harness.execute.schedule import same_config_known
+
+    device = device_name(runner)
+    stages = to_calibrate(plan, runner.store, device, same_config_known(runner.store, plan, device))
+    run(runner, stages, steps, device)
+
+
+def show_schedule(runner: Any, plan: Any, executor: Any) -> None:
+    from harness.execute.schedule import fmt_seconds, schedule
 
     slots = executor.slots(runner)
-    device = device_kind(describe_device(resolve_device(runner.rspec.spec.finetune.device)))
+    device = device_name(runner)
     plan_info = schedule(plan, runner.store, slots, device)
     table = Table(title=f"schedule: executor {executor.name}, {len(slots)} at once "
                         f"({', '.join(slots[:4])}{', ...' if len(slots) > 4 else ''})")
@@ -46,7 +71,8 @@ def show_schedule(runner: Any, plan: Any, executor: Any) -> None:
                       fmt_seconds(r["seconds"]), basis)
     out.print(table)
     unknown = plan_info["unknown"]
-    note = f" ({unknown} stage(s) without an estimate not counted)" if unknown else ""
+    note = (f" ({unknown} stage(s) without an estimate not counted; `--calibrate` times a few "
+            f"steps of each)") if unknown else ""
     out.print(f"{len(plan_info['rows'])} stage(s) pending in "
               f"{len({r['wave'] for r in plan_info['rows']})} wave(s), {len(plan_info['done'])} "
               f"already in the store; estimated wall time on {device} with {executor.name}: "

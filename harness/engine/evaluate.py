@@ -11,6 +11,7 @@ import torch.nn.functional as nnf
 
 from harness.data.base import LabeledArrays
 from harness.data.torchdata import Normalizer
+from harness.engine import calibration
 from harness.engine.context import StageContext
 from harness.engine.model import build_unet
 from harness.engine.runtime import Precision, progress_bar
@@ -44,7 +45,8 @@ def predict(model: torch.nn.Module, images: np.ndarray, rows: Sequence[int], nor
     model.eval().to(device)
     loader = torch.utils.data.DataLoader(_Images(images, np.asarray(rows)), batch_size=batch_size,
                                          shuffle=False, num_workers=num_workers)
-    start = 0
+    start, rows = 0, np.asarray(rows)
+    meter = calibration.meter(label, "predict", len(loader))
     with progress_bar(label, len(loader), quiet) as advance:
         for batch in loader:
             h, w = batch.shape[-2:]
@@ -58,6 +60,11 @@ def predict(model: torch.nn.Module, images: np.ndarray, rows: Sequence[int], nor
             yield start, pred
             start += len(pred)
             advance(1)
+            if meter is not None and meter.tick():
+                break  # a calibration run: the other images are not computed (background)
+        for rest in range(start, len(rows), batch_size):
+            n = min(batch_size, len(rows) - rest)
+            yield rest, np.zeros((n,) + tuple(images.shape[1:3]), np.uint8)
 
 
 def load_model(path, encoder_name: str, num_classes: int,

@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
+from harness.engine import calibration
 from harness.engine import distributed as dist
 from harness.engine.runtime import Checkpoint, console, progress_bar, set_rng_state
 
@@ -297,6 +298,7 @@ class TrainLoop:
         self.resume()
         step = optimizer_steps(self.position, self.source.period, self.accumulation)
         self._last_write = time.monotonic()
+        meter = calibration.meter(self.label, "train", self.source.total - self.position)
         with progress_bar(self.label, self.source.total, self.quiet) as advance, _stop_signals():
             advance(self.position)
             for batch in self.source.batches(self.position):
@@ -318,6 +320,8 @@ class TrainLoop:
                     self._end_period(period)
                 if boundary:
                     self._maybe_checkpoint()
+                if meter is not None and meter.tick() and boundary:
+                    break  # a calibration run: timed enough steps (harness.engine.calibration)
             if self.position > self.start or dist.world_size() > 1 or not self.checkpoint.exists():
                 self.save()  # the end state: a crash before the commit does not retrain
         dist.barrier()

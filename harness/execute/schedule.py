@@ -5,10 +5,11 @@ stage and the run's estimated wall time.
 Estimates come from the store: every published stage keeps ``seconds`` and, in its provenance,
 the device it ran on. A pending stage is estimated by the published stages of the same kind on
 the same kind of device (GPU model, or the CPU) whose config is closest to its own (fewest
-differing settings; the median of ties), and says which basis it used. A stage with no such
-record has no estimate (``?``); a calibration run is not made (it would be a real stage run:
-compute one cheap cell first, e.g. with ``--set finetune.epochs=1``, and the records it leaves
-are what later dry runs scale from, marked as from a different config).
+differing settings; the median of ties), and says which basis it used. A record of the same
+config is the best basis; else a calibration of the stage itself on this device kind
+(``--dry-run --calibrate``: a few batches of each of its loops, timed and extrapolated, see
+:mod:`harness.execute.calibrate`), marked ``calibrated``; else the closest config; else no
+estimate (``?``, and the schedule says how to calibrate).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from harness.execute.calibrate import saved
 from harness.execute.graph import pending, waves
 
 
@@ -66,6 +68,12 @@ def estimate(stage: Any, metas: list[dict[str, Any]], device: str) -> tuple[floa
     return seconds, f"{basis}, {sum(d == best for d, _ in scored)} record(s)"
 
 
+def same_config_known(store: Any, plan: Any, device: str) -> Any:
+    """``f(stage)``: whether the store has a record of the stage's config on ``device``."""
+    metas = published(store, {s.kind for s in plan.stages()})
+    return lambda s: estimate(s, metas[s.kind], device)[1].startswith("same config")
+
+
 def simulate(stages: list[Any], seconds: dict[str, float], slots: int) -> tuple[float, dict[str, int]]:
     """List scheduling as the drivers do it: of the stages whose dependencies are scheduled, the
     one ready first (then plan order) starts on the slot free first. Returns the makespan and
@@ -95,6 +103,8 @@ def schedule(plan: Any, store: Any, slot_names: list[str], device: str) -> dict[
     rows, seconds = [], {}
     for s in todo:
         est, basis = estimate(s, metas[s.kind], device)
+        if not basis.startswith("same config") and (cal := saved(store, s.kind, s.key, device)):
+            est, basis = cal["seconds"], f"calibrated: {cal['steps']} steps"
         if est is not None:
             seconds[s.key] = est
         rows.append({"stage": s, "seconds": est, "basis": basis,
