@@ -132,3 +132,47 @@ def _shape(data):
     if isinstance(data, list):
         return [_shape(v) for v in data[:1]]
     return type(data).__name__
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_driver_checkpoints_the_training_processes(tmp_path):
+    """SIGTERM to ``harness run --nproc 2``: the fine-tune's processes checkpoint and stop, the
+    driver exits 130 and no process of the run is left; the checkpoint stays for a rerun."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from conftest import REPO
+
+    spec = one_cell(tmp_path, epochs=400)
+    store = tmp_path / "s"
+    env = {**os.environ, "HARNESS_STORE": str(store), "HARNESS_CHECKPOINT_EVERY_S": "1"}
+    cmd = [sys.executable, "-m", "harness.cli", "run", str(spec), "--nproc", "2", "--store",
+           str(store), "--output", str(tmp_path / "out"), "--quiet"]
+    driver = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=open(tmp_path / "driver.log", "w"),
+                              stderr=subprocess.STDOUT)
+    work = store / "work" / "finetune"
+    deadline = time.time() + 600
+    while time.time() < deadline and not (list(work.glob("*/checkpoint.pt")) if work.exists() else []):
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+        time.sleep(0.5)
+    driver.send_signal(signal.SIGTERM)
+    driver.wait(timeout=300)
+    log = (tmp_path / "driver.log").read_text()
+    assert driver.returncode == 130, log[-3000:]
+    assert "SIGTERM: checkpoint" in log, log[-3000:]
+    assert stage_count(store, "encoder") == 1 and stage_count(store, "finetune") == 0
+    assert list(work.glob("*/checkpoint.pt"))
+    time.sleep(1)
+    left = [p for p in Path("/proc").glob("[0-9]*/cmdline") if str(spec).encode() in _read(p)]
+    assert not left, left
+
+
+def _read(path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
