@@ -58,11 +58,22 @@ class StageProcesses:
         console.log(f"  start {stage.kind} {stage.label} in {n} processes (log: {log})")
         rc = run_logged(cmd, log, {**os.environ, **thread_env(n)}, self.grace_s)
         if rc != 0 or not self.runner.store.is_done(stage.kind, stage.key):
-            from harness.execute.pool import last_line
-
-            why = f"exit {rc}: {last_line(log)}" if rc else "finished without publishing its result"
+            why = f"exit {rc}: {error_line(log)}" if rc else "finished without publishing its result"
             raise StagesFailed(f"{stage.label}: {why} (log: {log})", [rc or 1])
         return True
+
+
+def error_line(log: Path) -> str:
+    """The stage's own ``error: ...`` line (a rank's; torchrun's failure banner comes after
+    it), else the log's last line."""
+    from harness.execute.pool import last_line
+
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    errors = [ln.strip() for ln in lines if ln.startswith("error: ")]
+    return errors[-1][:300] if errors else last_line(log)
 
 
 def run_logged(cmd: list[str], log: Path, env: dict[str, str], grace_s: float) -> int:
