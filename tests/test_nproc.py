@@ -176,3 +176,20 @@ def _read(path) -> bytes:
         return path.read_bytes()
     except OSError:
         return b""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("execution", ["execution: {executor: pool, threads: 1}",
+                                       "execution: {executor: slurm, cluster: local, poll_s: 0.5}"])
+def test_pool_and_slurm_run_the_training_stage_under_torchrun(tmp_path, execution):
+    """The same with a pool worker and a (submitit-local) SLURM job: the training stage's
+    command carries ``--nproc 2``."""
+    spec = one_cell(tmp_path, execution=execution)
+    store = tmp_path / "s"
+    proc = harness("run", str(spec), "--nproc", "2", "--output", str(tmp_path / "out"), "--quiet",
+                   store=store, threads=2)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    worlds = {p.parent.parent.name: json.loads(p.read_text())["provenance"]["world_size"]
+              for p in (store / "stages").glob("*/*/meta.json")}
+    assert worlds == {"encoder": 1, "finetune": 2, "evaluate": 1}
+    assert len(records(tmp_path / "out")) == 1
