@@ -23,8 +23,8 @@ from harness.cli_common import open_store as _store
 from harness.cli_plugin import plugin_app, show
 from harness.plugin_faults import plugin_fault as _plugin_fault
 from harness.cli_stage import stage_app
-from harness.cli_execute import (CalibrateOpt, CalibrateStepsOpt, ExecutorOpt, calibrate as
-                                 run_calibration, execute, pick, show_schedule)
+from harness.cli_execute import (CalibrateOpt, CalibrateStepsOpt, ExecutorOpt, NprocOpt,
+                                 calibrate as run_calibration, execute, pick, show_schedule)
 from harness.errors import HarnessError
 from harness.spec_checks import output_problems, printable
 
@@ -111,7 +111,7 @@ def run(spec: Annotated[Path, typer.Argument(help="spec file")],
         quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
         logger: Annotated[Optional[list[str]], typer.Option("--logger", help="record the run with this logger too, e.g. tensorboard, mlflow (repeatable; as the spec's loggers:)")] = None,
         json_: Annotated[bool, typer.Option("--json", help="with --dry-run: the plan as one JSON document (see the README)")] = False,
-        executor: ExecutorOpt = None, calibrate: CalibrateOpt = False,
+        executor: ExecutorOpt = None, nproc: NprocOpt = None, calibrate: CalibrateOpt = False,
         calibrate_steps: CalibrateStepsOpt = 5) -> None:
     """Compute every cell of a comparison (reusing the store) and write its report."""
     from harness.errors import UsageError
@@ -131,7 +131,7 @@ def run(spec: Annotated[Path, typer.Argument(help="spec file")],
     output_dir = output or rspec.output_dir()
     runner = Runner(rspec, registry, _store(store), output_dir, quiet=True if quiet else None)
     loggers = session_for(registry, rspec, logger or [], output_dir)  # checked before any work
-    chosen = pick(runner, executor)
+    chosen = pick(runner, executor, nproc)
     # A dry run runs no stage, but a generated (auto-prepared) dataset is generated: the plan's
     # stage keys depend on its sample ids, so without it a dry run on a fresh store cannot plan.
     plan, _, _ = runner.plan(prepare=True)

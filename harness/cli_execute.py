@@ -14,14 +14,23 @@ ExecutorOpt = Annotated[Optional[str], typer.Option(
     "--executor", help="where stages run: local (default), pool (one worker per GPU or CPU "
     "share), slurm (cluster jobs), or an installed executor plugin; overrides the spec's "
     "execution.executor (settings: --set execution.KEY=VALUE)")]
+NprocOpt = Annotated[Optional[int], typer.Option(
+    "--nproc", min=1, help="processes training each training stage together (DDP under "
+    "torchrun, one node: one per GPU, or gloo on CPU), with any executor; overrides "
+    "execution.gpus_per_stage")]
 
 
-def pick(runner: Any, name: str | None) -> Any:
-    """The executor (instance) of this run: ``--executor`` or the spec's ``execution:``."""
+def pick(runner: Any, name: str | None, nproc: int | None = None) -> Any:
+    """The executor (instance) of this run: ``--executor`` or the spec's ``execution:``;
+    ``nproc`` replaces its ``gpus_per_stage``. Its slots are computed once here, so that a
+    setting this machine cannot meet (more GPUs than visible) stops the run before any work."""
     from harness.execute.base import executor_config
 
-    cls, config = executor_config(runner.rspec.spec, runner.registry, name, runner.rspec.source)
-    return cls(config)
+    cls, config = executor_config(runner.rspec.spec, runner.registry, name, runner.rspec.source,
+                                  nproc=nproc)
+    executor = cls(config)
+    executor.slots(runner)
+    return executor
 
 
 def execute(runner: Any, plan: Any, executor: Any) -> Any:
@@ -67,7 +76,8 @@ def show_schedule(runner: Any, plan: Any, executor: Any) -> None:
     for r in plan_info["rows"]:
         s = r["stage"]
         basis = r["basis"] + ("; resumes from a checkpoint" if r["resumes"] else "")
-        table.add_row(str(r["wave"]), s.kind, s.label, s.key[:12], r["where"],
+        where = executor.where(runner, s, r["where"])  # with a training stage's processes
+        table.add_row(str(r["wave"]), s.kind, s.label, s.key[:12], where,
                       fmt_seconds(r["seconds"]), basis)
     out.print(table)
     unknown = plan_info["unknown"]

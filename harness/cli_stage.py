@@ -1,7 +1,9 @@
 """``harness stage run SPEC KEY``: compute one stage of a spec's plan in this process, exactly
 as ``harness run`` computes it, and publish it in the store (what executors call). With
 ``--nproc N`` the command re-launches itself under torchrun (``torch.distributed.run``): N
-processes train the stage with DDP (:mod:`harness.engine.distributed`)."""
+processes train the stage with DDP (:mod:`harness.engine.distributed`); an interrupt (Ctrl-C,
+SIGTERM) of this command reaches them as one SIGTERM (they checkpoint and stop), and a CPU-thread
+budget in ``OMP_NUM_THREADS`` (a pool worker's, a SLURM job's) is split among them."""
 
 from __future__ import annotations
 
@@ -89,4 +91,23 @@ def _torchrun(nproc: int) -> int:
             args.append(arg)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={nproc}", "-m", "harness.cli", *args]
-    return subprocess.call(cmd)
+    env = dict(os.environ)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # the budget of all N processes
+        if env.get(name, "").isdigit():
+            env[name] = str(max(1, int(env[name]) // nproc))
+    # its own session: this process alone decides what torchrun is sent (one SIGTERM, which
+    # torchrun passes to every rank), not a terminal's Ctrl-C to the whole group
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    try:
+        return proc.wait()
+    except BaseException:
+        import signal
+
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait()
+        except BaseException:  # a second interrupt: stop now
+            proc.kill()
+            proc.wait()
+        raise

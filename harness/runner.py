@@ -77,11 +77,13 @@ class Runner:
         self.executor().execute(stage, result)
         return result
 
-    def run(self, plan: Plan, computed_elsewhere: Any = ()) -> RunResult:
+    def run(self, plan: Plan, computed_elsewhere: Any = (), delegate: Any = None) -> RunResult:
         """Compute (or reuse) every stage in this process and write records and report;
-        ``computed_elsewhere``: keys an executor's workers computed for this run."""
+        ``computed_elsewhere``: keys an executor's workers computed for this run; ``delegate``:
+        see :class:`LocalExecutor` (a stage it computes in other processes)."""
         executor = self.executor()
         executor.elsewhere = set(computed_elsewhere)
+        executor.delegate = delegate
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "records").mkdir(exist_ok=True)
         run_info = {"name": self.rspec.name, "spec": self.rspec.resolved(),

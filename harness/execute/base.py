@@ -9,6 +9,11 @@ Executors that spread stages over processes or machines walk the plan's graph
 (:mod:`harness.execute.graph`) and compute each ready stage with ``harness stage run SPEC KEY``
 against the shared store; once every stage is in the store, the run's records and report are
 written exactly as the ``local`` executor writes them (:meth:`harness.runner.Runner.run`).
+
+Settings common to every executor live in :class:`ExecutorConfig`, which each executor's
+``Config`` derives from: ``gpus_per_stage`` (``harness run --nproc N``) runs each training stage
+(a stage kind with ``distributed = True``) as ``harness stage run --nproc N``: N processes on
+one node under torchrun, one per GPU, or gloo processes on the CPU; other stages run in one.
 """
 
 from __future__ import annotations
@@ -18,13 +23,19 @@ import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness.errors import PluginError, SpecError
 
 
 class ExecutorConfig(BaseModel):
+    """Settings every executor has (kept when ``--executor`` picks another than the spec's)."""
+
     model_config = ConfigDict(extra="forbid")
+    gpus_per_stage: int = Field(1, ge=1, le=256, description="processes that train each training "
+                                "stage together (DDP under torchrun, on one node): its GPUs, or "
+                                "gloo processes on the CPU; stages that only predict run in one "
+                                "(`harness run --nproc N`)")
 
 
 class Executor:
@@ -40,16 +51,41 @@ class Executor:
         raise NotImplementedError
 
     def slots(self, runner: Any) -> list[str]:
-        """Where stages run side by side (for ``--dry-run``): one name per slot."""
+        """Where stages run side by side (for ``--dry-run``): one name per slot. Also called
+        before any work, to check settings against this machine (its GPUs)."""
         return ["this process"]
+
+    @property
+    def nproc(self) -> int:
+        """``gpus_per_stage`` (1 for a Config that does not derive from ExecutorConfig)."""
+        return int(getattr(self.config, "gpus_per_stage", 1))
+
+    def processes(self, runner: Any, stage: Any) -> int:
+        """Processes that compute ``stage``: ``gpus_per_stage`` for a training stage, else 1."""
+        return stage_processes(runner, stage, self.nproc)
+
+    def where(self, runner: Any, stage: Any, slot: str) -> str:
+        """The dry run's ``where`` of ``stage`` placed on ``slot``: with its processes."""
+        n = self.processes(runner, stage)
+        return slot if n == 1 else f"{slot}, {n} processes"
+
+
+def stage_processes(runner: Any, stage: Any, nproc: int) -> int:
+    """``nproc`` for a stage whose kind trains with the shared loop (``distributed``), else 1."""
+    if nproc <= 1:
+        return 1
+    kind = runner.registry.stage_kind(stage.kind).cls
+    return nproc if getattr(kind, "distributed", False) else 1
 
 
 def executor_config(spec: Any, registry: Any, name: str | None, source: str = "",
-                    lines: dict | None = None) -> tuple[type[Executor], BaseModel]:
+                    lines: dict | None = None, nproc: int | None = None
+                    ) -> tuple[type[Executor], BaseModel]:
     """The executor class and its validated settings: ``name`` (``--executor``) or the spec's
     ``execution.executor``; the section's other keys are that executor's settings. Where the
     section names an executor and ``--executor`` another, its settings are dropped (they belong
-    to the spec's one); where it names none, they are the chosen executor's."""
+    to the spec's one) except the common ones (:class:`ExecutorConfig`'s); where it names none,
+    they are the chosen executor's. ``nproc`` (``--nproc``) replaces ``gpus_per_stage``."""
     from harness.spec.problems import format_errors
 
     section = spec.execution
@@ -58,7 +94,15 @@ def executor_config(spec: Any, registry: Any, name: str | None, source: str = ""
     if info is None:
         raise PluginError(registry.missing_message(chosen, "executor"))
     named = "executor" in section.model_fields_set
-    settings = section.options if chosen == section.executor or not named else {}
+    config_cls = info.cls.Config
+    settings = section.options if chosen == section.executor or not named else {
+        k: v for k, v in section.options.items()
+        if k in ExecutorConfig.model_fields and k in config_cls.model_fields}
+    if nproc is not None:
+        if "gpus_per_stage" not in config_cls.model_fields:
+            raise SpecError(f"--nproc: executor {chosen!r} has no gpus_per_stage setting (its "
+                            f"Config does not derive from harness.execute.base.ExecutorConfig)")
+        settings = {**settings, "gpus_per_stage": nproc}
     try:
         return info.cls, info.cls.Config.model_validate(settings)
     except ValidationError as exc:
@@ -80,9 +124,9 @@ def execution_problems(spec: Any, registry: Any, source: str, lines: dict) -> li
     return []
 
 
-def stage_command(runner: Any, stage: Any, absolute: bool = False) -> list[str]:
-    """``harness stage run SPEC KEY --store S --quiet [--set ...]`` for one stage, with this
-    interpreter (so a worker runs the very installation the driver runs)."""
+def stage_command(runner: Any, stage: Any, absolute: bool = False, nproc: int = 1) -> list[str]:
+    """``harness stage run SPEC KEY --store S --quiet [--set ...] [--nproc N]`` for one stage,
+    with this interpreter (so a worker runs the very installation the driver runs)."""
     spec = Path(runner.rspec.source)
     if absolute:
         spec = spec.resolve()
@@ -91,6 +135,8 @@ def stage_command(runner: Any, stage: Any, absolute: bool = False) -> list[str]:
            f"{stage.kind}/{stage.key}", "--store", str(store), "--quiet"]
     for override in runner.rspec.overrides:
         cmd += ["--set", override]
+    if nproc > 1:
+        cmd += ["--nproc", str(nproc)]
     return cmd
 
 

@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from harness.console import console
 from harness.engine import distributed as dist
@@ -44,6 +44,9 @@ class LocalExecutor:
         #: Keys that other processes (an executor's workers or jobs) computed for this run: a
         #: record says computed, not reused, for them, as if this process had computed them.
         self.elsewhere: set[str] = set()
+        #: ``delegate(stage)``: computes a stage elsewhere (in other processes) and says True,
+        #: or False to leave it to this process (the local executor's ``gpus_per_stage``).
+        self.delegate: Callable[[Stage], bool] | None = None
 
     def missing(self, stage: Stage) -> list[Stage]:
         """The stages upstream of ``stage`` that the store does not hold, dependencies first."""
@@ -59,10 +62,13 @@ class LocalExecutor:
         stage_info = {"kind": stage.kind, "key": stage.key, "label": stage.label}
         path = self.store.stage_dir(stage.kind, stage.key)
         if dist.is_distributed() or not self.store.is_done(stage.kind, stage.key):
-            # under DDP rank 0 claims and decides for every rank
-            with dist.on_rank_zero(self.store.claim(stage.kind, stage.key, stage.label)) as claim:
-                if claim is not None:  # else another worker published it while we waited
-                    return self._compute(stage, result, stage_info, path)
+            if self.delegate is not None and self.delegate(stage):  # published it
+                self.elsewhere.add(stage.key)
+            else:
+                # under DDP rank 0 claims and decides for every rank
+                with dist.on_rank_zero(self.store.claim(stage.kind, stage.key, stage.label)) as claim:
+                    if claim is not None:  # else another worker published it while we waited
+                        return self._compute(stage, result, stage_info, path)
         cached = stage.key not in self.elsewhere  # a pool worker or cluster job computed it
         (result.reused if cached else result.computed).append(stage.key)
         meta = self.store.meta(stage.kind, stage.key)
@@ -98,7 +104,9 @@ class LocalExecutor:
         self.store.commit(stage.kind, stage.key, tmp, {
             "label": stage.label, "config": stage.config, "version": stage.version,
             "deps": {n: d.key for n, d in stage.deps.items()}, "result": stage_result,
-            "seconds": seconds, "device": str(device), "provenance": self.provenance})
+            "seconds": seconds, "device": str(device),
+            # the processes that computed it (torchrun's world): not part of its key
+            "provenance": {**self.provenance, "world_size": dist.world_size()}})
         dist.barrier()
         result.computed.append(stage.key)
         console.log(f"  done {stage.kind} {stage.label} ({seconds:.1f} s)")

@@ -1,6 +1,9 @@
 """``pool``: N worker processes on this machine. By default one per visible GPU, each pinned with
 ``CUDA_VISIBLE_DEVICES``; without GPUs (or with ``device: cpu``), N CPU workers, each with its
-share of the CPU threads (``OMP_NUM_THREADS``, which also sets torch's intra-op threads).
+share of the CPU threads (``OMP_NUM_THREADS``, which also sets torch's intra-op threads). With
+``gpus_per_stage: G`` a worker holds G GPUs (by default visible GPUs // G workers) and runs a
+training stage as ``harness stage run --nproc G``, which splits the worker's threads among
+its G processes; on the CPU the G processes are gloo ones.
 
 Every stage whose inputs are in the store starts as soon as a worker is free, as a
 ``harness stage run`` subprocess (so a crash of one stage leaves the driver and the others
@@ -23,8 +26,8 @@ from typing import Any
 from pydantic import Field
 
 from harness.console import console
-from harness.errors import StagesFailed
-from harness.execute.base import Executor, ExecutorConfig, shown, stage_command
+from harness.errors import SpecError, StagesFailed
+from harness.execute.base import Executor, ExecutorConfig, shown, stage_command, stage_processes
 from harness.execute.graph import drive
 from harness.hookspecs import hookimpl
 
@@ -50,16 +53,24 @@ def visible_gpus(device: str) -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def worker_slots(config: PoolConfig, device: str) -> list[dict[str, str]]:
-    """One environment per worker: its GPU, or its CPU-thread budget."""
-    gpus = visible_gpus(device)
-    cpus = os.cpu_count() or 1
+def worker_slots(config: PoolConfig, device: str, gpus: list[str] | None = None,
+                 cpus: int | None = None) -> list[dict[str, str]]:
+    """One environment per worker: its ``gpus_per_stage`` GPUs, or its CPU-thread budget (a
+    training stage's processes share it). ``gpus``/``cpus``: this machine's by default."""
+    gpus = visible_gpus(device) if gpus is None else gpus
+    cpus = cpus or os.cpu_count() or 1
+    per = config.gpus_per_stage
     if gpus:
-        n = config.workers or len(gpus)
+        if per > len(gpus):
+            raise SpecError(f"execution.gpus_per_stage: {per} GPUs per stage, but {len(gpus)} "
+                            f"visible (CUDA_VISIBLE_DEVICES={','.join(gpus)}); use at most "
+                            f"{len(gpus)} (or --nproc {len(gpus)})")
+        groups = [",".join(gpus[i * per:(i + 1) * per]) for i in range(len(gpus) // per)]
+        n = config.workers or len(groups)
         threads = config.threads or max(1, cpus // n)
-        return [{"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)], "OMP_NUM_THREADS": str(threads),
+        return [{"CUDA_VISIBLE_DEVICES": groups[i % len(groups)], "OMP_NUM_THREADS": str(threads),
                  "MKL_NUM_THREADS": str(threads)} for i in range(n)]
-    n = config.workers or max(1, cpus // (config.threads or 2))
+    n = config.workers or max(1, cpus // max(config.threads or 2, per))
     threads = config.threads or max(1, cpus // n)
     return [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads),
              "MKL_NUM_THREADS": str(threads)} for _ in range(n)]
@@ -67,7 +78,9 @@ def worker_slots(config: PoolConfig, device: str) -> list[dict[str, str]]:
 
 def describe_slot(env: dict[str, str], i: int) -> str:
     gpu = env.get("CUDA_VISIBLE_DEVICES")
-    return f"worker {i} (GPU {gpu})" if gpu else f"worker {i} ({env['OMP_NUM_THREADS']} threads)"
+    if gpu:
+        return f"worker {i} (GPU{'s' if ',' in gpu else ''} {gpu})"
+    return f"worker {i} ({env['OMP_NUM_THREADS']} threads)"
 
 
 @dataclass
@@ -82,8 +95,10 @@ class _Job:
 class ProcessLauncher:
     """Stages as ``harness stage run`` subprocesses, one per free slot."""
 
-    def __init__(self, runner: Any, slots: list[dict[str, str]], logs: Path, grace_s: float):
+    def __init__(self, runner: Any, slots: list[dict[str, str]], logs: Path, grace_s: float,
+                 nproc: int = 1):
         self.runner, self.slots, self.logs, self.grace_s = runner, slots, logs, grace_s
+        self.nproc = nproc  # processes of a training stage (gpus_per_stage)
         self.capacity = len(slots)
         self.free = list(range(len(slots)))
 
@@ -92,7 +107,8 @@ class ProcessLauncher:
         jobs = []
         for stage in stages:
             slot = self.free.pop(0)
-            cmd = stage_command(self.runner, stage)
+            cmd = stage_command(self.runner, stage,
+                                nproc=stage_processes(self.runner, stage, self.nproc))
             log = self.logs / f"{stage.kind}-{stage.key[:12]}.log"
             with open(log, "ab") as fh:
                 fh.write(f"$ {shown(cmd)}\n".encode())
@@ -145,7 +161,7 @@ class PoolExecutor(Executor):
         envs = worker_slots(self.config, runner.rspec.spec.finetune.device)
         console.log(f"pool: {len(envs)} workers: {', '.join(self.slots(runner))}")
         launcher = ProcessLauncher(runner, envs, Path(runner.output_dir) / "logs",
-                                   self.config.stop_grace_s)
+                                   self.config.stop_grace_s, self.nproc)
         outcome = drive(plan, runner.store, launcher)
         if outcome.failed:
             raise StagesFailed(outcome.summary(), outcome.codes)

@@ -10,6 +10,10 @@ them instead of submitting them twice. submitit's own job files (its pickles and
 logs) go to ``folder`` (default: ``<run folder>/slurm``), which must be on a filesystem the
 nodes share, like the store.
 
+With ``gpus_per_stage: N`` (``--nproc N``) a training stage's job asks for N GPUs on one node
+(``gpus_per_job``'s default) and runs ``harness stage run --nproc N`` (torchrun inside the job,
+``--standalone``: jobs never span nodes); other stages' jobs ask for one GPU at most.
+
 ``cluster: local`` runs the same jobs through submitit's local executor (real subprocesses,
 time limits and requeues on this machine), which is how the tests drive it without SLURM.
 """
@@ -23,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from harness.console import console
 from harness.errors import StagesFailed, UsageError
@@ -39,7 +43,9 @@ ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZI
 class SlurmConfig(ExecutorConfig):
     partition: str | None = Field(None, description="sbatch --partition (default: the cluster's)")
     account: str | None = Field(None, description="sbatch --account")
-    gpus_per_job: int = Field(0, ge=0, le=64, description="GPUs of each stage's job")
+    gpus_per_job: int | None = Field(None, ge=0, le=64, description="GPUs of each stage's job "
+                                     "(0: CPU jobs); default: gpus_per_stage when over 1 (unless "
+                                     "finetune.device is cpu), else 0")
     cpus_per_job: int = Field(2, ge=1, le=1024, description="CPUs of each stage's job (also its "
                               "OMP_NUM_THREADS)")
     mem_gb: float | None = Field(None, gt=0, description="memory of each job (default: the cluster's)")
@@ -60,19 +66,43 @@ class SlurmConfig(ExecutorConfig):
                                                "executor (subprocess jobs here; for testing)")
     poll_s: float = Field(5.0, gt=0, le=600, description="seconds between checks of the jobs")
 
+    @model_validator(mode="after")
+    def _gpus_agree(self) -> "SlurmConfig":
+        both = {"gpus_per_job", "gpus_per_stage"} <= self.model_fields_set
+        if both and self.gpus_per_job not in (0, self.gpus_per_stage):
+            raise ValueError(f"gpus_per_job {self.gpus_per_job} and gpus_per_stage "
+                             f"{self.gpus_per_stage} disagree (a training stage's job gets "
+                             f"gpus_per_stage GPUs); drop gpus_per_job, or set it to "
+                             f"{self.gpus_per_stage} (0: CPU jobs with gloo processes)")
+        return self
+
 
 class SlurmExecutor(Executor):
     name = "slurm"
     description = "each stage a SLURM job via submitit; requeue on time limit/preemption"
     Config = SlurmConfig
 
-    def slots(self, runner: Any) -> list[str]:
+    def gpus(self, runner: Any, nproc: int) -> int:
+        """GPUs of the job of a stage in ``nproc`` processes."""
         c = self.config
-        where = f"job ({c.cpus_per_job} CPUs{f', {c.gpus_per_job} GPUs' if c.gpus_per_job else ''}" \
-                f"{f', {c.partition}' if c.partition else ''})"
-        return [where] * c.max_jobs
+        gpus = c.gpus_per_job if c.gpus_per_job is not None else (
+            c.gpus_per_stage if c.gpus_per_stage > 1 and runner.rspec.spec.finetune.device != "cpu"
+            else 0)
+        return gpus if nproc > 1 or c.gpus_per_stage == 1 else min(gpus, 1)
 
-    def submitit_executor(self, runner: Any) -> Any:
+    def _where(self, gpus: int) -> str:
+        c = self.config
+        return f"job ({c.cpus_per_job} CPUs{f', {gpus} GPUs' if gpus else ''}" \
+               f"{f', {c.partition}' if c.partition else ''})"
+
+    def slots(self, runner: Any) -> list[str]:
+        return [self._where(self.gpus(runner, 1))] * self.config.max_jobs
+
+    def where(self, runner: Any, stage: Any, slot: str) -> str:
+        n = self.processes(runner, stage)
+        return slot if n == 1 else f"{self._where(self.gpus(runner, n))}, {n} processes"
+
+    def submitit_executor(self, runner: Any, gpus: int = 0) -> Any:
         try:
             import submitit
         except ImportError:
@@ -82,7 +112,7 @@ class SlurmExecutor(Executor):
         folder = Path(c.folder) if c.folder else Path(runner.output_dir) / "slurm"
         if c.cluster == "local":  # submitit's local executor, its own parameter names
             ex = submitit.LocalExecutor(folder=folder.resolve() / "%j", max_num_timeout=c.max_requeues)
-            ex.update_parameters(timeout_min=c.time_min, gpus_per_node=c.gpus_per_job,
+            ex.update_parameters(timeout_min=c.time_min, gpus_per_node=gpus,
                                  signal_delay_s=c.signal_delay_s)
             return ex
         # submitit asks sacct for job states and warns at every poll where the cluster keeps no
@@ -90,7 +120,7 @@ class SlurmExecutor(Executor):
         logging.getLogger("submitit").setLevel(logging.ERROR)
         ex = submitit.AutoExecutor(folder=folder.resolve() / "%j", cluster="slurm",
                                    slurm_max_num_timeout=c.max_requeues)
-        params: dict[str, Any] = {"timeout_min": c.time_min, "gpus_per_node": c.gpus_per_job,
+        params: dict[str, Any] = {"timeout_min": c.time_min, "gpus_per_node": gpus, "nodes": 1,
                                   "cpus_per_task": c.cpus_per_job, "name": f"harness-{runner.rspec.name}",
                                   "slurm_signal_delay_s": c.signal_delay_s,
                                   "slurm_additional_parameters": dict(c.sbatch),
@@ -147,27 +177,36 @@ class JobLauncher:
     def __init__(self, executor: SlurmExecutor, runner: Any, state: JobState):
         self.executor, self.runner, self.state = executor, runner, state
         self.capacity = executor.config.max_jobs
-        self._ex = None
+        self._ex: dict[int, Any] = {}  # GPUs per job -> its submitit executor
 
-    @property
-    def ex(self) -> Any:
-        if self._ex is None:
-            self._ex = self.executor.submitit_executor(self.runner)
-        return self._ex
+    def ex(self, gpus: int) -> Any:
+        if gpus not in self._ex:
+            self._ex[gpus] = self.executor.submitit_executor(self.runner, gpus)
+        return self._ex[gpus]
 
-    def _job(self, stage: Any) -> Any:
+    def _job(self, stage: Any, nproc: int) -> Any:
         from harness.execute.slurm_job import StageJob
 
         c = self.executor.config
-        return StageJob(stage_command(self.runner, stage, absolute=True), stage.label,
+        # the job's threads: `stage run --nproc` splits them among its processes
+        return StageJob(stage_command(self.runner, stage, absolute=True, nproc=nproc), stage.label,
                         threads=c.cpus_per_job, grace_s=max(10.0, c.signal_delay_s * 0.75))
 
     def start(self, stages: list[Any]) -> list[Any]:
-        if self.executor.config.array and len(stages) > 1:
-            with self.ex.batch():
-                jobs = [self.ex.submit(self._job(s)) for s in stages]
-        else:
-            jobs = [self.ex.submit(self._job(s)) for s in stages]
+        groups: dict[int, list[tuple[int, Any, int]]] = {}  # GPUs -> (position, stage, nproc)
+        for i, stage in enumerate(stages):
+            n = self.executor.processes(self.runner, stage)
+            groups.setdefault(self.executor.gpus(self.runner, n), []).append((i, stage, n))
+        jobs: list[Any] = [None] * len(stages)
+        for gpus, members in groups.items():
+            ex = self.ex(gpus)
+            if self.executor.config.array and len(members) > 1:
+                with ex.batch():
+                    submitted = [ex.submit(self._job(s, n)) for _, s, n in members]
+            else:
+                submitted = [ex.submit(self._job(s, n)) for _, s, n in members]
+            for (i, _, _), job in zip(members, submitted):
+                jobs[i] = job
         return [(s, j) for s, j in zip(stages, jobs)]
 
     def started(self, stages: list[Any], handles: list[Any]) -> None:

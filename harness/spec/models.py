@@ -125,7 +125,8 @@ class DatasetRef(BaseModel):
 
 class ExecutionSettings(BaseModel):
     """Where the stages run (``harness/execute/``): part of no stage key and of no record. The
-    keys beside ``executor`` are that executor's own settings, validated by its ``Config``."""
+    keys beside ``executor`` are that executor's own settings, validated by its ``Config``; those
+    every executor has (``gpus_per_stage``) are ``harness.execute.base.ExecutorConfig``'s."""
 
     model_config = ConfigDict(extra="allow")
     executor: str = Field("local", description="executor plugin: local, pool, slurm, ...")

@@ -6,7 +6,8 @@ which the key hashes, and its ``params``), reading its dependencies' committed f
 ``inputs`` (name -> folder, also ``ctx.inputs``), writes its artifact into ``ctx.out`` and
 returns a JSON summary (stored with the artifact). ``env`` opens what the stage needs beyond
 its data: datasets, method and protocol plugins. ``record_summary`` is what a cell's record
-shows of the stage (by default its summary).
+shows of the stage (by default its summary). ``distributed = True`` marks a kind that trains
+with the shared loop, which executors may run over several processes (``gpus_per_stage``).
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class StageKind:
     kind: ClassVar[str]
     name: ClassVar[str]  # = kind: the registry's key
     description: ClassVar[str] = ""
+    #: Trains with the shared loop (:mod:`harness.engine.loop`), which runs over several
+    #: processes (DDP): executors give such a stage ``gpus_per_stage`` processes, others one.
+    distributed: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -10,6 +10,7 @@ from harness.stages.base import StageKind
 class FinetuneStage(StageKind):
     kind = "finetune"
     description = "a model fine-tuned from an encoder, as its protocol says"
+    distributed = True  # the shared training loop: DDP over gpus_per_stage processes
 
     def run(self, stage, inputs, ctx, env):
         from harness.engine.finetune import finetune

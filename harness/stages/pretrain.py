@@ -11,6 +11,7 @@ from harness.stages.base import StageKind
 class PretrainStage(StageKind):
     kind = "pretrain"
     description = "a pretraining method's encoder"
+    distributed = True  # the shared training loop: DDP over gpus_per_stage processes
 
     def run(self, stage, inputs, ctx, env):
         import numpy as np

@@ -11,6 +11,7 @@ from harness.stages.base import StageKind
 class SemisupStage(StageKind):
     kind = "semisup"
     description = "a semi-supervised method's U-Net"
+    distributed = True  # the shared training loop: DDP over gpus_per_stage processes
 
     def run(self, stage, inputs, ctx, env):
         from harness.engine.semisup import train_semisupervised
