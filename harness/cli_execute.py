@@ -68,7 +68,8 @@ def show_schedule(runner: Any, plan: Any, executor: Any) -> None:
 
     slots = executor.slots(runner)
     device = device_name(runner)
-    plan_info = schedule(plan, runner.store, slots, device)
+    plan_info = schedule(plan, runner.store, slots, device,
+                         lambda stage: executor.processes(runner, stage))
     table = Table(title=f"schedule: executor {executor.name}, {len(slots)} at once "
                         f"({', '.join(slots[:4])}{', ...' if len(slots) > 4 else ''})")
     for col in ("wave", "stage", "label", "key", "where", "estimate", "basis"):

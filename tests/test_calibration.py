@@ -104,3 +104,20 @@ def test_calibrate_needs_dry_run(tmp_path):
     proc = harness("run", str(one_cell(tmp_path)), "--calibrate", store=tmp_path / "s")
     assert proc.returncode == 2
     assert "--calibrate: only with --dry-run" in proc.stderr
+
+
+def test_estimates_prefer_records_of_the_same_process_count_and_scale_others():
+    from types import SimpleNamespace
+
+    from harness.execute.schedule import estimate
+
+    stage = SimpleNamespace(config={"epochs": 8})
+    def meta(seconds, world):
+        return {"seconds": seconds, "config": {"epochs": 8},
+                "provenance": {"device": "cuda:NVIDIA H200", "world_size": world}}
+    metas = [meta(30.0, 1), meta(10.0, 4)]
+    assert estimate(stage, metas, "cuda:NVIDIA H200", 4) == (10.0, "same config, 1 record(s)")
+    assert estimate(stage, metas, "cuda:NVIDIA H200", 1)[0] == 30.0
+    seconds, basis = estimate(stage, [meta(10.0, 4)], "cuda:NVIDIA H200", 2)
+    assert seconds == 20.0 and "scaled from 4 to 2 process(es)" in basis
+    assert estimate(stage, metas, "cpu", 1) == (None, "no record on cpu")

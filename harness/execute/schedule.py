@@ -52,20 +52,31 @@ def published(store: Any, kinds: set[str]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def estimate(stage: Any, metas: list[dict[str, Any]], device: str) -> tuple[float | None, str]:
-    """Seconds and the basis of the estimate, or ``(None, "no record")``."""
+def _world(meta: dict[str, Any]) -> int:
+    return int(meta.get("provenance", {}).get("world_size") or 1)
+
+
+def estimate(stage: Any, metas: list[dict[str, Any]], device: str, procs: int = 1
+             ) -> tuple[float | None, str]:
+    """Seconds and the basis of the estimate, or ``(None, "no record")``. Records of stages
+    trained on as many processes as ``procs`` are preferred; others are scaled by their process
+    count over ``procs`` (ideal scaling, said in the basis)."""
     same = [m for m in metas if device_kind(m.get("provenance", {}).get("device")) == device]
     if not same:
         return None, f"no record on {device}"
+    if any(_world(m) == procs for m in same):
+        same = [m for m in same if _world(m) == procs]
     mine = _flat(stage.config)
     def distance(meta: dict[str, Any]) -> int:
         theirs = _flat(meta.get("config", {}))
         return sum(mine.get(k) != theirs.get(k) for k in set(mine) | set(theirs))
-    scored = sorted((distance(m), m["seconds"]) for m in same)
+    scored = sorted((distance(m), m["seconds"] * _world(m) / procs, _world(m)) for m in same)
     best = scored[0][0]
-    seconds = statistics.median(s for d, s in scored if d == best)
+    seconds = statistics.median(s for d, s, _ in scored if d == best)
     basis = "same config" if best == 0 else f"{best} setting(s) differ"
-    return seconds, f"{basis}, {sum(d == best for d, _ in scored)} record(s)"
+    worlds = sorted({w for d, _, w in scored if d == best} - {procs})
+    scaled = f", scaled from {'/'.join(map(str, worlds))} to {procs} process(es)" if worlds else ""
+    return seconds, f"{basis}, {sum(d == best for d, _, _ in scored)} record(s){scaled}"
 
 
 def same_config_known(store: Any, plan: Any, device: str) -> Any:
@@ -97,14 +108,19 @@ def simulate(stages: list[Any], seconds: dict[str, float], slots: int) -> tuple[
     return max(end.values(), default=0.0), where
 
 
-def schedule(plan: Any, store: Any, slot_names: list[str], device: str) -> dict[str, Any]:
+def schedule(plan: Any, store: Any, slot_names: list[str], device: str,
+             procs: Any = lambda stage: 1) -> dict[str, Any]:
+    """``procs(stage)``: the processes the executor trains the stage on (``gpus_per_stage``)."""
     todo = pending(plan, store)
     metas = published(store, {s.kind for s in todo})
     rows, seconds = [], {}
     for s in todo:
-        est, basis = estimate(s, metas[s.kind], device)
+        n = procs(s)
+        est, basis = estimate(s, metas[s.kind], device, n)
         if not basis.startswith("same config") and (cal := saved(store, s.kind, s.key, device)):
-            est, basis = cal["seconds"], f"calibrated: {cal['steps']} steps"
+            # calibrations run in one process: ideal scaling to n
+            est = cal["seconds"] / n
+            basis = f"calibrated: {cal['steps']} steps" + (f", 1 process scaled to {n}" if n > 1 else "")
         if est is not None:
             seconds[s.key] = est
         rows.append({"stage": s, "seconds": est, "basis": basis,
