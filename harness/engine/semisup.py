@@ -212,7 +212,7 @@ class _MeanTeacherStep:
             extra, extra_log = None, {}
             if ddp.overrides_extra_loss(method):  # on the global batch, on every rank
                 extra, extra_log = method.extra_loss(
-                    ddp.gathered(out_l, shard), ddp.gathered(out_u, shard),
+                    *ddp.gathered(shard, out_l, out_u),
                     {"labels": y_all, "pseudo_labels": y_all_u, "confidence": c_all_u})
             loss = ddp.every_output_used(sup + unsup + (extra if extra is not None else 0.0), out_l, out_u)
         sup_log, unsup_log = ddp.mean_logs(shard, sup, unsup)
