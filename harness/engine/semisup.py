@@ -36,6 +36,9 @@ optimiser, scheduler, scaler, iteration, RNG, the interval's partial sums) is wr
 :mod:`harness.engine.loop` every few minutes of training, at the end and on SIGTERM, so a
 resumed run continues exactly where it stopped. The training log holds means over intervals
 of ``max(1, iterations // 20)`` iterations.
+
+**Several processes** (``harness stage run --nproc N``): the batches stay global and N processes
+compute the one-process step on them (:mod:`harness.engine.semisup_ddp`).
 """
 
 from __future__ import annotations
