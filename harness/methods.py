@@ -269,6 +269,11 @@ class SemiSupervisedMethod(Method):
     There is no separate encoder stage, so the ``frozen`` protocol does not apply."""
 
     kind: ClassVar[str] = "semisupervised"
+    #: Under DDP on CUDA: the student's and the teacher's BatchNorm layers normalise over the
+    #: global batch (SyncBatchNorm) rather than each process's slice. Default on: the thesis
+    #: trained these baselines on one GPU (batch 4 + 4: a slice of 1-2 images per GPU would
+    #: make the batch statistics, and the teacher's train-mode pseudo-labels, noisy).
+    sync_batchnorm: ClassVar[bool] = True
     Config: ClassVar[type[MethodConfig]] = SemiSupervisedSettings
 
     def build_model(self, unet: torch.nn.Module) -> torch.nn.Module:

@@ -36,6 +36,9 @@ optimiser, scheduler, scaler, iteration, RNG, the interval's partial sums) is wr
 :mod:`harness.engine.loop` every few minutes of training, at the end and on SIGTERM, so a
 resumed run continues exactly where it stopped. The training log holds means over intervals
 of ``max(1, iterations // 20)`` iterations.
+
+**Several processes** (``harness stage run --nproc N``): the batches stay global and N processes
+compute the one-process step on them (:mod:`harness.engine.semisup_ddp`).
 """
 
 from __future__ import annotations
@@ -55,24 +58,18 @@ from torchvision.transforms import v2
 from harness.data.augment import RandomGaussianNoise, RandomRot90
 from harness.data.base import LabeledArrays
 from harness.data.torchdata import Normalizer, SegmentationSamples
-from harness.data.views import _MemmapRef
+from harness.engine import distributed as dist
+from harness.engine import semisup_ddp as ddp
 from harness.engine.context import StageContext
 from harness.engine.loop import Hook, IterationSource, MethodHook, StepInfo, TrainLoop
 from harness.engine.model import build_unet
 from harness.engine.runtime import Checkpoint, Precision, seed_everything, worker_init_fn
+from harness.engine.semisup_data import _STEP, IterationBatches, derived_seed  # noqa: F401 - re-exported
 from harness.errors import DataError
 from harness.methods import HALF_NORMALIZATION, SemiSupervisedMethod
 from harness.plugin_faults import require_attribute
 from harness.store import atomic_torch_save
-
-#: Random streams derived from (seed, iteration).
-_LABELED, _UNLABELED, _LABELED_AUG, _STEP = 1, 2, 3, 4
 _LOG_ENTRIES = 20  # log entries (means over an interval) per run
-
-
-def derived_seed(*parts: int) -> int:
-    """A 32-bit seed from integers (the spec seed may be any int)."""
-    return int(np.random.SeedSequence([p % (2**32) for p in parts]).generate_state(1)[0])
 
 
 # --- augmentation ----------------------------------------------------------------------------
@@ -145,81 +142,17 @@ def _outputs(out: Any) -> dict[str, torch.Tensor]:
     return out if isinstance(out, dict) else {"logits": out}
 
 
-# --- data --------------------------------------------------------------------------------------
-
-class _Order:
-    """Position p of an endless sequence of per-epoch permutations of range(n)."""
-
-    def __init__(self, n: int, seed: int, stream: int):
-        self.n, self.seed, self.stream = n, seed, stream
-        self._cache: dict[int, np.ndarray] = {}
-
-    def __call__(self, start: int, count: int) -> list[int]:
-        out = []
-        for p in range(start, start + count):
-            epoch, k = divmod(p, self.n)
-            if epoch not in self._cache:
-                if len(self._cache) > 4:
-                    self._cache.clear()
-                rng = np.random.default_rng(derived_seed(self.stream, self.seed, epoch))
-                self._cache[epoch] = rng.permutation(self.n)
-            out.append(int(self._cache[epoch][k]))
-        return out
-
-
-class IterationBatches(torch.utils.data.Dataset):
-    """Item t: the labeled batch (augmented) and the unlabeled batch (random crops, float in
-    [0, 1], not augmented) of iteration t, a function of (seed, t) alone, whichever process
-    loads it and whatever was loaded before."""
-
-    def __init__(self, labeled: SegmentationSamples, unlabeled: np.ndarray, crop: tuple[int, int],
-                 batch_size: int, unlabeled_batch_size: int, seed: int):
-        self.labeled, self.unlabeled = labeled, unlabeled
-        self.crop = crop
-        self.batch_size, self.unlabeled_batch_size = batch_size, unlabeled_batch_size
-        self.seed = seed
-        self._order_l = _Order(len(labeled), seed, _LABELED)
-        self._order_u = _Order(len(unlabeled), seed, _UNLABELED)
-
-    def __len__(self) -> int:  # not used by the sampler; any iteration index is valid
-        return 2**62
-
-    def __getstate__(self) -> dict[str, Any]:  # spawned workers re-open the memory map
-        return {**self.__dict__, "unlabeled": _MemmapRef.wrap(self.unlabeled)}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        if isinstance(state["unlabeled"], _MemmapRef):
-            state["unlabeled"] = state["unlabeled"].open()
-        self.__dict__.update(state)
-
-    def __getitem__(self, t: int) -> dict[str, torch.Tensor]:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derived_seed(_LABELED_AUG, self.seed, t))
-            pairs = [self.labeled[i] for i in self._order_l(t * self.batch_size, self.batch_size)]
-        rows = self._order_u(t * self.unlabeled_batch_size, self.unlabeled_batch_size)
-        rng = np.random.default_rng(derived_seed(_UNLABELED, self.seed, t))
-        ch, cw = self.crop
-        crops = []
-        for row in rows:
-            th, tw = self.unlabeled.shape[1:3]
-            y, x = int(rng.integers(0, th - ch + 1)), int(rng.integers(0, tw - cw + 1))
-            crops.append(torch.from_numpy(np.array(self.unlabeled[row, y:y + ch, x:x + cw])))
-        return {
-            "image_l": torch.stack([p[0] for p in pairs]),
-            "label_l": torch.stack([p[1] for p in pairs]),
-            "image_u": torch.stack(crops).permute(0, 3, 1, 2).float().div_(255.0),
-        }
-
-
 # --- the step and its hooks ------------------------------------------------------------------
 
 class _MeanTeacherStep:
     """The loss of iteration ``t`` (steps 2-4 of the module docstring); the loop does step 5."""
 
-    def __init__(self, method, student, teacher, normalizer, precision, channels_last, strong, seed, device):
+    def __init__(self, method, student, teacher, normalizer, precision, channels_last, strong, seed, device,
+                 shard: ddp.Shard | None = None):
         self.method, self.student, self.teacher = method, student, teacher
         self.normalizer, self.precision, self.channels_last = normalizer, precision, channels_last
         self.strong, self.seed, self.device = strong, seed, device
+        self.shard = shard  # under DDP: this rank's slice of each global batch (semisup_ddp)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         x = self.normalizer(x)
@@ -227,6 +160,8 @@ class _MeanTeacherStep:
 
     def __call__(self, batch: dict[str, torch.Tensor], info: StepInfo) -> tuple[torch.Tensor, dict[str, Any]]:
         torch.manual_seed(derived_seed(_STEP, self.seed, info.batch_index))  # masks, strong aug, sampling
+        if self.shard is not None:
+            return self._distributed(batch)
         device, precision, method = self.device, self.precision, self.method
         x_l = self.prepare(batch["image_l"].to(device, non_blocking=True))
         y_l = batch["label_l"].to(device, non_blocking=True)
@@ -251,6 +186,40 @@ class _MeanTeacherStep:
                                                                 "confidence": c_u})
             loss = sup + unsup + (extra if extra is not None else 0.0)
         return loss, {"sup_loss": sup.detach(), "unsup_loss": unsup.detach(),
+                      "extra_loss": extra.detach() if extra is not None else 0.0, **extra_log}
+
+    def _distributed(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The step above on this rank's slices of the global batch (:mod:`.semisup_ddp`)."""
+        device, precision, method, shard = self.device, self.precision, self.method, self.shard
+        y_all = batch["label_l"].to(device, non_blocking=True)
+        x_l, y_l = self.prepare(shard.take(batch["image_l"]).to(device, non_blocking=True)), shard.take(y_all)
+        u = batch["image_u"].to(device, non_blocking=True)
+
+        with torch.no_grad():
+            self.teacher.train()
+            with precision.autocast():
+                t_logits = unet_of(self.teacher)(self.prepare(shard.take(u)))
+            confidence, pseudo = torch.softmax(t_logits.float(), dim=1).max(dim=1)
+            confidence, pseudo = shard.gather(confidence), shard.gather(pseudo)
+            u, y_all_u, c_all_u = method.mix(u, pseudo, confidence)  # the global batch, as alone
+            u, y_all_u, c_all_u = strong_augment(u, y_all_u, c_all_u, self.strong)
+            x_u, y_u, c_u = self.prepare(shard.take(u)), shard.take(y_all_u), shard.take(c_all_u)
+
+        self.student.train()
+        with precision.autocast():
+            out_l = _outputs(self.student(x_l))
+            out_u = _outputs(self.student(x_u))
+            sup = ddp.supervised_ce(out_l["logits"].float(), y_l, y_all, shard)
+            unsup = ddp.confidence_weighted_ce(out_u["logits"].float(), y_u, c_u,
+                                               method.config.strong_threshold, shard)
+            extra, extra_log = None, {}
+            if ddp.overrides_extra_loss(method):  # on the global batch, on every rank
+                extra, extra_log = method.extra_loss(
+                    *ddp.gathered(shard, out_l, out_u),
+                    {"labels": y_all, "pseudo_labels": y_all_u, "confidence": c_all_u})
+            loss = ddp.every_output_used(sup + unsup + (extra if extra is not None else 0.0), out_l, out_u)
+        sup_log, unsup_log = ddp.mean_logs(shard, sup, unsup)
+        return loss, {"sup_loss": sup_log, "unsup_loss": unsup_log,
                       "extra_loss": extra.detach() if extra is not None else 0.0, **extra_log}
 
 
@@ -341,10 +310,13 @@ def train_semisupervised(ctx: StageContext, *, method: SemiSupervisedMethod, arr
     batch_u = cfg.unlabeled_batch_size or max(2, cfg.batch_size)
     height, width = _crop_size(ctx.label, arrays, train_ids, unlabeled_images, settings)
     square = height == width
+    if dist.world_size() > 1:  # under torchrun the batches are global: each rank a slice
+        ddp.check_split(cfg.batch_size, batch_u, dist.world_size())
 
     seed_everything(seed)
     channels_last = settings.channels_last and device.type == "cuda"
     student, teacher = _student_and_teacher(method, settings.encoder, num_classes, device, channels_last)
+    net, shard = ddp.distribute(method, student, teacher, device)  # (student, None) alone
     normalizer = Normalizer(HALF_NORMALIZATION, settings.normalization)
     precision = Precision(device, settings.amp)
 
@@ -358,8 +330,8 @@ def train_semisupervised(ctx: StageContext, *, method: SemiSupervisedMethod, arr
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=iterations, eta_min=0.0)
 
     make_loader = functools.partial(_iteration_loader, batches, iterations, cfg.num_workers, device)
-    step = _MeanTeacherStep(method, student, teacher, normalizer, precision, channels_last,
-                            strong, seed, device)
+    step = _MeanTeacherStep(method, net, teacher, normalizer, precision, channels_last,
+                            strong, seed, device, shard)
     loop = TrainLoop(
         label=ctx.label, models={"student": student, "teacher": teacher}, optimizer=optimizer,
         scheduler=scheduler, scaler=precision.scaler(), step_fn=step, checkpoint=Checkpoint(ctx.work),
@@ -373,9 +345,10 @@ def train_semisupervised(ctx: StageContext, *, method: SemiSupervisedMethod, arr
     seconds = time.time() - started
     start = loop.start
 
-    model = unet_of(teacher).to("cpu", memory_format=torch.contiguous_format)
-    atomic_torch_save(model.state_dict(), ctx.out / "model.pt")
-    (ctx.out / "train_log.json").write_text(json.dumps(history, indent=2))
+    if dist.rank() == 0:  # under DDP the teachers agree (the students' averaged weights)
+        model = unet_of(teacher).to("cpu", memory_format=torch.contiguous_format)
+        atomic_torch_save(model.state_dict(), ctx.out / "model.pt")
+        (ctx.out / "train_log.json").write_text(json.dumps(history, indent=2))
     return {"method": method.name, "init": "random", "train_images": len(labeled),
             "unlabeled_images": len(unlabeled_images), "batch_size": cfg.batch_size,
             "unlabeled_batch_size": batch_u, "crop_size": [height, width], "iterations": iterations,
