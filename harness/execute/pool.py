@@ -2,9 +2,10 @@
 ``CUDA_VISIBLE_DEVICES``; without GPUs (or with ``device: cpu``), N CPU workers, each with its
 share of the CPU threads (``OMP_NUM_THREADS``, which also sets torch's intra-op threads).
 
-Every stage whose inputs are in the store starts as soon as a worker is free, as a
-``harness stage run`` subprocess (so a crash of one stage leaves the driver and the others
-running). A failed stage stops the stages that need it; the others go on; the run then exits
+Every stage whose inputs are in the store starts as soon as a worker is free. A worker starts
+once (imports, plan) and runs each stage in a forked child, as ``harness stage run`` would
+(:mod:`harness.execute.pool_worker`), so a crash of one stage leaves the driver and the others
+running. A failed stage stops the stages that need it; the others go on; the run then exits
 non-zero with a summary. Ctrl-C or SIGTERM is forwarded to the workers (their training loops
 checkpoint); finished stages stay in the store. With every stage done, records and report are
 written as the ``local`` executor writes them.
@@ -144,9 +145,14 @@ class PoolExecutor(Executor):
     def run(self, runner: Any, plan: Any) -> Any:
         envs = worker_slots(self.config, runner.rspec.spec.finetune.device)
         console.log(f"pool: {len(envs)} workers: {', '.join(self.slots(runner))}")
-        launcher = ProcessLauncher(runner, envs, Path(runner.output_dir) / "logs",
-                                   self.config.stop_grace_s)
-        outcome = drive(plan, runner.store, launcher)
+        from harness.execute.pool_launch import WorkerLauncher
+
+        launcher = WorkerLauncher(runner, envs, Path(runner.output_dir) / "logs",
+                                  self.config.stop_grace_s)
+        try:
+            outcome = drive(plan, runner.store, launcher)
+        finally:
+            launcher.close()
         if outcome.failed:
             raise StagesFailed(outcome.summary(), outcome.codes)
         return runner.run(plan, computed_elsewhere=outcome.computed)
