@@ -81,7 +81,9 @@ class _Job:
 
 
 class ProcessLauncher:
-    """Stages as ``harness stage run`` subprocesses, one per free slot."""
+    """Stages as ``harness stage run`` subprocesses, one per free slot (the pool now runs
+    stages on persistent workers, :mod:`harness.execute.pool_launch`; this one stays for stages
+    that need a process of their own, e.g. ``--nproc N`` under torchrun)."""
 
     def __init__(self, runner: Any, slots: list[dict[str, str]], logs: Path, grace_s: float):
         self.runner, self.slots, self.logs, self.grace_s = runner, slots, logs, grace_s
