@@ -1,6 +1,6 @@
 """``--executor pool``: the same records as ``local``; a failed stage stops its dependents only;
-the dry run then estimates from the store's records. Real worker subprocesses (slow on 2 CPUs:
-9 ``harness stage run`` processes per run)."""
+the dry run then estimates from the store's records. Real persistent worker processes (slow on 2 CPUs:
+2 workers and 9 forked stages per run)."""
 
 from __future__ import annotations
 

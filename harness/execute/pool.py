@@ -2,12 +2,13 @@
 ``CUDA_VISIBLE_DEVICES``; without GPUs (or with ``device: cpu``), N CPU workers, each with its
 share of the CPU threads (``OMP_NUM_THREADS``, which also sets torch's intra-op threads). With
 ``gpus_per_stage: G`` a worker holds G GPUs (by default visible GPUs // G workers) and runs a
-training stage as ``harness stage run --nproc G``, which splits the worker's threads among
+training stage as ``harness stage run --nproc G`` (exec'd by its worker's child), which splits the worker's threads among
 its G processes; on the CPU the G processes are gloo ones.
 
-Every stage whose inputs are in the store starts as soon as a worker is free, as a
-``harness stage run`` subprocess (so a crash of one stage leaves the driver and the others
-running). A failed stage stops the stages that need it; the others go on; the run then exits
+Every stage whose inputs are in the store starts as soon as a worker is free. A worker starts
+once (imports, plan) and runs each stage in a forked child, as ``harness stage run`` would
+(:mod:`harness.execute.pool_worker`), so a crash of one stage leaves the driver and the others
+running. A failed stage stops the stages that need it; the others go on; the run then exits
 non-zero with a summary. Ctrl-C or SIGTERM is forwarded to the workers (their training loops
 checkpoint); finished stages stay in the store. With every stage done, records and report are
 written as the ``local`` executor writes them.
@@ -16,10 +17,6 @@ written as the ``local`` executor writes them.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +24,7 @@ from pydantic import Field
 
 from harness.console import console
 from harness.errors import SpecError, StagesFailed
-from harness.execute.base import Executor, ExecutorConfig, shown, stage_command, stage_processes
+from harness.execute.base import Executor, ExecutorConfig
 from harness.execute.graph import drive
 from harness.hookspecs import hookimpl
 
@@ -83,63 +80,6 @@ def describe_slot(env: dict[str, str], i: int) -> str:
     return f"worker {i} ({env['OMP_NUM_THREADS']} threads)"
 
 
-@dataclass
-class _Job:
-    stage: Any
-    slot: int
-    proc: subprocess.Popen
-    log: Path
-    started: float
-
-
-class ProcessLauncher:
-    """Stages as ``harness stage run`` subprocesses, one per free slot."""
-
-    def __init__(self, runner: Any, slots: list[dict[str, str]], logs: Path, grace_s: float,
-                 nproc: int = 1):
-        self.runner, self.slots, self.logs, self.grace_s = runner, slots, logs, grace_s
-        self.nproc = nproc  # processes of a training stage (gpus_per_stage)
-        self.capacity = len(slots)
-        self.free = list(range(len(slots)))
-
-    def start(self, stages: list[Any]) -> list[_Job]:
-        self.logs.mkdir(parents=True, exist_ok=True)
-        jobs = []
-        for stage in stages:
-            slot = self.free.pop(0)
-            cmd = stage_command(self.runner, stage,
-                                nproc=stage_processes(self.runner, stage, self.nproc))
-            log = self.logs / f"{stage.kind}-{stage.key[:12]}.log"
-            with open(log, "ab") as fh:
-                fh.write(f"$ {shown(cmd)}\n".encode())
-                fh.flush()
-                # its own session: the driver alone decides what a worker is sent (one SIGTERM)
-                proc = subprocess.Popen(cmd, env={**os.environ, **self.slots[slot]}, stdout=fh,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-            console.log(f"  start {stage.kind} {stage.label} on {describe_slot(self.slots[slot], slot)}")
-            jobs.append(_Job(stage, slot, proc, log, time.time()))
-        return jobs
-
-    def poll(self, job: _Job) -> tuple[int, str] | None:
-        rc = job.proc.poll()
-        if rc is None:
-            return None
-        self.free.append(job.slot)
-        return rc, f"exit {rc}: {last_line(job.log)} (log: {job.log})"
-
-    def stop(self, jobs: list[_Job]) -> None:
-        for job in jobs:
-            if job.proc.poll() is None:
-                job.proc.send_signal(signal.SIGTERM)
-        deadline = time.time() + self.grace_s
-        for job in jobs:
-            try:
-                job.proc.wait(timeout=max(0.0, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                job.proc.kill()
-                job.proc.wait()
-
-
 def last_line(log: Path) -> str:
     try:
         lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
@@ -160,9 +100,14 @@ class PoolExecutor(Executor):
     def run(self, runner: Any, plan: Any) -> Any:
         envs = worker_slots(self.config, runner.rspec.spec.finetune.device)
         console.log(f"pool: {len(envs)} workers: {', '.join(self.slots(runner))}")
-        launcher = ProcessLauncher(runner, envs, Path(runner.output_dir) / "logs",
-                                   self.config.stop_grace_s, self.nproc)
-        outcome = drive(plan, runner.store, launcher)
+        from harness.execute.pool_launch import WorkerLauncher
+
+        launcher = WorkerLauncher(runner, envs, Path(runner.output_dir) / "logs",
+                                  self.config.stop_grace_s, self.nproc)
+        try:
+            outcome = drive(plan, runner.store, launcher)
+        finally:
+            launcher.close()
         if outcome.failed:
             raise StagesFailed(outcome.summary(), outcome.codes)
         return runner.run(plan, computed_elsewhere=outcome.computed)

@@ -1,0 +1,63 @@
+"""The persistent ``pool`` worker's protocol (:mod:`harness.execute.pool_worker`), on a real
+worker process: it builds the plan once, runs stages in forked children with the exit codes of
+``harness stage run``, and a stage killed with SIGKILL leaves the worker running the next."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import REPO
+from executor_specs import one_cell
+
+
+def _plan(store, spec):
+    from harness.plugins import get_registry
+    from harness.runner import Runner
+    from harness.spec import load_spec
+    from harness.store import ArtifactStore
+
+    runner = Runner(load_spec(spec), get_registry(), ArtifactStore(store), store / "o")
+    return runner.plan(prepare=True)[0], runner.store
+
+
+def test_worker_runs_stages_and_survives_a_killed_one(tmp_path):
+    spec, store, log = one_cell(tmp_path, epochs=100000), tmp_path / "s", tmp_path / "stage.log"
+    worker = subprocess.Popen([sys.executable, "-m", "harness.execute.pool_worker", str(spec),
+                               "--store", str(store)], cwd=REPO, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    def ask(key: str) -> dict:
+        worker.stdin.write(json.dumps({"key": key, "log": str(log)}) + "\n")
+        worker.stdin.flush()
+        started = json.loads(worker.stdout.readline())
+        assert started["key"] == key and started["pid"] > 0
+        return started
+
+    def answer() -> int:
+        return json.loads(worker.stdout.readline())["rc"]
+
+    try:
+        assert json.loads(worker.stdout.readline()) == {"ready": True, "fork": True}
+        plan, artifacts = _plan(store, spec)
+        encoder = next(s for s in plan.stages() if s.kind == "encoder")
+        finetune = next(s for s in plan.stages() if s.kind == "finetune")
+        ask(f"encoder/{encoder.key}")
+        assert answer() == 0 and artifacts.is_done("encoder", encoder.key)
+        pid = ask(f"finetune/{finetune.key}")["pid"]
+        time.sleep(1.0)
+        os.kill(pid, signal.SIGKILL)
+        assert answer() == -signal.SIGKILL and not artifacts.is_done("finetune", finetune.key)
+        ask("finetune/ffffffffffff")  # no such stage: the CLI's usage error, exit 2
+        assert answer() == 2
+        assert "error: KEY 'finetune/ffffffffffff'" in log.read_text()
+        assert worker.poll() is None
+    finally:
+        worker.stdin.close()
+        worker.wait(timeout=60)
+    assert worker.returncode == 0
