@@ -129,6 +129,25 @@ def _forward(signum: int, frame: Any) -> None:  # noqa: ARG001
             pass
 
 
+#: The core's packages whose modules stages import lazily (engine: torch, timm, smp; metrics:
+#: scipy): imported once in the worker, not in every forked child (measured: an evaluation of
+#: 8 tiny images took 3 s in a child without this, 0.3 s in one process).
+PRELOAD = ("harness.engine", "harness.metrics", "harness.stages", "harness.protocols")
+
+
+def _preload() -> None:
+    import importlib
+    import pkgutil
+
+    for name in PRELOAD:
+        package = importlib.import_module(name)
+        for info in pkgutil.iter_modules(package.__path__, f"{name}."):
+            try:
+                importlib.import_module(info.name)
+            except ImportError:  # an optional extra that is not installed
+                pass
+
+
 def worker_main(argv: list[str]) -> int:
     """``python -m harness.execute.pool_worker SPEC [--store S] [--set O]...``."""
     global _child_pid
@@ -151,6 +170,7 @@ def worker_main(argv: list[str]) -> int:
     runner = Runner(rspec, get_registry(), ArtifactStore(store or os.environ.get(
         "HARNESS_STORE", "store")), rspec.output_dir(), quiet=True)
     plan, _, _ = runner.plan(prepare=True)
+    _preload()
     safe = _fork_safe()
     print(f"pool worker {os.getpid()}: plan built; stages run in forked children"
           if safe else "pool worker: CUDA or threads already started: each stage starts afresh",
