@@ -3,10 +3,14 @@
 4 evaluations), each on an empty store. Each pool worker starts once (Python + torch import,
 plan build: 2.4 s measured) and runs every stage in a forked child: 0.07 s per stage against
 3 s for a ``harness stage run`` process per stage (the design before; 2-core machine shared with
-other jobs). Measured at POOL_BENCH_EPOCHS=5 beside other jobs: 1.39 (2.62 with a process per
-stage); on 2 busy cores two workers cannot halve the time, on real stages (minutes to days) on
-free CPUs or GPUs the ratio tends to 1/workers. Only a loose bound is asserted (the machine is
-shared): the ratio is printed.
+other jobs); it also imports the core's engine and metric modules before forking, which an
+evaluation's child otherwise imported itself (~2.5 s each). On the quiet 2-core machine at the
+default 40 epochs: 0.88 (local 58 s, pool 51 s); the same with a process per stage: 1.08, and
+2.62 at POOL_BENCH_EPOCHS=5 beside other jobs. Two workers cannot halve it here: the two full
+fine-tunes take twice the frozen ones, so one worker idles at the end, and the driver's own
+start and the records after the stages take ~8 s. On real stages (minutes to days) on free CPUs
+or GPUs the ratio tends to 1/workers. Only a loose bound is asserted (the machine is shared):
+the ratio is printed.
 
 Run::
 
