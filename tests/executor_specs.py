@@ -77,3 +77,13 @@ def stage_count(store: Path, kind: str | None = None) -> int:
     base = store / "stages"
     kinds = [base / kind] if kind else [p for p in base.iterdir()] if base.exists() else []
     return sum(1 for k in kinds for p in k.glob("*/meta.json") if os.path.exists(p))
+
+
+def processes_of(spec: Path) -> list[Path]:
+    """The ``/proc/PID/cmdline`` files of processes still running with ``spec`` in their command."""
+    def read(path: Path) -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError:
+            return b""
+    return [p for p in Path("/proc").glob("[0-9]*/cmdline") if str(spec).encode() in read(p)]

@@ -106,8 +106,15 @@ def reference(tmp_path_factory):
             targets[cell.plugin] = next(s for s in cell.stages() if s.kind == "pretrain")
         elif cell.plugin == "scratch":
             targets["finetune"] = next(s for s in cell.stages() if s.kind == "finetune")
+    _one_process_reference(runner, targets)
+    return tmp, spec, store, targets
+
+
+def _one_process_reference(runner, targets) -> None:
+    """The targets' upstream stages, then the targets in one process with 1 thread (as each
+    torchrun process) and ghost batch norm over the ranks' halves."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each torchrun process
+    torch.set_num_threads(1)
     mp = pytest.MonkeyPatch()
     try:
         for target in targets.values():
@@ -119,7 +126,6 @@ def reference(tmp_path_factory):
     finally:
         mp.undo()
         torch.set_num_threads(threads)
-    return tmp, spec, store, targets
 
 
 def _ddp_store(tmp: Path, ref: Path, name: str, stage) -> Path:
@@ -275,19 +281,7 @@ def semisup_reference(tmp_path_factory):
     store = tmp / "ref"
     runner = _runner(spec, store)
     targets = {cell.plugin: s for cell in runner.plan()[0].cells for s in cell.stages() if s.kind == "semisup"}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    mp = pytest.MonkeyPatch()
-    try:
-        for target in targets.values():
-            for stage in target.upstream()[:-1]:
-                runner.run_stage(stage)
-        _ghost_batchnorm(mp)
-        for target in targets.values():
-            runner.run_stage(target)
-    finally:
-        mp.undo()
-        torch.set_num_threads(threads)
+    _one_process_reference(runner, targets)
     return tmp, spec, store, targets
 
 

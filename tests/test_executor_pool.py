@@ -4,10 +4,9 @@ the dry run then estimates from the store's records. Real persistent worker proc
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
-from executor_specs import FOUR_FINETUNES, harness, records, report, stage_count
+from executor_specs import FOUR_FINETUNES, harness, processes_of, records, report, stage_count
 
 pytestmark = pytest.mark.slow
 
@@ -99,13 +98,5 @@ def test_sigterm_reaches_the_workers_and_finished_stages_stay(tmp_path):
     assert len(list(work.glob("*/checkpoint.pt"))) == 2
     logs = "".join(p.read_text() for p in (tmp_path / "out" / "logs").glob("finetune-*.log"))
     assert logs.count("SIGTERM: checkpoint") == 2, logs
-    left = [p for p in Path("/proc").glob("[0-9]*/cmdline")
-            if str(spec).encode() in _read(p)]
+    left = processes_of(spec)
     assert not left, left
-
-
-def _read(path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return b""

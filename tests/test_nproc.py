@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from executor_specs import harness, one_cell, records, stage_count
+from executor_specs import harness, one_cell, processes_of, records, stage_count
 
 from harness.execute.base import stage_processes
 from harness.execute.pool import PoolConfig, describe_slot, worker_slots
@@ -167,15 +167,8 @@ def test_sigterm_to_the_driver_checkpoints_the_training_processes(tmp_path):
     assert stage_count(store, "encoder") == 1 and stage_count(store, "finetune") == 0
     assert list(work.glob("*/checkpoint.pt"))
     time.sleep(1)
-    left = [p for p in Path("/proc").glob("[0-9]*/cmdline") if str(spec).encode() in _read(p)]
+    left = processes_of(spec)
     assert not left, left
-
-
-def _read(path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return b""
 
 
 @pytest.mark.slow
