@@ -5,7 +5,8 @@ plan build: 2.4 s measured) and runs every stage in a forked child: 0.07 s per s
 3 s for a ``harness stage run`` process per stage (the design before; 2-core machine shared with
 other jobs); it also imports the core's engine and metric modules before forking, which an
 evaluation's child otherwise imported itself (~2.5 s each). On the quiet 2-core machine at the
-default 40 epochs: 0.88 (local 58 s, pool 51 s); the same with a process per stage: 1.08, and
+default 40 epochs: 0.88 (local 58 s, pool 51 s); 1.08 with persistent workers before that
+preload, 1.5 with a process per stage, and
 2.62 at POOL_BENCH_EPOCHS=5 beside other jobs. Two workers cannot halve it here: the two full
 fine-tunes take twice the frozen ones, so one worker idles at the end, and the driver's own
 start and the records after the stages take ~8 s. On real stages (minutes to days) on free CPUs
