@@ -26,6 +26,7 @@ from harness.console import console
 from harness.errors import SpecError, StagesFailed
 from harness.execute.base import Executor, ExecutorConfig
 from harness.execute.graph import drive
+from harness.execute.pool_launch import WorkerLauncher, describe_slot, last_line  # noqa: F401
 from harness.hookspecs import hookimpl
 
 
@@ -73,21 +74,6 @@ def worker_slots(config: PoolConfig, device: str, gpus: list[str] | None = None,
              "MKL_NUM_THREADS": str(threads)} for _ in range(n)]
 
 
-def describe_slot(env: dict[str, str], i: int) -> str:
-    gpu = env.get("CUDA_VISIBLE_DEVICES")
-    if gpu:
-        return f"worker {i} (GPU{'s' if ',' in gpu else ''} {gpu})"
-    return f"worker {i} ({env['OMP_NUM_THREADS']} threads)"
-
-
-def last_line(log: Path) -> str:
-    try:
-        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return "(no log)"
-    return lines[-1][:300] if lines else "(empty log)"
-
-
 class PoolExecutor(Executor):
     name = "pool"
     description = "worker processes on this machine: one per GPU, or CPU workers with a thread budget"
@@ -100,8 +86,6 @@ class PoolExecutor(Executor):
     def run(self, runner: Any, plan: Any) -> Any:
         envs = worker_slots(self.config, runner.rspec.spec.finetune.device)
         console.log(f"pool: {len(envs)} workers: {', '.join(self.slots(runner))}")
-        from harness.execute.pool_launch import WorkerLauncher
-
         launcher = WorkerLauncher(runner, envs, Path(runner.output_dir) / "logs",
                                   self.config.stop_grace_s, self.nproc)
         try:

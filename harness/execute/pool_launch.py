@@ -69,6 +69,21 @@ class _Worker:
             self.proc.wait()
 
 
+def describe_slot(env: dict[str, str], i: int) -> str:
+    gpu = env.get("CUDA_VISIBLE_DEVICES")
+    if gpu:
+        return f"worker {i} (GPU{'s' if ',' in gpu else ''} {gpu})"
+    return f"worker {i} ({env['OMP_NUM_THREADS']} threads)"
+
+
+def last_line(log: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "(no log)"
+    return lines[-1][:300] if lines else "(empty log)"
+
+
 class WorkerLauncher:
     """Stages on persistent workers, one stage at a time per worker (slot)."""
 
@@ -96,8 +111,6 @@ class WorkerLauncher:
         return w
 
     def start(self, stages: list[Any]) -> list[_Job]:
-        from harness.execute.pool import describe_slot
-
         self.logs.mkdir(parents=True, exist_ok=True)
         jobs = []
         for stage in stages:
@@ -114,8 +127,6 @@ class WorkerLauncher:
         return jobs
 
     def poll(self, job: _Job) -> tuple[int, str] | None:
-        from harness.execute.pool import last_line
-
         w = self.workers[job.slot]
         while True:
             try:

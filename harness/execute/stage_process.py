@@ -66,7 +66,7 @@ class StageProcesses:
 def error_line(log: Path) -> str:
     """The stage's own ``error: ...`` line (a rank's; torchrun's failure banner comes after
     it), else the log's last line."""
-    from harness.execute.pool import last_line
+    from harness.execute.pool_launch import last_line
 
     try:
         lines = log.read_text(errors="replace").splitlines()
