@@ -21,7 +21,9 @@ from harness.engine import distributed as D
 from harness_builtin.methods.losses import nt_xent, supcon_loss
 
 WORLD = 2
-TIMEOUT_S = 120
+#: A deadlock guard, not a speed limit: on a loaded 2-core machine two spawned processes each
+#: import torch before they meet (seconds idle, a minute or more under load).
+TIMEOUT_S = 600
 
 
 def _cases():
@@ -57,35 +59,43 @@ def _worker(rank: int, init_file: str, cases: list[dict]) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        assert D.is_distributed() and D.world_size() == WORLD and D.rank() == rank
-
-        # gather_with_grad itself: values in rank order, gradient = sum over processes
-        x = torch.full((rank + 1, 2), float(rank), dtype=torch.float64, requires_grad=True)
-        gathered = D.gather_with_grad(x)
-        assert gathered.tolist() == [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
-        weights = torch.arange(6, dtype=torch.float64).view(3, 2)
-        (gathered * weights).sum().backward()
-        _close(x.grad, WORLD * weights[rank: 2 * rank + 1])
-
-        for case in cases:
-            lo, hi = case["split"][rank], case["split"][rank + 1]
-            if case["kind"] == "supcon":
-                f = case["feats"][lo:hi].clone().requires_grad_(True)
-                loss = supcon_loss(f, case["labels"][lo:hi], temperature=0.1, form=case["form"],
-                                   block_size=case["block"])
-                assert abs(loss.item() - case["loss"]) < 1e-5, (case["form"], loss.item(), case["loss"])
-                loss.backward()
-                _close(f.grad, WORLD * case["grad"][lo:hi])
-            else:
-                z1 = case["z1"][lo:hi].clone().requires_grad_(True)
-                z2 = case["z2"][lo:hi].clone().requires_grad_(True)
-                loss = nt_xent(z1, z2, temperature=0.5)
-                assert abs(loss.item() - case["loss"]) < 1e-5, (loss.item(), case["loss"])
-                loss.backward()
-                _close(z1.grad, WORLD * case["g1"][lo:hi])
-                _close(z2.grad, WORLD * case["g2"][lo:hi])
+        _check_rank(rank, cases)
+        # Both ranks leave together: gloo's last collective can return on the sending side
+        # before the peer has read its data, and a rank that tears its connections down first
+        # can reset them under the other, which a slow (loaded) peer then sees as an error.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def _check_rank(rank: int, cases: list[dict]) -> None:
+    assert D.is_distributed() and D.world_size() == WORLD and D.rank() == rank
+
+    # gather_with_grad itself: values in rank order, gradient = sum over processes
+    x = torch.full((rank + 1, 2), float(rank), dtype=torch.float64, requires_grad=True)
+    gathered = D.gather_with_grad(x)
+    assert gathered.tolist() == [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
+    weights = torch.arange(6, dtype=torch.float64).view(3, 2)
+    (gathered * weights).sum().backward()
+    _close(x.grad, WORLD * weights[rank: 2 * rank + 1])
+
+    for case in cases:
+        lo, hi = case["split"][rank], case["split"][rank + 1]
+        if case["kind"] == "supcon":
+            f = case["feats"][lo:hi].clone().requires_grad_(True)
+            loss = supcon_loss(f, case["labels"][lo:hi], temperature=0.1, form=case["form"],
+                               block_size=case["block"])
+            assert abs(loss.item() - case["loss"]) < 1e-5, (case["form"], loss.item(), case["loss"])
+            loss.backward()
+            _close(f.grad, WORLD * case["grad"][lo:hi])
+        else:
+            z1 = case["z1"][lo:hi].clone().requires_grad_(True)
+            z2 = case["z2"][lo:hi].clone().requires_grad_(True)
+            loss = nt_xent(z1, z2, temperature=0.5)
+            assert abs(loss.item() - case["loss"]) < 1e-5, (loss.item(), case["loss"])
+            loss.backward()
+            _close(z1.grad, WORLD * case["g1"][lo:hi])
+            _close(z2.grad, WORLD * case["g2"][lo:hi])
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")

@@ -140,8 +140,17 @@ def test_lifecycle_hooks_are_called(tmp_path):
     assert len(steps) == 2 and steps[0][1] < steps[1][1]  # one per epoch, increasing step
 
 
+#: Required fall of the fine-tuning loss over 4 epochs, as a fraction of the first epoch's.
+FINETUNE_LOSS_FALL = 0.08
+
+
 def test_finetuning_loss_falls(tmp_path):
+    """Four epochs of full fine-tuning lower the training loss.
+
+    Measured (2026-12-07, seeds 0, 1, 2 x 1 and 2 torch threads): final / first loss 0.713-0.742,
+    a fall of 0.258 at the least; the margin (a fall of 0.08) is under a third of that (the
+    earlier margin, 0.2, was 0.78 of it: too close to hold on every CPU)."""
     spec = write_spec(tmp_path, TINY_SPEC.replace("protocols: [frozen, full]", "protocols: [full]"))
     _, result = _run(spec, tmp_path / "store", tmp_path / "out", ["finetune.epochs=4"])
     train = result.records[0]["train"]
-    assert train["final_loss"] < 0.8 * train["first_loss"]
+    assert train["final_loss"] < (1 - FINETUNE_LOSS_FALL) * train["first_loss"], train
