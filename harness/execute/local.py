@@ -92,8 +92,12 @@ class LocalExecutor:
         try:
             stage_result = self.run_kind(stage, ctx) or {}
             dist.barrier()
-        except BaseException:
+        except BaseException as exc:
             self.store.discard(tmp)  # the work folder (checkpoints) stays for a resume
+            if isinstance(exc, FloatingPointError):  # a non-finite loss: one line, exit 4
+                from harness.divergence import loss_not_finite
+
+                raise loss_not_finite(stage, exc, self.env.registry) from exc
             raise
         seconds = time.time() - started
         if not lead:
