@@ -160,6 +160,8 @@ COMMANDS = [  # (id, args, needles)
     ("data_store_is_file", ["data", "list", "--store", "{tmp}/file.txt"], ["--store", "is a file"]),
     ("unknown_dataset_prepare", ["data", "prepare", "nope", "--store", "{tmp}/s"], ["nope"]),
     ("source_missing", ["data", "prepare", "tnbc", "--source", "{tmp}/none.zip", "--store", "{tmp}/s"], ["does not exist"]),
+    ("output_unwritable", ["run", "{spec}", "--quiet", "--output", "/proc/harness-out"],
+     ["--output /proc/harness-out: cannot create the run folder in /proc", "(--output DIR)"]),
     ("report_no_records", ["report", "{tmp}/empty"], ["no result records"]),
 ]
 
@@ -182,6 +184,15 @@ def test_bad_command_line_is_one_line(tmp_path, capsys, args, needles):
         assert result.code == expected and len(result.lines) == 1, result.err
         assert all(n in result.lines[0] for n in needles), result.err
     assert listing(tmp_path) == before
+
+
+def test_weights_path_that_is_a_folder_says_so(tmp_path, capsys):
+    (tmp_path / "weights").mkdir()
+    spec = _spec(tmp_path, "methods: {supervised: {weights: %s}}" % (tmp_path / "weights"))
+    result = cli(capsys, "run", spec, "--dry-run", "--store", str(tmp_path / "store"))
+    line = assert_one_line_error(result, 3, "methods.supervised.weights", str(tmp_path / "weights"),
+                                 "is a folder, not a weights file", ".pth")
+    assert "not found" not in line
 
 
 def test_harness_store_env_pointing_at_a_file(tmp_path, capsys, monkeypatch):

@@ -75,10 +75,10 @@ class CacheWriter:
         if len(set(ids)) != len(ids):
             raise ValueError("sample ids are not unique")
         if not ids:  # prepare and verify would pass and the first run crash: refuse it here
-            from harness.errors import DataError
+            from harness.errors import NoSamples
 
-            raise DataError(f"{self._atomic.final}: the source holds no samples (0 images "
-                            f"found); check that --source is the dataset's official download")
+            raise NoSamples("the source holds no samples (0 images found); check that --source "
+                            "is the dataset's official download")
         self.json("samples.json", {"ids": ids, "tissues": tissues, "groups": groups})
 
     def finish(self, info: dict[str, Any]) -> None:
