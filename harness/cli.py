@@ -196,15 +196,17 @@ def _print_plan(runner, plan) -> None:
 
 
 @app.command("list")
-def list_plugins(what: Annotated[str, typer.Argument(help="methods, datasets or all")] = "all",
+def list_plugins(what: Annotated[str, typer.Argument(help="methods, datasets, protocols, metrics, stages, executors, loggers or all")] = "all",
                  json_: JsonOpt = False) -> None:
-    """Installed method and dataset plugins, their kind and distribution; broken plugins with
+    """Every installed plugin of every extension point (methods, datasets, protocols, metric
+    families, stage kinds, executors, loggers): its kind and distribution; broken plugins with
     their error (exit 4 if any). Plain columns when stdout is not a terminal."""
-    from harness.cli_output import list_plugins as print_plugins
+    from harness.cli_output import EXTENSION_POINTS, list_plugins as print_plugins
     from harness.plugins import get_registry
 
-    if what not in ("methods", "datasets", "all"):
-        raise click.BadParameter(f"'{what}': choose methods, datasets or all", param_hint="WHAT")
+    if what != "all" and what not in EXTENSION_POINTS:
+        raise click.BadParameter(f"'{what}': choose {', '.join(EXTENSION_POINTS)} or all",
+                                 param_hint="WHAT")
     print_plugins(get_registry(), what, json_)
 
 

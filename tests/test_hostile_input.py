@@ -146,7 +146,7 @@ COMMANDS = [  # (id, args, needles)
     ("unknown_option", ["run", "{spec}", "--bogus"], ["No such option: --bogus"]),
     ("bad_option_value", ["compare", "a", "b", "--k", "abc"], ["'--k'", "valid number"]),
     ("option_missing_value", ["run", "{spec}", "--store"], ["--store", "requires an argument"]),
-    ("list_what", ["list", "foo"], ["WHAT", "methods, datasets or all"]),
+    ("list_what", ["list", "foo"], ["WHAT", "methods, datasets, protocols, metrics, stages, executors, loggers or all"]),
     ("spec_is_directory", ["validate", "{tmp}"], ["Is a directory"]),
     ("spec_missing", ["validate", "{tmp}/nope.yaml"], ["spec file not found"]),
     ("spec_symlink_loop", ["validate", "{tmp}/loop.yaml"], ["Too many levels of symbolic links"]),
