@@ -85,7 +85,9 @@ def data_verify(name: str, set_: DataSetOpt = None, store: StoreOpt = None) -> N
 
     dataset = open_dataset(name, store, set_)
     if not dataset.is_prepared():
-        raise DataError(f"{name}: not prepared; run `{dataset.prepare_command()}`")
+        from harness.data.base import prepare_command_for
+
+        raise DataError(f"{name}: not prepared; run `{prepare_command_for(dataset)}`")
     problems = dataset.verify()
     if problems:
         raise DataError(f"{name}: {len(problems)} problems: " + "; ".join(problems))

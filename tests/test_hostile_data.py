@@ -59,7 +59,7 @@ def test_run_refuses_a_tampered_cache(prepared, capsys, tmp_path, name, tamper, 
     before = listing(tmp_path)
     result = cli(capsys, "run", str(REPO / "specs" / "lizard.yaml"), "--store", str(store), *DRY)
     assert_one_line_error(result, 3, "dataset 'lizard'", str(root), needle,
-                          "harness data prepare lizard --source PATH --force")
+                          f"harness data prepare lizard --source PATH --store {store} --force")
     assert listing(tmp_path) == before
 
 

@@ -16,7 +16,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from harness.data.base import Dataset, LabeledArrays, atomic_directory, mark_ready
+from harness.data.base import (Dataset, LabeledArrays, atomic_directory, mark_ready,
+                               prepare_command_for)
 
 LABELED_ARRAYS = ("images", "instances", "classes")
 
@@ -175,7 +176,7 @@ class CachedDataset(Dataset):
         """The checks every cached dataset starts its ``verify`` with: prepared, and the files
         match the manifest written at prepare time (sizes, shapes, dtypes, checksums)."""
         if not self.is_prepared():
-            return [f"{self.root}: not prepared (run `{self.prepare_command()}`)"]
+            return [f"{self.root}: not prepared (run `{prepare_command_for(self)}`)"]
         return verify_manifest(self.root)
 
     def verify(self) -> list[str]:
