@@ -47,7 +47,7 @@ from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 
-from harness.data.cache import CacheWriter
+from harness.data.cache import CacheWriter, read_rows
 from harness.errors import DataError
 
 CLASS_NAMES = ("neoplastic", "inflammatory", "connective", "dead", "epithelial")
@@ -172,16 +172,23 @@ class NpyMember:
 
     # --- rows of big arrays ---------------------------------------------------------------------
     def rows(self, indices: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
-        """The rows ``indices`` (ascending), ``chunk`` rows at a time."""
+        """The rows ``indices`` (ascending), ``chunk`` rows at a time. A file on disk is read
+        through a map of each chunk's rows only, dropped before the next (``read_rows``): a
+        map of the whole fold would keep every page read resident, the whole 15 GB fold."""
         if self.member is None:
-            arr = self._mmap()
+            arr = self._mmap()  # the header only: its data pages are never touched here
             for start in range(0, len(indices), chunk):
                 sel = indices[start:start + chunk]
                 try:
-                    if len(sel) and sel[-1] - sel[0] + 1 == len(sel):  # contiguous: a slice
-                        yield np.asarray(arr[sel[0]:sel[-1] + 1])
-                    else:
-                        yield np.asarray(arr[sel])
+                    if not len(sel):
+                        yield np.asarray(arr[:0])
+                        continue
+                    # each run of consecutive rows through its own map (a subset such as
+                    # PanNuke-Breast skips rows: their pages are never read)
+                    breaks = np.flatnonzero(np.diff(sel) != 1) + 1
+                    runs = [(int(r[0]), int(r[-1]) + 1) for r in np.split(sel, breaks)]
+                    parts = [read_rows(arr, a, b) for a, b in runs]
+                    yield parts[0] if len(parts) == 1 else np.concatenate(parts)
                 except OSError as exc:
                     raise self.error(f"read failed ({_one_line(exc)})") from None
             return
