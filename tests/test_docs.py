@@ -63,3 +63,17 @@ def test_example_plugin_imports_no_torch():
                             timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert modules == ["blobs", "blur", "byol", "halves"], modules
+
+
+def test_guide_registered_modules_import_no_torch():
+    """The guide's own plugin modules (its `python module=NAME` blocks, but the networks'
+    `*_nets`) follow its rule: executed alone, they leave torch unimported."""
+    modules = [code for page in PAGES for _, info, code in blocks(DOCS / page)
+               if info.startswith("python module=") and not info.endswith("_nets")]
+    assert len(modules) >= 2
+    for code in modules:
+        check = f"import sys\nexec({code!r}, {{'__name__': 'guide_module'}})\n" \
+                "assert 'torch' not in sys.modules, 'torch imported'"
+        result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0, (code[:200], result.stderr[-1500:])
