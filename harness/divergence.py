@@ -43,8 +43,8 @@ def loss_not_finite(stage: Any, exc: FloatingPointError, registry: Any) -> LossN
     info = registry.methods.get(name)
     lr = (method.get("config") or {}).get("lr")
     now = f", now {lr:g}" if isinstance(lr, (int, float)) else ""
-    try_lr = f"lower the method's learning rate (its `lr` setting{now}, e.g. 10x lower: " \
-             f"--set methods.{name}.lr=...)"
+    try_lr = f"lower the method's learning rate (the `lr` of its entry under the spec's " \
+             f"methods{now}), e.g. 10x"
     if info is not None and info.distribution != OWN_DISTRIBUTION:
         return LossNotFinite(
             f"{where}: the loss of method plugin '{name}' (from {info.distribution} "

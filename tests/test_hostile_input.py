@@ -266,7 +266,8 @@ def test_nan_loss_of_a_plugin_names_stage_plugin_distribution_step_and_fix(tmp_p
                  "--store", str(tmp_path / "store"), "--output", str(tmp_path / "out"))
     assert_one_line_error(result, 4, "pretrain stage 'diverges pretrain seed 0'",
                           "method plugin 'diverges' (from local", "is nan at step 1",
-                          "methods.diverges.lr", "`harness plugin check diverges`")
+                          "the `lr` of its entry under the spec's methods, now 0.2), e.g. 10x",
+                          "`harness plugin check diverges`")
 
 
 def test_nan_loss_of_a_builtin_method_is_not_a_bug(tmp_path, capsys, monkeypatch):
@@ -279,5 +280,5 @@ def test_nan_loss_of_a_builtin_method_is_not_a_bug(tmp_path, capsys, monkeypatch
                  "--store", str(tmp_path / "store"), "--output", str(tmp_path / "out"))
     line = assert_one_line_error(result, 4, "pretrain stage 'simclr pretrain seed 0'",
                                  "method 'simclr' is nan at step 1", "training diverged",
-                                 "lower the method's learning rate (its `lr` setting, now 0.2")
+                                 "lower the method's learning rate (the `lr` of its entry")
     assert "plugin check" not in line and "(from " not in line, line
