@@ -20,6 +20,7 @@ from rich.table import Table
 
 from harness.cli_common import SetOpt, StoreOpt, err, out
 from harness.cli_common import open_store as _store
+from harness.cli_data import data_app, open_dataset as _dataset
 from harness.cli_plugin import plugin_app, show
 from harness.plugin_faults import plugin_fault as _plugin_fault
 from harness.cli_stage import stage_app
@@ -30,7 +31,6 @@ from harness.spec_checks import output_problems, printable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Benchmark harness for pretraining methods in computational pathology.")
-data_app = typer.Typer(no_args_is_help=True, help="Prepare, verify and list datasets.")
 app.add_typer(data_app, name="data")
 viz_app = typer.Typer(no_args_is_help=True, help="Visualise what encoders learned.")
 app.add_typer(viz_app, name="viz")
@@ -129,6 +129,8 @@ def run(spec: Annotated[Path, typer.Argument(help="spec file")],
     if output is not None and (problems := output_problems(str(output), None, "--output", "run folder")):
         raise UsageError(problems[0])
     output_dir = output or rspec.output_dir()
+    if not dry_run:
+        _check_output(output_dir, "--output" if output is not None else f"{spec}: output:")
     runner = Runner(rspec, registry, _store(store), output_dir, quiet=True if quiet else None)
     loggers = session_for(registry, rspec, logger or [], output_dir)  # checked before any work
     chosen = pick(runner, executor, nproc)
@@ -154,6 +156,26 @@ def run(spec: Annotated[Path, typer.Argument(help="spec file")],
             out.print(f"report: {output_dir / name}", markup=False)
 
 
+def _check_output(output_dir: Path, origin: str) -> None:
+    """Before any work: the run folder can be created (a folder made and removed in its nearest
+    existing parent), else a usage error naming where it came from (``/proc/x``, a read-only
+    mount), not a failure once the stages ran."""
+    import os
+    import tempfile
+
+    from harness.errors import UsageError
+
+    parent = output_dir.absolute()
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".harness-probe-", dir=parent))
+    except OSError as exc:
+        raise UsageError(f"{origin} {output_dir}: cannot create the run folder in {parent} "
+                         f"({exc.strerror or exc}); choose a folder you can write "
+                         f"(--output DIR)") from None
+
+
 def _print_plan(runner, plan) -> None:
     rows = runner.describe(plan)
     table = Table(title=f"{len(plan.cells)} cells, {len(rows)} distinct stages")
@@ -174,15 +196,17 @@ def _print_plan(runner, plan) -> None:
 
 
 @app.command("list")
-def list_plugins(what: Annotated[str, typer.Argument(help="methods, datasets or all")] = "all",
+def list_plugins(what: Annotated[str, typer.Argument(help="methods, datasets, protocols, metrics, stages, executors, loggers or all")] = "all",
                  json_: JsonOpt = False) -> None:
-    """Installed method and dataset plugins, their kind and distribution; broken plugins with
+    """Every installed plugin of every extension point (methods, datasets, protocols, metric
+    families, stage kinds, executors, loggers): its kind and distribution; broken plugins with
     their error (exit 4 if any). Plain columns when stdout is not a terminal."""
-    from harness.cli_output import list_plugins as print_plugins
+    from harness.cli_output import EXTENSION_POINTS, list_plugins as print_plugins
     from harness.plugins import get_registry
 
-    if what not in ("methods", "datasets", "all"):
-        raise click.BadParameter(f"'{what}': choose methods, datasets or all", param_hint="WHAT")
+    if what != "all" and what not in EXTENSION_POINTS:
+        raise click.BadParameter(f"'{what}': choose {', '.join(EXTENSION_POINTS)} or all",
+                                 param_hint="WHAT")
     print_plugins(get_registry(), what, json_)
 
 
@@ -229,81 +253,6 @@ def compare(new: Annotated[Path, typer.Argument(help="new run folder or report.j
         raise typer.Exit(1)
 
 
-DataSetOpt = Annotated[Optional[list[str]], typer.Option(
-    "--set", help="a dataset option, e.g. --set tile_size=256 (repeatable; as in a spec's dataset:)")]
-
-
-@data_app.command("prepare")
-def data_prepare(name: str, source: Annotated[Optional[Path], typer.Option("--source", help="the official download (folder or archive)")] = None,
-                 set_: DataSetOpt = None,
-                 force: Annotated[bool, typer.Option("--force", help="prepare again even if a cache exists")] = False,
-                 store: StoreOpt = None) -> None:
-    """Convert a dataset's official download into the local cache (generated datasets need no source)."""
-    import json
-
-    dataset = _dataset(name, store, set_)
-    if dataset.is_prepared() and not force:
-        info = json.loads((dataset.root / "READY").read_text() or "{}")
-        origin = f" from {info['source']}" if isinstance(info, dict) and info.get("source") else ""
-        out.print(f"{name}: already prepared in {dataset.root}{origin}; use --force to prepare "
-                  f"it again", markup=False)
-        return
-    if source is None and not dataset.auto_prepare:
-        from harness.errors import UsageError
-
-        raise UsageError(f"{name}: --source PATH is required ({dataset.source_hint or 'the official download'})")
-    if source is not None and not Path(source).exists():
-        from harness.errors import DataError
-
-        raise DataError(f"{name}: --source {source} does not exist")
-    dataset.prepare(source)
-    out.print(f"{name}: prepared in {dataset.root}", markup=False)
-
-
-@data_app.command("verify")
-def data_verify(name: str, set_: DataSetOpt = None, store: StoreOpt = None) -> None:
-    """Check a prepared dataset: counts, shapes, dtypes, class ids, splits, checksums."""
-    from harness.errors import DataError
-
-    dataset = _dataset(name, store, set_)
-    if not dataset.is_prepared():
-        raise DataError(f"{name}: not prepared; run `{dataset.prepare_command()}`")
-    problems = dataset.verify()
-    if problems:
-        raise DataError(f"{name}: {len(problems)} problems: " + "; ".join(problems))
-    out.print(f"{name}: ok ({dataset.root})", markup=False)
-
-
-@data_app.command("list")
-def data_list(store: StoreOpt = None) -> None:
-    """Every prepared dataset cache in the store (all option sets), and installed datasets that
-    have none."""
-    import json
-
-    from rich.markup import escape
-
-    from harness.plugins import get_registry
-
-    registry = get_registry()
-    root = _store(store).root / "datasets"
-    table = Table()
-    for col in ("dataset", "prepared", "where", "source / options"):
-        table.add_column(col, overflow="fold")
-    for name in sorted(registry.datasets):
-        caches = sorted((root / name).glob("*/READY")) if (root / name).is_dir() else []
-        for ready in caches:
-            try:
-                info = json.loads(ready.read_text() or "{}")
-            except json.JSONDecodeError:
-                info = {}
-            what = info.get("source") or json.dumps(info.get("config", {}), sort_keys=True) \
-                if isinstance(info, dict) else ""
-            table.add_row(name, "yes", escape(str(ready.parent)), escape(str(what or "")))
-        if not caches:
-            table.add_row(name, "no", "", escape(registry.datasets[name].cls.source_hint or ""))
-    out.print(table)
-
-
 @viz_app.command("similarity")
 def viz_similarity(
         encoder: Annotated[list[str], typer.Option("--encoder", help="an encoder.pt (with its encoder.json), a stage folder holding one, or a stage key (prefix) in the store; repeatable, one column each")],
@@ -325,23 +274,6 @@ def viz_similarity(
     ds = spec_dataset(spec, dataset, set_, _store(store)) if spec else _dataset(dataset, store, dataset_options(set_))
     path = similarity_command(encoder, ds, image, points, size, output, _store(store).root)
     out.print(str(path), markup=False)
-
-
-def _dataset(name: str, store: Path | None, options: list[str] | None = None):
-    from pydantic import ValidationError
-
-    from harness.data.base import dataset_root
-    from harness.errors import SpecError
-    from harness.plugins import get_registry
-    from harness.spec import apply_overrides, format_errors
-
-    info = get_registry().dataset(name)
-    raw = apply_overrides({}, options or [])
-    try:
-        config = info.cls.Config.model_validate(raw)
-    except ValidationError as exc:
-        raise SpecError(format_errors(exc, info.cls.Config, "--set", {})) from None
-    return info.cls(config, root=dataset_root(info.cls, config, _store(store)))
 
 
 def _interrupted() -> None:

@@ -10,7 +10,8 @@ terminal, a CI log and a pipe.
 
 Shapes (keys are stable; new keys may be added):
 
-``list``: ``{"plugins": [{"name", "type" ("method"|"dataset"), "kind", "distribution",
+``list``: ``{"plugins": [{"name", "type" ("method"|"dataset"|"protocol"|"metric-family"|
+"stage-kind"|"executor"|"logger"), "kind" ("-" where none), "distribution",
 "version", "entry_point", "description"}], "broken": [{"entry_point", "distribution",
 "error"}], "conflicts": [str]}``
 
@@ -45,16 +46,25 @@ def write_json(doc: Any) -> None:
 
 # --- harness list --------------------------------------------------------------------------------
 
+#: ``harness list WHAT``: the registry table and the ``type`` of its rows, in listing order
+#: (every extension point: a plugin of any of them is listed with its distribution)
+EXTENSION_POINTS = {
+    "methods": ("methods", "method"), "datasets": ("datasets", "dataset"),
+    "protocols": ("protocols", "protocol"), "metrics": ("metric_families", "metric-family"),
+    "stages": ("stage_kinds", "stage-kind"), "executors": ("executors", "executor"),
+    "loggers": ("loggers", "logger")}
+
+
 def plugin_rows(registry: Any, what: str) -> list[dict[str, str]]:
-    tables = []
-    if what in ("methods", "all"):
-        tables.append(("method", registry.methods))
-    if what in ("datasets", "all"):
-        tables.append(("dataset", registry.datasets))
-    return [{"name": name, "type": category, "kind": info.kind, "distribution": info.distribution,
-             "version": info.dist_version, "entry_point": info.entry_point,
+    points = EXTENSION_POINTS.values() if what == "all" else [EXTENSION_POINTS[what]]
+    return [{"name": name, "type": category,
+             # a method's or dataset's kind, a metric family's metrics; "-" where there is none
+             "kind": info.kind if info.kind != info.category else "-",
+             "distribution": info.distribution, "version": info.dist_version,
+             "entry_point": info.entry_point,
              "description": " ".join(str(getattr(info.cls, "description", "") or "").split())}
-            for category, entries in tables for name, info in sorted(entries.items())]
+            for table, category in points
+            for name, info in sorted(getattr(registry, table).items())]
 
 
 def list_plugins(registry: Any, what: str, as_json: bool) -> None:

@@ -45,6 +45,10 @@ class DataError(HarnessError):
     exit_code = 3
 
 
+class NoSamples(DataError):
+    """A dataset's source holds no samples (exit 3); ``harness data prepare`` names the source."""
+
+
 class PluginError(HarnessError):
     """A plugin is missing, duplicated or broken (exit 4)."""
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.data.base import dataset_root
+from harness.data.base import dataset_root, prepare_command_for
 from harness.errors import DataError, MissingInputs
 
 
@@ -51,7 +51,7 @@ def _dataset_problem(cls: type, config: Any, store: Any, prepare: bool,
     hint = f" ({dataset.source_hint})" if dataset.source_hint else ""
     what = f" ({role})" if role else ""
     return [f"dataset '{dataset.name}'{what} is not prepared (looked in {dataset.root}); "
-            f"run `{dataset.prepare_command()}`{hint}"]
+            f"run `{prepare_command_for(dataset)}`{hint}"]
 
 
 def check_inputs(rspec: Any, registry: Any, store: Any, prepare: bool = True) -> None:

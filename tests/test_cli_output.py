@@ -59,8 +59,10 @@ def in_terminal(*args: str, columns: int, tmp_path: Path) -> str:
 
 def expected_plugins() -> dict[str, str]:
     registry = get_registry()
+    tables = (registry.methods, registry.datasets, registry.protocols, registry.metric_families,
+              registry.stage_kinds, registry.executors, registry.loggers)
     return {name: " ".join((info.cls.description or "").split())
-            for table in (registry.methods, registry.datasets) for name, info in table.items()}
+            for table in tables for name, info in table.items()}
 
 
 # --- harness list ------------------------------------------------------------------------------
@@ -100,6 +102,24 @@ def test_list_json(tmp_path):
     assert synthetic["type"] == "dataset" and synthetic["kind"] == "labeled"
     assert synthetic["distribution"] == "pathbench-harness"
     assert {p["type"] for p in doc["plugins"]} == {"dataset"}
+
+
+def test_list_shows_every_extension_point(tmp_path):
+    """Text and --json: methods, datasets, protocols, metric families, stage kinds, executors
+    and loggers, each with its distribution; `list WHAT` narrows to one."""
+    proc = harness("list", "--json", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = {(p["type"], p["name"]): p for p in json.loads(proc.stdout)["plugins"]}
+    for row in [("method", "simclr"), ("dataset", "pannuke"), ("protocol", "linear"),
+                ("metric-family", "pq"), ("stage-kind", "pretrain"), ("executor", "slurm"),
+                ("logger", "tensorboard")]:
+        assert rows[row]["distribution"] == "pathbench-harness", row
+    assert rows[("metric-family", "pq")]["kind"] == "mpq,bpq"
+    assert rows[("executor", "pool")]["kind"] == "-"
+    text = harness("list", "executors", tmp_path=tmp_path, columns=200)
+    lines = text.stdout.splitlines()
+    assert [line.split()[:2] for line in lines[1:]] == [["local", "executor"], ["pool", "executor"],
+                                                        ["slurm", "executor"]], text.stdout
 
 
 @pytest.fixture

@@ -25,17 +25,21 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "harness-example
 
 
 def example(name: str):
-    module_name = f"_example_source_{name}"
-    if module_name not in sys.modules:
+    """A module of the example package, from its source folder, imported as the package's own
+    (its relative imports work); no distribution is put on sys.path, so the registry of other
+    tests stays as it was."""
+    if "harness_example" not in sys.modules:
         spec = importlib.util.spec_from_file_location(
-            module_name, EXAMPLE / "harness_example" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
+            "harness_example", EXAMPLE / "harness_example" / "__init__.py",
+            submodule_search_locations=[str(EXAMPLE / "harness_example")])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules["harness_example"] = package
+        spec.loader.exec_module(package)
+    return importlib.import_module(f"harness_example.{name}")
 
 
 blur, blobs, byol = example("blur"), example("blobs"), example("byol")
+byol_model = example("byol_model")
 
 
 # --- the broken variants -------------------------------------------------------------------------
@@ -55,7 +59,7 @@ class NoStep(PretrainMethod):
     name = "bad_nostep"
 
     def build_model(self, encoder, encoder_channels):
-        return byol.BYOLModel(encoder, encoder_channels[-1], byol.BYOLConfig())
+        return byol_model.BYOLModel(encoder, encoder_channels[-1], byol.BYOLConfig())
 
 
 class Backbone(byol.ExampleBYOL):
@@ -82,7 +86,7 @@ class NoGradient(byol.ExampleBYOL):
     def training_step(self, model, batch, num_classes):
         feats = [model.encoder(v)[-1].detach().mean(dim=(2, 3)) for v in (batch["view1"], batch["view2"])]
         p = model.predictor(model.projector(feats[0]))
-        return byol.byol_loss(p, model.projector(feats[1]).detach()), {}
+        return byol_model.byol_loss(p, model.projector(feats[1]).detach()), {}
 
 
 class ShadowConfig(byol.BYOLConfig):
@@ -212,3 +216,12 @@ def test_every_builtin_is_tested():
     builtins = {n for t in (registry.methods, registry.datasets) for n, i in t.items()
                 if i.distribution == "pathbench-harness"}
     assert builtins == set(FAST) | set(SLOW)
+
+
+def test_check_lists_every_contract_method_it_ran():
+    """`harness plugin check` prints `ok NAME: <items>`: every contract method it called."""
+    module = plugin_module("example_byol_module", [byol.ExampleBYOL])
+    report = check("example_byol", build_registry([module]))
+    assert report.ok, [str(f) for f in report.failures]
+    assert report.passed == ["contract", "Config", "view_config", "init_encoder", "build_model",
+                             "param_groups", "training_step", "after_step"]

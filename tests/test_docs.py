@@ -1,9 +1,14 @@
 """Every ```` ```python ```` block of the plugin guide runs (each in a fresh namespace, in
-order); blocks that are excerpts say so with ```` ```python no-run ````."""
+order); blocks that are excerpts say so with ```` ```python no-run ````; a block marked
+```` ```python module=NAME ```` becomes the module NAME that later blocks import (a plugin's
+registered module and its networks' module). The example plugin package imports without torch."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -19,17 +24,56 @@ def blocks(path: Path) -> list[tuple[int, str, str]]:
 
 
 PAGES = ["writing-plugins.md"]
-CASES = [(page, line, code) for page in PAGES for line, info, code in blocks(DOCS / page)
-         if info == "python"]
+CASES = [(page, line, info, code) for page in PAGES for line, info, code in blocks(DOCS / page)
+         if info == "python" or info.startswith("python module=")]
 
 
 def test_every_python_block_is_run_or_marked():
     infos = {info for page in PAGES for _, info, _ in blocks(DOCS / page)
              if info.startswith("python")}
-    assert infos <= {"python", "python no-run"}, infos
+    assert all(i in ("python", "python no-run") or re.fullmatch(r"python module=\w+", i)
+               for i in infos), infos
     assert len(CASES) >= 5
 
 
-@pytest.mark.parametrize("page,line,code", CASES, ids=[f"{p}:{n}" for p, n, _ in CASES])
-def test_python_block_runs(page, line, code):
-    exec(compile(code, f"{DOCS / page}:{line}", "exec"), {"__name__": f"docs_block_{line}"})
+@pytest.mark.parametrize("page,line,info,code", CASES, ids=[f"{p}:{n}" for p, n, _, _ in CASES])
+def test_python_block_runs(page, line, info, code):
+    compiled = compile(code, f"{DOCS / page}:{line}", "exec")
+    if info.startswith("python module="):
+        module = types.ModuleType(info.split("=", 1)[1])
+        sys.modules[module.__name__] = module
+        exec(compiled, module.__dict__)
+    else:
+        exec(compiled, {"__name__": f"docs_block_{line}"})
+
+
+EXAMPLE = DOCS.parent / "examples" / "harness-example-plugin"
+
+
+def test_example_plugin_imports_no_torch():
+    """What `harness list`/`validate` do to every installed plugin: import its entry-point
+    modules. The example package follows the guide's rule, so none of them loads torch."""
+    modules = sorted(p.stem for p in (EXAMPLE / "harness_example").glob("*.py")
+                     if p.stem != "__init__" and not p.stem.endswith("_model"))
+    code = (f"import sys; sys.path.insert(0, {str(EXAMPLE)!r}); import importlib\n"
+            f"for m in {modules!r}: importlib.import_module('harness_example.' + m)\n"
+            "heavy = sorted({'torch', 'torchvision', 'timm', 'kornia', 'scipy'} & set(sys.modules))\n"
+            "assert not heavy, heavy")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert modules == ["blobs", "blur", "byol", "halves"], modules
+
+
+def test_guide_registered_modules_import_no_torch():
+    """The guide's own plugin modules (its `python module=NAME` blocks, but the networks'
+    `*_nets`) follow its rule: executed alone, they leave torch unimported."""
+    modules = [code for page in PAGES for _, info, code in blocks(DOCS / page)
+               if info.startswith("python module=") and not info.endswith("_nets")]
+    assert len(modules) >= 2
+    for code in modules:
+        check = f"import sys\nexec({code!r}, {{'__name__': 'guide_module'}})\n" \
+                "assert 'torch' not in sys.modules, 'torch imported'"
+        result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0, (code[:200], result.stderr[-1500:])

@@ -59,7 +59,7 @@ def test_run_refuses_a_tampered_cache(prepared, capsys, tmp_path, name, tamper, 
     before = listing(tmp_path)
     result = cli(capsys, "run", str(REPO / "specs" / "lizard.yaml"), "--store", str(store), *DRY)
     assert_one_line_error(result, 3, "dataset 'lizard'", str(root), needle,
-                          "harness data prepare lizard --source PATH --force")
+                          f"harness data prepare lizard --source PATH --store {store} --force")
     assert listing(tmp_path) == before
 
 
@@ -73,6 +73,24 @@ def test_a_source_with_zero_samples_is_refused_at_prepare(tmp_path, capsys):
     result = cli(capsys, "data", "prepare", "lizard", "--source", str(source), "--store", str(store))
     assert result.code == 3, result.err
     assert "Traceback" not in result.err and "unexpected" not in result.err
-    assert "no samples" in result.err and "--source" in result.err, result.err
+    line = assert_one_line_error(result, 3, f"lizard: --source {source} holds no samples",
+                                 "CoNIC")  # names the source and what to pass, not the cache
+    assert str(store) not in line, line
     assert not list(store.glob("datasets/lizard/*/READY"))
     assert not [p for p in store.rglob("*") if p.is_file()]  # nothing half-written stays
+
+
+def test_missing_and_unreadable_source_are_both_data_errors(tmp_path, capsys, monkeypatch):
+    """Exit 3 for both (was 3 and 2), each line naming the --source and the fix. Root reads
+    any folder, so the unreadable one is simulated by os.access."""
+    source = tmp_path / "conic"
+    source.mkdir()
+    store = str(tmp_path / "store")
+    missing = cli(capsys, "data", "prepare", "lizard", "--source", str(tmp_path / "nope"), "--store", store)
+    assert_one_line_error(missing, 3, f"--source {tmp_path / 'nope'} does not exist", "pass ")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p) == str(source)
+                        else real_access(p, mode, **kw))
+    unreadable = cli(capsys, "data", "prepare", "lizard", "--source", str(source), "--store", store)
+    assert_one_line_error(unreadable, 3, f"--source {source}: the folder cannot be read",
+                          "permission denied", "chmod -R u+rX")

@@ -146,7 +146,7 @@ COMMANDS = [  # (id, args, needles)
     ("unknown_option", ["run", "{spec}", "--bogus"], ["No such option: --bogus"]),
     ("bad_option_value", ["compare", "a", "b", "--k", "abc"], ["'--k'", "valid number"]),
     ("option_missing_value", ["run", "{spec}", "--store"], ["--store", "requires an argument"]),
-    ("list_what", ["list", "foo"], ["WHAT", "methods, datasets or all"]),
+    ("list_what", ["list", "foo"], ["WHAT", "methods, datasets, protocols, metrics, stages, executors, loggers or all"]),
     ("spec_is_directory", ["validate", "{tmp}"], ["Is a directory"]),
     ("spec_missing", ["validate", "{tmp}/nope.yaml"], ["spec file not found"]),
     ("spec_symlink_loop", ["validate", "{tmp}/loop.yaml"], ["Too many levels of symbolic links"]),
@@ -160,6 +160,8 @@ COMMANDS = [  # (id, args, needles)
     ("data_store_is_file", ["data", "list", "--store", "{tmp}/file.txt"], ["--store", "is a file"]),
     ("unknown_dataset_prepare", ["data", "prepare", "nope", "--store", "{tmp}/s"], ["nope"]),
     ("source_missing", ["data", "prepare", "tnbc", "--source", "{tmp}/none.zip", "--store", "{tmp}/s"], ["does not exist"]),
+    ("output_unwritable", ["run", "{spec}", "--quiet", "--output", "/proc/harness-out"],
+     ["--output /proc/harness-out: cannot create the run folder in /proc", "(--output DIR)"]),
     ("report_no_records", ["report", "{tmp}/empty"], ["no result records"]),
 ]
 
@@ -182,6 +184,15 @@ def test_bad_command_line_is_one_line(tmp_path, capsys, args, needles):
         assert result.code == expected and len(result.lines) == 1, result.err
         assert all(n in result.lines[0] for n in needles), result.err
     assert listing(tmp_path) == before
+
+
+def test_weights_path_that_is_a_folder_says_so(tmp_path, capsys):
+    (tmp_path / "weights").mkdir()
+    spec = _spec(tmp_path, "methods: {supervised: {weights: %s}}" % (tmp_path / "weights"))
+    result = cli(capsys, "run", spec, "--dry-run", "--store", str(tmp_path / "store"))
+    line = assert_one_line_error(result, 3, "methods.supervised.weights", str(tmp_path / "weights"),
+                                 "is a folder, not a weights file", ".pth")
+    assert "not found" not in line
 
 
 def test_harness_store_env_pointing_at_a_file(tmp_path, capsys, monkeypatch):
@@ -219,3 +230,55 @@ def test_a_refused_run_writes_nothing_and_a_good_one_only_its_folders(tmp_path, 
     new = listing(tmp_path) - before
     assert new and all(p.startswith(("store", "work/out")) for p in new), sorted(new)[:5]
     assert {p.name for p in REPO.iterdir()} == repo_before
+
+
+# --- a loss that turns non-finite: the stage, the method, the step and the fix, exit 4 ----------
+
+NAN_SPEC = ("dataset: {name: synthetic, image_size: 32, images_per_fold: 4, unlabeled_images: 8}\n"
+            "methods: {%s: {epochs: 1, batch_size: 4, hidden_dim: 16, proj_dim: 8}}\n"
+            "protocols: [frozen]")
+
+
+def _nan_loss(cls):
+    original = cls.training_step
+
+    def training_step(self, model, batch, num_classes, **kwargs):
+        loss, logs = original(self, model, batch, num_classes, **kwargs)
+        return loss * float("nan"), logs
+    return training_step
+
+
+def test_nan_loss_of_a_plugin_names_stage_plugin_distribution_step_and_fix(tmp_path, capsys,
+                                                                           monkeypatch):
+    """As `harness plugin check` fails it (exit 4), not 'unexpected FloatingPointError' (1)."""
+    import types
+
+    from harness import plugins
+    from harness.hookspecs import hookimpl
+    from harness_builtin.methods.simclr import SimCLR
+
+    diverges = type("Diverges", (SimCLR,), {"name": "diverges",
+                                            "training_step": _nan_loss(SimCLR)})
+    module = types.ModuleType("diverging_plugin")
+    module.harness_register_methods = hookimpl(lambda: [diverges])
+    monkeypatch.setattr(plugins, "_cached", plugins.build_registry([module]))
+    result = cli(capsys, "run", _spec(tmp_path, NAN_SPEC % "diverges"), "--quiet",
+                 "--store", str(tmp_path / "store"), "--output", str(tmp_path / "out"))
+    assert_one_line_error(result, 4, "pretrain stage 'diverges pretrain seed 0'",
+                          "method plugin 'diverges' (from local", "is nan at step 1",
+                          "the `lr` of its entry under the spec's methods, now 0.2), e.g. 10x",
+                          "`harness plugin check diverges`")
+
+
+def test_nan_loss_of_a_builtin_method_is_not_a_bug(tmp_path, capsys, monkeypatch):
+    """A built-in method that diverges (a too-high learning rate; forced here by a NaN loss,
+    since a real divergence at this size is not reliable) names the learning rate to lower."""
+    from harness_builtin.methods.simclr import SimCLR
+
+    monkeypatch.setattr(SimCLR, "training_step", _nan_loss(SimCLR))
+    result = cli(capsys, "run", _spec(tmp_path, NAN_SPEC % "simclr"), "--quiet",
+                 "--store", str(tmp_path / "store"), "--output", str(tmp_path / "out"))
+    line = assert_one_line_error(result, 4, "pretrain stage 'simclr pretrain seed 0'",
+                                 "method 'simclr' is nan at step 1", "training diverged",
+                                 "lower the method's learning rate (the `lr` of its entry")
+    assert "plugin check" not in line and "(from " not in line, line

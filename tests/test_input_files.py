@@ -113,3 +113,13 @@ def test_hash_cache_by_stat_and_never_for_a_fresh_or_rewritten_file(tmp_path, mo
 def test_a_missing_input_file_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="cannot read this input file"):
         file_sha256(tmp_path / "nope.pth")
+
+
+def test_an_input_that_is_a_folder_says_so(tmp_path):
+    import pytest
+
+    from harness.errors import DataError
+    from harness.inputs import file_sha256
+
+    with pytest.raises(DataError, match="is a folder, not a file; name the file inside it"):
+        file_sha256(tmp_path)

@@ -95,6 +95,20 @@ def test_per_tissue_averaging_and_nan_skipping() -> None:
     json.dumps(res)  # JSON-friendly (NaN allowed by the encoder's default)
 
 
+def test_chunked_aggregation_equals_the_whole_arrays() -> None:
+    """aggregate_pq_chunks (the streaming entry point) gives aggregate_pq's dict, chunk sizes
+    1 and 2 over the three images."""
+    from harness.metrics import aggregate_pq_chunks
+
+    true, pred, tissues = three_image_example()
+    whole = aggregate_pq(true, pred, tissues, class_names=["neo", "inflam"])
+    for size in (1, 2):
+        chunks = ((true[i:i + size], pred[i:i + size]) for i in range(0, len(true), size))
+        streamed = aggregate_pq_chunks(chunks, tissues, class_names=["neo", "inflam"])
+        assert json.dumps(streamed, sort_keys=True) == json.dumps(whole, sort_keys=True)
+    assert aggregate_pq_chunks(iter(()), [], class_names=["neo"])["n_images"] == 0
+
+
 @pytest.mark.filterwarnings("error")  # no "Mean of empty slice" RuntimeWarnings
 def test_images_without_gt_are_nan_and_skipped() -> None:
     true, pred, tissues = three_image_example()

@@ -24,6 +24,8 @@ def test_pannuke_frozen_on_an_empty_store_lists_weights_pannuke_and_tcga(tmp_pat
     weights, pannuke, tcga = lines
     assert "ImageNet weights for resnet18" in weights and "download.pytorch.org" in weights
     assert "dataset 'pannuke' is not prepared" in pannuke and "harness data prepare pannuke" in pannuke
+    # the fix repeats the run's --store: typed as shown, it prepares the cache the run looks for
+    assert f"`harness data prepare pannuke --source PATH --store {tmp_path / 'store'}`" in pannuke
     assert "licence" in pannuke
     assert "dataset 'tcga' (unlabeled set) is not prepared" in tcga and "gdc" in tcga.lower()
     assert proc.stderr.startswith("error: 3 inputs missing (nothing was run)")
@@ -69,3 +71,26 @@ def test_one_missing_input_is_one_line():
     assert MissingInputs(["a: missing; get it"]).problems == ["a: missing; get it"]
     assert MissingInputs(["a", "b"]).problems == [
         "2 inputs missing (nothing was run); fix each, then run again:", "  - a", "  - b"]
+
+
+def test_fix_line_names_store_and_options_only_where_needed(tmp_path, monkeypatch):
+    """``--store`` only when the cache is not in the default store ($HARNESS_STORE or the user
+    cache); ``--set`` for each cache option that is not its default."""
+    from harness.data.base import dataset_root, prepare_command_for
+    from harness.plugins import get_registry
+    from harness.store import ArtifactStore
+
+    info = get_registry().dataset("tcga")
+    monkeypatch.setenv("HARNESS_STORE", str(tmp_path / "default"))
+    for store, extra in ((None, ""), (tmp_path / "default", ""),
+                         (tmp_path / "other", f" --store {tmp_path / 'other'}")):
+        config = info.cls.Config()
+        dataset = info.cls(config, root=dataset_root(info.cls, config, ArtifactStore(store)))
+        assert prepare_command_for(dataset) == "harness data prepare tcga --source PATH" + extra
+    field = next(k for k in (info.cls.cache_fields or info.cls.Config.model_fields)
+                 if isinstance(getattr(info.cls.Config(), k), int)
+                 and not isinstance(getattr(info.cls.Config(), k), bool))
+    config = info.cls.Config.model_validate({field: getattr(info.cls.Config(), field) * 2})
+    dataset = info.cls(config, root=dataset_root(info.cls, config, ArtifactStore(None)))
+    assert prepare_command_for(dataset) == \
+        f"harness data prepare tcga --source PATH --set {field}={getattr(config, field)}"

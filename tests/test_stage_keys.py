@@ -19,10 +19,10 @@ EXPECTED = Path(__file__).parent / "data" / "expected_keys.json"
 SPECS = ["specs/demo.yaml", "specs/regression.yaml"]
 
 
-def stage_keys(spec: str, store: Path) -> list[list[str]]:
+def stage_keys(spec: str, store: Path, overrides: list[str] | None = None) -> list[list[str]]:
     """``[kind, label, key]`` of every distinct stage of ``spec``'s plan, in plan order."""
     registry = build_registry()
-    rspec = load_spec(REPO / spec, [], registry=registry)
+    rspec = load_spec(REPO / spec, overrides or [], registry=registry)
     runner = Runner(rspec, registry, ArtifactStore(store), store / "out", quiet=True)
     plan, _, _ = runner.plan()
     return [[s.kind, s.label, s.key] for s in plan.stages()]
@@ -63,6 +63,14 @@ def test_pannuke_fixture_stage_keys_are_unchanged(tmp_path):
 def test_shipped_spec_stage_keys_are_unchanged(spec, tmp_path):
     expected = json.loads(EXPECTED.read_text())[spec]
     assert stage_keys(spec, tmp_path / "store") == expected
+
+
+@pytest.mark.parametrize("workers", ["auto", "4"])
+def test_num_workers_enters_no_key(workers, tmp_path):
+    """The shipped specs say `num_workers: auto` (regression.yaml: 0): a runtime setting."""
+    expected = json.loads(EXPECTED.read_text())["specs/regression.yaml"]
+    assert stage_keys("specs/regression.yaml", tmp_path / "store",
+                      [f"finetune.num_workers={workers}"]) == expected
 
 
 if __name__ == "__main__":  # regenerate after a deliberate key change: python tests/test_stage_keys.py

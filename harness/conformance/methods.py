@@ -104,6 +104,7 @@ def _pretrain(method: Any, check: _Checker) -> None:
 
     cls = type(method)
     view_cfg = check.call("view_config", method.view_config)
+    check.passed("view_config")
     view_cfg = view_cfg.model_copy(update={"crop_size": CROP})
     images, masks = _images(BATCH, CROP + CROP // 2)
     data = TwoViewDataset(images, masks if cls.needs_masks else None, view_cfg)
@@ -111,6 +112,7 @@ def _pretrain(method: Any, check: _Checker) -> None:
 
     encoder = build_encoder("resnet18")
     check.call("init_encoder", method.init_encoder, encoder, "resnet18", 0)
+    check.passed("init_encoder")
     model = check.call("build_model", method.build_model, encoder, list(encoder.out_channels))
     try:
         require_attribute(method, model, "encoder", encoder, "build_model")
@@ -118,6 +120,7 @@ def _pretrain(method: Any, check: _Checker) -> None:
         raise check.fail("encoder attribute", str(exc).split(": ", 1)[-1]) from None
     check.passed("build_model")
     groups = check.call("param_groups", method.param_groups, model)
+    check.passed("param_groups")
     optimizer = torch.optim.Adam([{"params": g["params"]} for g in groups], lr=1e-3)
     step_fn = step_with_info(method)
     losses = []
@@ -137,6 +140,7 @@ def _pretrain(method: Any, check: _Checker) -> None:
         raise check.fail("after_step", "the model holds non-finite values after a few steps")
     _falling(losses, check)
     check.passed("training_step")
+    check.passed("after_step")
 
 
 def _loss_of(result: Any, check: _Checker, item: str) -> Any:
@@ -186,6 +190,7 @@ def _semisupervised(method: Any, check: _Checker) -> None:
         require_attribute(method, student, "unet", unet, "build_model")
     except PluginFault as exc:
         raise check.fail("unet attribute", str(exc).split(": ", 1)[-1]) from None
+    check.passed("build_model")
     teacher = copy.deepcopy(student)
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -209,3 +214,5 @@ def _semisupervised(method: Any, check: _Checker) -> None:
     if not _finite(student):
         raise check.fail("after_step", "the student holds non-finite values after a few steps")
     check.passed("mix")
+    check.passed("extra_loss")  # the mean-teacher step calls both
+    check.passed("after_step")

@@ -210,6 +210,31 @@ class atomic_directory:
             os.rename(self.tmp, self.final)
 
 
+def prepare_command_for(dataset: Dataset) -> str:
+    """``dataset.prepare_command()`` as the user must type it for this cache: with ``--set
+    OPTION=VALUE`` for each option of the cache's identity that is not its default, and with
+    ``--store ROOT`` when the cache is not in the default store (``$HARNESS_STORE`` or the user
+    cache folder), so a fix line prepares what the run looks for."""
+    import shlex
+
+    from harness.store import default_store_root
+
+    command = dataset.prepare_command()
+    try:
+        defaults = type(dataset.config)().model_dump(mode="json")
+    except Exception:  # noqa: BLE001 - a Config with required options: name none
+        defaults = {}
+    for key, value in dataset.cache_identity()["config"].items():
+        if key in defaults and value != defaults[key]:
+            text = json.dumps(value) if not isinstance(value, str) else value
+            command += f" --set {shlex.quote(f'{key}={text}')}"
+    root = dataset.root.parent.parent.parent  # <store>/datasets/<name>/<hash>
+    if dataset.root.parent.parent.name == "datasets" and \
+            root.expanduser().absolute() != default_store_root().absolute():
+        command += f" --store {shlex.quote(str(root))}"
+    return command
+
+
 def dataset_root(cls: type[Dataset], config: Any, store: Any) -> Path:
     """Where a dataset's prepared cache lives in an artifact store: keyed by what changes the
     cache, so options that only matter at load time share one prepared copy."""

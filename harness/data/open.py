@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.console import console
-from harness.data.base import Dataset, LabeledArrays, dataset_root
+from harness.data.base import Dataset, LabeledArrays, dataset_root, prepare_command_for
 from harness.errors import DataError
 
 
@@ -39,7 +39,7 @@ def ensure_prepared(dataset: Dataset, generate: bool = True, announce: bool = Tr
         elif not dataset.auto_prepare:
             hint = f" ({dataset.source_hint})" if dataset.source_hint else ""
             raise DataError(f"dataset '{dataset.name}' is not prepared (looked in {dataset.root}); "
-                            f"run `{dataset.prepare_command()}`{hint}")
+                            f"run `{prepare_command_for(dataset)}`{hint}")
     return dataset
 
 
@@ -52,7 +52,7 @@ def _refuse_tampered(dataset: Dataset) -> None:
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise DataError(f"dataset '{dataset.name}' in {dataset.root} does not match its manifest: "
-                        f"{problems[0]}{more}; prepare it again: `{dataset.prepare_command()} "
+                        f"{problems[0]}{more}; prepare it again: `{prepare_command_for(dataset)} "
                         f"--force`")
 
 

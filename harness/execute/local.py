@@ -35,6 +35,31 @@ def run_provenance(registry: Any, device: Any) -> dict[str, Any]:
     return provenance(describe_device(device), plugins)
 
 
+def checkpoint_every_s(spec: Any) -> float:
+    """Seconds between a stage's checkpoints: ``$HARNESS_CHECKPOINT_EVERY_S`` when set (one
+    invocation's override, e.g. a test or a cluster job), else the spec's
+    ``execution.checkpoint_every_s``, else 300 s. A runtime setting: in no stage key."""
+    import os
+
+    from harness.engine.context import DEFAULT_CHECKPOINT_EVERY_S
+
+    env = os.environ.get("HARNESS_CHECKPOINT_EVERY_S")
+    if env is not None:
+        try:
+            seconds = float(env)
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds < float("inf"):
+            from harness.errors import UsageError
+
+            raise UsageError(f"$HARNESS_CHECKPOINT_EVERY_S={env!r}: not a number of seconds "
+                             f">= 0; unset it or set e.g. 300 (or the spec's "
+                             f"execution.checkpoint_every_s)")
+        return seconds
+    value = spec.execution.checkpoint_every_s
+    return DEFAULT_CHECKPOINT_EVERY_S if value is None else float(value)
+
+
 class LocalExecutor:
     def __init__(self, env: StageEnv, store: Any, device: Any, provenance: dict[str, Any],
                  quiet: bool | None = None):
@@ -86,14 +111,19 @@ class LocalExecutor:
             out=tmp, work=self.store.work_dir(stage.kind, stage.key),
             inputs={name: self.store.stage_dir(dep.kind, dep.key) for name, dep in stage.deps.items()},
             device=device, label=stage.label, quiet=self.quiet if lead else True,
+            checkpoint_every_s=checkpoint_every_s(self.env.spec),
             log_metrics=lambda step, metrics: lead and self.hook.harness_metrics_logged(
                 stage=stage_info, step=step, metrics=metrics))
         started = time.time()
         try:
             stage_result = self.run_kind(stage, ctx) or {}
             dist.barrier()
-        except BaseException:
+        except BaseException as exc:
             self.store.discard(tmp)  # the work folder (checkpoints) stays for a resume
+            if isinstance(exc, FloatingPointError):  # a non-finite loss: one line, exit 4
+                from harness.divergence import loss_not_finite
+
+                raise loss_not_finite(stage, exc, self.env.registry) from exc
             raise
         seconds = time.time() - started
         if not lead:

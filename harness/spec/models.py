@@ -130,6 +130,10 @@ class ExecutionSettings(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     executor: str = Field("local", description="executor plugin: local, pool, slurm, ...")
+    checkpoint_every_s: float | None = Field(
+        None, ge=0, le=7 * 86_400, description="seconds of training between checkpoints of a "
+        "stage (also written at its end and on SIGTERM/SIGUSR1/Ctrl-C); default 300; the "
+        "environment variable HARNESS_CHECKPOINT_EVERY_S, when set, wins. Part of no stage key")
 
     @property
     def options(self) -> dict[str, Any]:

@@ -10,9 +10,11 @@ Source layouts accepted (``--source`` is a folder):
   ``.npy`` members are streamed (header parsed with ``numpy.lib.format``, rows decompressed a chunk
   at a time), never extracted or loaded whole.
 
-A folder ``Fold k`` wins over ``fold_k.zip`` when both exist. Unpacked arrays are opened with
-``mmap_mode="r"``; every fold is converted chunk by chunk, so memory stays at a few hundred MB
-whatever the release size.
+A folder ``Fold k`` wins over ``fold_k.zip`` when both exist. Unpacked arrays are read through
+a map of each chunk's rows only, dropped before the next (:mod:`._pannuke_npy`), the cache is
+written with ``pwrite`` (:class:`harness.data.cache.RowWriter`), and every fold is converted
+chunk by chunk (:mod:`._pannuke_convert`), so the peak RSS stays under 1 GiB whatever the
+release size (``tests/test_prepare_memory.py``).
 
 Conversion of one patch (arrays ``images`` float64 0-255, ``masks`` float64 (H, W, 6)):
 
@@ -37,18 +39,19 @@ and patches, void pixels, patches with void and fully void patches, ids spanning
 
 from __future__ import annotations
 
-import io
-import math
 import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 
 from harness.data.cache import CacheWriter
 from harness.errors import DataError
+
+from ._pannuke_convert import ANOMALY_KEYS, N_MASK_CHANNELS, convert_images, convert_masks
+from ._pannuke_npy import NpyMember, _one_line
 
 CLASS_NAMES = ("neoplastic", "inflammatory", "connective", "dead", "epithelial")
 #: The 19 tissue names exactly as stored in ``types.npy`` (reference §1.3).
@@ -61,7 +64,6 @@ FOLDS = ("fold1", "fold2", "fold3")
 OFFICIAL_FOLD_SIZES = {"fold1": 2656, "fold2": 2523, "fold3": 2722}
 OFFICIAL_BREAST_PER_FOLD = {"fold1": 827, "fold2": 749, "fold3": 775}
 IMAGE_SIZE = (256, 256)
-N_MASK_CHANNELS = 6
 
 VoidPolicy = Literal["thesis", "background"]
 #: (classes, instances) file stems of each void policy.
@@ -81,147 +83,6 @@ VOID_POLICY_HELP = (
     "metric.pq_variant is an error. Both keep overlaps on the channel with the larger id. "
     "Chosen at load time: one prepared copy serves both.")
 
-#: argmax channel -> class id (channel 5 = background -> 0).
-_CHANNEL_TO_CLASS = np.array([1, 2, 3, 4, 5, 0], dtype=np.uint8)
-_ID_LIMIT = 1 << 24  # largest accepted instance id (the release's maxima are ~3,517)
-_FOUR = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)  # ndimage.generate_binary_structure(2, 1)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-# ----------------------------------------------------------------------------------------------
-# One .npy array in a folder or inside a zip
-# ----------------------------------------------------------------------------------------------
-
-@dataclass
-class NpyMember:
-    """A ``.npy`` file on disk (``member`` None) or a member of a zip archive."""
-
-    path: Path
-    member: str | None = None
-
-    @property
-    def name(self) -> str:
-        return f"{self.path}:{self.member}" if self.member else str(self.path)
-
-    def error(self, what: str) -> DataError:
-        return DataError(f"{self.name}: {what}")
-
-    # --- header ---------------------------------------------------------------------------------
-    def header(self) -> tuple[tuple[int, ...], np.dtype]:
-        """Shape and dtype, checking that the file holds exactly that many bytes."""
-        if self.member is None:
-            arr = self._mmap()
-            return tuple(arr.shape), arr.dtype
-        try:
-            with zipfile.ZipFile(self.path) as zf:
-                info = zf.getinfo(self.member)
-                with zf.open(info) as fh:
-                    shape, fortran, dtype, offset = self._read_header(fh)
-        except (zipfile.BadZipFile, OSError, EOFError, KeyError) as exc:
-            raise self.error(f"unreadable archive member ({_one_line(exc)})") from None
-        expected = offset + math.prod(shape) * dtype.itemsize
-        if info.file_size != expected:
-            raise self.error(f"holds {info.file_size} bytes, a {dtype} array of shape "
-                             f"{shape} needs {expected} (truncated or corrupt .npy)")
-        if fortran and len(shape) > 1:
-            raise self.error("is stored in Fortran order; unpack the archive and prepare "
-                             "from the folder instead")
-        return shape, dtype
-
-    def _read_header(self, fh) -> tuple[tuple[int, ...], bool, np.dtype, int]:
-        """Shape, Fortran flag, dtype and data offset of a ``.npy`` stream (at its start)."""
-        fmt = np.lib.format
-        try:
-            version = fmt.read_magic(fh)
-            if version == (1, 0):
-                shape, fortran, dtype = fmt.read_array_header_1_0(fh)
-            elif version == (2, 0):
-                shape, fortran, dtype = fmt.read_array_header_2_0(fh)
-            else:
-                shape, fortran, dtype = fmt._read_array_header(fh, version)  # noqa: SLF001
-        except Exception as exc:  # noqa: BLE001 - any parse failure is a corrupt file
-            raise self.error(f"not a readable .npy array ({_one_line(exc)})") from None
-        dtype = np.dtype(dtype)
-        if dtype.hasobject:
-            raise self.error("holds Python objects (pickled); expected a numeric array")
-        return tuple(int(s) for s in shape), bool(fortran), dtype, int(fh.tell())
-
-    def _mmap(self) -> np.ndarray:
-        try:
-            return np.load(self.path, mmap_mode="r", allow_pickle=False)
-        except FileNotFoundError:
-            raise self.error("missing") from None
-        except Exception as exc:  # noqa: BLE001
-            raise self.error(f"not a readable .npy array ({_one_line(exc)})") from None
-
-    # --- small arrays ---------------------------------------------------------------------------
-    def read_all(self) -> np.ndarray:
-        """The whole array (used for ``types.npy`` only)."""
-        try:
-            if self.member is None:
-                return np.load(self.path, allow_pickle=False)
-            with zipfile.ZipFile(self.path) as zf:
-                return np.load(io.BytesIO(zf.read(self.member)), allow_pickle=False)
-        except FileNotFoundError:
-            raise self.error("missing") from None
-        except Exception as exc:  # noqa: BLE001
-            raise self.error(f"not a readable .npy array ({_one_line(exc)})") from None
-
-    # --- rows of big arrays ---------------------------------------------------------------------
-    def rows(self, indices: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
-        """The rows ``indices`` (ascending), ``chunk`` rows at a time."""
-        if self.member is None:
-            arr = self._mmap()
-            for start in range(0, len(indices), chunk):
-                sel = indices[start:start + chunk]
-                try:
-                    if len(sel) and sel[-1] - sel[0] + 1 == len(sel):  # contiguous: a slice
-                        yield np.asarray(arr[sel[0]:sel[-1] + 1])
-                    else:
-                        yield np.asarray(arr[sel])
-                except OSError as exc:
-                    raise self.error(f"read failed ({_one_line(exc)})") from None
-            return
-        yield from self._zip_rows(indices, chunk)
-
-    def _zip_rows(self, indices: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
-        try:
-            zf = zipfile.ZipFile(self.path)
-        except Exception as exc:  # noqa: BLE001
-            raise self.error(f"unreadable zip archive ({_one_line(exc)})") from None
-        with zf, zf.open(self.member) as fh:
-            shape, _, dtype, _ = self._read_header(fh)
-            row_shape = shape[1:]
-            row_bytes = math.prod(row_shape) * dtype.itemsize
-            pos = 0  # next row in the stream
-            pending: list[np.ndarray] = []
-            for want in indices:
-                want = int(want)
-                try:
-                    while pos < want:  # skip unselected rows, a bounded block at a time
-                        skip = min(want - pos, max(1, (64 << 20) // max(row_bytes, 1)))
-                        self._read_exact(fh, skip * row_bytes, pos)
-                        pos += skip
-                    raw = self._read_exact(fh, row_bytes, pos)
-                except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                    raise self.error(f"corrupt archive member near row {pos} "
-                                     f"({_one_line(exc)})") from None
-                pos += 1
-                pending.append(np.frombuffer(raw, dtype=dtype).reshape(row_shape))
-                if len(pending) == chunk:
-                    yield np.stack(pending)
-                    pending = []
-            if pending:
-                yield np.stack(pending)
-
-    def _read_exact(self, fh, nbytes: int, row: int) -> bytes:
-        data = fh.read(nbytes)
-        if len(data) != nbytes:
-            raise self.error(f"truncated: the data ends inside row {row}")
-        return data
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,155 +203,6 @@ def inspect_folds(folds: list[FoldSource]) -> tuple[int, int]:
         fs.image_dtype, fs.mask_dtype = str(idtype), str(mdtype)
     assert size is not None
     return size
-
-
-# ----------------------------------------------------------------------------------------------
-# Conversion of a chunk of patches
-# ----------------------------------------------------------------------------------------------
-
-ANOMALY_KEYS = ("overlap_pixels", "overlap_patches", "void_pixels", "void_patches",
-                "fully_void_patches", "split_ids", "nucleus_and_background_pixels",
-                "nucleus_and_background_patches")
-
-
-def convert_images(images: np.ndarray, member: NpyMember, indices: np.ndarray) -> np.ndarray:
-    """uint8 RGB: ``rint`` and clip of values checked to lie in [-0.5, 255.5] (no NaN)."""
-    x = np.asarray(images)
-    n = len(x)
-    flat = x.reshape(n, -1)
-    lo, hi = flat.min(1), flat.max(1)  # a NaN propagates into both
-    ok = (lo >= -0.5) & (hi <= 255.5)
-    if not ok.all():
-        i = int(np.argmin(ok))
-        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(flat[i]).all():
-            raise member.error(f"index {int(indices[i])}: NaN or infinite values")
-        raise member.error(f"index {int(indices[i])}: values {lo[i]:g}..{hi[i]:g} outside 0..255")
-    if np.issubdtype(x.dtype, np.integer):
-        return x.astype(np.uint8)
-    tmp = np.rint(x)
-    np.clip(tmp, 0, 255, out=tmp)
-    return tmp.astype(np.uint8)
-
-
-_PLANAR = np.zeros((3, 3, 3), dtype=bool)
-_PLANAR[1] = _FOUR  # 4-connectivity within a plane, none across planes
-
-
-def _as_int_ids(m: np.ndarray, member: NpyMember, indices: np.ndarray) -> np.ndarray:
-    """The masks as int32 ids, checking that every value is a finite integer in 0..2^24-1."""
-    n = len(m)
-    if np.issubdtype(m.dtype, np.floating):
-        with np.errstate(invalid="ignore"):
-            mi = m.astype(np.int32)  # NaN, inf and huge values cast to garbage: caught here
-        bad = (mi != m).reshape(n, -1).any(1)
-        if bad.any():
-            i = int(np.argmax(bad))
-            row = m[i]
-            if not np.isfinite(row).all():
-                what = "NaN or infinite values"
-            elif np.abs(row).max() >= _ID_LIMIT:
-                what = f"instance id {np.abs(row).max():g} too large (limit {_ID_LIMIT})"
-            else:
-                what = "non-integer instance ids"
-            raise member.error(f"index {int(indices[i])}: {what}")
-    else:
-        mi = m
-    flat = mi.reshape(n, -1)
-    neg = flat.min(1) < 0
-    if neg.any():
-        raise member.error(f"index {int(indices[np.argmax(neg)])}: negative values")
-    top = flat.max(1)
-    if (top >= _ID_LIMIT).any():
-        i = int(np.argmax(top >= _ID_LIMIT))
-        raise member.error(f"index {int(indices[i])}: instance id {top[i]} too large "
-                           f"(limit {_ID_LIMIT})")
-    return mi.astype(np.int32, copy=False)
-
-
-def count_split_ids(mi: np.ndarray) -> int:
-    """(patch, channel, id) triples of ``(n, H, W, 6)`` int masks whose pixels form more than one
-    4-connected component. One labelling of the foreground of all class planes finds the ids
-    spread over several components; ids that share their one component with other ids (touching
-    nuclei) are checked exactly on their own."""
-    from scipy import ndimage  # scipy on use: `harness validate`/`list` import this module
-
-    n, h, w, _ = mi.shape
-    planes = np.ascontiguousarray(mi[..., :5].transpose(0, 3, 1, 2)).reshape(n * 5, h, w)
-    fg = planes > 0
-    if not fg.any():
-        return 0
-    lab, nlab = ndimage.label(fg, structure=_PLANAR)
-    # plane of every foreground pixel (boolean indexing walks the planes in order)
-    plane = np.repeat(np.arange(n * 5, dtype=np.int64), fg.reshape(n * 5, -1).sum(1))
-    key = plane * _ID_LIMIT + planes[fg]
-    base = nlab + 1
-    pairs = np.unique(key * base + lab[fg])
-    pair_key, pair_lab = pairs // base, pairs % base
-    keys, first, count = np.unique(pair_key, return_index=True, return_counts=True)
-    split = int((count > 1).sum())
-    keys_per_lab = np.bincount(pair_lab, minlength=base)
-    ambiguous = (count == 1) & (keys_per_lab[pair_lab[first]] > 1)
-    if ambiguous.any():
-        boxes = ndimage.find_objects(lab)
-        for k, comp in zip(keys[ambiguous], pair_lab[first][ambiguous]):
-            box = boxes[int(comp) - 1]
-            if ndimage.label(planes[box] == k % _ID_LIMIT, structure=_PLANAR)[1] > 1:
-                split += 1
-    return split
-
-
-def convert_masks(masks: np.ndarray, member: NpyMember, indices: np.ndarray,
-                  stats: dict[str, int]) -> dict[str, np.ndarray]:
-    """Class and instance maps of both void policies for a chunk ``(n, H, W, 6)``."""
-    from scipy import ndimage  # scipy on use: `harness validate`/`list` import this module
-
-    mi = _as_int_ids(np.asarray(masks), member, indices)
-    n = len(mi)
-    # argmax over the six channels, exactly as np.argmax (ties -> the lower channel)
-    best = mi[..., 0].copy()
-    arg = np.zeros(best.shape, dtype=np.uint8)
-    n_nuc = (best > 0).astype(np.uint8)
-    for c in range(1, N_MASK_CHANNELS):
-        v = mi[..., c]
-        arg[v > best] = c
-        np.maximum(best, v, out=best)
-        if c < 5:
-            n_nuc += v > 0
-    classes = _CHANNEL_TO_CLASS[arg]
-    void = best == 0  # all six channels 0 (values are non-negative)
-    classes_bg = classes.copy()
-    classes_bg[void] = 0
-
-    # instances: (argmax channel, id) renumbered 1..n per patch in (channel, id) order
-    fg = classes_bg > 0
-    img = np.repeat(np.arange(n, dtype=np.int64), fg.reshape(n, -1).sum(1))
-    stride = 8 * _ID_LIMIT
-    key = img * stride + arg[fg].astype(np.int64) * _ID_LIMIT + best[fg]
-    uniq, inv = np.unique(key, return_inverse=True)
-    owner = uniq // stride
-    rank = np.arange(len(uniq)) - np.searchsorted(owner, owner, side="left") + 1
-    inst_bg = np.zeros(fg.shape, dtype=np.int32)
-    inst_bg[fg] = rank[inv.reshape(-1)]
-    inst = inst_bg.copy()
-    per_image_void = void.reshape(n, -1).sum(1)
-    for i in np.nonzero(per_image_void)[0]:
-        labels, _ = ndimage.label(void[i], structure=_FOUR)
-        top = int(inst_bg[i].max(initial=0))
-        inst[i][void[i]] = labels[void[i]] + top
-
-    # anomaly counts
-    overlap = n_nuc > 1
-    both = (n_nuc > 0) & (mi[..., 5] > 0)
-    stats["overlap_pixels"] += int(overlap.sum())
-    stats["overlap_patches"] += int(overlap.reshape(n, -1).any(1).sum())
-    stats["void_pixels"] += int(per_image_void.sum())
-    stats["void_patches"] += int((per_image_void > 0).sum())
-    stats["fully_void_patches"] += int((per_image_void == void[0].size).sum())
-    stats["nucleus_and_background_pixels"] += int(both.sum())
-    stats["nucleus_and_background_patches"] += int(both.reshape(n, -1).any(1).sum())
-    stats["split_ids"] += count_split_ids(mi)
-    return {"classes": classes, "instances": inst,
-            "classes_background": classes_bg, "instances_background": inst_bg}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from harness.data.base import Dataset, DatasetConfig, LabeledArrays, atomic_directory, mark_ready
+from harness.data.base import (Dataset, DatasetConfig, LabeledArrays, atomic_directory, mark_ready,
+                               prepare_command_for)
 from harness.hookspecs import hookimpl
 
 from ._synthetic_draw import CLASS_NAMES, DEFAULT_DENSITY, density_range, draw_set
@@ -151,7 +152,7 @@ class SyntheticDataset(Dataset):
     def _require_prepared(self) -> None:
         if not self.is_prepared():
             raise FileNotFoundError(f"synthetic dataset is not generated at {self.root}; "
-                                    f"run `{self.prepare_command()}` or call prepare()")
+                                    f"run `{prepare_command_for(self)}` or call prepare()")
 
     def _meta(self) -> dict[str, Any]:
         return json.loads((self.root / "meta.json").read_text())

@@ -49,7 +49,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from harness.data.base import DatasetConfig, LabeledArrays
+from harness.data.base import DatasetConfig, LabeledArrays, prepare_command_for
 from harness.data.cache import CachedDataset, CacheWriter, verify_manifest
 from harness.errors import DataError
 from harness.hookspecs import hookimpl
@@ -504,7 +504,7 @@ class TCGADataset(CachedDataset):
 
     def verify(self) -> list[str]:
         if not self.is_prepared():
-            return [f"{self.root}: not prepared (run `{self.prepare_command()}`)"]
+            return [f"{self.root}: not prepared (run `{prepare_command_for(self)}`)"]
         problems = verify_manifest(self.root)
         if problems:
             return problems
@@ -536,7 +536,7 @@ class TCGADataset(CachedDataset):
     def _require_prepared(self) -> None:
         if not self.is_prepared():
             raise DataError(f"dataset '{self.name}' is not prepared (looked in {self.root}); "
-                            f"run `{self.prepare_command()}` ({self.source_hint})")
+                            f"run `{prepare_command_for(self)}` ({self.source_hint})")
 
     def load(self) -> LabeledArrays:
         raise DataError(f"dataset '{self.name}' is unlabeled (pretraining tiles only) and cannot "

@@ -49,6 +49,9 @@ class Supervised(InitMethod):
     def weights_path(self, encoder_name: str) -> Path:
         if self.config.weights is not None:
             path = Path(self.config.weights).expanduser()
+            if path.is_dir():
+                raise DataError(f"methods.supervised.weights: {path} is a folder, not a weights "
+                                f"file; point it at the state-dict file (.pth) inside it")
             if not path.is_file():
                 raise DataError(f"methods.supervised.weights: file not found: {path}")
             return path

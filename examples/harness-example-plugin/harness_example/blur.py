@@ -9,14 +9,16 @@ spaced orientations. Everything after the first layer stays random.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 from pydantic import Field
-from torch import nn
 
 from harness.hookspecs import hookimpl
 from harness.methods import HALF_NORMALIZATION, InitMethod, MethodConfig
+
+if TYPE_CHECKING:  # torch only where it runs: `harness list`/`validate` import this module
+    import torch
+    from torch import nn
 
 
 class BlurConfig(MethodConfig):
@@ -30,6 +32,8 @@ class BlurConfig(MethodConfig):
 def filter_bank(out_channels: int, in_channels: int, size: int, sigma: float,
                 edge_fraction: float) -> torch.Tensor:
     """``(out, in, size, size)``: smoothing filters first, then oriented edge filters."""
+    import torch
+
     r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     yy, xx = torch.meshgrid(r, r, indexing="ij")
     gauss = torch.exp(-(xx**2 + yy**2) / (2 * sigma**2))
@@ -61,8 +65,10 @@ class ExampleBlur(InitMethod):
     config: BlurConfig
 
     def init_encoder(self, encoder: nn.Module, encoder_name: str, seed: int) -> dict[str, Any]:
+        import torch
+
         first = next((m for m in encoder.modules()
-                      if isinstance(m, nn.Conv2d) and m.in_channels == 3 and m.groups == 1), None)
+                      if isinstance(m, torch.nn.Conv2d) and m.in_channels == 3 and m.groups == 1), None)
         if first is None:
             raise ValueError(f"example_blur: encoder '{encoder_name}' has no RGB convolution")
         out_ch, in_ch, kh, kw = first.weight.shape

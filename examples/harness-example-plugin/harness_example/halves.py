@@ -5,13 +5,15 @@ confidence-weighted unsupervised loss and the optimizer; the method supplies onl
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
 from pydantic import Field
 
 from harness.hookspecs import hookimpl
 from harness.methods import MethodConfig, SemiSupervisedMethod, SemiSupervisedSettings
+
+if TYPE_CHECKING:  # torch only where it runs: `harness list`/`validate` import this module
+    import torch
 
 
 class HalvesConfig(SemiSupervisedSettings):
@@ -28,6 +30,8 @@ class ExampleHalves(SemiSupervisedMethod):
     config: HalvesConfig
 
     def mix(self, images: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor):
+        import torch
+
         b, _, h, w = images.shape
         partner = torch.roll(torch.arange(b, device=images.device), 1)
         low = max(1, int(w * self.config.min_share))
