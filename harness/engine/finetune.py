@@ -28,7 +28,8 @@ from harness.data.base import LabeledArrays
 from harness.data.torchdata import Normalizer, SegmentationSamples
 from harness.engine.context import StageContext
 from harness.engine.distributed import wrap_ddp
-from harness.engine.loop import EpochLog, EpochSource, TrainLoop, epoch_loader, optimizer_steps
+from harness.engine.loader import epoch_loader
+from harness.engine.loop import EpochLog, EpochSource, TrainLoop, optimizer_steps
 from harness.engine.model import load_encoder_weights
 from harness.engine.runtime import (Checkpoint, Precision, resolve_num_workers, seed_everything,
                                     worker_init_fn)

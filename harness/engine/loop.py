@@ -75,9 +75,10 @@ class Hook:
 
 
 class EpochSource:
-    """Epochs of a shuffled DataLoader built by :func:`epoch_loader`. Epoch ``e`` re-seeds the
-    loader's generator with ``seed * 100_003 + e`` and torch with ``seed * 100_019 + e`` (a
-    resumed epoch keeps the checkpoint's torch RNG state instead), then calls ``begin(e)``."""
+    """Epochs of a shuffled DataLoader built by :func:`~harness.engine.loader.epoch_loader`.
+    Epoch ``e`` seeds the loader's permutation and its workers' batches with
+    ``seed * 100_003 + e`` and torch with ``seed * 100_019 + e`` (a resumed epoch keeps the
+    checkpoint's torch RNG state instead), then calls ``begin(e)``."""
 
     def __init__(self, loader: torch.utils.data.DataLoader, epochs: int, seed: int,
                  begin: Callable[[int], None] = lambda epoch: None):
@@ -90,7 +91,7 @@ class EpochSource:
         sampler = self.loader.batch_sampler
         rank = sampler.rank if getattr(sampler, "world", 1) > 1 else 0  # own augmentation draws
         for epoch in range(first, self.epochs):
-            self.loader.generator.manual_seed(self.seed * 100_003 + epoch)
+            self.loader.batch_sampler.set_epoch_seed(self.seed * 100_003 + epoch)
             if not skip:
                 torch.manual_seed(self.seed * 100_019 + epoch + rank * 1_000_003)
             self.begin(epoch)
@@ -107,77 +108,6 @@ class IterationSource:
 
     def batches(self, start: int) -> Iterator[Any]:
         return iter(self.make_loader(start))
-
-
-class _SkippingBatches(torch.utils.data.Sampler):
-    """A batch sampler whose next pass draws (without loading) and drops ``skip`` batches.
-
-    Under DDP (``world`` > 1) every rank draws the same global batches (one generator, re-seeded
-    per epoch: the role of ``DistributedSampler.set_epoch``) and keeps its contiguous slice
-    (rank ``r`` of ``W``: ``np.array_split``'s ``r``-th piece). Unlike ``DistributedSampler``,
-    the global batches are the single-process ones whatever the world size, so a run on 4 GPUs
-    trains on the same batches as on 1 (and nothing is padded)."""
-
-    def __init__(self, inner: torch.utils.data.BatchSampler, rank: int = 0, world: int = 1):
-        self.inner, self.skip, self.rank, self.world = inner, 0, rank, world
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def _bounds(self, n: int) -> tuple[int, int]:
-        base, extra = divmod(n, self.world)
-        lo = self.rank * base + min(self.rank, extra)
-        return lo, lo + base + (self.rank < extra)
-
-    def share(self, n: int) -> float:
-        """``W * n_rank / n`` for a global batch of ``n``: the factor that makes DDP's mean of
-        per-rank mean losses the global mean when the last batch does not split evenly."""
-        lo, hi = self._bounds(n)
-        return self.world * (hi - lo) / n
-
-    def __iter__(self) -> Iterator[list[int]]:
-        batches = iter(self.inner)
-        for _ in range(self.skip):
-            next(batches, None)
-        if self.world == 1:
-            yield from batches
-            return
-        for batch in batches:
-            lo, hi = self._bounds(len(batch))
-            yield batch[lo:hi]
-
-
-def epoch_loader(data: torch.utils.data.Dataset, *, batch_size: int, drop_last: bool,
-                 num_workers: int, device: torch.device, worker_init_fn: Callable[[int], None],
-                 shard: bool = False) -> torch.utils.data.DataLoader:
-    """``DataLoader(shuffle=True)`` with its own generator whose batch sampler can skip the
-    first batches of a pass: the same draws as before, so results are unchanged. With
-    ``shard`` under DDP, ``batch_size`` is the global batch and each rank loads its slice. On
-    CUDA, batches are pinned and each worker keeps 4 batches ready."""
-    generator = torch.Generator()
-    sampler = torch.utils.data.RandomSampler(data, generator=generator)
-    world = dist.world_size() if shard else 1
-    if world > 1:
-        _check_split(len(data), batch_size, drop_last, world)
-    batches = _SkippingBatches(torch.utils.data.BatchSampler(sampler, batch_size, drop_last),
-                               dist.rank() if world > 1 else 0, world)
-    return torch.utils.data.DataLoader(
-        data, batch_sampler=batches, num_workers=num_workers, worker_init_fn=worker_init_fn,
-        generator=generator, pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
-        prefetch_factor=4 if num_workers > 0 and device.type == "cuda" else None)
-
-
-def _check_split(n: int, batch_size: int, drop_last: bool, world: int) -> None:
-    from harness.errors import SpecError
-
-    if batch_size % world:
-        raise SpecError(f"batch_size {batch_size} is the global batch and does not split over "
-                        f"{world} processes; use a multiple of {world} (or another --nproc)")
-    last = 0 if drop_last else n % batch_size
-    if 0 < last < world:
-        raise SpecError(f"the last batch has {last} image(s) ({n} images, batch_size "
-                        f"{batch_size}), fewer than the {world} processes; use --nproc {last} "
-                        f"or fewer, or another batch_size")
 
 
 def optimizer_steps(total: int, period: int, accumulation: int = 1) -> int:

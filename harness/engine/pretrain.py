@@ -22,7 +22,8 @@ import torch
 from harness.engine.context import StageContext
 from harness.engine.distributed import wrap_ddp
 from harness.engine.init_encoder import save_encoder_artifact
-from harness.engine.loop import EpochLog, EpochSource, MethodHook, TrainLoop, epoch_loader, optimizer_steps
+from harness.engine.loader import epoch_loader
+from harness.engine.loop import EpochLog, EpochSource, MethodHook, TrainLoop, optimizer_steps
 from harness.engine.model import build_encoder
 from harness.engine.runtime import (Checkpoint, Precision, resolve_num_workers, seed_everything,
                                     worker_init_fn)
