@@ -24,6 +24,7 @@ epoch's seed and skips the batches already trained on without loading them.
 
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import threading
@@ -187,14 +188,10 @@ class TrainLoop:
     # --- state ------------------------------------------------------------------------------
     def resume(self) -> int:
         """Load the checkpoint if there is one; the number of batches already trained on."""
-        state = self.checkpoint.load(required=(*self.parts, "position", "history", "sums", "count"))
-        if state is None:  # none, or one that does not load (set aside: the stage starts over)
+        state = self.checkpoint.load(required=(*self.parts, "position", "history", "sums", "count"),
+                                     apply=self._apply)
+        if state is None:  # none, or one that does not apply (set aside: the stage starts over)
             return 0
-        for name, part in self.parts.items():
-            part.load_state_dict(state[name])
-        ranks = state.get("rng_ranks")
-        if ranks is not None and len(ranks) == dist.world_size() > 1:
-            set_rng_state(ranks[dist.rank()])  # every rank resumes its own random stream
         self.start = self.position = state["position"]
         self.history, self._sums, self._count = state["history"], state["sums"], state["count"]
         if isinstance(self.source, EpochSource):
@@ -204,6 +201,20 @@ class TrainLoop:
         else:
             console.log(f"{self.label}: resuming from iteration {self.position}/{self.source.total}")
         return self.position
+
+    def _apply(self, state: dict[str, Any]) -> None:
+        """Load the parts (and this rank's RNG state under DDP); all as they were on failure."""
+        before = {name: copy.deepcopy(part.state_dict()) for name, part in self.parts.items()}
+        try:
+            for name, part in self.parts.items():
+                part.load_state_dict(state[name])
+            ranks = state.get("rng_ranks")
+            if ranks is not None and len(ranks) == dist.world_size() > 1:
+                set_rng_state(ranks[dist.rank()])  # every rank resumes its own random stream
+        except Exception:
+            for name, part in self.parts.items():
+                part.load_state_dict(before[name])
+            raise
 
     def save(self) -> None:
         """Write the checkpoint; under DDP (every rank calls it at the same step) rank 0 alone

@@ -8,7 +8,7 @@ import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -78,27 +78,42 @@ def worker_init_fn(worker_id: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    """Python, numpy, torch (and CUDA) RNG states as tensors, ints and lists only, so that a
-    checkpoint loads with torch's ``weights_only=True`` unpickler."""
+    """Python, numpy, torch and the training device's CUDA RNG states as tensors, ints and
+    lists only, so that a checkpoint loads with torch's ``weights_only=True`` unpickler. Only
+    the current CUDA device's state is kept (the one this process trains on; none where CUDA was
+    never used), so the checkpoint resumes wherever fewer or more GPUs are visible."""
     version, mt, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {"python": {"version": version, "state": list(mt), "gauss": gauss},
              "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, np.int64)),
                        "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
              "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`'s states; the CUDA state goes to the current device (and is
+    ignored without CUDA: nothing on the host draws from it). A list of per-GPU states (written
+    by earlier versions) gives the current device's; ValueError where it has none."""
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        index = torch.cuda.current_device()
+        if isinstance(cuda, (list, tuple)):
+            if index >= len(cuda):
+                raise ValueError(f"its CUDA RNG states are of {len(cuda)} GPU(s), none of "
+                                 f"cuda:{index}")
+            cuda = cuda[index]
+        if not isinstance(cuda, torch.Tensor):
+            raise ValueError("its CUDA RNG state is not a tensor")
     py, npy = state["python"], state["numpy"]
     random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
     np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"],
                          npy["has_gauss"], npy["cached"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda, torch.cuda.current_device())
 
 
 class Checkpoint:
@@ -114,11 +129,15 @@ class Checkpoint:
     def save(self, state: dict[str, Any]) -> None:
         atomic_torch_save({**state, "rng": rng_state()}, self.path)
 
-    def load(self, required: tuple[str, ...] = ()) -> dict[str, Any] | None:
-        """The saved state (RNG states restored), or None when there is no usable checkpoint.
+    def load(self, required: tuple[str, ...] = (),
+             apply: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
+        """The saved state (RNG states restored, then ``apply(state)`` called), or None when
+        there is no usable checkpoint.
 
         Loaded with ``weights_only=True``, so a planted or old-format file runs no code. A file
-        that does not load, or lacks ``required`` entries, is set aside with one warning and the
+        that does not load, lacks ``required`` entries or cannot be applied (RNG states of
+        another machine, parts of another shape: ``apply`` must leave its parts as they were
+        when it raises) is set aside with one warning, the RNG states are put back and the
         stage starts over: resuming is bit-identical to an uninterrupted run, so starting over
         costs time only, never a different result (and nobody has to delete it by hand)."""
         from harness.errors import DataError
@@ -132,8 +151,16 @@ class Checkpoint:
             if missing:
                 raise DataError(f"{self.path}: not a checkpoint of this stage (no "
                                 f"{', '.join(missing)}); set aside; the stage starts over")
-            set_rng_state(state.pop("rng"))
-        except (DataError, KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+            before = rng_state()
+            try:
+                set_rng_state(state.pop("rng"))
+                if apply is not None:
+                    apply(state)
+            except Exception:
+                set_rng_state(before)
+                raise
+        except (DataError, KeyError, TypeError, ValueError, AttributeError, RuntimeError,
+                IndexError) as exc:
             aside = self.path.with_name(self.path.name + ".unreadable")
             os.replace(self.path, aside)
             console.log(f"warning: {exc if isinstance(exc, DataError) else f'{self.path}: {exc}'}"
