@@ -19,13 +19,24 @@ from harness.console import console, is_quiet, progress_bar  # noqa: F401 - re-e
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """The spec's ``finetune.device`` as this process sees it: ``cuda:N`` is GPU N of the
+    visible ones, except in a pool worker, pinned to that GPU, which sees it as ``cuda:0``; a
+    one-line SpecError where it does not exist."""
+    from harness.errors import SpecError
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        from harness.errors import SpecError
-
         raise SpecError(f"finetune.device is '{name}' but CUDA is not available; "
-                           f"use device: auto or cpu")
+                        f"use device: auto or cpu")
+    if name.startswith("cuda:"):
+        if os.environ.get("HARNESS_POOL_GPUS"):
+            return torch.device("cuda", 0)
+        count = torch.cuda.device_count()
+        if int(name[5:]) >= count:
+            raise SpecError(f"finetune.device is '{name}' but this process sees {count} GPU(s) "
+                            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
+                            f"use device: auto or cuda:0..cuda:{count - 1}")
     return torch.device(name)
 
 
@@ -171,7 +182,7 @@ class Checkpoint:
 
 def resolve_num_workers(setting: int | str, device: torch.device) -> int:
     """``auto``: on CUDA, the CPUs this process may run on (``os.sched_getaffinity``) shared by
-    the local ranks (``LOCAL_WORLD_SIZE``), one left to the training process, at most 8 (with
+    the local ranks (``LOCAL_WORLD_SIZE``) and the pool's workers, one left to the training process, at most 8 (with
     views made on the device a worker only copies tiles); on CPU 0, since training already uses
     every core and worker start-up dominates small runs."""
     if setting != "auto":
@@ -183,4 +194,5 @@ def resolve_num_workers(setting: int | str, device: torch.device) -> int:
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
     local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    local *= max(1, int(os.environ.get("HARNESS_POOL_WORKERS", "1")))  # the pool's workers share them
     return max(1, min(8, cpus // local - 1))
