@@ -14,7 +14,7 @@ from harness.data.torchdata import Normalizer
 from harness.engine import calibration
 from harness.engine.context import StageContext
 from harness.engine.model import build_unet
-from harness.engine.runtime import Precision, progress_bar
+from harness.engine.runtime import Precision, no_tf32, progress_bar
 from harness.metrics.stream import auto_workers
 from harness.safeload import STAGE_FIX, load_state_dict_file
 from harness.store import atomic_write_json
@@ -54,7 +54,7 @@ def predict(model: torch.nn.Module, images: np.ndarray, rows: Sequence[int], nor
             x = normalizer(batch.to(device))
             if ph or pw:
                 x = nnf.pad(x, (0, pw, 0, ph), mode="reflect")
-            with precision.autocast():
+            with precision.autocast(), no_tf32():
                 logits = model(x)
             pred = logits[..., :h, :w].argmax(1).to(torch.uint8).cpu().numpy()
             yield start, pred
@@ -87,7 +87,8 @@ def evaluate(ctx: StageContext, *, arrays: LabeledArrays, test_ids: Sequence[str
     index = arrays.index_of()
     rows = np.array([index[s] for s in test_ids], dtype=np.int64)
     chunks = predict(model, arrays.images, rows, normalizer, ctx.device, settings.eval_batch_size,
-                     Precision(ctx.device, settings.amp), ctx.quiet, label=ctx.label)
+                     Precision(ctx.device, settings.eval_precision == "amp"), ctx.quiet,
+                     label=ctx.label)
     workers = settings.eval_workers
     if workers == "auto":
         workers = auto_workers(len(rows), _SCORE_CHUNK)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import random
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -48,7 +48,9 @@ def describe_device(device: torch.device) -> str:
 
 @dataclass
 class Precision:
-    """Mixed precision on CUDA: bf16 where supported, else fp16 with a grad scaler."""
+    """Mixed precision on CUDA: bf16 where the GPU has it natively (Ampere and later), else fp16
+    with a grad scaler (V100, T4: ``is_bf16_supported()`` alone is True there, by emulation,
+    slower than fp32)."""
 
     device: torch.device
     enabled: bool
@@ -57,7 +59,8 @@ class Precision:
     def dtype(self) -> torch.dtype | None:
         if not self.enabled or self.device.type != "cuda":
             return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if native else torch.float16
 
     def autocast(self):
         if self.dtype is None:
@@ -66,6 +69,18 @@ class Precision:
 
     def scaler(self) -> torch.amp.GradScaler:
         return torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
+
+
+@contextmanager
+def no_tf32() -> Iterator[None]:
+    """Inside: fp32 convolutions and matmuls in full fp32 (no TF32 on Ampere and later), as
+    predictions for evaluation and pseudo-labels were computed by the reference."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def seed_everything(seed: int) -> None:
