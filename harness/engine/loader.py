@@ -169,6 +169,20 @@ def _check_split(n: int, batch_size: int, drop_last: bool, world: int) -> None:
                         f"or fewer, or another batch_size")
 
 
+def rank_batch_sizes(n: int, batch_size: int, drop_last: bool, world: int) -> set[int]:
+    """The local batch sizes the processes of a ``world``-process run see over an epoch."""
+    sizes = {batch_size} if n >= batch_size else set()
+    last = n % batch_size
+    if last and not drop_last:
+        sizes.add(last)
+    out = set()
+    for size in sizes:
+        base, extra = divmod(size, world)
+        out |= {base + 1} if extra else set()
+        out |= {base} if extra < world else set()
+    return out
+
+
 # --- shared memory -----------------------------------------------------------------------------
 
 def shm_free_bytes() -> int | None:

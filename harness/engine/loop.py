@@ -29,7 +29,7 @@ import math
 import signal
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -174,6 +174,9 @@ class TrainLoop:
     #: losses and logs stay on the device and are read (one host sync) every ``read_every``
     #: batches, at period ends and at checkpoints
     read_every: int = 50
+    #: the DistributedDataParallel wrapper the step function calls, if any (``no_sync`` while
+    #: accumulating gradients)
+    ddp: Any = None
 
     def __post_init__(self) -> None:
         self.parts = {**self.models, "optimizer": self.optimizer, "scheduler": self.scheduler,
@@ -244,10 +247,12 @@ class TrainLoop:
             advance(self.position)
             for batch in self.source.batches(self.position):
                 period, offset = divmod(self.position, self.source.period)
-                loss, logs = self._forward_backward(batch, StepInfo(step, self.total_steps, self.position, period))
-                self.position += 1
-                ends_period = self.position % self.source.period == 0 or self.position == self.source.total
+                after = self.position + 1
+                ends_period = after % self.source.period == 0 or after == self.source.total
                 boundary = ends_period or (offset + 1) % self.accumulation == 0
+                info = StepInfo(step, self.total_steps, self.position, period)
+                loss, logs = self._forward_backward(batch, info, sync=boundary)
+                self.position += 1
                 if boundary:
                     self._optimizer_step(step)
                     step += 1
@@ -268,13 +273,19 @@ class TrainLoop:
         dist.barrier()
         return self.history
 
-    def _forward_backward(self, batch: Any, info: StepInfo) -> tuple[torch.Tensor, dict[str, Any]]:
-        loss, logs = self.step_fn(batch, info)
-        if self.accumulation == 1 or info.batch_index % self.source.period % self.accumulation == 0:
-            self.optimizer.zero_grad(set_to_none=True)  # after the forward pass, as always
-        share = self._share(info.batch_index)
-        scaled = loss * share if share != 1 else loss
-        self.scaler.scale(scaled if self.accumulation == 1 else scaled / self.accumulation).backward()
+    def _forward_backward(self, batch: Any, info: StepInfo,
+                          sync: bool = True) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Forward and backward of one batch; under DDP with gradient accumulation, a batch that
+        does not end its group (``sync`` false) keeps its gradients local (``no_sync``: one
+        all-reduce per optimizer step, not per batch)."""
+        local = not sync and self.accumulation > 1 and hasattr(self.ddp, "no_sync")
+        with self.ddp.no_sync() if local else nullcontext():
+            loss, logs = self.step_fn(batch, info)
+            if self.accumulation == 1 or info.batch_index % self.source.period % self.accumulation == 0:
+                self.optimizer.zero_grad(set_to_none=True)  # after the forward pass, as always
+            share = self._share(info.batch_index)
+            scaled = loss * share if share != 1 else loss
+            self.scaler.scale(scaled if self.accumulation == 1 else scaled / self.accumulation).backward()
         if dist.world_size() > 1:  # the logged loss is the global batch's (local ones differ)
             loss = dist.mean_over_ranks(scaled)
         return loss, logs
