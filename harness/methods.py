@@ -232,7 +232,8 @@ class PretrainMethod(Method):
     def training_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor],
                       num_classes: int | None) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss of one batch (``view1``, ``view2`` and, with masks, ``mask1``/``mask2``) and
-        extra values to log. A method that needs the schedule may declare
+        extra values to log (0-d tensors, detached: the loop reads them with the losses every
+        few dozen steps; a ``float(...)`` here would wait for the device every step). A method that needs the schedule may declare
         ``training_step(self, model, batch, num_classes, *, step, total_steps)``: the engine
         then passes the index (from 0) of the optimizer step this batch makes and the run's
         number of optimizer steps."""

@@ -1,0 +1,101 @@
+"""No host sync in a training step: the ops that make the host wait for the device
+(``aten._local_scalar_dense`` behind ``item``/``float``/``bool``/``tolist``, data-dependent
+shapes: ``nonzero``, ``unique``, ``masked_select``, boolean indexing...) are counted on the CPU
+with a ``TorchDispatchMode`` over a step's forward and backward; fine-tuning, SimCLR and SimSiam
+make none, and a new one fails this test. The loop itself reads losses and logs every
+``read_every`` steps (harness/engine/loop.py)."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from harness.data.torchdata import Normalizer
+from harness.engine.finetune import _segmentation_step
+from harness.engine.loop import StepInfo
+from harness.engine.model import build_encoder, build_unet
+from harness.engine.runtime import Precision
+
+aten = torch.ops.aten
+SYNCING = {aten._local_scalar_dense, aten.nonzero, aten.masked_select, aten.is_nonzero,
+           aten.equal, aten._unique, aten._unique2, aten.unique_dim, aten.unique_consecutive,
+           aten.unique_dim_consecutive, aten.bincount, aten.histc, aten.repeat_interleave}
+
+
+class SyncCounter(TorchDispatchMode):
+    """Counts the ops above, and indexing with a boolean mask (a ``nonzero`` inside)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        packet = func.overloadpacket
+        masked = packet in (aten.index, aten.index_put, aten.index_put_) and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool
+            for i in (args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else ()))
+        if packet in SYNCING or masked:
+            self.seen.append(str(func))
+        return func(*args, **kwargs)
+
+
+def _count(step) -> list[str]:
+    step()  # a first call may set things up (caches)
+    with SyncCounter() as counter:
+        step()
+    return counter.seen
+
+
+def test_the_counter_sees_syncs():
+    x = torch.randn(5, requires_grad=True)
+
+    def step():
+        y = x[x > 0].sum() + float(x.detach().sum()) + torch.unique(x.detach()).sum()
+        y.backward()
+
+    assert _count(step) == ["aten.index.Tensor", "aten._local_scalar_dense.default",
+                            "aten._unique2.default", "aten.index_put.default"]  # last: backward
+
+
+def test_a_fine_tuning_step_makes_no_host_sync():
+    torch.manual_seed(0)
+    model = build_unet("resnet18", 3).train()
+    normalizer = Normalizer({"mean": [0.5] * 3, "std": [0.25] * 3})
+    step_fn = _segmentation_step(model, normalizer, Precision(torch.device("cpu"), False),
+                                 torch.device("cpu"), False)
+    batch = (torch.rand(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64)))
+
+    def step():
+        loss, logs = step_fn(batch, StepInfo(0, 1, 0, 0))
+        loss.backward()
+
+    assert _count(step) == []
+
+
+def _pretrain_step(method):
+    torch.manual_seed(0)
+    encoder = build_encoder("resnet18")
+    model = method.build_model(encoder, list(encoder.out_channels)).train()
+    batch = {"view1": torch.rand(4, 3, 32, 32), "view2": torch.rand(4, 3, 32, 32)}
+
+    def step():
+        loss, logs = method.training_step(model, batch, None)
+        assert all(isinstance(v, torch.Tensor) for v in logs.values())  # read later, with the loss
+        loss.backward()
+
+    return step
+
+
+def test_simclr_and_simsiam_steps_make_no_host_sync():
+    from harness_builtin.methods.simclr import SimCLR
+    from harness_builtin.methods.simsiam import SimSiam
+
+    for method in (SimCLR(), SimSiam()):
+        assert _count(_pretrain_step(method)) == [], method.name
+
+
+def test_normalisation_constants_are_copied_to_a_device_once():
+    normalizer = Normalizer({"mean": [0.5] * 3, "std": [0.25] * 3})
+    first = normalizer.constants(torch.device("cpu"))
+    assert all(a is b for a, b in zip(normalizer.constants(torch.device("cpu")), first))
