@@ -7,6 +7,8 @@ generator (earlier versions of this harness), so 0-worker results are unchanged.
 
 from __future__ import annotations
 
+import multiprocessing
+
 import pytest
 import torch
 
@@ -23,11 +25,11 @@ def _interrupting(monkeypatch, at: int | None) -> None:
     """Raise KeyboardInterrupt in the loop's ``at``-th forward pass (1-based)."""
     real, calls = loop_mod.TrainLoop._forward_backward, {"n": 0}
 
-    def forward_backward(self, batch, info):
+    def forward_backward(self, batch, info, **kwargs):
         calls["n"] += 1
         if calls["n"] == at:
             raise KeyboardInterrupt
-        return real(self, batch, info)
+        return real(self, batch, info, **kwargs)
 
     monkeypatch.setattr(loop_mod.TrainLoop, "_forward_backward", forward_backward)
 
@@ -72,6 +74,7 @@ def _pretrained(tmp_path, name: str, workers: int, pipeline: str, monkeypatch, i
                 run(work, out, ToyBYOL(config), every_s=0.0)
     result = run(work, out, ToyBYOL(config), every_s=0.0)
     assert result["resumed_from_epoch"] == (1 if interrupt else 0)
+    assert not multiprocessing.active_children()  # the loop shut its workers down
     return torch.load(out / "model.pt", weights_only=True)
 
 

@@ -87,6 +87,13 @@ class EpochSource:
         self.period = max(1, len(loader))
         self.total = self.period * epochs
 
+    def close(self) -> None:
+        """Shut the loader's persistent workers down now (they ignore SIGTERM, so a program
+        still holding them at exit would wait in multiprocessing's join)."""
+        iterator, self.loader._iterator = self.loader._iterator, None
+        if hasattr(iterator, "_shutdown_workers"):  # what its __del__ does, now
+            iterator._shutdown_workers()
+
     def batches(self, start: int) -> Iterator[Any]:
         first, skip = divmod(start, self.period)
         sampler = self.loader.batch_sampler
@@ -243,6 +250,14 @@ class TrainLoop:
         step = optimizer_steps(self.position, self.source.period, self.accumulation)
         self._last_write = time.monotonic()
         meter = calibration.meter(self.label, "train", self.source.total - self.position)
+        try:
+            self._train(step, meter)
+        finally:
+            getattr(self.source, "close", lambda: None)()
+        dist.barrier()
+        return self.history
+
+    def _train(self, step: int, meter: Any) -> None:
         with progress_bar(self.label, self.source.total, self.quiet) as advance, _stop_signals():
             advance(self.position)
             for batch in self.source.batches(self.position):
@@ -270,8 +285,6 @@ class TrainLoop:
                     break  # a calibration run: timed enough steps (harness.engine.calibration)
             if self.position > self.start or dist.world_size() > 1 or not self.checkpoint.exists():
                 self.save()  # the end state: a crash before the commit does not retrain
-        dist.barrier()
-        return self.history
 
     def _forward_backward(self, batch: Any, info: StepInfo,
                           sync: bool = True) -> tuple[torch.Tensor, dict[str, Any]]:
