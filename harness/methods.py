@@ -261,7 +261,10 @@ class SemiSupervisedSettings(MethodConfig):
     ema_decay: float = Field(0.99, gt=0, lt=1, description="teacher EMA: min(1 - 1/(t+1), decay)")
     strong_threshold: float = Field(0.97, gt=0, le=1, description="teacher confidence that counts "
                                     "a pixel in the per-image unsupervised weight")
-    num_workers: int = Field(0, ge=0, le=256, description="data-loader workers (not part of result keys)")
+    num_workers: WorkerCount = Field(
+        "auto", description="data-loader workers building the iterations' batches; auto: from "
+        "the CPUs this process may use on CUDA, 0 on CPU (batch t is a function of (seed, t): "
+        "not part of result keys)")
 
 
 class SemiSupervisedMethod(Method):

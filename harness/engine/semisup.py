@@ -63,7 +63,8 @@ from harness.engine import semisup_ddp as ddp
 from harness.engine.context import StageContext
 from harness.engine.loop import Hook, IterationSource, MethodHook, StepInfo, TrainLoop
 from harness.engine.model import build_unet
-from harness.engine.runtime import Checkpoint, Precision, seed_everything, worker_init_fn
+from harness.engine.runtime import (Checkpoint, Precision, resolve_num_workers, seed_everything,
+                                    worker_init_fn)
 from harness.engine.semisup_data import _STEP, IterationBatches, derived_seed  # noqa: F401 - re-exported
 from harness.errors import DataError
 from harness.methods import HALF_NORMALIZATION, SemiSupervisedMethod
@@ -329,7 +330,8 @@ def train_semisupervised(ctx: StageContext, *, method: SemiSupervisedMethod, arr
                                  weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=iterations, eta_min=0.0)
 
-    make_loader = functools.partial(_iteration_loader, batches, iterations, cfg.num_workers, device)
+    make_loader = functools.partial(_iteration_loader, batches, iterations,
+                                    resolve_num_workers(cfg.num_workers, device), device)
     step = _MeanTeacherStep(method, net, teacher, normalizer, precision, channels_last,
                             strong, seed, device, shard)
     loop = TrainLoop(
