@@ -15,6 +15,13 @@ time budget:
 * ``amp_agreement``: fp32 vs AMP losses of the same model on the same 20 batches.
 * ``ddp``: DDP with NCCL at world size 1 (one rank): a few steps, gradients equal to the
   unwrapped model's.
+* ``host_syncs``, ``eval_precision``, ``fp16``, ``resume`` (``benchmarks/gpu_check_parts.py``):
+  syncs per training step per method, AMP vs fp32 evaluation's argmax disagreement, a forced
+  fp16 + grad scaler run against fp32, loader-worker draws equal across worker counts.
+
+``info`` holds the machine facts (GPU, driver, CUDA, bf16 natively, ``/dev/shm``, CPUs). cuDNN
+runs with the harness's own settings (no ``cudnn.benchmark``). How to read the JSON:
+``docs/gpu_check.md``.
 
 Run::
 
@@ -37,6 +44,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+import gpu_check_parts as more  # next to this script
 import numpy as np
 import torch
 import torch.nn.functional as nnf
@@ -302,10 +310,7 @@ def run(device_name: str, tiny: bool, budget_s: float) -> dict[str, Any]:
     sc = SCALES["tiny" if tiny else "full"]
     started = time.monotonic()
     info: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda"
-                            else "cpu", "torch": torch.__version__, "scale": "tiny" if tiny else "full",
-                            "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+                            else "cpu", "scale": "tiny" if tiny else "full", **more.machine_facts(device)}
     results: dict[str, Any] = {"info": info}
     threads = torch.get_num_threads()
     if tiny and device.type == "cpu":  # intra-op threads only spin on toy tensors (and stall
@@ -328,6 +333,10 @@ def _run_parts(results: dict[str, Any], sc: dict, device: torch.device, started:
             ("finetune", lambda: finetune_part(sc, device, tmp)),
             ("amp_agreement", lambda: amp_agreement_part(sc, device)),
             ("ddp", lambda: ddp_part(device)),
+            ("host_syncs", lambda: more.host_syncs_part(sc, device)),
+            ("eval_precision", lambda: more.eval_precision_part(sc, device)),
+            ("fp16", lambda: more.fp16_part(sc, device)),
+            ("resume", lambda: more.resume_part(sc, device, tmp)),
         ]
         for name, part in parts:
             left = budget_s - (time.monotonic() - started)

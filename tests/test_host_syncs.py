@@ -8,43 +8,17 @@ make none, and a new one fails this test. The loop itself reads losses and logs 
 from __future__ import annotations
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from harness.data.torchdata import Normalizer
 from harness.engine.finetune import _segmentation_step
+from harness.engine.host_syncs import count_syncs
 from harness.engine.loop import StepInfo
 from harness.engine.model import build_encoder, build_unet
 from harness.engine.runtime import Precision
 
-aten = torch.ops.aten
-SYNCING = {aten._local_scalar_dense, aten.nonzero, aten.masked_select, aten.is_nonzero,
-           aten.equal, aten._unique, aten._unique2, aten.unique_dim, aten.unique_consecutive,
-           aten.unique_dim_consecutive, aten.bincount, aten.histc, aten.repeat_interleave}
-
-
-class SyncCounter(TorchDispatchMode):
-    """Counts the ops above, and indexing with a boolean mask (a ``nonzero`` inside)."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        packet = func.overloadpacket
-        masked = packet in (aten.index, aten.index_put, aten.index_put_) and any(
-            isinstance(i, torch.Tensor) and i.dtype == torch.bool
-            for i in (args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else ()))
-        if packet in SYNCING or masked:
-            self.seen.append(str(func))
-        return func(*args, **kwargs)
-
 
 def _count(step) -> list[str]:
-    step()  # a first call may set things up (caches)
-    with SyncCounter() as counter:
-        step()
-    return counter.seen
+    return count_syncs(step, torch.device("cpu"))
 
 
 def test_the_counter_sees_syncs():
