@@ -73,3 +73,31 @@ def test_normalisation_constants_are_copied_to_a_device_once():
     normalizer = Normalizer({"mean": [0.5] * 3, "std": [0.25] * 3})
     first = normalizer.constants(torch.device("cpu"))
     assert all(a is b for a, b in zip(normalizer.constants(torch.device("cpu")), first))
+
+
+def test_larger_supcon_tiles_issue_fewer_ops_for_the_same_loss():
+    """PRICon's point loss is launch-bound on a GPU with small tiles (AUTO_TILE_CUDA there):
+    4x larger tiles, over 10x fewer ops, the same loss and gradients up to summation order."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from harness_builtin.methods.losses import supcon_loss
+
+    class Ops(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    z, labels = torch.randn(1024, 16), torch.arange(512).repeat(2)
+    out = {}
+    for tile in (128, 512):
+        f = z.clone().requires_grad_(True)
+        with Ops() as ops:
+            loss = supcon_loss(f, labels, 0.1, "code", block_size=tile)
+            loss.backward()
+        out[tile] = (ops.n, loss.detach(), f.grad)
+    assert out[128][0] > 10 * out[512][0]
+    torch.testing.assert_close(out[512][1], out[128][1], rtol=1e-6, atol=0)
+    torch.testing.assert_close(out[512][2], out[128][2], rtol=1e-4, atol=1e-9)

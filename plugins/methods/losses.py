@@ -51,6 +51,10 @@ __all__ = ["nt_xent", "supcon_loss", "simsiam_loss"]
 AUTO_BLOCK_ELEMENTS = 1 << 24
 #: ``block_size=None`` on the all-anchor path: the side of its square tiles (4 MiB in float32).
 AUTO_TILE = 1024
+#: ... on CUDA (64 MiB tiles): a step of PRICon's point loss at thesis scale (n = 16,384) issues
+#: 674 ATen ops instead of 8,426 at 1024 (launch-bound on a GPU otherwise); same loss, gradients
+#: within 1e-6 relative (float32 summation order), measured on CPU.
+AUTO_TILE_CUDA = 4096
 #: The all-anchor path shifts every logit by the constant 1/tau, the largest value a cosine
 #: similarity over tau can take, instead of by a per-row max; exp(x - 1/tau) >= exp(-2/tau) then
 #: stays a normal float as long as 2/tau is at most this (per dtype). Below that temperature the
@@ -147,7 +151,8 @@ def supcon_loss(
     (saved state: O(n*D + n)). When every vector is an anchor (single process) and
     ``2/tau`` is small enough for a fixed shift (:data:`MAX_FIXED_SHIFT_RANGE`; tau >= 0.025 in
     float32) it works on ``block_size x block_size`` tiles of one triangle of the symmetric
-    matrix (``None``: :data:`AUTO_TILE`); otherwise (distributed, very small tau) on blocks of
+    matrix (``None``: :data:`AUTO_TILE`, :data:`AUTO_TILE_CUDA` on CUDA); otherwise
+    (distributed, very small tau) on blocks of
     ``block_size`` anchor rows against all vectors with a per-row max shift (``None``: about
     :data:`AUTO_BLOCK_ELEMENTS` similarities per block). ``form="pairs"`` uses the row blocks and
     recomputes each block in backward (activation checkpointing). Small inputs fit one block.
@@ -209,7 +214,8 @@ def _supcon_sorted(z, zc, yc, anchor_pos, bounds, n_terms, temperature, form, bl
     symmetric = (form == "code" and anchor_pos.numel() == n
                  and _fixed_shift_is_safe(temperature, zc.dtype))
     if block_size is None:
-        block_size = AUTO_TILE if symmetric else AUTO_BLOCK_ELEMENTS // max(n, 1)
+        tile = AUTO_TILE_CUDA if zc.device.type == "cuda" else AUTO_TILE
+        block_size = tile if symmetric else AUTO_BLOCK_ELEMENTS // max(n, 1)
     block_size = max(1, min(block_size, max(anchor_pos.numel(), 1)))
 
     if anchor_pos.numel() == 0:
