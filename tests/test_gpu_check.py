@@ -22,7 +22,8 @@ def test_gpu_check_runs_on_cpu_at_tiny_scale(tmp_path):
     results = json.loads(out.read_text())
     errors = {k: v.get("error") for k, v in results.items() if k != "info" and "error" in v}
     assert not errors, errors
-    for name in ("pretrain_simclr", "pretrain_pricon"):
+    for name in ("pretrain_simclr", "pretrain_pricon", "pretrain_simclr_512", "pretrain_pricon_512_r7",
+                 "pretrain_pricon_512_r56"):
         r = results[name]
         assert r["steps_per_s"] > 0 and r["bare_steps_per_s"] > 0 and r["ratio"] > 0
         assert 0 <= r["data_wait_fraction"] < 1
