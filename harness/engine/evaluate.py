@@ -45,10 +45,14 @@ def predict(model: torch.nn.Module, images: np.ndarray, rows: Sequence[int], nor
     ``images[rows]``: full images, padded to a multiple of 32 for the U-Net and cropped back.
     Tiles travel as uint8 (pinned on CUDA, loaded by ``num_workers`` workers, ``auto`` as
     training's) and become float on the device."""
+    from harness.engine.loader import fit_shared_memory
+
     model.eval().to(device)
-    loader = torch.utils.data.DataLoader(_Images(images, np.asarray(rows)), batch_size=batch_size,
-                                         shuffle=False, pin_memory=device.type == "cuda",
-                                         num_workers=resolve_num_workers(num_workers, device))
+    data = _Images(images, np.asarray(rows))
+    workers, prefetch = fit_shared_memory(data, batch_size, resolve_num_workers(num_workers, device), 2)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False,
+                                         pin_memory=device.type == "cuda", num_workers=workers,
+                                         prefetch_factor=prefetch if workers else None)
     start, rows = 0, np.asarray(rows)
     meter = calibration.meter(label, "predict", len(loader))
     with progress_bar(label, len(loader), quiet) as advance:

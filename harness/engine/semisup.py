@@ -290,10 +290,15 @@ def _crop_size(label: str, arrays: LabeledArrays, train_ids: Sequence[str],
 
 def _iteration_loader(batches: Any, iterations: int, num_workers: int, device: torch.device,
                       start: int) -> torch.utils.data.DataLoader:
-    """Iterations ``start .. iterations - 1`` of ``batches`` (one batch per index)."""
+    """Iterations ``start .. iterations - 1`` of ``batches`` (one batch per index); workers
+    lowered where ``/dev/shm`` cannot hold what they prefetch."""
+    from harness.engine.loader import fit_shared_memory
+
+    num_workers, prefetch = fit_shared_memory(batches, 1, num_workers, 2)
     return torch.utils.data.DataLoader(
         batches, batch_size=None, sampler=range(start, iterations), num_workers=num_workers,
-        worker_init_fn=worker_init_fn, pin_memory=device.type == "cuda")
+        worker_init_fn=worker_init_fn, pin_memory=device.type == "cuda",
+        prefetch_factor=prefetch if num_workers else None)
 
 
 def train_semisupervised(ctx: StageContext, *, method: SemiSupervisedMethod, arrays: LabeledArrays,
