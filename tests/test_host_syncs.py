@@ -101,3 +101,16 @@ def test_larger_supcon_tiles_issue_fewer_ops_for_the_same_loss():
     assert out[128][0] > 10 * out[512][0]
     torch.testing.assert_close(out[512][1], out[128][1], rtol=1e-6, atol=0)
     torch.testing.assert_close(out[512][2], out[128][2], rtol=1e-4, atol=1e-9)
+
+
+def test_the_mean_teachers_masked_mean_needs_no_sync():
+    """The unsupervised loss's mean over pixels with a positive loss, as CUDA computes it."""
+    from harness.engine.semisup import masked_mean
+
+    torch.manual_seed(0)
+    values = torch.rand(2, 8, 8, requires_grad=True)
+    mask = torch.rand(2, 8, 8) > 0.5
+    assert _count(lambda: masked_mean(values, mask).backward()) == []
+    torch.testing.assert_close(masked_mean(values, mask), values[mask].mean())
+    empty = masked_mean(values, torch.zeros_like(mask))
+    assert empty.item() == 0.0 and empty.requires_grad

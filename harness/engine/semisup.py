@@ -116,9 +116,20 @@ def confidence_weighted_ce(logits: torch.Tensor, target: torch.Tensor, confidenc
     weight = confidence.reshape(b, -1).ge(strong_threshold).sum(-1) / valid
     loss = nnf.cross_entropy(logits, target, reduction="none", ignore_index=-1)
     positive = loss > 0
+    if loss.device.type == "cuda":  # the same mean without waiting for the device
+        return masked_mean(weight[:, None, None] * loss, positive)
     if not bool(positive.any()):
         return loss.sum() * 0.0
     return (weight[:, None, None] * loss)[positive].mean()
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``values[mask].mean()`` (0, attached to the graph, when ``mask`` is empty) without a host
+    sync: no ``bool()``, no boolean indexing. Equal up to float summation order, so the CPU
+    keeps the indexed form (its results unchanged) and CUDA uses this one."""
+    count = mask.sum()
+    total = torch.where(mask, values, torch.zeros_like(values)).sum()
+    return torch.where(count > 0, total / count.clamp(min=1), values.sum() * 0.0)
 
 
 @torch.no_grad()
