@@ -15,6 +15,15 @@ time budget:
 * ``amp_agreement``: fp32 vs AMP losses of the same model on the same 20 batches.
 * ``ddp``: DDP with NCCL at world size 1 (one rank): a few steps, gradients equal to the
   unwrapped model's.
+* ``pretrain_*_512*``: the same through the thesis's 512 px tiles, PRICon at resolution 7 and 56
+  (peak memory).
+* ``host_syncs``, ``eval_precision``, ``fp16``, ``resume`` (``benchmarks/gpu_check_parts.py``):
+  syncs per training step per method, AMP vs fp32 evaluation's argmax disagreement, a forced
+  fp16 + grad scaler run against fp32, loader-worker draws equal across worker counts.
+
+``info`` holds the machine facts (GPU, driver, CUDA, bf16 natively, ``/dev/shm``, CPUs). cuDNN
+runs with the harness's own settings (no ``cudnn.benchmark``). How to read the JSON:
+``docs/gpu_check.md``.
 
 Run::
 
@@ -37,6 +46,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+import gpu_check_parts as more  # next to this script
 import numpy as np
 import torch
 import torch.nn.functional as nnf
@@ -79,9 +89,17 @@ def _method(name: str, sc: dict, epochs: int):
     from harness_builtin.methods.simclr import SimCLR
 
     cls = {"simclr": SimCLR, "pricon": PRICon}[name]
+    extra = {"resolution": sc["resolution"]} if name == "pricon" and sc.get("resolution") else {}
     cfg = cls.Config(epochs=epochs, batch_size=sc["batch"], augment={"crop_size": sc["crop"]},
-                     num_workers="auto", view_pipeline="device")
+                     num_workers="auto", view_pipeline="device", **extra)
     return cls(cfg)
+
+
+def thesis_tiles(sc: dict, tiny: bool, resolution: int | None = None) -> dict:
+    """The thesis's 512 px tiles (``tile``; toy: 64 px), fewer steps; PRICon's dense map
+    upsampled to ``resolution`` (7: the 224 px crop's own map; 56: Table 4.6's finest)."""
+    return {**sc, "tile": 64 if tiny else 512, "steps": min(sc["steps"], 8),
+            "resolution": resolution and (resolution // 7 * 2 if tiny else resolution)}
 
 
 def pretrain_part(name: str, sc: dict, device: torch.device, tmp: Path) -> dict[str, Any]:
@@ -117,7 +135,8 @@ def pretrain_part(name: str, sc: dict, device: torch.device, tmp: Path) -> dict[
     device_views.DeviceViews.__call__ = timed_call
     engine.TrainLoop = loop_with_timing
     try:
-        ctx = StageContext(out=tmp / f"{name}_out", work=tmp / f"{name}_work", inputs={},
+        tag = f"{name}_{sc['tile']}_{sc.get('resolution')}"
+        ctx = StageContext(out=tmp / f"{tag}_out", work=tmp / f"{tag}_work", inputs={},
                            device=device, label=f"gpu_check {name}", quiet=True,
                            checkpoint_every_s=1e9)
         ctx.out.mkdir(parents=True, exist_ok=True)
@@ -135,7 +154,7 @@ def pretrain_part(name: str, sc: dict, device: torch.device, tmp: Path) -> dict[
     return {"steps_per_s": harness_sps, "images_per_s": 2 * sc["batch"] * harness_sps,
             "bare_steps_per_s": bare_sps, "ratio": bare_sps / harness_sps,
             "data_wait_fraction": idle / measured, "batch": sc["batch"], "crop": sc["crop"],
-            "num_workers": _workers(device)}
+            "tile": sc["tile"], "resolution": sc.get("resolution"), "num_workers": _workers(device)}
 
 
 def _workers(device: torch.device) -> int:
@@ -302,16 +321,13 @@ def run(device_name: str, tiny: bool, budget_s: float) -> dict[str, Any]:
     sc = SCALES["tiny" if tiny else "full"]
     started = time.monotonic()
     info: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda"
-                            else "cpu", "torch": torch.__version__, "scale": "tiny" if tiny else "full",
-                            "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+                            else "cpu", "scale": "tiny" if tiny else "full", **more.machine_facts(device)}
     results: dict[str, Any] = {"info": info}
     threads = torch.get_num_threads()
     if tiny and device.type == "cpu":  # intra-op threads only spin on toy tensors (and stall
         torch.set_num_threads(1)       # badly on a shared machine)
     try:
-        _run_parts(results, sc, device, started, budget_s)
+        _run_parts(results, sc, device, started, budget_s, tiny)
     finally:
         torch.set_num_threads(threads)
     info["seconds"] = round(time.monotonic() - started, 1)
@@ -319,7 +335,7 @@ def run(device_name: str, tiny: bool, budget_s: float) -> dict[str, Any]:
 
 
 def _run_parts(results: dict[str, Any], sc: dict, device: torch.device, started: float,
-               budget_s: float) -> None:
+               budget_s: float, tiny: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp_name:
         tmp = Path(tmp_name)
         parts: list[tuple[str, Callable[[], dict[str, Any]]]] = [
@@ -328,6 +344,14 @@ def _run_parts(results: dict[str, Any], sc: dict, device: torch.device, started:
             ("finetune", lambda: finetune_part(sc, device, tmp)),
             ("amp_agreement", lambda: amp_agreement_part(sc, device)),
             ("ddp", lambda: ddp_part(device)),
+            ("host_syncs", lambda: more.host_syncs_part(sc, device)),
+            ("eval_precision", lambda: more.eval_precision_part(sc, device)),
+            ("fp16", lambda: more.fp16_part(sc, device)),
+            ("resume", lambda: more.resume_part(sc, device, tmp)),
+            ("pretrain_simclr_512", lambda: pretrain_part("simclr", thesis_tiles(sc, tiny), device, tmp)),
+            ("pretrain_pricon_512_r7", lambda: pretrain_part("pricon", thesis_tiles(sc, tiny, 7), device, tmp)),
+            ("pretrain_pricon_512_r56", lambda: pretrain_part("pricon", thesis_tiles(sc, tiny, 56),
+                                                               device, tmp)),
         ]
         for name, part in parts:
             left = budget_s - (time.monotonic() - started)

@@ -70,7 +70,7 @@ def stream(root: Path, masks_path: Path, crop: int) -> None:
     import torch
 
     from harness.data.views import TwoViewDataset, ViewAugmentConfig
-    from harness.engine.loop import epoch_loader
+    from harness.engine.loader import epoch_loader
     from harness.engine.runtime import worker_init_fn
 
     images = np.load(root / "tiles.npy", mmap_mode="r")

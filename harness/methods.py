@@ -232,7 +232,8 @@ class PretrainMethod(Method):
     def training_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor],
                       num_classes: int | None) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss of one batch (``view1``, ``view2`` and, with masks, ``mask1``/``mask2``) and
-        extra values to log. A method that needs the schedule may declare
+        extra values to log (0-d tensors, detached: the loop reads them with the losses every
+        few dozen steps; a ``float(...)`` here would wait for the device every step). A method that needs the schedule may declare
         ``training_step(self, model, batch, num_classes, *, step, total_steps)``: the engine
         then passes the index (from 0) of the optimizer step this batch makes and the run's
         number of optimizer steps."""
@@ -260,7 +261,10 @@ class SemiSupervisedSettings(MethodConfig):
     ema_decay: float = Field(0.99, gt=0, lt=1, description="teacher EMA: min(1 - 1/(t+1), decay)")
     strong_threshold: float = Field(0.97, gt=0, le=1, description="teacher confidence that counts "
                                     "a pixel in the per-image unsupervised weight")
-    num_workers: int = Field(0, ge=0, le=256, description="data-loader workers (not part of result keys)")
+    num_workers: WorkerCount = Field(
+        "auto", description="data-loader workers building the iterations' batches; auto: from "
+        "the CPUs this process may use on CUDA, 0 on CPU (batch t is a function of (seed, t): "
+        "not part of result keys)")
 
 
 class SemiSupervisedMethod(Method):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.engine.loop import _check_split, _SkippingBatches
+from harness.engine.loader import _check_split, _SkippingBatches
 from harness.errors import SpecError
 
 

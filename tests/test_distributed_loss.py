@@ -39,6 +39,12 @@ def _cases():
         loss.backward()
         cases.append(dict(kind="supcon", form=form, block=block, feats=feats, labels=labels,
                           split=[0, n0, n0 + n1], loss=loss.item(), grad=f.grad))
+    x1, x2 = (torch.randn(n0 + n1, d, generator=g, dtype=torch.float64) for _ in range(2))
+    lin = torch.nn.Linear(d, 3).double()
+    _two_gathers_loss(lin(x1), lin(x2)[:, :2], first=0).backward()
+    cases.append(dict(kind="two_gathers", x1=x1, x2=x2, split=[0, n0, n0 + n1],
+                      state={k: v.detach().clone() for k, v in lin.state_dict().items()},
+                      grads=[p.grad.clone() for p in lin.parameters()]))
     b = 8
     z1 = torch.randn(b, d, generator=g, dtype=torch.float64).requires_grad_(True)
     z2 = torch.randn(b, d, generator=g, dtype=torch.float64).requires_grad_(True)
@@ -47,6 +53,35 @@ def _cases():
     cases.append(dict(kind="nt_xent", z1=z1.detach(), z2=z2.detach(), split=[0, b // 2, b],
                       loss=loss.item(), g1=z1.grad, g2=z2.grad))
     return cases
+
+
+def _two_gathers_loss(g1: torch.Tensor, g2: torch.Tensor, first: int) -> torch.Tensor:
+    """A global loss of two gathered tensors of different widths; its terms built in an order
+    that differs between processes (``first``), as data-dependent losses may."""
+    def a():
+        return torch.logsumexp(g1 @ g1.T, dim=1).mean()
+
+    def b():
+        x = g2
+        for _ in range(10):
+            x = x * 1.0
+        return x.pow(3).mean() * 2
+
+    x, y = (a(), b()) if first == 0 else tuple(reversed((b(), a())))
+    return x + y
+
+
+def _two_gathers(case: dict, rank: int) -> None:
+    """Two gathers in one loss under DDP: DDP's averaged gradients equal one process's."""
+    lo, hi = case["split"][rank], case["split"][rank + 1]
+    lin = torch.nn.Linear(case["x1"].shape[1], 3).double()
+    lin.load_state_dict(case["state"])
+    net = torch.nn.parallel.DistributedDataParallel(lin)
+    g1 = D.gather_with_grad(net(case["x1"][lo:hi]))
+    g2 = D.gather_with_grad(lin(case["x2"][lo:hi])[:, :2].contiguous())
+    _two_gathers_loss(g1, g2, first=rank).backward()
+    for p, expected in zip(lin.parameters(), case["grads"]):
+        _close(p.grad, expected)
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-9, rtol: float = 1e-7) -> None:
@@ -81,7 +116,9 @@ def _check_rank(rank: int, cases: list[dict]) -> None:
 
     for case in cases:
         lo, hi = case["split"][rank], case["split"][rank + 1]
-        if case["kind"] == "supcon":
+        if case["kind"] == "two_gathers":
+            _two_gathers(case, rank)
+        elif case["kind"] == "supcon":
             f = case["feats"][lo:hi].clone().requires_grad_(True)
             loss = supcon_loss(f, case["labels"][lo:hi], temperature=0.1, form=case["form"],
                                block_size=case["block"])

@@ -22,7 +22,8 @@ def test_gpu_check_runs_on_cpu_at_tiny_scale(tmp_path):
     results = json.loads(out.read_text())
     errors = {k: v.get("error") for k, v in results.items() if k != "info" and "error" in v}
     assert not errors, errors
-    for name in ("pretrain_simclr", "pretrain_pricon"):
+    for name in ("pretrain_simclr", "pretrain_pricon", "pretrain_simclr_512", "pretrain_pricon_512_r7",
+                 "pretrain_pricon_512_r56"):
         r = results[name]
         assert r["steps_per_s"] > 0 and r["bare_steps_per_s"] > 0 and r["ratio"] > 0
         assert 0 <= r["data_wait_fraction"] < 1
@@ -31,3 +32,11 @@ def test_gpu_check_runs_on_cpu_at_tiny_scale(tmp_path):
     # on CPU autocast is off: both runs are the same fp32 computation
     assert results["amp_agreement"]["max_rel_diff"] < 1e-4
     assert results["ddp"]["grads_equal"] and results["ddp"]["all_reduce"] == [1.0] * 4
+    info = results["info"]
+    assert info["shm_free_gib"] >= 0 and info["cpus"] >= 1 and info["cudnn_benchmark"] is False
+    syncs = results["host_syncs"]["per_step"]
+    assert syncs["finetune"] == syncs["simclr"] == syncs["simsiam"] == 0 and "pricon" in syncs
+    assert results["eval_precision"]["argmax_disagreement"] == 0.0  # no AMP on CPU
+    assert results["fp16"]["finite"] and results["fp16"]["max_rel_diff"] == 0.0
+    assert results["resume"] == {**results["resume"], "equal_across_workers": True,
+                                 "other_epoch_differs": True}

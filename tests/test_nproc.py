@@ -14,7 +14,8 @@ from harness.execute.pool import PoolConfig, describe_slot, worker_slots
 from harness.plugins import build_registry
 
 
-def test_pool_workers_hold_gpus_per_stage_gpus_each():
+def test_pool_workers_hold_gpus_per_stage_gpus_each(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the pool divides the CPUs
     envs = worker_slots(PoolConfig(gpus_per_stage=2), "auto", gpus=["0", "1", "2", "3"], cpus=16)
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0,1", "2,3"]
     assert [e["OMP_NUM_THREADS"] for e in envs] == ["8", "8"]  # a worker's budget, split by torchrun

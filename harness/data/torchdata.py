@@ -52,9 +52,17 @@ class Normalizer:
             mean, std, self.extra = normalization["mean"], normalization["std"], 1.0
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std on ``device``, copied there once (a host-to-device copy per call
+        would make every training step wait for it)."""
+        if device not in self._on:
+            self._on[device] = self.mean.to(device), self.std.to(device)
+        return self._on[device]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        mean, std = self.constants(x.device)
         out = (x - mean) / std
         return out * self.extra if self.extra != 1.0 else out
 

@@ -14,7 +14,7 @@ from harness.data.torchdata import Normalizer
 from harness.engine import calibration
 from harness.engine.context import StageContext
 from harness.engine.model import build_unet
-from harness.engine.runtime import Precision, progress_bar
+from harness.engine.runtime import Precision, no_tf32, progress_bar, resolve_num_workers
 from harness.metrics.stream import auto_workers
 from harness.safeload import STAGE_FIX, load_state_dict_file
 from harness.store import atomic_write_json
@@ -32,29 +32,37 @@ class _Images(torch.utils.data.Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int) -> torch.Tensor:
+        """uint8 (3, H, W): a quarter of float32's bytes to copy; made float on the device."""
         img = np.array(self.images[int(self.rows[i])])
-        return torch.from_numpy(img).permute(2, 0, 1).float().div_(255.0)
+        return torch.from_numpy(img).permute(2, 0, 1)
 
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, images: np.ndarray, rows: Sequence[int], normalizer: Normalizer,
             device: torch.device, batch_size: int, precision: Precision, quiet: bool | None = None,
-            label: str = "predict", num_workers: int = 0):
+            label: str = "predict", num_workers: int | str = "auto"):
     """Yield ``(start, class_maps)`` chunks of argmax predictions (uint8, ``(n, H, W)``) for
-    ``images[rows]``: full images, padded to a multiple of 32 for the U-Net and cropped back."""
+    ``images[rows]``: full images, padded to a multiple of 32 for the U-Net and cropped back.
+    Tiles travel as uint8 (pinned on CUDA, loaded by ``num_workers`` workers, ``auto`` as
+    training's) and become float on the device."""
+    from harness.engine.loader import fit_shared_memory
+
     model.eval().to(device)
-    loader = torch.utils.data.DataLoader(_Images(images, np.asarray(rows)), batch_size=batch_size,
-                                         shuffle=False, num_workers=num_workers)
+    data = _Images(images, np.asarray(rows))
+    workers, prefetch = fit_shared_memory(data, batch_size, resolve_num_workers(num_workers, device), 2)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False,
+                                         pin_memory=device.type == "cuda", num_workers=workers,
+                                         prefetch_factor=prefetch if workers else None)
     start, rows = 0, np.asarray(rows)
     meter = calibration.meter(label, "predict", len(loader))
     with progress_bar(label, len(loader), quiet) as advance:
         for batch in loader:
             h, w = batch.shape[-2:]
             ph, pw = (-h) % 32, (-w) % 32
-            x = normalizer(batch.to(device))
+            x = normalizer(batch.to(device, non_blocking=True).float().div_(255.0))
             if ph or pw:
                 x = nnf.pad(x, (0, pw, 0, ph), mode="reflect")
-            with precision.autocast():
+            with precision.autocast(), no_tf32():
                 logits = model(x)
             pred = logits[..., :h, :w].argmax(1).to(torch.uint8).cpu().numpy()
             yield start, pred
@@ -87,7 +95,8 @@ def evaluate(ctx: StageContext, *, arrays: LabeledArrays, test_ids: Sequence[str
     index = arrays.index_of()
     rows = np.array([index[s] for s in test_ids], dtype=np.int64)
     chunks = predict(model, arrays.images, rows, normalizer, ctx.device, settings.eval_batch_size,
-                     Precision(ctx.device, settings.amp), ctx.quiet, label=ctx.label)
+                     Precision(ctx.device, settings.eval_precision == "amp"), ctx.quiet,
+                     label=ctx.label)
     workers = settings.eval_workers
     if workers == "auto":
         workers = auto_workers(len(rows), _SCORE_CHUNK)

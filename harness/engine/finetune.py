@@ -28,7 +28,8 @@ from harness.data.base import LabeledArrays
 from harness.data.torchdata import Normalizer, SegmentationSamples
 from harness.engine.context import StageContext
 from harness.engine.distributed import wrap_ddp
-from harness.engine.loop import EpochLog, EpochSource, TrainLoop, epoch_loader, optimizer_steps
+from harness.engine.loader import epoch_loader
+from harness.engine.loop import EpochLog, EpochSource, TrainLoop, optimizer_steps
 from harness.engine.model import load_encoder_weights
 from harness.engine.runtime import (Checkpoint, Precision, resolve_num_workers, seed_everything,
                                     worker_init_fn)
@@ -73,6 +74,7 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
                                finetune_train_transforms(settings.image_size, settings.augment))
     # the reference keeps the last partial batch; drop_last (opt-in) never drops a whole epoch
     drop_last = getattr(settings, "drop_last", False) and len(data) >= settings.batch_size
+    _check_one_image_per_process(len(data), settings, drop_last, arrays.images.shape[1:3])
     loader = epoch_loader(data, batch_size=settings.batch_size, drop_last=drop_last,
                           num_workers=resolve_num_workers(settings.num_workers, device), device=device,
                           worker_init_fn=worker_init_fn, shard=True)
@@ -92,7 +94,8 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
         checkpoint=Checkpoint(ctx.work), checkpoint_every_s=ctx.checkpoint_every_s,
         hooks=[EpochLog(ctx, scheduler, "train", per_image=True)], weight_of=lambda batch: len(batch[0]),
         grad_clip_norm=getattr(settings, "grad_clip_norm", None), accumulation=accumulation,
-        quiet=ctx.quiet, progress_fields=lambda period, step: {"epoch": period + 1})
+        quiet=ctx.quiet, progress_fields=lambda period, step: {"epoch": period + 1},
+        ddp=net if net is not model else None)
     started = time.time()
     history = loop.run()
     start_epoch = loop.start // source.period
@@ -111,6 +114,24 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
         "precision": str(precision.dtype).replace("torch.", "") if precision.dtype else "fp32",
         "seconds_this_run": time.time() - started,
     }
+
+
+def _check_one_image_per_process(n: int, settings: Any, drop_last: bool, shape: Sequence[int]) -> None:
+    """Under DDP, a process whose local batch is one image of at most 32 px (a 1x1 deepest
+    map) would switch its batch norm to running statistics on its own
+    (:func:`single_sample_batchnorm`): SyncBatchNorm's collectives would no longer match
+    across processes (a hang under NCCL). Refused with a one-line error."""
+    from harness.engine.distributed import world_size
+    from harness.engine.loader import rank_batch_sizes
+    from harness.errors import SpecError
+
+    world = world_size()
+    side = settings.image_size or max(shape)
+    if world > 1 and side <= 32 and 1 in rank_batch_sizes(n, settings.batch_size, drop_last, world):
+        raise SpecError(f"finetune.batch_size {settings.batch_size} ({n} images) over {world} "
+                        f"processes gives a process a batch of one {side} px image, whose batch "
+                        f"norm cannot be synchronised; use a batch_size that leaves each process "
+                        f"at least 2 images, or fewer processes")
 
 
 def _adam_cosine(model: torch.nn.Module, settings: Any, total_steps: int):

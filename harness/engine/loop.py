@@ -24,11 +24,12 @@ epoch's seed and skips the batches already trained on without loading them.
 
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -75,9 +76,10 @@ class Hook:
 
 
 class EpochSource:
-    """Epochs of a shuffled DataLoader built by :func:`epoch_loader`. Epoch ``e`` re-seeds the
-    loader's generator with ``seed * 100_003 + e`` and torch with ``seed * 100_019 + e`` (a
-    resumed epoch keeps the checkpoint's torch RNG state instead), then calls ``begin(e)``."""
+    """Epochs of a shuffled DataLoader built by :func:`~harness.engine.loader.epoch_loader`.
+    Epoch ``e`` seeds the loader's permutation and its workers' batches with
+    ``seed * 100_003 + e`` and torch with ``seed * 100_019 + e`` (a resumed epoch keeps the
+    checkpoint's torch RNG state instead), then calls ``begin(e)``."""
 
     def __init__(self, loader: torch.utils.data.DataLoader, epochs: int, seed: int,
                  begin: Callable[[int], None] = lambda epoch: None):
@@ -85,12 +87,19 @@ class EpochSource:
         self.period = max(1, len(loader))
         self.total = self.period * epochs
 
+    def close(self) -> None:
+        """Shut the loader's persistent workers down now (they ignore SIGTERM, so a program
+        still holding them at exit would wait in multiprocessing's join)."""
+        iterator, self.loader._iterator = self.loader._iterator, None
+        if hasattr(iterator, "_shutdown_workers"):  # what its __del__ does, now
+            iterator._shutdown_workers()
+
     def batches(self, start: int) -> Iterator[Any]:
         first, skip = divmod(start, self.period)
         sampler = self.loader.batch_sampler
         rank = sampler.rank if getattr(sampler, "world", 1) > 1 else 0  # own augmentation draws
         for epoch in range(first, self.epochs):
-            self.loader.generator.manual_seed(self.seed * 100_003 + epoch)
+            self.loader.batch_sampler.set_epoch_seed(self.seed * 100_003 + epoch)
             if not skip:
                 torch.manual_seed(self.seed * 100_019 + epoch + rank * 1_000_003)
             self.begin(epoch)
@@ -107,77 +116,6 @@ class IterationSource:
 
     def batches(self, start: int) -> Iterator[Any]:
         return iter(self.make_loader(start))
-
-
-class _SkippingBatches(torch.utils.data.Sampler):
-    """A batch sampler whose next pass draws (without loading) and drops ``skip`` batches.
-
-    Under DDP (``world`` > 1) every rank draws the same global batches (one generator, re-seeded
-    per epoch: the role of ``DistributedSampler.set_epoch``) and keeps its contiguous slice
-    (rank ``r`` of ``W``: ``np.array_split``'s ``r``-th piece). Unlike ``DistributedSampler``,
-    the global batches are the single-process ones whatever the world size, so a run on 4 GPUs
-    trains on the same batches as on 1 (and nothing is padded)."""
-
-    def __init__(self, inner: torch.utils.data.BatchSampler, rank: int = 0, world: int = 1):
-        self.inner, self.skip, self.rank, self.world = inner, 0, rank, world
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def _bounds(self, n: int) -> tuple[int, int]:
-        base, extra = divmod(n, self.world)
-        lo = self.rank * base + min(self.rank, extra)
-        return lo, lo + base + (self.rank < extra)
-
-    def share(self, n: int) -> float:
-        """``W * n_rank / n`` for a global batch of ``n``: the factor that makes DDP's mean of
-        per-rank mean losses the global mean when the last batch does not split evenly."""
-        lo, hi = self._bounds(n)
-        return self.world * (hi - lo) / n
-
-    def __iter__(self) -> Iterator[list[int]]:
-        batches = iter(self.inner)
-        for _ in range(self.skip):
-            next(batches, None)
-        if self.world == 1:
-            yield from batches
-            return
-        for batch in batches:
-            lo, hi = self._bounds(len(batch))
-            yield batch[lo:hi]
-
-
-def epoch_loader(data: torch.utils.data.Dataset, *, batch_size: int, drop_last: bool,
-                 num_workers: int, device: torch.device, worker_init_fn: Callable[[int], None],
-                 shard: bool = False) -> torch.utils.data.DataLoader:
-    """``DataLoader(shuffle=True)`` with its own generator whose batch sampler can skip the
-    first batches of a pass: the same draws as before, so results are unchanged. With
-    ``shard`` under DDP, ``batch_size`` is the global batch and each rank loads its slice. On
-    CUDA, batches are pinned and each worker keeps 4 batches ready."""
-    generator = torch.Generator()
-    sampler = torch.utils.data.RandomSampler(data, generator=generator)
-    world = dist.world_size() if shard else 1
-    if world > 1:
-        _check_split(len(data), batch_size, drop_last, world)
-    batches = _SkippingBatches(torch.utils.data.BatchSampler(sampler, batch_size, drop_last),
-                               dist.rank() if world > 1 else 0, world)
-    return torch.utils.data.DataLoader(
-        data, batch_sampler=batches, num_workers=num_workers, worker_init_fn=worker_init_fn,
-        generator=generator, pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
-        prefetch_factor=4 if num_workers > 0 and device.type == "cuda" else None)
-
-
-def _check_split(n: int, batch_size: int, drop_last: bool, world: int) -> None:
-    from harness.errors import SpecError
-
-    if batch_size % world:
-        raise SpecError(f"batch_size {batch_size} is the global batch and does not split over "
-                        f"{world} processes; use a multiple of {world} (or another --nproc)")
-    last = 0 if drop_last else n % batch_size
-    if 0 < last < world:
-        raise SpecError(f"the last batch has {last} image(s) ({n} images, batch_size "
-                        f"{batch_size}), fewer than the {world} processes; use --nproc {last} "
-                        f"or fewer, or another batch_size")
 
 
 def optimizer_steps(total: int, period: int, accumulation: int = 1) -> int:
@@ -243,6 +181,9 @@ class TrainLoop:
     #: losses and logs stay on the device and are read (one host sync) every ``read_every``
     #: batches, at period ends and at checkpoints
     read_every: int = 50
+    #: the DistributedDataParallel wrapper the step function calls, if any (``no_sync`` while
+    #: accumulating gradients)
+    ddp: Any = None
 
     def __post_init__(self) -> None:
         self.parts = {**self.models, "optimizer": self.optimizer, "scheduler": self.scheduler,
@@ -257,14 +198,10 @@ class TrainLoop:
     # --- state ------------------------------------------------------------------------------
     def resume(self) -> int:
         """Load the checkpoint if there is one; the number of batches already trained on."""
-        state = self.checkpoint.load(required=(*self.parts, "position", "history", "sums", "count"))
-        if state is None:  # none, or one that does not load (set aside: the stage starts over)
+        state = self.checkpoint.load(required=(*self.parts, "position", "history", "sums", "count"),
+                                     apply=self._apply)
+        if state is None:  # none, or one that does not apply (set aside: the stage starts over)
             return 0
-        for name, part in self.parts.items():
-            part.load_state_dict(state[name])
-        ranks = state.get("rng_ranks")
-        if ranks is not None and len(ranks) == dist.world_size() > 1:
-            set_rng_state(ranks[dist.rank()])  # every rank resumes its own random stream
         self.start = self.position = state["position"]
         self.history, self._sums, self._count = state["history"], state["sums"], state["count"]
         if isinstance(self.source, EpochSource):
@@ -274,6 +211,20 @@ class TrainLoop:
         else:
             console.log(f"{self.label}: resuming from iteration {self.position}/{self.source.total}")
         return self.position
+
+    def _apply(self, state: dict[str, Any]) -> None:
+        """Load the parts (and this rank's RNG state under DDP); all as they were on failure."""
+        before = {name: copy.deepcopy(part.state_dict()) for name, part in self.parts.items()}
+        try:
+            for name, part in self.parts.items():
+                part.load_state_dict(state[name])
+            ranks = state.get("rng_ranks")
+            if ranks is not None and len(ranks) == dist.world_size() > 1:
+                set_rng_state(ranks[dist.rank()])  # every rank resumes its own random stream
+        except Exception:
+            for name, part in self.parts.items():
+                part.load_state_dict(before[name])
+            raise
 
     def save(self) -> None:
         """Write the checkpoint; under DDP (every rank calls it at the same step) rank 0 alone
@@ -299,14 +250,24 @@ class TrainLoop:
         step = optimizer_steps(self.position, self.source.period, self.accumulation)
         self._last_write = time.monotonic()
         meter = calibration.meter(self.label, "train", self.source.total - self.position)
+        try:
+            self._train(step, meter)
+        finally:
+            getattr(self.source, "close", lambda: None)()
+        dist.barrier()
+        return self.history
+
+    def _train(self, step: int, meter: Any) -> None:
         with progress_bar(self.label, self.source.total, self.quiet) as advance, _stop_signals():
             advance(self.position)
             for batch in self.source.batches(self.position):
                 period, offset = divmod(self.position, self.source.period)
-                loss, logs = self._forward_backward(batch, StepInfo(step, self.total_steps, self.position, period))
-                self.position += 1
-                ends_period = self.position % self.source.period == 0 or self.position == self.source.total
+                after = self.position + 1
+                ends_period = after % self.source.period == 0 or after == self.source.total
                 boundary = ends_period or (offset + 1) % self.accumulation == 0
+                info = StepInfo(step, self.total_steps, self.position, period)
+                loss, logs = self._forward_backward(batch, info, sync=boundary)
+                self.position += 1
                 if boundary:
                     self._optimizer_step(step)
                     step += 1
@@ -324,16 +285,20 @@ class TrainLoop:
                     break  # a calibration run: timed enough steps (harness.engine.calibration)
             if self.position > self.start or dist.world_size() > 1 or not self.checkpoint.exists():
                 self.save()  # the end state: a crash before the commit does not retrain
-        dist.barrier()
-        return self.history
 
-    def _forward_backward(self, batch: Any, info: StepInfo) -> tuple[torch.Tensor, dict[str, Any]]:
-        loss, logs = self.step_fn(batch, info)
-        if self.accumulation == 1 or info.batch_index % self.source.period % self.accumulation == 0:
-            self.optimizer.zero_grad(set_to_none=True)  # after the forward pass, as always
-        share = self._share(info.batch_index)
-        scaled = loss * share if share != 1 else loss
-        self.scaler.scale(scaled if self.accumulation == 1 else scaled / self.accumulation).backward()
+    def _forward_backward(self, batch: Any, info: StepInfo,
+                          sync: bool = True) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Forward and backward of one batch; under DDP with gradient accumulation, a batch that
+        does not end its group (``sync`` false) keeps its gradients local (``no_sync``: one
+        all-reduce per optimizer step, not per batch)."""
+        local = not sync and self.accumulation > 1 and hasattr(self.ddp, "no_sync")
+        with self.ddp.no_sync() if local else nullcontext():
+            loss, logs = self.step_fn(batch, info)
+            if self.accumulation == 1 or info.batch_index % self.source.period % self.accumulation == 0:
+                self.optimizer.zero_grad(set_to_none=True)  # after the forward pass, as always
+            share = self._share(info.batch_index)
+            scaled = loss * share if share != 1 else loss
+            self.scaler.scale(scaled if self.accumulation == 1 else scaled / self.accumulation).backward()
         if dist.world_size() > 1:  # the logged loss is the global batch's (local ones differ)
             loss = dist.mean_over_ranks(scaled)
         return loss, logs

@@ -22,10 +22,11 @@ import torch
 from harness.engine.context import StageContext
 from harness.engine.distributed import wrap_ddp
 from harness.engine.init_encoder import save_encoder_artifact
-from harness.engine.loop import EpochLog, EpochSource, MethodHook, TrainLoop, epoch_loader, optimizer_steps
+from harness.engine.loader import epoch_loader
+from harness.engine.loop import EpochLog, EpochSource, MethodHook, TrainLoop, optimizer_steps
 from harness.engine.model import build_encoder
-from harness.engine.runtime import (Checkpoint, Precision, resolve_num_workers, seed_everything,
-                                    worker_init_fn)
+from harness.engine.runtime import (Checkpoint, Precision, console, resolve_num_workers,
+                                    seed_everything, worker_init_fn)
 from harness.methods import PretrainMethod
 from harness.plugin_faults import require_attribute
 from harness.store import atomic_torch_save
@@ -111,6 +112,11 @@ def pretrain(ctx: StageContext, *, method: PretrainMethod, images: np.ndarray,
     training_step = step_with_info(method)
     # under torchrun: DDP, SyncBatchNorm on CUDA where the method asks for it
     net = wrap_ddp(model, device, getattr(method, "sync_batchnorm", True))
+    if getattr(cfg, "compile", False) and net is not model and device.type == "cuda" \
+            and getattr(method, "sync_batchnorm", True):
+        console.log(f"warning: {ctx.label}: compile: true with SyncBatchNorm (DDP on CUDA): "
+                    f"torch.compile breaks the graph at every SyncBatchNorm layer, so it may be "
+                    f"slower than compile: false")
 
     def step_fn(batch, info):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -128,7 +134,8 @@ def pretrain(ctx: StageContext, *, method: PretrainMethod, images: np.ndarray,
         checkpoint_every_s=ctx.checkpoint_every_s,
         hooks=[MethodHook(method, model), EpochLog(ctx, scheduler, "pretrain")],
         grad_clip_norm=getattr(cfg, "grad_clip_norm", None), accumulation=accumulation,
-        quiet=ctx.quiet, progress_fields=lambda period, step: {"epoch": period + 1})
+        quiet=ctx.quiet, progress_fields=lambda period, step: {"epoch": period + 1},
+        ddp=net if net is not model else None)
     started = time.time()
     history = loop.run()
     start_epoch = loop.start // source.period

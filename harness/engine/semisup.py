@@ -63,7 +63,8 @@ from harness.engine import semisup_ddp as ddp
 from harness.engine.context import StageContext
 from harness.engine.loop import Hook, IterationSource, MethodHook, StepInfo, TrainLoop
 from harness.engine.model import build_unet
-from harness.engine.runtime import Checkpoint, Precision, seed_everything, worker_init_fn
+from harness.engine.runtime import (Checkpoint, Precision, resolve_num_workers, seed_everything,
+                                    worker_init_fn)
 from harness.engine.semisup_data import _STEP, IterationBatches, derived_seed  # noqa: F401 - re-exported
 from harness.errors import DataError
 from harness.methods import HALF_NORMALIZATION, SemiSupervisedMethod
@@ -115,9 +116,20 @@ def confidence_weighted_ce(logits: torch.Tensor, target: torch.Tensor, confidenc
     weight = confidence.reshape(b, -1).ge(strong_threshold).sum(-1) / valid
     loss = nnf.cross_entropy(logits, target, reduction="none", ignore_index=-1)
     positive = loss > 0
+    if loss.device.type == "cuda":  # the same mean without waiting for the device
+        return masked_mean(weight[:, None, None] * loss, positive)
     if not bool(positive.any()):
         return loss.sum() * 0.0
     return (weight[:, None, None] * loss)[positive].mean()
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``values[mask].mean()`` (0, attached to the graph, when ``mask`` is empty) without a host
+    sync: no ``bool()``, no boolean indexing. Equal up to float summation order, so the CPU
+    keeps the indexed form (its results unchanged) and CUDA uses this one."""
+    count = mask.sum()
+    total = torch.where(mask, values, torch.zeros_like(values)).sum()
+    return torch.where(count > 0, total / count.clamp(min=1), values.sum() * 0.0)
 
 
 @torch.no_grad()
@@ -289,10 +301,15 @@ def _crop_size(label: str, arrays: LabeledArrays, train_ids: Sequence[str],
 
 def _iteration_loader(batches: Any, iterations: int, num_workers: int, device: torch.device,
                       start: int) -> torch.utils.data.DataLoader:
-    """Iterations ``start .. iterations - 1`` of ``batches`` (one batch per index)."""
+    """Iterations ``start .. iterations - 1`` of ``batches`` (one batch per index); workers
+    lowered where ``/dev/shm`` cannot hold what they prefetch."""
+    from harness.engine.loader import fit_shared_memory
+
+    num_workers, prefetch = fit_shared_memory(batches, 1, num_workers, 2)
     return torch.utils.data.DataLoader(
         batches, batch_size=None, sampler=range(start, iterations), num_workers=num_workers,
-        worker_init_fn=worker_init_fn, pin_memory=device.type == "cuda")
+        worker_init_fn=worker_init_fn, pin_memory=device.type == "cuda",
+        prefetch_factor=prefetch if num_workers else None)
 
 
 def train_semisupervised(ctx: StageContext, *, method: SemiSupervisedMethod, arrays: LabeledArrays,
@@ -329,7 +346,8 @@ def train_semisupervised(ctx: StageContext, *, method: SemiSupervisedMethod, arr
                                  weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=iterations, eta_min=0.0)
 
-    make_loader = functools.partial(_iteration_loader, batches, iterations, cfg.num_workers, device)
+    make_loader = functools.partial(_iteration_loader, batches, iterations,
+                                    resolve_num_workers(cfg.num_workers, device), device)
     step = _MeanTeacherStep(method, net, teacher, normalizer, precision, channels_last,
                             strong, seed, device, shard)
     loop = TrainLoop(

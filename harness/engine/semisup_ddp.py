@@ -40,7 +40,7 @@ from harness.engine import distributed as dist
 
 def check_split(batch_size: int, unlabeled_batch_size: int, world: int) -> None:
     """The loop's one-line SpecError when a global batch does not split over ``world``."""
-    from harness.engine.loop import _check_split
+    from harness.engine.loader import _check_split
     from harness.errors import SpecError
 
     _check_split(batch_size, batch_size, True, world)

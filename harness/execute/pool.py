@@ -40,15 +40,34 @@ class PoolConfig(ExecutorConfig):
 
 
 def visible_gpus(device: str) -> list[str]:
-    """The GPU ids a worker can be pinned to (none when the spec asks for the CPU)."""
+    """The GPU ids a worker can be pinned to (none when the spec asks for the CPU; only GPU N,
+    as this process numbers them, for ``cuda:N``)."""
     if device == "cpu":
         return []
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
-        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
-    import torch
+        gpus = [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    else:
+        import torch
 
-    return [str(i) for i in range(torch.cuda.device_count())]
+        gpus = [str(i) for i in range(torch.cuda.device_count())]
+    if device.startswith("cuda:"):
+        index = int(device[5:])
+        if index >= len(gpus):
+            raise SpecError(f"finetune.device is '{device}' but {len(gpus)} GPU(s) are visible; "
+                            f"use device: auto (every GPU) or cuda:0..cuda:{max(0, len(gpus) - 1)}")
+        return [gpus[index]]
+    return gpus
+
+
+def thread_budget(config: PoolConfig) -> int | None:
+    """A worker's CPU threads as the user set them: ``execution.threads``, else an explicit
+    ``OMP_NUM_THREADS`` (so ``local`` and ``pool`` compute with the same threads and give the
+    same records); None: the pool divides the CPUs."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if config.threads:
+        return config.threads
+    return int(env) if env.isdigit() and int(env) > 0 else None
 
 
 def worker_slots(config: PoolConfig, device: str, gpus: list[str] | None = None,
@@ -57,7 +76,7 @@ def worker_slots(config: PoolConfig, device: str, gpus: list[str] | None = None,
     training stage's processes share it). ``gpus``/``cpus``: this machine's by default."""
     gpus = visible_gpus(device) if gpus is None else gpus
     cpus = cpus or os.cpu_count() or 1
-    per = config.gpus_per_stage
+    per, budget = config.gpus_per_stage, thread_budget(config)
     if gpus:
         if per > len(gpus):
             raise SpecError(f"execution.gpus_per_stage: {per} GPUs per stage, but {len(gpus)} "
@@ -65,13 +84,15 @@ def worker_slots(config: PoolConfig, device: str, gpus: list[str] | None = None,
                             f"{len(gpus)} (or --nproc {len(gpus)})")
         groups = [",".join(gpus[i * per:(i + 1) * per]) for i in range(len(gpus) // per)]
         n = config.workers or len(groups)
-        threads = config.threads or max(1, cpus // n)
+        threads = budget or max(1, cpus // n)
+        # HARNESS_POOL_GPUS: the worker sees the spec's GPU(s) as cuda:0.. (runtime.resolve_device)
         return [{"CUDA_VISIBLE_DEVICES": groups[i % len(groups)], "OMP_NUM_THREADS": str(threads),
-                 "MKL_NUM_THREADS": str(threads)} for i in range(n)]
-    n = config.workers or max(1, cpus // max(config.threads or 2, per))
-    threads = config.threads or max(1, cpus // n)
+                 "MKL_NUM_THREADS": str(threads), "HARNESS_POOL_GPUS": groups[i % len(groups)],
+                 "HARNESS_POOL_WORKERS": str(n)} for i in range(n)]
+    n = config.workers or max(1, cpus // max(budget or 2, per))
+    threads = budget or max(1, cpus // n)
     return [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads),
-             "MKL_NUM_THREADS": str(threads)} for _ in range(n)]
+             "MKL_NUM_THREADS": str(threads), "HARNESS_POOL_WORKERS": str(n)} for _ in range(n)]
 
 
 class PoolExecutor(Executor):
@@ -86,6 +107,10 @@ class PoolExecutor(Executor):
     def run(self, runner: Any, plan: Any) -> Any:
         envs = worker_slots(self.config, runner.rspec.spec.finetune.device)
         console.log(f"pool: {len(envs)} workers: {', '.join(self.slots(runner))}")
+        omp = os.environ.get("OMP_NUM_THREADS")
+        if self.config.threads and omp and omp != str(self.config.threads):
+            console.log(f"pool: execution.threads {self.config.threads} overrides "
+                        f"OMP_NUM_THREADS={omp} in the workers")
         launcher = WorkerLauncher(runner, envs, Path(runner.output_dir) / "logs",
                                   self.config.stop_grace_s, self.nproc)
         try:

@@ -55,7 +55,12 @@ class FinetuneSettings(_Strict):
         "auto", description="data-loader workers; auto: from the CPUs this process may use on "
         "CUDA, 0 on CPU (not part of result keys)")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    amp: bool = Field(True, description="mixed precision on CUDA (bf16 where supported, else fp16)")
+    amp: bool = Field(True, description="mixed precision on CUDA for training (bf16 where the GPU "
+                      "has it natively, else fp16 with a grad scaler)")
+    eval_precision: Literal["fp32", "amp"] = Field(
+        "fp32", description="precision of the evaluation's predictions: fp32 (default, TF32 off, "
+        "as the reference evaluated) or amp (mixed precision on CUDA, faster); not part of "
+        "result keys")
     pseudolabel_amp: bool = Field(
         False, description="pseudo-labels under mixed precision on CUDA; false (default): fp32, "
         "as the reference labeled")

@@ -51,6 +51,10 @@ __all__ = ["nt_xent", "supcon_loss", "simsiam_loss"]
 AUTO_BLOCK_ELEMENTS = 1 << 24
 #: ``block_size=None`` on the all-anchor path: the side of its square tiles (4 MiB in float32).
 AUTO_TILE = 1024
+#: ... on CUDA (64 MiB tiles): a step of PRICon's point loss at thesis scale (n = 16,384) issues
+#: 674 ATen ops instead of 8,426 at 1024 (launch-bound on a GPU otherwise); same loss, gradients
+#: within 1e-6 relative (float32 summation order), measured on CPU.
+AUTO_TILE_CUDA = 4096
 #: The all-anchor path shifts every logit by the constant 1/tau, the largest value a cosine
 #: similarity over tau can take, instead of by a per-row max; exp(x - 1/tau) >= exp(-2/tau) then
 #: stays a normal float as long as 2/tau is at most this (per dtype). Below that temperature the
@@ -84,9 +88,28 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
         raise ValueError(f"nt_xent expects two (B, D) tensors of equal shape, got "
                          f"{tuple(z1.shape)} and {tuple(z2.shape)}")
     b = z1.shape[0]
+    if not is_distributed() and b > 0 and temperature > 0:
+        with torch.autocast(device_type=z1.device.type, enabled=False):
+            return _nt_xent_local(z1, z2, float(temperature))
     # ids unique across processes without knowing the other processes' batch sizes
     ids = rank() + world_size() * torch.arange(b, device=z1.device)
     return supcon_loss(torch.cat([z1, z2]), torch.cat([ids, ids]), temperature=temperature, form="code")
+
+
+def _nt_xent_local(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """:func:`supcon_loss` of ``[z1; z2]`` with labels ``[0..B-1, 0..B-1]`` in one process,
+    the same operations on the same values, but the label structure built from ``B`` (label b
+    at rows b and B + b) instead of ``unique``/``bincount``/``tolist`` on the device: no host
+    sync in a SimCLR step."""
+    features = torch.cat([z1, z2])
+    if features.dtype in (torch.float16, torch.bfloat16):
+        features = features.float()
+    z = F.normalize(features, dim=1)
+    b, device = z1.shape[0], z.device
+    perm = torch.arange(2 * b, device=device).view(2, b).t().reshape(-1)  # [0, B, 1, B+1, ...]
+    labels = torch.arange(b, device=device).view(b, 1).expand(b, 2).reshape(-1)
+    return _supcon_sorted(z, z[perm], labels, torch.arange(2 * b, device=device),
+                          list(range(0, 2 * b + 1, 2)), 2 * b, temperature, "code", None)
 
 
 def supcon_loss(
@@ -128,7 +151,8 @@ def supcon_loss(
     (saved state: O(n*D + n)). When every vector is an anchor (single process) and
     ``2/tau`` is small enough for a fixed shift (:data:`MAX_FIXED_SHIFT_RANGE`; tau >= 0.025 in
     float32) it works on ``block_size x block_size`` tiles of one triangle of the symmetric
-    matrix (``None``: :data:`AUTO_TILE`); otherwise (distributed, very small tau) on blocks of
+    matrix (``None``: :data:`AUTO_TILE`, :data:`AUTO_TILE_CUDA` on CUDA); otherwise
+    (distributed, very small tau) on blocks of
     ``block_size`` anchor rows against all vectors with a per-row max shift (``None``: about
     :data:`AUTO_BLOCK_ELEMENTS` similarities per block). ``form="pairs"`` uses the row blocks and
     recomputes each block in backward (activation checkpointing). Small inputs fit one block.
@@ -180,18 +204,24 @@ def _supcon_loss(features, labels, temperature, form, block_size):
     zc, yc = z_all[perm], y_all[perm]
     anchor_pos = torch.sort(inv[offset: offset + n_local]).values
     bounds = [0] + torch.cumsum(counts, 0).tolist()
+    return _supcon_sorted(z, zc, yc, anchor_pos, bounds, n_terms, temperature, form, block_size)
 
+
+def _supcon_sorted(z, zc, yc, anchor_pos, bounds, n_terms, temperature, form, block_size):
+    """The loss from the vectors sorted by label (``zc``, ``yc``, label c at
+    ``bounds[c]:bounds[c + 1]``), the anchors' columns and the number of terms."""
     n = zc.shape[0]
     symmetric = (form == "code" and anchor_pos.numel() == n
                  and _fixed_shift_is_safe(temperature, zc.dtype))
     if block_size is None:
-        block_size = AUTO_TILE if symmetric else AUTO_BLOCK_ELEMENTS // max(n, 1)
+        tile = AUTO_TILE_CUDA if zc.device.type == "cuda" else AUTO_TILE
+        block_size = tile if symmetric else AUTO_BLOCK_ELEMENTS // max(n, 1)
     block_size = max(1, min(block_size, max(anchor_pos.numel(), 1)))
 
     if anchor_pos.numel() == 0:
         local_sum = zc.sum() * 0.0
     elif symmetric:
-        local_sum = _SupConCodeSymmetric.apply(zc, bounds, float(temperature), block_size)
+        local_sum = _SupConCodeSymmetric.apply(zc, bounds, float(temperature), block_size, yc)
     elif form == "code":
         local_sum = _SupConCodeSum.apply(zc, yc, anchor_pos, bounds, float(temperature), block_size)
     else:
@@ -267,7 +297,7 @@ class _SupConCodeSymmetric(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, zc, bounds, tau, block):
+    def forward(ctx, zc, bounds, tau, block, yc=None):
         n = zc.shape[0]
         inv_tau = 1.0 / tau
         shift = zc.new_full((1,), -inv_tau)
@@ -275,7 +305,8 @@ class _SupConCodeSymmetric(torch.autograd.Function):
         s_pos = zc.new_zeros(n)
         tiles = _tiles(n, block)
         buf = zc.new_empty(min(block, n) ** 2)
-        yc = _labels_from_bounds(bounds, zc.device)
+        if yc is None:
+            yc = _labels_from_bounds(bounds, zc.device)
         for ti, (i0, i1) in enumerate(tiles):
             zi = zc[i0:i1] * inv_tau
             for k0, k1 in tiles[ti:]:
@@ -299,9 +330,15 @@ class _SupConCodeSymmetric(torch.autograd.Function):
                     s_pos[i0:i1] += em.sum(dim=1)
                     if not same_tile:
                         s_pos[k0:k1] += em.sum(dim=0)
-        counts = yc.bincount()
-        has_pos = counts[yc] >= 2
-        loss = (s_all.log() - s_pos.log())[has_pos].sum()
+        # sorted labels: a vector has a positive iff a neighbour shares its label (no bincount,
+        # no boolean indexing: nothing waits for the device); where every anchor has one (always
+        # in NT-Xent and PRICon), the sum is over the same values as a masked select's
+        same = yc[1:] == yc[:-1]
+        has_pos = torch.zeros_like(yc, dtype=torch.bool)
+        has_pos[1:] |= same
+        has_pos[:-1] |= same
+        terms = s_all.log() - s_pos.log()
+        loss = torch.where(has_pos, terms, torch.zeros_like(terms)).sum()
         ctx.save_for_backward(zc, yc, has_pos, s_all, s_pos)
         ctx.bounds, ctx.tau, ctx.block = bounds, tau, block
         return loss
@@ -346,7 +383,7 @@ class _SupConCodeSymmetric(torch.autograd.Function):
                 if not same_tile:
                     grad[k0:k1].addmm_(e.t(), zi)
         grad.mul_(grad_out * inv_tau)
-        return grad, None, None, None
+        return grad, None, None, None, None
 
 
 def _labels_from_bounds(bounds: list[int], device) -> torch.Tensor:

@@ -105,21 +105,22 @@ class PRICon(PretrainMethod):
         valid = valid_classes(pooled1, pooled2)
 
         total = z1.new_zeros(())
-        logs: dict[str, float] = {"valid_classes": float(valid.sum(1).float().mean())}
+        # logs as detached tensors: the loop reads them with the losses (no host sync per step)
+        logs: dict[str, torch.Tensor] = {"valid_classes": valid.sum(1).float().mean()}
         if c.alpha_point > 0:
             feats, labels = sample_points(z1, z2, pooled1, pooled2, c.n_points, valid)
             point = supcon_loss(feats, labels, c.temperature, form=c.loss_form)
             total = total + c.alpha_point * point
-            logs["point"] = float(point.detach())
+            logs["point"] = point.detach()
         if c.alpha_region > 0:
             feats, labels = region_pool(z1, z2, pooled1, pooled2, valid)
             region = supcon_loss(feats, labels, c.temperature, form=c.loss_form)
             total = total + c.alpha_region * region
-            logs["region"] = float(region.detach())
+            logs["region"] = region.detach()
         if c.alpha_image > 0:
             image = nt_xent(image_pool(z1), image_pool(z2), c.temperature)
             total = total + c.alpha_image * image
-            logs["image"] = float(image.detach())
+            logs["image"] = image.detach()
         return total, logs
 
 
