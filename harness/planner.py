@@ -35,7 +35,11 @@ RUNTIME_ONLY = {"device", "num_workers", "eval_batch_size", "eval_workers", "cha
 
 #: Fine-tuning settings added after stage keys were pinned: in a key only when set to another
 #: value than this default, so adding them changed no key.
-ADDED_SETTINGS = {"drop_last": False, "pseudolabel_amp": False}
+ADDED_SETTINGS = {"drop_last": False, "pseudolabel_amp": False, "encoder_args": {},
+                  "unfreeze_epochs": 25, "lora_rank": 16, "lora_alpha": 16.0}
+
+#: Fine-tuning settings a protocol reads (its ``reads``): in the keys of its stages only.
+PROTOCOL_SETTINGS = ("unfreeze_epochs", "lora_rank", "lora_alpha")
 
 
 def _result_settings(model: Any, unread: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -207,11 +211,17 @@ class StageFactory:
             kind=kind, label=label,
             config={"dataset": dataset.fingerprint(), "seed": seed, "protocol": protocol,
                     "train_ids": hash_key(train_ids),
-                    "settings": _result_settings(settings, unread=("pseudolabel_amp",)),
+                    "settings": _result_settings(settings, unread=("pseudolabel_amp",)
+                                                 + self._unread_by(protocol)),
                     **(extra or {})},
             version=FINETUNE_VERSION, deps={"encoder": encoder}, info={"train_ids": chosen},
             params={"dataset": source, "train_ids": train_ids,
                     "settings": settings.model_dump(mode="json")}))
+
+    def _unread_by(self, protocol: str) -> tuple[str, ...]:
+        """The protocol-specific settings ``protocol`` does not read."""
+        reads = getattr(self.registry.protocol(protocol).cls, "reads", ())
+        return tuple(k for k in PROTOCOL_SETTINGS if k not in reads)
 
     def semisup_stage(self, method: Any, version: str, dataset: Any, chosen: dict[str, list[str]],
                       seed: int, label: str, extra: dict[str, Any] | None = None) -> Stage:
@@ -224,7 +234,8 @@ class StageFactory:
         return self._unique(Stage(
             kind="semisup", label=label,
             config={"method": method.name, "settings": method_settings,
-                    "finetune": _result_settings(settings, unread=("drop_last", "pseudolabel_amp")),
+                    "finetune": _result_settings(settings, unread=("drop_last", "pseudolabel_amp")
+                                                 + PROTOCOL_SETTINGS),
                     "dataset": dataset.fingerprint(),
                     "unlabeled": self.resources.unlabeled_dataset().fingerprint(), "seed": seed,
                     "train_ids": hash_key(train_ids), **(extra or {})},

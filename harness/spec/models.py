@@ -26,8 +26,21 @@ class _Strict(BaseModel):
 class FinetuneSettings(_Strict):
     """Fine-tuning recipe shared by all methods (thesis §4.1.3 and A.1 defaults)."""
 
-    architecture: Literal["unet"] = Field("unet", description="segmentation model (smp)")
-    encoder: str = Field("resnet18", description="any segmentation-models-pytorch encoder name")
+    architecture: Literal["unet", "dpt", "unetr"] = Field(
+        "unet", description="segmentation model: 'unet' (smp U-Net, CNN encoders), 'dpt' (smp's "
+        "DPT decoder) or 'unetr' (UNETR/CellViT-style decoder with an image path), for ViT encoders")
+    encoder: str = Field(
+        "resnet18", description="an smp encoder name, 'tu-<timm model>', a timm ViT name, "
+        "'local-dir:<Hugging Face snapshot folder>' or 'fm:<foundation model>' (harness show "
+        "method foundation)")
+    encoder_args: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of the encoder's constructor "
+        "(timm.create_model), e.g. {img_size: 64} for a tiny ViT")
+    unfreeze_epochs: int = Field(25, ge=0, description="unfreeze protocol: epochs with the "
+                                 "encoder frozen before everything trains (CellViT's 25)")
+    lora_rank: int = Field(16, ge=1, le=4096, description="lora protocol: adapter rank (THUNDER's 16)")
+    lora_alpha: float = Field(16.0, gt=0, description="lora protocol: adapter scale numerator "
+                              "(scale alpha / rank)")
     epochs: int = Field(100, ge=1, le=100_000)
     batch_size: int = Field(16, ge=1, le=65_536)
     drop_last: bool = Field(
@@ -72,7 +85,7 @@ class FinetuneSettings(_Strict):
     @classmethod
     def _div32(cls, v: int | None) -> int | None:
         if v is not None and v % 32:
-            raise ValueError(f"must be a multiple of 32 (U-Net downsamples 5 times); "
+            raise ValueError(f"must be a multiple of 32 (U-Net downsamples 5 times, DPT to 1/32); "
                              f"try {max(32, round(v / 32) * 32)}")
         return v
 
