@@ -100,6 +100,9 @@ class RowSettings(BaseModel):
     protocols: list[Protocol] | None = Field(
         None, min_length=1, description="a subset of the spec's protocols for this row only "
         "(e.g. [full] for a semi-supervised method in a spec with [frozen, full])")
+    architecture: Literal["unet", "dpt", "unetr"] | None = Field(
+        None, description="this row's finetune.architecture (e.g. unetr for a foundation-model "
+        "row beside U-Net rows); it enters the row's stage keys as finetune.architecture")
 
     @field_validator("protocols")
     @classmethod
@@ -210,6 +213,17 @@ class Spec(_Strict):
         the plugin name."""
         settings = self.methods.get(label) or {}
         return settings.get("method", label)
+
+    def finetune_of(self, label: str, encoder: str | None = None) -> FinetuneSettings:
+        """A row's fine-tuning settings: the spec's, with the encoder its method provides (a
+        foundation model's) and the row's own ``architecture``."""
+        update: dict[str, Any] = {}
+        if encoder is not None and encoder != self.finetune.encoder:
+            update["encoder"] = encoder
+        own = (self.methods.get(label) or {}).get("architecture")
+        if own is not None and own != self.finetune.architecture:
+            update["architecture"] = own
+        return self.finetune.model_copy(update=update) if update else self.finetune
 
     def protocols_of(self, label: str) -> list[str]:
         """The protocols of a row, in the spec's order: the spec's ``protocols``, or the subset
