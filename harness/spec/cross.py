@@ -64,6 +64,14 @@ def _row_encoder_problems(spec: Spec, registry: Registry, name: str, cls: type, 
     from harness.models.names import architecture_problem, encoder_family
 
     family = encoder_family(settings.encoder, encoders)
+    if settings.encoder.startswith("fm:"):
+        from harness.models.foundation import foundation_models
+
+        known = foundation_models()
+        fm = settings.encoder[3:]
+        if fm not in known:
+            return [f"{at('methods', name)}: methods.{name}: unknown foundation model '{fm}'"
+                    f"{did_you_mean(fm, known)}; registered: {', '.join(sorted(known))}"]
     if family is None:
         return [f"{at('methods', name)}: methods.{name}: unknown encoder '{settings.encoder}'"]
     problem = architecture_problem(settings.encoder, settings.architecture, family)
