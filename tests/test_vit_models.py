@@ -98,3 +98,46 @@ def test_vit_encoder_forward_is_its_last_blocks_patch_grid():
     encoder = build_vit_encoder(TINY, ARGS)
     (grid,) = encoder(torch.randn(2, 3, 64, 64))
     assert grid.shape == (2, 192, 4, 4) and encoder.out_channels == [192]
+
+
+def test_conformance_checks_vit_methods_on_a_tiny_vit():
+    from harness.conformance.methods import encoders_of
+    from harness_builtin.methods.simclr import SimCLR
+    from harness_builtin.methods.supervised import Supervised
+
+    assert [n for n, _ in encoders_of(SimCLR())] == ["resnet18", TINY]
+    assert [n for n, _ in encoders_of(Supervised())] == ["resnet18"]
+
+
+PRETRAIN_SPEC = """
+name: vit_pretrain
+dataset: {name: synthetic, image_size: 32, images_per_fold: 4, unlabeled_images: 8, unlabeled_size: 64}
+methods:
+  simclr: {epochs: 1, batch_size: 4, augment: {crop_size: 32}}
+  pricon: {epochs: 1, batch_size: 4, augment: {crop_size: 32}, labeler: {epochs: 1, batch_size: 4}}
+protocols: [frozen]
+folds: [fold1]
+finetune: {architecture: unetr, encoder: vit_tiny_patch16_224, encoder_args: {img_size: 32},
+           epochs: 1, batch_size: 4, eval_batch_size: 8}
+"""
+
+
+@pytest.mark.slow
+def test_simclr_and_pricon_pretrain_a_tiny_vit_that_then_finetunes(tmp_path):
+    """~40 s on one CPU thread: labeler, pseudo-labels, two pretrainings, fine-tuning."""
+    from conftest import write_spec
+    from harness.plugins import build_registry
+    from harness.runner import Runner
+    from harness.spec import load_spec
+    from harness.store import ArtifactStore
+
+    registry = build_registry()
+    rspec = load_spec(write_spec(tmp_path, PRETRAIN_SPEC), registry=registry)
+    runner = Runner(rspec, registry, ArtifactStore(tmp_path / "store"), tmp_path / "run", quiet=True)
+    plan = runner.plan()[0]
+    kinds = {s.kind for c in plan.cells for s in c.stages()}
+    assert {"pretrain", "labeler", "pseudolabel", "finetune", "evaluate"} <= kinds
+    runner.run(plan)
+    records = sorted(p.name for p in (tmp_path / "run" / "records").iterdir())
+    for row in ("simclr", "pricon"):
+        assert any(name.startswith(f"{row}__frozen") for name in records), records
