@@ -170,6 +170,12 @@ def test_every_protocol_runs_from_a_spec_on_a_tiny_fm(registry, weights, tmp_pat
     runner = Runner(rspec, registry, ArtifactStore(tmp_path / "store"), tmp_path / "run", quiet=True)
     runner.run(runner.plan()[0])
     report = json.loads((tmp_path / "run" / "report.json").read_text())
-    text = json.dumps(report)
-    for protocol in ("frozen", "full", "linear", "lora", "unfreeze"):
-        assert protocol in text
+    networks = {e["protocol"]: e for e in report["encoders"]}
+    assert set(networks) == {"frozen", "full", "linear", "lora", "unfreeze"}
+    assert networks["lora"]["architecture"] == "unetr" and networks["lora"]["patch_size"] == 16
+    assert networks["linear"]["architecture"] == "linear probe"
+    assert networks["full"]["encoder"] == "fm:Tiny-FM"
+    assert networks["full"]["encoder_params"] == sum(v.numel() for v in tiny_state().values())
+    assert {(r["method"], r["protocol"]) for r in report["rows"]} == {
+        ("tiny", p) for p in ("frozen", "full", "linear", "lora", "unfreeze")}
+    assert "Networks of the rows" in (tmp_path / "run" / "report.md").read_text()

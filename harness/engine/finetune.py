@@ -29,7 +29,7 @@ from harness.data.torchdata import Normalizer, SegmentationSamples
 from harness.engine.context import StageContext
 from harness.engine.distributed import wrap_ddp
 from harness.engine.loop import EpochLog, EpochSource, TrainLoop, epoch_loader, optimizer_steps
-from harness.engine.model import load_encoder_weights
+from harness.engine.model import describe_network, load_encoder_weights
 from harness.engine.runtime import (Checkpoint, Precision, resolve_num_workers, seed_everything,
                                     worker_init_fn)
 from harness.safeload import STAGE_FIX, load_state_dict_file
@@ -111,6 +111,7 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
         "frozen_bn": settings.frozen_bn if frozen else None,
         "precision": str(precision.dtype).replace("torch.", "") if precision.dtype else "fp32",
         "seconds_this_run": time.time() - started,
+        "network": describe_network(model, settings),
     }
 
 

@@ -64,6 +64,16 @@ def build_model(encoder_name: str, num_classes: int, architecture: str = "unet",
     return UNETR(encoder, num_classes)
 
 
+def describe_network(model: nn.Module, settings: Any) -> dict[str, Any]:
+    """What the report shows of a row's network: architecture, encoder, parameter counts (all,
+    the encoder's, the trained ones) and a ViT's patch size."""
+    count = lambda ps: sum(p.numel() for p in ps)  # noqa: E731
+    return {"architecture": getattr(model, "architecture", None) or getattr(settings, "architecture", "unet"),
+            "encoder": getattr(settings, "encoder", None),
+            "params": count(model.parameters()), "encoder_params": count(model.encoder.parameters()),
+            "patch_size": getattr(model.encoder, "patch_size", None)}
+
+
 def no_grad_when_frozen(encoder: nn.Module) -> None:
     """The encoder's forward keeps no activations for backward while none of its parameters
     trains (``frozen``, the first epochs of ``unfreeze``): same outputs, less memory. Hooks

@@ -12,6 +12,8 @@ class LinearProbe(nn.Module):
     """A 1x1 convolution on the encoder's last feature map (a ViT's: its last block's patch
     tokens as a grid), upsampled bilinearly to the input (a ViT's padded input, then cropped)."""
 
+    architecture = "linear probe"  # what the report names (harness.engine.model.describe_network)
+
     def __init__(self, encoder: nn.Module, num_classes: int):
         super().__init__()
         self.encoder = encoder
