@@ -179,3 +179,23 @@ def test_every_protocol_runs_from_a_spec_on_a_tiny_fm(registry, weights, tmp_pat
     assert {(r["method"], r["protocol"]) for r in report["rows"]} == {
         ("tiny", p) for p in ("frozen", "full", "linear", "lora", "unfreeze")}
     assert "Networks of the rows" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_shipped_fm_spec_lists_every_missing_weights_folder(tmp_path, monkeypatch, torch_home):
+    """On a fresh machine (empty home, empty torch hub): one line per foundation model naming
+    its Hugging Face repository and terms, beside the ImageNet file and the datasets."""
+    from pathlib import Path
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    foundation_models.cache_clear()
+    spec = Path(__file__).resolve().parent.parent / "specs" / "pannuke_foundation_models.yaml"
+    registry = plugins.get_registry()
+    rspec = load_spec(spec, registry=registry)
+    lines = missing_inputs(rspec, registry, ArtifactStore(tmp_path / "store"))
+    fm_rows = [r for r in rspec.spec.methods if rspec.spec.plugin_of(r) == "foundation"]
+    assert len(fm_rows) == 8
+    for row in fm_rows:
+        entry = foundation_models()[rspec.method_configs[row].model]
+        (line,) = [x for x in lines if f"huggingface.co/{entry.repo} " in x]
+        assert str(tmp_path / "weights") in line and entry.access in line
+    assert any("resnet18" in x for x in lines) and any("pannuke" in x for x in lines)
