@@ -15,6 +15,8 @@ time budget:
 * ``amp_agreement``: fp32 vs AMP losses of the same model on the same 20 batches.
 * ``ddp``: DDP with NCCL at world size 1 (one rank): a few steps, gradients equal to the
   unwrapped model's.
+* ``foundation_model``: ViT-L/16 at 256 px under ``unetr``, ``frozen``, ``lora`` and ``full``
+  with AMP: steps/s and peak memory (``benchmarks/gpu_check_fm.py``).
 
 Run::
 
@@ -40,6 +42,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as nnf
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gpu_check_fm import fm_part  # noqa: E402
 
 SCALES = {  # batch, tile, crop, steps measured, warm-up steps, fine-tuning size/batch
     "full": dict(batch=256, tile=256, crop=224, steps=20, warmup=5, ft_size=256, ft_batch=16,
@@ -328,6 +333,7 @@ def _run_parts(results: dict[str, Any], sc: dict, device: torch.device, started:
             ("finetune", lambda: finetune_part(sc, device, tmp)),
             ("amp_agreement", lambda: amp_agreement_part(sc, device)),
             ("ddp", lambda: ddp_part(device)),
+            ("foundation_model", lambda: fm_part(sc is SCALES["tiny"], device)),
         ]
         for name, part in parts:
             left = budget_s - (time.monotonic() - started)

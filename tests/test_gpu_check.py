@@ -31,3 +31,6 @@ def test_gpu_check_runs_on_cpu_at_tiny_scale(tmp_path):
     # on CPU autocast is off: both runs are the same fp32 computation
     assert results["amp_agreement"]["max_rel_diff"] < 1e-4
     assert results["ddp"]["grads_equal"] and results["ddp"]["all_reduce"] == [1.0] * 4
+    fm = results["foundation_model"]
+    assert all(fm[p]["steps_per_s"] > 0 and fm[p]["loss_finite"] for p in ("frozen", "lora", "full"))
+    assert fm["lora"]["trainable_params_m"] < fm["full"]["trainable_params_m"]
