@@ -4,6 +4,7 @@ lora and unfreeze protocols, on tiny random models (vit_tiny_patch16_224 at 64 p
 from __future__ import annotations
 
 import pytest
+from test_fast_validate import cache_home  # noqa: F401 - fixture
 import torch
 
 from harness.engine.model import build_model, freeze_encoder
@@ -141,3 +142,16 @@ def test_simclr_and_pricon_pretrain_a_tiny_vit_that_then_finetunes(tmp_path):
     records = sorted(p.name for p in (tmp_path / "run" / "records").iterdir())
     for row in ("simclr", "pricon"):
         assert any(name.startswith(f"{row}__frozen") for name in records), records
+
+
+def test_validating_a_vit_spec_imports_no_torch(tmp_path, cache_home):
+    from test_fast_validate import HEAVY, imported_by
+
+    spec = tmp_path / "vit.yaml"
+    spec.write_text(PRETRAIN_SPEC)
+    code, modules = imported_by(["validate", str(spec)], tmp_path, cache_home)
+    assert code in (0, None)
+    assert not {m.split(".")[0] for m in modules} & set(HEAVY)
+    code, _ = imported_by(["validate", str(spec), "--set", "finetune.architecture=unet"],
+                          tmp_path, cache_home)
+    assert code == 2

@@ -285,7 +285,10 @@ class ResolvedSpec:
         return data
 
     def _row_protocols(self, label: str) -> dict[str, Any]:
-        """A row's own ``protocols`` (only where the spec gives one, so that the resolved spec
+        """A row's own ``protocols`` and ``architecture`` (only where the spec gives them, so that the resolved spec
         of every other row stays as it was)."""
-        own = (self.spec.methods.get(label) or {}).get("protocols")
-        return {} if own is None else {"protocols": self.spec.protocols_of(label)}
+        row = self.spec.methods.get(label) or {}
+        own = {} if row.get("protocols") is None else {"protocols": self.spec.protocols_of(label)}
+        if row.get("architecture") is not None:  # likewise a row's own architecture
+            own["architecture"] = row["architecture"]
+        return own
