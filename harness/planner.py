@@ -279,9 +279,17 @@ def _drop_labeler_protocol(method: Any, settings: dict[str, Any]) -> None:
 
 def _encoder_args(settings: Any) -> dict[str, Any]:
     """``{"encoder_args": ...}`` for an encoder stage's config: only when some are set (they
-    change the encoder's shapes), so that no existing key changed."""
+    change the encoder's shapes), so that no existing key changed; for a foundation model
+    (``fm:NAME``) also its registry entry's architecture (``fm_architecture``), so that a
+    corrected entry gets new stages."""
     args = getattr(settings, "encoder_args", None)
-    return {"encoder_args": dict(args)} if args else {}
+    out: dict[str, Any] = {"encoder_args": dict(args)} if args else {}
+    if settings.encoder.startswith("fm:"):
+        from harness.models.foundation import foundation_model
+
+        entry = foundation_model(settings.encoder[3:])
+        out["fm_architecture"] = {"timm": entry.timm, "kwargs": entry.kwargs}
+    return out
 
 
 def _split_label(split: Split | None) -> str:

@@ -84,6 +84,7 @@ def test_weights_load_strictly_and_the_key_follows_their_bytes(registry, weights
         (stage,) = {s.key: s for c in plan.cells if c.method == "tiny"
                     for s in c.stages() if s.kind == "encoder"}.values()
         assert stage.config["encoder"] == "fm:Tiny-FM"
+        assert stage.config["fm_architecture"]["timm"] == "vit_tiny_patch16_224"
         return stage.key
 
     first = encoder_key()
