@@ -200,3 +200,11 @@ def test_shipped_fm_spec_lists_every_missing_weights_folder(tmp_path, monkeypatc
         (line,) = [x for x in lines if f"huggingface.co/{entry.repo} " in x]
         assert str(tmp_path / "weights") in line and entry.access in line
     assert any("resnet18" in x for x in lines) and any("pannuke" in x for x in lines)
+
+
+def test_unfreeze_after_the_last_epoch_is_rejected_once(registry, tmp_path, weights):
+    text = SPEC.format(source=f"weights: {weights}").replace("unfreeze_epochs: 1", "unfreeze_epochs: 2")
+    with pytest.raises(SpecError) as info:
+        load_spec(write_spec(tmp_path, text), registry=registry)
+    (line,) = info.value.problems  # two rows run unfreeze: one line
+    assert "protocol 'unfreeze': finetune.unfreeze_epochs 2 >= finetune.epochs 2" in line

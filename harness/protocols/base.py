@@ -28,6 +28,11 @@ class TrainingProtocol:
     #: Encoder families it can take (``cnn``, ``vit``; harness.models.names); None: any.
     encoder_families: ClassVar[tuple[str, ...] | None] = None
 
+    @classmethod
+    def settings_problem(cls, settings: Any) -> str | None:
+        """Why the fine-tuning ``settings`` make no sense for this protocol (validation), or None."""
+        return None
+
     def build_model(self, encoder_name: str, num_classes: int, settings: Any = None) -> nn.Module:
         """A randomly initialised model whose ``.encoder`` takes the encoder artifact's weights
         and whose forward returns logits ``(B, num_classes, H, W)`` at the input's size: the

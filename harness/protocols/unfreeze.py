@@ -23,6 +23,14 @@ class Unfreeze(TrainingProtocol):
 
     unfreeze_epochs = 25
 
+    @classmethod
+    def settings_problem(cls, settings) -> str | None:
+        if settings.unfreeze_epochs >= settings.epochs:
+            return (f"finetune.unfreeze_epochs {settings.unfreeze_epochs} >= finetune.epochs "
+                    f"{settings.epochs}: the encoder would never train (that is `frozen`); "
+                    f"lower unfreeze_epochs")
+        return None
+
     def set_train_mode(self, model: nn.Module, frozen_bn: str, epoch: int = 0) -> None:
         from harness.engine.model import freeze_encoder, set_train_mode
 

@@ -51,16 +51,17 @@ def encoder_problems(spec: Spec, registry: Registry, at) -> list[str]:
                 f"; see segmentation_models_pytorch.encoders.get_encoder_names(), a 'tu-' timm "
                 f"name, a timm ViT, 'local-dir:DIR' or 'fm:NAME'"]
     problems: list[str] = []
+    seen: set[str] = set()
     for name in spec.methods:
         cls = registry.methods[spec.plugin_of(name)].cls
         row = {k: v for k, v in (spec.methods[name] or {}).items() if k not in ROW_KEYS}
         settings = spec.finetune_of(name, cls.row_encoder(row, spec.finetune.encoder))
-        problems.extend(_row_encoder_problems(spec, registry, name, cls, settings, encoders, at))
+        problems.extend(_row_encoder_problems(spec, registry, name, cls, settings, encoders, at, seen))
     return problems
 
 
 def _row_encoder_problems(spec: Spec, registry: Registry, name: str, cls: type, settings: Any,
-                          encoders: list[str], at) -> list[str]:
+                          encoders: list[str], at, seen: set[str] | None = None) -> list[str]:
     from harness.models.names import architecture_problem, encoder_family
 
     family = encoder_family(settings.encoder, encoders)
@@ -79,12 +80,17 @@ def _row_encoder_problems(spec: Spec, registry: Registry, name: str, cls: type, 
         own = "architecture" in (spec.methods[name] or {})
         return [f"{at(*(('methods', name, 'architecture') if own else ('finetune', 'architecture')))}: "
                 f"methods.{name}: {problem} (set `architecture:` in the row or finetune)"]
-    problems = []
+    problems: list[str] = []
+    seen = set() if seen is None else seen  # a spec-wide problem is reported once, not per row
     families = getattr(cls, "encoder_families", ("cnn",))
     if family not in families:
         problems.append(f"{at('methods', name)}: methods.{name}: method '{cls.name}' supports "
                         f"{'/'.join(families)} encoders, not the {family} '{settings.encoder}'")
     for protocol in spec.protocols_of(name):
+        problem = getattr(registry.protocol(protocol).cls, "settings_problem", lambda s: None)(settings)
+        if problem and f"{protocol}: {problem}" not in seen:
+            seen.add(f"{protocol}: {problem}")
+            problems.append(f"{at('finetune')}: protocol '{protocol}': {problem}")
         fits = getattr(registry.protocol(protocol).cls, "encoder_families", None)
         if fits is not None and family not in fits:
             problems.append(f"{at('methods', name)}: methods.{name}: protocol '{protocol}' needs "
