@@ -3,10 +3,12 @@
 1. Step time of the harness's fine-tuning step (the ``finetune`` engine's step function,
    normalisation included, in :class:`harness.engine.loop.TrainLoop`) against a bare PyTorch loop
    on the same network (a ViT-Tiny/16 at 64 px under ``dpt`` and ``unetr``), batch, Adam, cosine
-   schedule and cross-entropy. Per-step times between consecutive optimizer steps; rounds
-   alternate between the loops and the fastest step of each loop is compared (on the shared
-   2-core development machine a round's median moves by +-20 % with the other processes; the
-   fastest step is the loop's own cost). Asserted: ratio < 1.10 (the target is within 5 %).
+   schedule and cross-entropy. Per-step times between consecutive optimizer steps, in CPU time
+   of this process (``time.process_time``, one torch thread, no loader workers: the work itself,
+   not the waits for a core that the other processes of a shared machine cause; wall-clock
+   medians there moved by +-30 % between rounds); rounds alternate between the loops and the
+   median of each loop's steps over all rounds is compared. Asserted: ratio < 1.10 (the
+   target is within 5 %).
 2. Memory of a ``frozen`` step against a ``full`` step of the same ViT under ``unetr``: the bytes
    autograd saves for backward (``torch.autograd.graph.saved_tensors_hooks``; deterministic,
    unlike CPU peak RSS), in all and inside the encoder. A frozen encoder runs under no_grad:
@@ -22,6 +24,7 @@ Threads: ``FINETUNE_BENCH_THREADS`` (default 1). Run::
 from __future__ import annotations
 
 import os
+import statistics
 import time
 
 import pytest
@@ -37,6 +40,7 @@ from harness.engine.runtime import Checkpoint, Precision
 STEPS, ROUNDS, SIZE, BATCH, CLASSES = 8, 3, 64, 4, 6
 MAX_RATIO = 1.10
 THREADS = int(os.environ.get("FINETUNE_BENCH_THREADS", "1"))
+CLOCK = time.process_time
 VIT, ARGS = "vit_tiny_patch16_224", {"img_size": SIZE}
 NORM = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 
@@ -55,7 +59,7 @@ def _setup(arch: str):
 def bare_step_times(arch: str) -> list[float]:
     model, optimizer, scheduler, batches = _setup(arch)
     mean, std = torch.tensor(NORM["mean"]).view(1, 3, 1, 1), torch.tensor(NORM["std"]).view(1, 3, 1, 1)
-    stamps = [time.perf_counter()]
+    stamps = [CLOCK()]
     for images, masks in batches:
         loss = nnf.cross_entropy(model((images - mean) / std).float(), masks)
         optimizer.zero_grad(set_to_none=True)
@@ -63,7 +67,7 @@ def bare_step_times(arch: str) -> list[float]:
         optimizer.step()
         scheduler.step()
         float(loss.detach())
-        stamps.append(time.perf_counter())
+        stamps.append(CLOCK())
     return [b - a for a, b in zip(stamps[1:], stamps[2:])]  # the first step warms up
 
 
@@ -73,7 +77,7 @@ def harness_step_times(arch: str, work) -> list[float]:
 
     class Stamp(Hook):
         def after_step(self, step, total_steps):
-            stamps.append(time.perf_counter())
+            stamps.append(CLOCK())
 
     cpu = torch.device("cpu")
     step_fn = _segmentation_step(model, Normalizer(NORM), Precision(cpu, False), cpu, False)
@@ -88,10 +92,11 @@ def harness_step_times(arch: str, work) -> list[float]:
 @pytest.mark.parametrize("arch", ["dpt", "unetr"])
 def test_vit_finetune_step_overhead_vs_bare_pytorch(tmp_path, arch):
     torch.set_num_threads(THREADS)
-    best_bare, best_loop = float("inf"), float("inf")
+    bare_times, loop_times = [], []
     for r in range(ROUNDS):
-        best_bare = min(best_bare, *bare_step_times(arch))
-        best_loop = min(best_loop, *harness_step_times(arch, tmp_path / f"w{r}"))
+        bare_times += bare_step_times(arch)
+        loop_times += harness_step_times(arch, tmp_path / f"w{r}")
+    best_bare, best_loop = statistics.median(bare_times), statistics.median(loop_times)
     ratio = best_loop / best_bare
     print(f"\n{arch} fine-tune step: bare {best_bare * 1e3:.1f} ms, harness {best_loop * 1e3:.1f} ms, "
           f"ratio {ratio:.3f}")
