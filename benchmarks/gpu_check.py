@@ -20,6 +20,8 @@ time budget:
 * ``host_syncs``, ``eval_precision``, ``fp16``, ``resume`` (``benchmarks/gpu_check_parts.py``):
   syncs per training step per method, AMP vs fp32 evaluation's argmax disagreement, a forced
   fp16 + grad scaler run against fp32, loader-worker draws equal across worker counts.
+* ``foundation_model``: ViT-L/16 at 256 px under ``unetr``, ``frozen``, ``lora`` and ``full``
+  with AMP: steps/s and peak memory (``benchmarks/gpu_check_fm.py``).
 
 ``info`` holds the machine facts (GPU, driver, CUDA, bf16 natively, ``/dev/shm``, CPUs). cuDNN
 runs with the harness's own settings (no ``cudnn.benchmark``). How to read the JSON:
@@ -50,6 +52,9 @@ import gpu_check_parts as more  # next to this script
 import numpy as np
 import torch
 import torch.nn.functional as nnf
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gpu_check_fm import fm_part  # noqa: E402
 
 SCALES = {  # batch, tile, crop, steps measured, warm-up steps, fine-tuning size/batch
     "full": dict(batch=256, tile=256, crop=224, steps=20, warmup=5, ft_size=256, ft_batch=16,
@@ -352,6 +357,7 @@ def _run_parts(results: dict[str, Any], sc: dict, device: torch.device, started:
             ("pretrain_pricon_512_r7", lambda: pretrain_part("pricon", thesis_tiles(sc, tiny, 7), device, tmp)),
             ("pretrain_pricon_512_r56", lambda: pretrain_part("pricon", thesis_tiles(sc, tiny, 56),
                                                                device, tmp)),
+            ("foundation_model", lambda: fm_part(sc is SCALES["tiny"], device)),
         ]
         for name, part in parts:
             left = budget_s - (time.monotonic() - started)

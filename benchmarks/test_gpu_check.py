@@ -35,3 +35,6 @@ def test_gpu_check_on_cuda():
         assert results[name]["data_wait_fraction"] < 0.10, results[name]
     assert results["ddp"]["grads_equal"]
     assert results["amp_agreement"]["max_rel_diff"] < 0.05
+    fm = results["foundation_model"]  # ViT-L/16, 256 px, unetr, AMP
+    print("foundation_model", fm)
+    assert fm["frozen"]["memory_vs_full"] < 0.8 and fm["lora"]["memory_vs_full"] < 1.0

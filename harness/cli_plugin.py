@@ -49,3 +49,6 @@ def show(what: Annotated[str, typer.Argument(help="method or dataset")],
     else:
         raise click.BadParameter(f"'{what}': choose method or dataset", param_hint="WHAT")
     out.print(render_text(info), markup=False)
+    extra = getattr(info.cls, "extra_help", None)
+    if callable(extra) and extra():
+        out.print(extra(), markup=False)

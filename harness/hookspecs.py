@@ -113,6 +113,15 @@ def harness_register_protocols() -> list[type]:
 
 
 @hookspec
+def harness_register_foundation_models() -> list[dict]:
+    """Return foundation-model entries (mappings, fields of
+    :class:`harness.models.foundation.FoundationModel`: name, timm architecture and kwargs, patch
+    size, width, normalisation, where to get the weights and under what terms), usually read
+    from a YAML data file of the plugin; ``finetune.encoder: fm:NAME`` and the ``foundation``
+    init method's ``model: NAME`` name them."""
+
+
+@hookspec
 def harness_register_loggers() -> list[type]:
     """Return logger classes (subclasses of :class:`harness.loggers.Logger`), each named by its
     ``name``: observers that record a run in an experiment tracker. A run uses the ones its

@@ -38,7 +38,8 @@ class _InputFileMarker:
 
 _MARKER = _InputFileMarker()
 
-#: A setting that names a file whose content feeds the stage (keyed by its sha256).
+#: A setting that names a file whose content feeds the stage (keyed by its sha256), or a folder
+#: (a Hugging Face snapshot), keyed by the relative names and sha256s of the files in it.
 InputFile = Annotated[Path, _MARKER]
 
 #: Seconds a file's mtime/ctime must precede its hashing for the hash to be cached.
@@ -74,8 +75,11 @@ def _stat_id(st: os.stat_result) -> dict[str, int]:
 
 
 def file_sha256(path: Path, cache_dir: Path | None = None) -> str:
-    """sha256 of ``path``'s bytes, from the cache when the file's stat is unchanged."""
+    """sha256 of ``path``'s bytes, from the cache when the file's stat is unchanged; of a
+    folder: of its files' relative names and hashes (hidden ones, e.g. ``.cache``, skipped)."""
     path = Path(path).expanduser().resolve()
+    if path.is_dir():
+        return _folder_sha256(path, cache_dir)
     try:
         st = path.stat()
     except OSError as exc:
@@ -111,6 +115,16 @@ def file_sha256(path: Path, cache_dir: Path | None = None) -> str:
         except OSError:
             pass  # a read-only store: hash again next time
     return value
+
+
+def _folder_sha256(folder: Path, cache_dir: Path | None) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(folder.rglob("*")):
+        rel = file.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts) or not file.is_file():
+            continue
+        digest.update(f"{rel.as_posix()}\0{file_sha256(file, cache_dir)}\n".encode())
+    return digest.hexdigest()
 
 
 def keyed_settings(model: BaseModel, dumped: dict[str, Any], cache_dir: Path | None

@@ -110,6 +110,16 @@ class Method:
     def has_encoder_stage(self) -> bool:
         return self.kind != "semisupervised"
 
+    @classmethod
+    def row_encoder(cls, config: dict[str, Any], spec_encoder: str) -> str:
+        """The encoder a row of this method fine-tunes, from its settings (``config``, as given
+        in the spec) and ``finetune.encoder``: that one, unless the method provides its own
+        architecture (a foundation model's)."""
+        return spec_encoder
+
+    #: Encoder families the method can train (``cnn``, ``vit``; harness.models.names).
+    encoder_families: ClassVar[tuple[str, ...]] = ("cnn",)
+
     def preflight(self, spec: Any) -> None:
         """Raise :class:`harness.errors.DataError` if something the method needs (a weights
         file, a dataset) is missing. Called before any work starts."""

@@ -35,7 +35,11 @@ RUNTIME_ONLY = {"device", "num_workers", "eval_batch_size", "eval_workers", "cha
 
 #: Fine-tuning settings added after stage keys were pinned: in a key only when set to another
 #: value than this default, so adding them changed no key.
-ADDED_SETTINGS = {"drop_last": False, "pseudolabel_amp": False}
+ADDED_SETTINGS = {"drop_last": False, "pseudolabel_amp": False, "encoder_args": {},
+                  "unfreeze_epochs": 25, "lora_rank": 16, "lora_alpha": 16.0}
+
+#: Fine-tuning settings a protocol reads (its ``reads``): in the keys of its stages only.
+PROTOCOL_SETTINGS = ("unfreeze_epochs", "lora_rank", "lora_alpha")
 
 
 def _result_settings(model: Any, unread: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -77,36 +81,42 @@ class StageFactory:
 
     # --- encoders -------------------------------------------------------------------------------
     def encoder_stages(self, method: Any, version: str, seed: int,
-                       split: Split | None = None) -> list[tuple[str, Stage]]:
+                       split: Split | None = None, settings: Any = None) -> list[tuple[str, Stage]]:
         """``(row suffix, encoder stage)`` pairs: one for most methods; one per cycle for cyclic
         pretraining (``@cycle1``, ``@cycle2``, ...), each reported as its own row. ``split``:
-        the one cell split whose labels a ``per_cell`` labeler learns from."""
+        the one cell split whose labels a ``per_cell`` labeler learns from. ``settings``: the
+        row's fine-tuning settings (:meth:`Spec.finetune_of`), whose encoder it builds."""
+        settings = settings or self.spec.finetune
+        encoder, args = settings.encoder, _encoder_args(settings)
         if method.kind == "init":
-            return [("", self.init_stage(method, version, seed))]
+            return [("", self.init_stage(method, version, seed, encoder, args))]
         if method.kind == "pretrain":
-            return self.pretrain_stages(method, version, seed, split)
+            return self.pretrain_stages(method, version, seed, split, encoder, args)
         raise PluginError(f"method '{method.name}' of kind '{method.kind}' has no encoder stage "
                           f"this harness version can build")
 
-    def init_stage(self, method: Any, version: str, seed: int) -> Stage:
-        encoder_name = self.spec.finetune.encoder
+    def init_stage(self, method: Any, version: str, seed: int, encoder: str | None = None,
+                   args: dict[str, Any] | None = None) -> Stage:
+        encoder_name = encoder or self.spec.finetune.encoder
         enc_seed = seed if method.seed_dependent else None
         settings, info = self._keyed(method, method.config.model_dump(mode="json"))
         return self._unique(Stage(
             kind="encoder", label=f"{method.name} encoder" + (f" seed {seed}" if enc_seed is not None else ""),
             config={"method": method.name, "settings": settings, "encoder": encoder_name,
-                    "seed": enc_seed},
+                    "seed": enc_seed, **(args or {})},
             version=version, info=info, params={"method": method_params(method), "seed": seed}))
 
     def random_encoder_stage(self, seed: int) -> Stage:
         """A randomly initialised encoder (labelers are trained from scratch, as in the thesis)."""
         return self._unique(Stage(
             kind="encoder", label=f"random encoder seed {seed}",
-            config={"init": "random", "encoder": self.spec.finetune.encoder, "seed": seed},
+            config={"init": "random", "encoder": self.spec.finetune.encoder, "seed": seed,
+                    **_encoder_args(self.spec.finetune)},
             version=ENGINE_VERSION, params={"seed": seed}))
 
     def pretrain_stages(self, method: Any, version: str, seed: int,
-                        split: Split | None = None) -> list[tuple[str, Stage]]:
+                        split: Split | None = None, encoder: str | None = None,
+                        args: dict[str, Any] | None = None) -> list[tuple[str, Stage]]:
         """Pretraining, preceded for mask-guided methods by labeler -> pseudo-labels. With
         ``cycles: K`` (Table 4.5) each cycle continues the previous cycle's encoder and heads on
         pseudo-labels from the previous cycle's encoder fine-tuned on the labeler data."""
@@ -120,7 +130,7 @@ class StageFactory:
         previous = None
         for cycle in range(1, cycles + 1):
             stage = self.pretrain_stage(method, version, seed, masks, previous, cycle if cycles > 1 else None,
-                                        split)
+                                        split, encoder, args)
             rows.append((f"@cycle{cycle}" if cycles > 1 else "", stage))
             if cycle < cycles and method.needs_masks:
                 masks = self.pseudolabel_stage(*self.labeler_stages(method, seed, encoder=stage, cycle=cycle,
@@ -129,7 +139,8 @@ class StageFactory:
         return rows
 
     def pretrain_stage(self, method: Any, version: str, seed: int, masks: Stage | None,
-                       previous: Stage | None, cycle: int | None, split: Split | None = None) -> Stage:
+                       previous: Stage | None, cycle: int | None, split: Split | None = None,
+                       encoder: str | None = None, args: dict[str, Any] | None = None) -> Stage:
         deps: dict[str, Stage] = {}
         num_classes = None
         if masks is not None:
@@ -146,9 +157,9 @@ class StageFactory:
         label = f"{method.name} pretrain seed {seed}" + _split_label(split) + (f" cycle {cycle}" if cycle else "")
         return self._unique(Stage(
             kind="pretrain", label=label,
-            config={"method": method.name, "settings": settings, "encoder": self.spec.finetune.encoder,
-                    "seed": seed, "unlabeled": self.resources.unlabeled_dataset().fingerprint(),
-                    "cycle": cycle},
+            config={"method": method.name, "settings": settings,
+                    "encoder": encoder or self.spec.finetune.encoder, "seed": seed, "unlabeled": self.resources.unlabeled_dataset().fingerprint(),
+                    "cycle": cycle, **(args or {})},
             version=f"{version}/engine{ENGINE_VERSION}", deps=deps, info=info,
             params={"method": method_params(method), "num_classes": num_classes}))
 
@@ -207,11 +218,17 @@ class StageFactory:
             kind=kind, label=label,
             config={"dataset": dataset.fingerprint(), "seed": seed, "protocol": protocol,
                     "train_ids": hash_key(train_ids),
-                    "settings": _result_settings(settings, unread=("pseudolabel_amp",)),
+                    "settings": _result_settings(settings, unread=("pseudolabel_amp",)
+                                                 + self._unread_by(protocol)),
                     **(extra or {})},
             version=FINETUNE_VERSION, deps={"encoder": encoder}, info={"train_ids": chosen},
             params={"dataset": source, "train_ids": train_ids,
                     "settings": settings.model_dump(mode="json")}))
+
+    def _unread_by(self, protocol: str) -> tuple[str, ...]:
+        """The protocol-specific settings ``protocol`` does not read."""
+        reads = getattr(self.registry.protocol(protocol).cls, "reads", ())
+        return tuple(k for k in PROTOCOL_SETTINGS if k not in reads)
 
     def semisup_stage(self, method: Any, version: str, dataset: Any, chosen: dict[str, list[str]],
                       seed: int, label: str, extra: dict[str, Any] | None = None) -> Stage:
@@ -224,7 +241,8 @@ class StageFactory:
         return self._unique(Stage(
             kind="semisup", label=label,
             config={"method": method.name, "settings": method_settings,
-                    "finetune": _result_settings(settings, unread=("drop_last", "pseudolabel_amp")),
+                    "finetune": _result_settings(settings, unread=("drop_last", "pseudolabel_amp")
+                                                 + PROTOCOL_SETTINGS),
                     "dataset": dataset.fingerprint(),
                     "unlabeled": self.resources.unlabeled_dataset().fingerprint(), "seed": seed,
                     "train_ids": hash_key(train_ids), **(extra or {})},
@@ -233,7 +251,7 @@ class StageFactory:
                     "settings": settings.model_dump(mode="json")}))
 
     def evaluate_stage(self, model: Stage, dataset: Any, test_ids: Sequence[str], fold: str,
-                       kind: str = "evaluate", source: str | None = None) -> Stage:
+                       kind: str = "evaluate", source: str | None = None, settings: Any = None) -> Stage:
         return self._unique(Stage(
             kind=kind, label=f"evaluate {model.label}",
             config={"dataset": dataset.fingerprint(), "fold": fold, "test_ids": hash_key(list(test_ids)),
@@ -241,7 +259,7 @@ class StageFactory:
             version=ENGINE_VERSION, deps={"model": model}, info={"test_ids": list(test_ids)},
             params={"dataset": source, "test_ids": list(test_ids),
                     "protocol": model.config.get("protocol", "full"),
-                    "settings": self.spec.finetune.model_dump(mode="json")}))
+                    "settings": (settings or self.spec.finetune).model_dump(mode="json")}))
 
 
 def labeler_protocol(method: Any) -> str | None:
@@ -257,6 +275,21 @@ def _drop_labeler_protocol(method: Any, settings: dict[str, Any]) -> None:
     for name, value in settings.items():
         if cfg is not None and getattr(method.config, name, None) is cfg and isinstance(value, dict):
             value.pop("protocol", None)
+
+
+def _encoder_args(settings: Any) -> dict[str, Any]:
+    """``{"encoder_args": ...}`` for an encoder stage's config: only when some are set (they
+    change the encoder's shapes), so that no existing key changed; for a foundation model
+    (``fm:NAME``) also its registry entry's architecture (``fm_architecture``), so that a
+    corrected entry gets new stages."""
+    args = getattr(settings, "encoder_args", None)
+    out: dict[str, Any] = {"encoder_args": dict(args)} if args else {}
+    if settings.encoder.startswith("fm:"):
+        from harness.models.foundation import foundation_model
+
+        entry = foundation_model(settings.encoder[3:])
+        out["fm_architecture"] = {"timm": entry.timm, "kwargs": entry.kwargs}
+    return out
 
 
 def _split_label(split: Split | None) -> str:
@@ -298,18 +331,21 @@ def build_plan(rspec: Any, registry: Any, resources: Any) -> Plan:
                 continue
             protocol = labeler_protocol(method)
             facts = {} if protocol is None else {"labeler_protocol": protocol}
+            row = spec.finetune_of(method_name, info.cls.row_encoder(
+                method.config.model_dump(mode="json"), spec.finetune.encoder))
             if protocol == "per_cell":  # one labeler -> pseudo-labels -> pretraining chain per split
                 by_row: dict[str, list[Cell]] = {}
                 for split in _splits(factory, folds, seed):
-                    for suffix, encoder in factory.encoder_stages(method, info.version, seed, split):
+                    for suffix, encoder in factory.encoder_stages(method, info.version, seed, split, row):
                         by_row.setdefault(suffix, []).extend(_encoder_cells(
-                            factory, method_name + suffix, plugin, method_name, encoder, [split], seed, facts))
+                            factory, method_name + suffix, plugin, method_name, encoder, [split], seed, facts,
+                            row))
                 cells += [c for row_cells in by_row.values() for c in row_cells]
                 continue
             splits = list(_splits(factory, folds, seed))
-            for suffix, encoder in factory.encoder_stages(method, info.version, seed):
+            for suffix, encoder in factory.encoder_stages(method, info.version, seed, settings=row):
                 cells += _encoder_cells(factory, method_name + suffix, plugin, method_name, encoder,
-                                        splits, seed, facts)
+                                        splits, seed, facts, row)
     return Plan(cells)
 
 
@@ -340,14 +376,15 @@ def _semisup_cells(factory: StageFactory, row: str, plugin: str, method: Any, ve
 
 
 def _encoder_cells(factory: StageFactory, row: str, plugin: str, method_name: str, encoder: Stage,
-                   splits: list[Split], seed: int, facts: dict[str, Any]) -> list[Cell]:
+                   splits: list[Split], seed: int, facts: dict[str, Any], settings: Any = None) -> list[Cell]:
     spec, dataset, cells = factory.spec, factory.resources.dataset, []
+    settings = settings or spec.finetune
     for fold, test_ids, fraction, chosen in splits:
         for protocol in spec.protocols_of(method_name):  # the spec's, or the row's own subset
             ft = factory.finetune_stage(
-                encoder, dataset, chosen, protocol, seed, spec.finetune,
+                encoder, dataset, chosen, protocol, seed, settings,
                 label=f"{row} {protocol} frac={fraction:g} {fold} seed {seed}",
                 extra={"fold": fold, "fraction": fraction})
-            ev = factory.evaluate_stage(ft, dataset, test_ids, fold)
+            ev = factory.evaluate_stage(ft, dataset, test_ids, fold, settings=settings)
             cells.append(Cell(row, protocol, fraction, fold, seed, final=ev, plugin=plugin, info=dict(facts)))
     return cells

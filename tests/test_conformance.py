@@ -196,7 +196,7 @@ def test_unknown_name_suggests(registry):
     assert not report.ok and "is installed" in report.failures[0].problem
 
 
-FAST = ["scratch", "supervised", "simclr", "classmix", "synthetic", "pannuke", "lizard", "tnbc", "tcga"]
+FAST = ["scratch", "supervised", "foundation", "simclr", "classmix", "synthetic", "pannuke", "lizard", "tnbc", "tcga"]
 SLOW = ["simsiam", "pricon", "cutmix", "reco", "pannuke_breast"]
 
 

@@ -40,3 +40,6 @@ def test_gpu_check_runs_on_cpu_at_tiny_scale(tmp_path):
     assert results["fp16"]["finite"] and results["fp16"]["max_rel_diff"] == 0.0
     assert results["resume"] == {**results["resume"], "equal_across_workers": True,
                                  "other_epoch_differs": True}
+    fm = results["foundation_model"]
+    assert all(fm[p]["steps_per_s"] > 0 and fm[p]["loss_finite"] for p in ("frozen", "lora", "full"))
+    assert fm["lora"]["trainable_params_m"] < fm["full"]["trainable_params_m"]

@@ -19,6 +19,21 @@ STEPS = 5
 BATCH = 4
 CROP = 32
 NUM_CLASSES = 3
+#: The encoder each family is checked on: a ResNet-18, and a tiny random ViT at the crop size.
+FAMILY_ENCODERS = {"cnn": ("resnet18", None), "vit": ("vit_tiny_patch16_224", {"img_size": CROP})}
+
+
+def encoders_of(method: Any) -> list[tuple[str, Any]]:
+    """``(encoder name, encoder_args)`` for each encoder family the method supports (a method
+    that provides its own encoder, a foundation model's, is checked on that one)."""
+    cls, out = type(method), []
+    for family in getattr(cls, "encoder_families", ("cnn",)):
+        name, args = FAMILY_ENCODERS[family]
+        own = cls.row_encoder(method.config.model_dump(mode="json"), name)
+        pair = (name, args) if own == name else (own, None)
+        if pair not in out:
+            out.append(pair)
+    return out
 
 
 def smoke_method(info: Any, folder: Path, report: Report, who: str) -> None:
@@ -48,20 +63,25 @@ def _finite(module: Any) -> bool:
 
 
 def _init(method: Any, check: _Checker) -> None:
+    for name, args in encoders_of(method):
+        _init_on(method, check, name, args)
+    check.passed("init_encoder")
+
+
+def _init_on(method: Any, check: _Checker, name: str, args: Any) -> None:
     from harness.engine.model import build_encoder
 
-    encoder = build_encoder("resnet18")
+    encoder = build_encoder(name, args)
     before = {k: (tuple(v.shape), v.dtype) for k, v in encoder.state_dict().items()}
-    norm = check.call("init_encoder", method.init_encoder, encoder, "resnet18", 0)
+    norm = check.call("init_encoder", method.init_encoder, encoder, name, 0)
     after = {k: (tuple(v.shape), v.dtype) for k, v in encoder.state_dict().items()}
     if after != before:
         changed = sorted(set(before) ^ set(after)) or [k for k in before if before[k] != after[k]]
         raise check.fail("init_encoder", f"changed the encoder's parameters ({changed[:3]}); set "
                          f"the weights in place (load_state_dict or copy_), keep its layers")
     if not _finite(encoder):
-        raise check.fail("init_encoder", "left non-finite weights in the encoder")
+        raise check.fail("init_encoder", f"left non-finite weights in the encoder ({name})")
     _check_normalization(norm, check)
-    check.passed("init_encoder")
 
 
 def _check_normalization(norm: Any, check: _Checker) -> None:
@@ -95,6 +115,14 @@ def _images(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _pretrain(method: Any, check: _Checker) -> None:
+    for name, args in encoders_of(method):
+        _pretrain_on(method, check, name, args)
+    for item in ("view_config", "init_encoder", "build_model", "param_groups", "training_step",
+                 "after_step"):
+        check.passed(item)
+
+
+def _pretrain_on(method: Any, check: _Checker, name: str, args: Any) -> None:
     import torch
 
     from harness.data.views import TwoViewDataset
@@ -104,23 +132,19 @@ def _pretrain(method: Any, check: _Checker) -> None:
 
     cls = type(method)
     view_cfg = check.call("view_config", method.view_config)
-    check.passed("view_config")
     view_cfg = view_cfg.model_copy(update={"crop_size": CROP})
     images, masks = _images(BATCH, CROP + CROP // 2)
     data = TwoViewDataset(images, masks if cls.needs_masks else None, view_cfg)
     batch = torch.utils.data.default_collate([data[i] for i in range(BATCH)])
 
-    encoder = build_encoder("resnet18")
-    check.call("init_encoder", method.init_encoder, encoder, "resnet18", 0)
-    check.passed("init_encoder")
+    encoder = build_encoder(name, args)
+    check.call("init_encoder", method.init_encoder, encoder, name, 0)
     model = check.call("build_model", method.build_model, encoder, list(encoder.out_channels))
     try:
         require_attribute(method, model, "encoder", encoder, "build_model")
     except PluginFault as exc:
         raise check.fail("encoder attribute", str(exc).split(": ", 1)[-1]) from None
-    check.passed("build_model")
     groups = check.call("param_groups", method.param_groups, model)
-    check.passed("param_groups")
     optimizer = torch.optim.Adam([{"params": g["params"]} for g in groups], lr=1e-3)
     step_fn = step_with_info(method)
     losses = []
@@ -139,8 +163,6 @@ def _pretrain(method: Any, check: _Checker) -> None:
     if not _finite(model):
         raise check.fail("after_step", "the model holds non-finite values after a few steps")
     _falling(losses, check)
-    check.passed("training_step")
-    check.passed("after_step")
 
 
 def _loss_of(result: Any, check: _Checker, item: str) -> Any:

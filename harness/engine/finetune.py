@@ -30,7 +30,7 @@ from harness.engine.context import StageContext
 from harness.engine.distributed import wrap_ddp
 from harness.engine.loader import epoch_loader
 from harness.engine.loop import EpochLog, EpochSource, TrainLoop, optimizer_steps
-from harness.engine.model import load_encoder_weights
+from harness.engine.model import describe_network, load_encoder_weights
 from harness.engine.runtime import (Checkpoint, Precision, resolve_num_workers, seed_everything,
                                     worker_init_fn)
 from harness.safeload import STAGE_FIX, load_state_dict_file
@@ -44,13 +44,13 @@ def load_encoder_artifact(path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _initial_model(ctx: StageContext, encoder: str, num_classes: int, protocol: Any,
-                   channels_last: bool) -> tuple[torch.nn.Module, dict[str, Any]]:
+                   channels_last: bool, settings: Any = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The protocol's model with the encoder artifact's weights (frozen where the protocol
     says), on the device; and the artifact's metadata."""
-    model = protocol.build_model(encoder, num_classes)
+    model = protocol.build_model(encoder, num_classes, settings=settings)
     enc_state, enc_meta = load_encoder_artifact(ctx.inputs["encoder"])
     load_encoder_weights(model, enc_state, source=str(ctx.inputs["encoder"] / "encoder.pt"))
-    protocol.prepare(model)
+    protocol.prepare(model, settings)
     model.to(ctx.device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -66,7 +66,8 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
     seed_everything(seed)
     frozen = protocol.frozen_encoder
     channels_last = settings.channels_last and device.type == "cuda"
-    model, enc_meta = _initial_model(ctx, settings.encoder, num_classes, protocol, channels_last)
+    model, enc_meta = _initial_model(ctx, settings.encoder, num_classes, protocol, channels_last,
+                                     settings)
     normalizer = Normalizer(enc_meta["normalization"], settings.normalization)
     precision = Precision(device, settings.amp)
 
@@ -79,7 +80,7 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
                           num_workers=resolve_num_workers(settings.num_workers, device), device=device,
                           worker_init_fn=worker_init_fn, shard=True)
     source = EpochSource(loader, settings.epochs, seed,
-                         begin=lambda epoch: protocol.set_train_mode(model, settings.frozen_bn))
+                         begin=lambda epoch: protocol.set_train_mode(model, settings.frozen_bn, epoch))
     accumulation = getattr(settings, "grad_accumulation", 1)
     total_steps = optimizer_steps(source.total, source.period, accumulation)
 
@@ -101,7 +102,7 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
     start_epoch = loop.start // source.period
 
     model.to("cpu", memory_format=torch.contiguous_format)
-    atomic_torch_save(model.state_dict(), ctx.out / "model.pt")
+    atomic_torch_save(protocol.finalize(model).state_dict(), ctx.out / "model.pt")
     (ctx.out / "train_log.json").write_text(json.dumps(history, indent=2))
     return {
         "train_images": len(data),
@@ -113,6 +114,7 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
         "frozen_bn": settings.frozen_bn if frozen else None,
         "precision": str(precision.dtype).replace("torch.", "") if precision.dtype else "fp32",
         "seconds_this_run": time.time() - started,
+        "network": describe_network(model, settings),
     }
 
 

@@ -12,9 +12,10 @@ from harness.methods import InitMethod
 from harness.store import atomic_torch_save
 
 
-def run_init_encoder(ctx: StageContext, *, method: InitMethod, encoder_name: str, seed: int) -> dict[str, Any]:
+def run_init_encoder(ctx: StageContext, *, method: InitMethod, encoder_name: str, seed: int,
+                     encoder_args: dict[str, Any] | None = None) -> dict[str, Any]:
     seed_everything(seed)
-    encoder = build_encoder(encoder_name)
+    encoder = build_encoder(encoder_name, encoder_args)
     normalization = method.init_encoder(encoder, encoder_name, seed)
     save_encoder_artifact(ctx, encoder.state_dict(), encoder_name, normalization, method.name)
     return {"normalization": normalization}
@@ -28,11 +29,12 @@ def save_encoder_artifact(ctx: StageContext, state_dict: dict[str, Any], encoder
         {"encoder": encoder_name, "normalization": normalization, "method": method_name}, indent=2))
 
 
-def run_random_encoder(ctx: StageContext, *, encoder_name: str, seed: int) -> dict[str, Any]:
+def run_random_encoder(ctx: StageContext, *, encoder_name: str, seed: int,
+                       encoder_args: dict[str, Any] | None = None) -> dict[str, Any]:
     """A randomly initialised encoder that names no method (labelers start from it)."""
     from harness.methods import HALF_NORMALIZATION
 
     seed_everything(seed)
-    encoder = build_encoder(encoder_name)
+    encoder = build_encoder(encoder_name, encoder_args)
     save_encoder_artifact(ctx, encoder.state_dict(), encoder_name, HALF_NORMALIZATION, "random")
     return {"normalization": HALF_NORMALIZATION}

@@ -75,7 +75,8 @@ def step_with_info(method: PretrainMethod) -> Callable[..., tuple[torch.Tensor, 
 
 def pretrain(ctx: StageContext, *, method: PretrainMethod, images: np.ndarray,
              masks: np.ndarray | None, encoder_name: str, seed: int, num_classes: int | None,
-             start_from: dict[str, Any] | None = None) -> dict[str, Any]:
+             start_from: dict[str, Any] | None = None,
+             encoder_args: dict[str, Any] | None = None) -> dict[str, Any]:
     """Pretrain an encoder; write ``encoder.pt``/``encoder.json`` (the fine-tuning input),
     ``model.pt`` (encoder + heads, to continue training in a later cycle) and
     ``pretrain_log.json``."""
@@ -84,7 +85,7 @@ def pretrain(ctx: StageContext, *, method: PretrainMethod, images: np.ndarray,
 
     cfg = method.config
     device = ctx.device
-    model = _initial_model(method, encoder_name, seed, start_from).to(device)
+    model = _initial_model(method, encoder_name, seed, start_from, encoder_args).to(device)
     precision = Precision(device, getattr(cfg, "amp", True))
     channels_last = getattr(cfg, "channels_last", True) and device.type == "cuda"
     if channels_last:
@@ -155,10 +156,11 @@ def pretrain(ctx: StageContext, *, method: PretrainMethod, images: np.ndarray,
 
 
 def _initial_model(method: PretrainMethod, encoder_name: str, seed: int,
-                   start_from: dict[str, Any] | None) -> torch.nn.Module:
+                   start_from: dict[str, Any] | None,
+                   encoder_args: dict[str, Any] | None = None) -> torch.nn.Module:
     """The method's model (encoder + heads) from the seed, or a previous cycle's state."""
     seed_everything(seed)
-    encoder = build_encoder(encoder_name)
+    encoder = build_encoder(encoder_name, encoder_args)
     method.init_encoder(encoder, encoder_name, seed)
     model = method.build_model(encoder, list(encoder.out_channels))
     require_attribute(method, model, "encoder", encoder, "build_model")

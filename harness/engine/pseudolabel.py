@@ -20,9 +20,12 @@ CHUNK = 512
 
 
 def pseudolabel(ctx: StageContext, *, images: np.ndarray, encoder_name: str, num_classes: int,
-                batch_size: int, amp: bool = False, chunk: int | None = None) -> dict[str, Any]:
+                batch_size: int, amp: bool = False, chunk: int | None = None,
+                build: Any = None) -> dict[str, Any]:
+    """``build(encoder_name, num_classes)``: the labeler's network (a U-Net by default)."""
     chunk = chunk or CHUNK
-    model, normalizer = load_model(ctx.inputs["labeler"], encoder_name, num_classes)
+    model, normalizer = (load_model(ctx.inputs["labeler"], encoder_name, num_classes, build) if build
+                         else load_model(ctx.inputs["labeler"], encoder_name, num_classes))
     n, h, w = images.shape[:3]
     path, progress = ctx.work / "masks.npy", ctx.work / "progress.json"
     done = json.loads(progress.read_text())["done"] if progress.exists() and path.exists() else 0

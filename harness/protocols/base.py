@@ -22,22 +22,40 @@ class TrainingProtocol:
     #: Whether the encoder's parameters stay fixed (then ``finetune.frozen_bn`` applies).
     frozen_encoder: ClassVar[bool] = False
 
-    def build_model(self, encoder_name: str, num_classes: int) -> nn.Module:
+    #: Fine-tuning settings only this protocol reads: in its stages' keys (when not at their
+    #: default), in no other protocol's.
+    reads: ClassVar[tuple[str, ...]] = ()
+    #: Encoder families it can take (``cnn``, ``vit``; harness.models.names); None: any.
+    encoder_families: ClassVar[tuple[str, ...] | None] = None
+
+    @classmethod
+    def settings_problem(cls, settings: Any) -> str | None:
+        """Why the fine-tuning ``settings`` make no sense for this protocol (validation), or None."""
+        return None
+
+    def build_model(self, encoder_name: str, num_classes: int, settings: Any = None) -> nn.Module:
         """A randomly initialised model whose ``.encoder`` takes the encoder artifact's weights
-        and whose forward returns logits ``(B, num_classes, H, W)`` at the input's size."""
-        from harness.engine.model import build_unet
+        and whose forward returns logits ``(B, num_classes, H, W)`` at the input's size: the
+        ``finetune.architecture`` of ``settings`` (a U-Net without settings)."""
+        from harness.engine.model import build_model
 
-        return build_unet(encoder_name, num_classes)
+        return build_model(encoder_name, num_classes, getattr(settings, "architecture", "unet"),
+                           getattr(settings, "encoder_args", None))
 
-    def prepare(self, model: nn.Module) -> None:
+    def prepare(self, model: nn.Module, settings: Any = None) -> None:
         """After the encoder weights are loaded: e.g. freeze them."""
         if self.frozen_encoder:
             from harness.engine.model import freeze_encoder
 
             freeze_encoder(model)
 
-    def set_train_mode(self, model: nn.Module, frozen_bn: str) -> None:
-        """Called at the start of every epoch."""
+    def set_train_mode(self, model: nn.Module, frozen_bn: str, epoch: int = 0) -> None:
+        """Called at the start of every epoch (from 0)."""
         from harness.engine.model import set_train_mode
 
         set_train_mode(model, self.frozen_encoder, frozen_bn)
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        """The trained model as ``model.pt`` stores it, loadable into :meth:`build_model`'s
+        network (LoRA merges its adapters here)."""
+        return model

@@ -229,6 +229,7 @@ def build_report(records: list[dict[str, Any]], runs: list[dict[str, Any]],
         "comparisons": comparisons, "power": power_note(comparisons),
         "paper": paper_comparison(records), "breakdown": breakdown(records),
         "labelers": facts.labeler_rows(records, metric_of), "single_class": single,
+        "encoders": facts.encoder_rows(records),
         "warnings": [facts.warning_text(e) for e in single],
         "provenance": collect_provenance(records, runs),
     })

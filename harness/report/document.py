@@ -76,6 +76,8 @@ def build_sections(report: dict[str, Any], records: list[dict[str, Any]], run_in
         sections.append(Section("Warnings", bullets=list(report["warnings"])))
     sections.append(Section("Main results", tables=[T.main_table(report)],
                             figures=[f for f in ("bars", "fractions") if f in figures]))
+    if report.get("encoders"):
+        sections.append(Section("Networks", tables=[T.encoder_table(report)]))
     if report.get("labelers"):
         sections.append(Section("Labelers", tables=[T.labeler_table(report)]))
     if report.get("comparisons"):

@@ -57,6 +57,17 @@ def labeler_rows(records: list[dict[str, Any]],
     return out
 
 
+def encoder_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per (method, protocol): the network its cells fine-tuned (architecture,
+    encoder, parameters, patch size), from the fine-tuning summary (absent in older records)."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in records:
+        net = (r.get("train") or {}).get("network")
+        if net and (r["method"], r["protocol"]) not in out:
+            out[(r["method"], r["protocol"])] = {"method": r["method"], "protocol": r["protocol"], **net}
+    return list(out.values())
+
+
 def single_class_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows with cells whose model predicts a single class on every test image."""
     out = []

@@ -135,6 +135,7 @@ class Report(_Open):
     breakdown: dict[str, Any] = Field(default_factory=dict)
     #: Rows with a labeler: its score, protocol, test-fold labels seen (harness.report.facts).
     labelers: list[dict[str, Any]] = Field(default_factory=list)
+    encoders: list[dict[str, Any]] = Field(default_factory=list)
     #: Rows whose model predicts a single class on every test image, and the warnings about them.
     single_class: list[dict[str, Any]] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)

@@ -215,6 +215,19 @@ def labeler_table(report: dict[str, Any]) -> Table:
     return table
 
 
+def encoder_table(report: dict[str, Any]) -> Table:
+    table = Table("Networks of the rows", ["method", "protocol", "architecture", "encoder",
+                  "parameters (M)", "encoder parameters (M)", "patch size"], [], name="encoders")
+    for e in report.get("encoders", []):
+        table.rows.append([e["method"], e["protocol"], e["architecture"], e["encoder"] or "-",
+                           f"{e['params'] / 1e6:.1f}", f"{e['encoder_params'] / 1e6:.1f}",
+                           "-" if e.get("patch_size") is None else str(e["patch_size"])])
+    table.notes.append("As fine-tuned (lora: counted after its adapters were merged). Patch size: a "
+                       "ViT encoder's; inputs not a multiple of it are zero-padded, predictions "
+                       "cropped to the image.")
+    return table
+
+
 def paper_table(report: dict[str, Any]) -> Table:
     entries = report.get("paper", [])
     cols, several = _columns(report["rows"])

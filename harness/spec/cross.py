@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.plugins import Registry, did_you_mean
-from harness.spec.models import Spec
+from harness.spec.models import ROW_KEYS, Spec
 from harness.spec.problems import where
 from harness.spec.source import Lines
 
@@ -25,7 +25,7 @@ def cross_checks(spec: Spec, registry: Registry, dataset_config: Any, source: st
     def at(*loc: Any) -> str:
         return where(source, lines, loc)
 
-    problems.extend(encoder_problems(spec, at))
+    problems.extend(encoder_problems(spec, registry, at))
     problems.extend(protocol_problems(spec, registry, at))
     ds_cls = registry.datasets[spec.dataset.name].cls
     if not ds_cls.labeled:
@@ -38,16 +38,64 @@ def cross_checks(spec: Spec, registry: Registry, dataset_config: Any, source: st
     problems.extend(reference_problems(spec, at))
 
 
-def encoder_problems(spec: Spec, at) -> list[str]:
-    """An encoder the U-Net cannot build."""
+def encoder_problems(spec: Spec, registry: Registry, at) -> list[str]:
+    """An encoder nothing can build; an architecture, method or protocol that cannot take a
+    row's encoder (a plain ViT under ``unet``, a torchvision method on a ViT...)."""
+    from harness.models.names import encoder_family
     from harness.spec.encoders import encoder_names
 
     encoders = encoder_names()
-    if spec.finetune.encoder in encoders:
-        return []
-    return [f"{at('finetune', 'encoder')}: finetune.encoder: unknown encoder "
-            f"'{spec.finetune.encoder}'{did_you_mean(spec.finetune.encoder, encoders)}"
-            f"; see segmentation_models_pytorch.encoders.get_encoder_names()"]
+    if encoder_family(spec.finetune.encoder, encoders) is None:
+        return [f"{at('finetune', 'encoder')}: finetune.encoder: unknown encoder "
+                f"'{spec.finetune.encoder}'{did_you_mean(spec.finetune.encoder, encoders)}"
+                f"; see segmentation_models_pytorch.encoders.get_encoder_names(), a 'tu-' timm "
+                f"name, a timm ViT, 'local-dir:DIR' or 'fm:NAME'"]
+    problems: list[str] = []
+    seen: set[str] = set()
+    for name in spec.methods:
+        cls = registry.methods[spec.plugin_of(name)].cls
+        row = {k: v for k, v in (spec.methods[name] or {}).items() if k not in ROW_KEYS}
+        settings = spec.finetune_of(name, cls.row_encoder(row, spec.finetune.encoder))
+        problems.extend(_row_encoder_problems(spec, registry, name, cls, settings, encoders, at, seen))
+    return problems
+
+
+def _row_encoder_problems(spec: Spec, registry: Registry, name: str, cls: type, settings: Any,
+                          encoders: list[str], at, seen: set[str] | None = None) -> list[str]:
+    from harness.models.names import architecture_problem, encoder_family
+
+    family = encoder_family(settings.encoder, encoders)
+    if settings.encoder.startswith("fm:"):
+        from harness.models.foundation import foundation_models
+
+        known = foundation_models()
+        fm = settings.encoder[3:]
+        if fm not in known:
+            return [f"{at('methods', name)}: methods.{name}: unknown foundation model '{fm}'"
+                    f"{did_you_mean(fm, known)}; registered: {', '.join(sorted(known))}"]
+    if family is None:
+        return [f"{at('methods', name)}: methods.{name}: unknown encoder '{settings.encoder}'"]
+    problem = architecture_problem(settings.encoder, settings.architecture, family)
+    if problem:
+        own = "architecture" in (spec.methods[name] or {})
+        return [f"{at(*(('methods', name, 'architecture') if own else ('finetune', 'architecture')))}: "
+                f"methods.{name}: {problem} (set `architecture:` in the row or finetune)"]
+    problems: list[str] = []
+    seen = set() if seen is None else seen  # a spec-wide problem is reported once, not per row
+    families = getattr(cls, "encoder_families", ("cnn",))
+    if family not in families:
+        problems.append(f"{at('methods', name)}: methods.{name}: method '{cls.name}' supports "
+                        f"{'/'.join(families)} encoders, not the {family} '{settings.encoder}'")
+    for protocol in spec.protocols_of(name):
+        problem = getattr(registry.protocol(protocol).cls, "settings_problem", lambda s: None)(settings)
+        if problem and f"{protocol}: {problem}" not in seen:
+            seen.add(f"{protocol}: {problem}")
+            problems.append(f"{at('finetune')}: protocol '{protocol}': {problem}")
+        fits = getattr(registry.protocol(protocol).cls, "encoder_families", None)
+        if fits is not None and family not in fits:
+            problems.append(f"{at('methods', name)}: methods.{name}: protocol '{protocol}' needs "
+                            f"a {'/'.join(fits)} encoder, not the {family} '{settings.encoder}'")
+    return problems
 
 
 def protocol_problems(spec: Spec, registry: Registry, at) -> list[str]:

@@ -44,6 +44,9 @@ def encoder_names() -> list[str]:
     names = sorted(smp.encoders.get_encoder_names())
     if "unknown" not in path.name:
         _write(path, names)
+        from harness.models.names import timm_names
+
+        timm_names()  # smp imported timm: write timm's lists too (ViT names, harness.models.names)
     return names
 
 

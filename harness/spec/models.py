@@ -26,8 +26,21 @@ class _Strict(BaseModel):
 class FinetuneSettings(_Strict):
     """Fine-tuning recipe shared by all methods (thesis §4.1.3 and A.1 defaults)."""
 
-    architecture: Literal["unet"] = Field("unet", description="segmentation model (smp)")
-    encoder: str = Field("resnet18", description="any segmentation-models-pytorch encoder name")
+    architecture: Literal["unet", "dpt", "unetr"] = Field(
+        "unet", description="segmentation model: 'unet' (smp U-Net, CNN encoders), 'dpt' (smp's "
+        "DPT decoder) or 'unetr' (UNETR/CellViT-style decoder with an image path), for ViT encoders")
+    encoder: str = Field(
+        "resnet18", description="an smp encoder name, 'tu-<timm model>', a timm ViT name, "
+        "'local-dir:<Hugging Face snapshot folder>' or 'fm:<foundation model>' (harness show "
+        "method foundation)")
+    encoder_args: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of the encoder's constructor "
+        "(timm.create_model), e.g. {img_size: 64} for a tiny ViT")
+    unfreeze_epochs: int = Field(25, ge=0, description="unfreeze protocol: epochs with the "
+                                 "encoder frozen before everything trains (CellViT's 25)")
+    lora_rank: int = Field(16, ge=1, le=4096, description="lora protocol: adapter rank (THUNDER's 16)")
+    lora_alpha: float = Field(16.0, gt=0, description="lora protocol: adapter scale numerator "
+                              "(scale alpha / rank)")
     epochs: int = Field(100, ge=1, le=100_000)
     batch_size: int = Field(16, ge=1, le=65_536)
     drop_last: bool = Field(
@@ -77,7 +90,7 @@ class FinetuneSettings(_Strict):
     @classmethod
     def _div32(cls, v: int | None) -> int | None:
         if v is not None and v % 32:
-            raise ValueError(f"must be a multiple of 32 (U-Net downsamples 5 times); "
+            raise ValueError(f"must be a multiple of 32 (U-Net downsamples 5 times, DPT to 1/32); "
                              f"try {max(32, round(v / 32) * 32)}")
         return v
 
@@ -92,6 +105,9 @@ class RowSettings(BaseModel):
     protocols: list[Protocol] | None = Field(
         None, min_length=1, description="a subset of the spec's protocols for this row only "
         "(e.g. [full] for a semi-supervised method in a spec with [frozen, full])")
+    architecture: Literal["unet", "dpt", "unetr"] | None = Field(
+        None, description="this row's finetune.architecture (e.g. unetr for a foundation-model "
+        "row beside U-Net rows); it enters the row's stage keys as finetune.architecture")
 
     @field_validator("protocols")
     @classmethod
@@ -207,6 +223,17 @@ class Spec(_Strict):
         settings = self.methods.get(label) or {}
         return settings.get("method", label)
 
+    def finetune_of(self, label: str, encoder: str | None = None) -> FinetuneSettings:
+        """A row's fine-tuning settings: the spec's, with the encoder its method provides (a
+        foundation model's) and the row's own ``architecture``."""
+        update: dict[str, Any] = {}
+        if encoder is not None and encoder != self.finetune.encoder:
+            update["encoder"] = encoder
+        own = (self.methods.get(label) or {}).get("architecture")
+        if own is not None and own != self.finetune.architecture:
+            update["architecture"] = own
+        return self.finetune.model_copy(update=update) if update else self.finetune
+
     def protocols_of(self, label: str) -> list[str]:
         """The protocols of a row, in the spec's order: the spec's ``protocols``, or the subset
         the row names with its own ``protocols:`` key (validated to be a subset)."""
@@ -267,7 +294,10 @@ class ResolvedSpec:
         return data
 
     def _row_protocols(self, label: str) -> dict[str, Any]:
-        """A row's own ``protocols`` (only where the spec gives one, so that the resolved spec
+        """A row's own ``protocols`` and ``architecture`` (only where the spec gives them, so that the resolved spec
         of every other row stays as it was)."""
-        own = (self.spec.methods.get(label) or {}).get("protocols")
-        return {} if own is None else {"protocols": self.spec.protocols_of(label)}
+        row = self.spec.methods.get(label) or {}
+        own = {} if row.get("protocols") is None else {"protocols": self.spec.protocols_of(label)}
+        if row.get("architecture") is not None:  # likewise a row's own architecture
+            own["architecture"] = row["architecture"]
+        return own

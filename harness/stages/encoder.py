@@ -17,10 +17,11 @@ class EncoderStage(StageKind):
 
         cfg, params = stage.config, stage.params
         if cfg.get("init") == "random":
-            return run_random_encoder(ctx, encoder_name=cfg["encoder"], seed=params["seed"])
+            return run_random_encoder(ctx, encoder_name=cfg["encoder"], seed=params["seed"],
+                                      encoder_args=cfg.get("encoder_args"))
         files = check_input_files(stage, env.file_hash_cache)  # the bytes the key names
         result = run_init_encoder(ctx, method=env.method(params["method"]), encoder_name=cfg["encoder"],
-                                  seed=params["seed"])
+                                  seed=params["seed"], encoder_args=cfg.get("encoder_args"))
         return {**result, "input_files": files} if files else result
 
 

@@ -3,6 +3,8 @@ the argmax of the logits of the model its protocol builds."""
 
 from __future__ import annotations
 
+from functools import partial
+
 from harness.hookspecs import hookimpl
 from harness.stages.base import StageKind
 
@@ -16,10 +18,11 @@ class EvaluateStage(StageKind):
 
         cfg, params = stage.config, stage.params
         dataset, arrays = env.labeled(params["dataset"])
+        settings = env.settings(params["settings"])
         return evaluate(ctx, arrays=arrays, test_ids=params["test_ids"], num_classes=dataset.num_classes,
                         class_names=dataset.class_names, metric_family=cfg["metric_family"],
-                        settings=env.settings(params["settings"]),
-                        build=env.protocol(params["protocol"]).build_model)
+                        settings=settings,
+                        build=partial(env.protocol(params["protocol"]).build_model, settings=settings))
 
 
 @hookimpl

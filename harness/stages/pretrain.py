@@ -26,7 +26,8 @@ class PretrainStage(StageKind):
                  if "previous" in inputs else None)
         result = pretrain(ctx, method=env.method(params["method"]), images=env.resources.unlabeled_images(),
                           masks=masks, encoder_name=cfg["encoder"], seed=cfg["seed"],
-                          num_classes=params["num_classes"], start_from=start)
+                          num_classes=params["num_classes"], start_from=start,
+                          encoder_args=cfg.get("encoder_args"))
         return {**result, "input_files": files} if files else result
 
 

@@ -61,6 +61,7 @@ class PRIConConfig(PretrainSettings):
 
 class PRICon(PretrainMethod):
     name: ClassVar[str] = "pricon"
+    encoder_families: ClassVar[tuple[str, ...]] = ("cnn", "vit")  # a ViT: its last block's patch tokens
     description: ClassVar[str] = "PRICon: pseudo-label guided point/region/image contrastive learning"
     needs_masks: ClassVar[bool] = True
     Config: ClassVar[type] = PRIConConfig

@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # no torch at import: `harness validate` and `list` import th
 
 class Scratch(InitMethod):
     name: ClassVar[str] = "scratch"
+    encoder_families: ClassVar[tuple[str, ...]] = ("cnn", "vit")  # a ViT: its last block's patch tokens
     description: ClassVar[str] = "random initialisation (torchvision's default init), no pretraining"
     seed_dependent: ClassVar[bool] = True
 

@@ -27,6 +27,7 @@ class SimCLRConfig(PretrainSettings):
 
 class SimCLR(PretrainMethod):
     name: ClassVar[str] = "simclr"
+    encoder_families: ClassVar[tuple[str, ...]] = ("cnn", "vit")  # a ViT: its last block's patch tokens
     description: ClassVar[str] = "SimCLR contrastive pretraining (NT-Xent, LARS)"
     Config: ClassVar[type] = SimCLRConfig
     # SimCLR (Chen et al. 2020, §2.3 "global BN"): per-device BN statistics let the contrastive

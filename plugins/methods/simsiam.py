@@ -34,6 +34,7 @@ class SimSiamConfig(PretrainSettings):
 
 class SimSiam(PretrainMethod):
     name: ClassVar[str] = "simsiam"
+    encoder_families: ClassVar[tuple[str, ...]] = ("cnn", "vit")  # a ViT: its last block's patch tokens
     description: ClassVar[str] = "SimSiam (stop-gradient, no negatives)"
     Config: ClassVar[type] = SimSiamConfig
 
