@@ -62,7 +62,7 @@ def test_example_plugin_imports_no_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert modules == ["blobs", "blur", "byol", "halves"], modules
+    assert modules == ["blobs", "blur", "byol", "fm", "halves"], modules
 
 
 def test_guide_registered_modules_import_no_torch():
