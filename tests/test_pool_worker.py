@@ -27,23 +27,29 @@ def _plan(store, spec):
 
 def test_worker_runs_stages_and_survives_a_killed_one(tmp_path):
     spec, store, log = one_cell(tmp_path, epochs=100000), tmp_path / "s", tmp_path / "stage.log"
+    stderr = (tmp_path / "worker.err").open("w")  # said when the worker dies before answering
     worker = subprocess.Popen([sys.executable, "-m", "harness.execute.pool_worker", str(spec),
                                "--store", str(store)], cwd=REPO, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              stdout=subprocess.PIPE, stderr=stderr, text=True,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    def line() -> dict:
+        text = worker.stdout.readline()
+        assert text, f"the worker ended: {(tmp_path / 'worker.err').read_text()[-2000:]}"
+        return json.loads(text)
 
     def ask(key: str) -> dict:
         worker.stdin.write(json.dumps({"key": key, "log": str(log)}) + "\n")
         worker.stdin.flush()
-        started = json.loads(worker.stdout.readline())
+        started = line()
         assert started["key"] == key and started["pid"] > 0
         return started
 
     def answer() -> int:
-        return json.loads(worker.stdout.readline())["rc"]
+        return line()["rc"]
 
     try:
-        assert json.loads(worker.stdout.readline()) == {"ready": True, "fork": True}
+        assert line() == {"ready": True, "fork": True}
         plan, artifacts = _plan(store, spec)
         encoder = next(s for s in plan.stages() if s.kind == "encoder")
         finetune = next(s for s in plan.stages() if s.kind == "finetune")
@@ -60,4 +66,5 @@ def test_worker_runs_stages_and_survives_a_killed_one(tmp_path):
     finally:
         worker.stdin.close()
         worker.wait(timeout=60)
+        stderr.close()
     assert worker.returncode == 0

@@ -65,6 +65,13 @@ def _run(tmp_path: Path, name: str, *overrides: str) -> Path:
 
 @pytest.mark.slow
 def test_gate_passes_unchanged_run_and_catches_injected_regression(tmp_path):
+    """The gate passes the spec as it is and flags a halved learning rate as a regression.
+
+    Measured (2026-12-07, seed 0 as the spec, 1 and 2 torch threads): unchanged mPQ 0.069871
+    against the baseline's 0.069900 (|delta| 3e-5, tolerance 0.01); halved lr 0.036687, a delta
+    of -0.0332, 3.3x the tolerance (another machine measured a drop of ~0.05). The injected run
+    must be classed a regression (delta below -tolerance); the earlier demand of a delta below
+    -3x the tolerance was 0.9 of this machine's drop: too close to hold on every CPU."""
     unchanged = _run(tmp_path, "unchanged")
     ok = run_cli("compare", str(unchanged), str(BASELINE))
     print(ok.stdout)
@@ -80,4 +87,4 @@ def test_gate_passes_unchanged_run_and_catches_injected_regression(tmp_path):
     assert "regression" in bad.stdout and "1 regression(s)" in bad.stdout
     bad_json = json.loads(run_cli("compare", str(broken), str(BASELINE), "--json").stdout)
     (cell,) = bad_json["cells"]
-    assert cell["status"] == "regression" and cell["delta"] < -3 * cell["tolerance"]
+    assert cell["status"] == "regression" and cell["delta"] < -cell["tolerance"], cell
