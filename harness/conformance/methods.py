@@ -15,6 +15,10 @@ from harness.conformance.checker import Failure, Report, fixture_of
 from harness.conformance.checker import Stop as _Stop
 
 #: Optimiser steps on one fixed batch; the loss of the later half must fall below the first.
+#: Measured on the built-ins (2026-12-07, seeds 0-2 x 1 and 2 torch threads; ResNet-18): the
+#: best later-half loss is below the first by 69-79% of it for SimCLR, 41-49% for PRICon, and
+#: SimSiam's negative cosine falls from 0.012 at most to -0.19 or lower (ResNet-18 and the tiny
+#: ViT alike): a fall of any size is asked, so a minimised loss passes on any CPU.
 STEPS = 5
 BATCH = 4
 CROP = 32
