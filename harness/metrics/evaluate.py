@@ -22,12 +22,19 @@ def score_chunk(pred: np.ndarray, true: np.ndarray, inst: np.ndarray, k: int) ->
     """Per-image ``(bPQ, class PQ)`` of both variants for a few images (see
     :func:`evaluate_segmentation`). Pure and picklable: it runs in worker processes too.
 
+    ``pred`` is ``(N, H, W)`` class maps (instances: connected components), or a chunk with a
+    ``decode()`` giving ``(class maps, instance maps)`` (a ``hover`` head's outputs,
+    :class:`harness.heads.hover_post.HoverMaps`); then the result also holds ``"maps"``.
+
     Each image's per-class planes are built one image at a time, channel first, exactly as
     :func:`~harness.metrics.instances.instances_to_channels`, ``semantic_to_instances`` and
     ``semantic_to_binary_channels`` build their channels, never as ``(N, H, W, K)`` arrays
     (a 64-image chunk of those is ~84 MB per variant, written and read again)."""
     from scipy import ndimage  # here: listing and validating specs import this module
 
+    pred_inst = None
+    if hasattr(pred, "decode"):  # a head's raw outputs (harness.heads): its own instances
+        pred, pred_inst = pred.decode()
     _as_batch(pred, k, "predictions")
     _as_batch(true, k)
     if not np.issubdtype(inst.dtype, np.integer):
@@ -43,13 +50,18 @@ def score_chunk(pred: np.ndarray, true: np.ndarray, inst: np.ndarray, k: int) ->
             plane = np.zeros(mask.shape, np.int32)
             np.copyto(plane, inst[i], where=mask, casting="unsafe")
             t_inst.append(plane)
-        p_inst = [ndimage.label(m, structure=structure)[0] if m.any() else np.zeros(m.shape, np.int32)
-                  for m in p_masks]
+        if pred_inst is None:
+            p_inst = [ndimage.label(m, structure=structure)[0] if m.any()
+                      else np.zeros(m.shape, np.int32) for m in p_masks]
+        else:
+            p_inst = [np.where(m, pred_inst[i], 0) for m in p_masks]
         for variant, planes in (("instance", (t_inst, p_inst)),
                                 ("thesis", ([m.view(np.uint8) for m in t_masks],
                                             [m.view(np.uint8) for m in p_masks]))):
             bpq, class_pq = out[variant]
             bpq[i], class_pq[i] = image_pq(*planes)
+    if pred_inst is not None:
+        out["maps"] = (pred, pred_inst)  # type: ignore[assignment]
     return out
 
 

@@ -19,7 +19,8 @@ class EvaluateStage(StageKind):
         return evaluate(ctx, arrays=arrays, test_ids=params["test_ids"], num_classes=dataset.num_classes,
                         class_names=dataset.class_names, metric_family=cfg["metric_family"],
                         settings=env.settings(params["settings"]),
-                        build=env.protocol(params["protocol"]).build_model)
+                        build=env.protocol(params["protocol"]).build_model,
+                        head=cfg.get("head", "semantic"))
 
 
 @hookimpl
