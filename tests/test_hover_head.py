@@ -89,3 +89,34 @@ def test_hover_run_end_to_end(tmp_path):
         pred = np.load(path.parent / "predictions.npz")
         assert set(pred.files) == {"classes", "instances", "ids"}
         assert np.array_equal(pred["instances"] > 0, pred["classes"] > 0)
+
+
+def test_every_protocol_builds_a_hover_model_that_takes_encoder_weights():
+    from harness.engine.model import build_encoder, load_encoder_weights
+    from harness.plugins import get_registry
+
+    registry = get_registry()
+    state = build_encoder("resnet18").state_dict()
+    for name in ("frozen", "full", "linear"):
+        protocol = registry.protocol(name).cls()
+        model = protocol.build_model("resnet18", out_channels("hover", 6))
+        load_encoder_weights(model, state, source="test")
+        protocol.prepare(model)
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(1, 3, 64, 64))
+        assert out.shape == (1, 10, 64, 64), name
+
+
+def test_every_init_and_pretraining_method_validates_under_hover(tmp_path):
+    from harness.plugins import build_registry
+
+    registry = build_registry()
+    rows = [n for n, info in registry.methods.items()
+            if getattr(info.cls, "kind", "") in ("init", "pretrain") and info.cls.heads is None]
+    semisup = [n for n, info in registry.methods.items() if info.cls.heads is not None]
+    assert len(rows) >= 5 and semisup  # scratch, imagenet, supervised, simclr, pricon, ...
+    text = TINY_SPEC.replace("methods: [scratch]", f"methods: [{', '.join(rows)}]").replace(
+        "protocols: [frozen, full]", "protocols: [frozen, full, linear]").replace(
+        "unlabeled_images: 0", "unlabeled_images: 4")
+    res = run_cli("validate", str(write_spec(tmp_path, text)), "--set", "finetune.head=hover")
+    assert res.returncode == 0, res.stderr
