@@ -73,3 +73,27 @@ def test_hover_postproc_not_slower_than_hovernet():
     print(f"\nper 256x256 image: ours {t_ours * 1e3:.2f} ms, HoVer-Net process "
           f"{t_ref * 1e3:.2f} ms, ratio {ratio:.2f}x")
     assert ratio >= 1.0
+
+
+@pytest.mark.benchmark
+def test_hover_scoring_cost_against_semantic():
+    """What the hover head adds to an evaluation's scoring: ``score_chunk`` (both PQ variants,
+    per class and binary) of the same maps read as a semantic prediction (NC class where
+    NP >= 0.5, instances = connected components) and as a hover prediction (post-processing,
+    then the same scoring). Printed, not gated: the watershed is the price of the head."""
+    from harness.metrics.evaluate import score_chunk
+
+    maps = make_maps(N_MAPS)
+    nuclei = np.stack([n for n, _, _ in maps])
+    hv = np.stack([h for _, h, _ in maps])
+    types = np.stack([t for _, _, t in maps])
+    semantic = np.where(nuclei >= 0.5, types, 0).astype(np.uint8)
+    hover = HoverMaps(nuclei, hv, types, NUM_CLASSES)
+    truth = semantic.copy(), np.zeros(semantic.shape, np.int32)
+    truth[1][:] = np.arange(semantic[0].size).reshape(semantic.shape[1:])  # any instance ids
+    k = NUM_CLASSES - 1
+    t_sem = _best(lambda: score_chunk(semantic, *truth, k)) / N_MAPS
+    t_hov = _best(lambda: score_chunk(hover, *truth, k)) / N_MAPS
+    print(f"\nscoring per 256x256 image: semantic {t_sem * 1e3:.2f} ms, hover {t_hov * 1e3:.2f} ms "
+          f"(x{t_hov / t_sem:.2f})")
+    assert t_hov > 0 and t_sem > 0
