@@ -64,3 +64,34 @@ def test_decode_drops_background_only_instances():
     classes, instances = HoverMaps(nuclei, hv, types, 6).decode()
     assert set(np.unique(classes)) == {0, 3}
     assert np.array_equal(instances > 0, classes > 0)
+
+
+def test_scoring_processes_decode_hover_chunks_as_inline(maps):
+    """The PQ family's scorer post-processes hover chunks in its worker processes with the same
+    result as in the calling process, and hands the decoded maps back in order."""
+    from harness.data.base import LabeledArrays
+    from harness.heads.readers import decoded
+    from plugins.metrics.pq import PanopticQuality
+
+    sub = maps[2:8]
+    nuclei = np.stack([n for n, _, _ in sub])
+    hv = np.stack([h for _, h, _ in sub])
+    types = np.stack([t for _, _, t in sub])
+    truth, truth_inst = HoverMaps(nuclei, hv, types, NUM_CLASSES).decode()  # scores 1 exactly
+    arrays = LabeledArrays(images=np.zeros(truth.shape + (3,), np.uint8), instances=truth_inst,
+                           classes=truth, ids=[str(i) for i in range(len(sub))],
+                           tissues=["a", "b"] * 3, groups=["g"] * len(sub))
+    names = [f"c{i}" for i in range(1, NUM_CLASSES)]
+    results = []
+    for workers in (0, 2):
+        scorer = PanopticQuality().scorer(arrays, np.arange(len(sub)), names, workers)
+        parts = [HoverMaps(nuclei[i:i + 2], hv[i:i + 2], types[i:i + 2], NUM_CLASSES)
+                 for i in range(0, len(sub), 2)]
+        for part in parts:
+            scorer.add(part)
+        metrics = scorer.finish()
+        results.append((metrics, decoded(scorer, parts)))
+    (m0, d0), (m2, d2) = results
+    assert m0 == m2 and m0["instance"]["bpq"] > 0.999 and m0["instance"]["mpq"] > 0.999
+    assert all(np.array_equal(d0[k], d2[k]) for k in ("classes", "instances"))
+    assert np.array_equal(canonical(d0["instances"][0]), canonical(arrays.instances[0]))
