@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .instances import _STRUCTURES, CONNECTIVITY, _as_batch
-from .pq import image_pq, summarise_pq
+from .pq import image_pq, pooled_pq, summarise_pq
 
 __all__ = ["evaluate_segmentation", "score_chunk", "summarise_chunks"]
 
@@ -41,6 +41,7 @@ def score_chunk(pred: np.ndarray, true: np.ndarray, inst: np.ndarray, k: int) ->
         raise ValueError(f"instances must hold integer ids, got dtype {inst.dtype}")
     n = pred.shape[0]
     out: Scores = {v: (np.full(n, np.nan), np.full((n, k), np.nan)) for v in ("instance", "thesis")}
+    counts = {v: np.zeros((n, k, 4)) for v in out}  # per class TP, FP, FN, IoU sum (pooled PQ)
     structure = _STRUCTURES[CONNECTIVITY]  # predicted instances: connected components
     for i in range(n):
         t_masks = [true[i] == c + 1 for c in range(k)]
@@ -59,7 +60,8 @@ def score_chunk(pred: np.ndarray, true: np.ndarray, inst: np.ndarray, k: int) ->
                                 ("thesis", ([m.view(np.uint8) for m in t_masks],
                                             [m.view(np.uint8) for m in p_masks]))):
             bpq, class_pq = out[variant]
-            bpq[i], class_pq[i] = image_pq(*planes)
+            bpq[i], class_pq[i] = image_pq(*planes, counts=counts[variant][i])
+    out["counts"] = counts  # type: ignore[assignment]
     if pred_inst is not None:
         out["maps"] = (pred, pred_inst)  # type: ignore[assignment]
     return out
@@ -75,6 +77,10 @@ def summarise_chunks(chunks: Sequence[Scores], tissues: Sequence[str],
         bpq = np.concatenate([b for b, _ in parts]) if parts else np.zeros(0)
         class_pq = np.concatenate([c for _, c in parts]) if parts else np.zeros((0, k))
         result[variant] = summarise_pq(bpq, class_pq, tissues, class_names)
+    if chunks and all("counts" in c for c in chunks):
+        # CoNIC's mPQ+ (counts pooled over images), beside the per-image aggregation
+        result["pooled"] = {v: pooled_pq(np.concatenate([c["counts"][v] for c in chunks]),
+                                         class_names) for v in ("instance", "thesis")}
     result["connectivity"] = CONNECTIVITY
     return result
 

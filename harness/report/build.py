@@ -169,7 +169,7 @@ def literature_comparison(records: list[dict[str, Any]]) -> list[dict[str, Any]]
     chosen = [r for r in records if r.get("head") and r["metric"].get("variant") == "instance"]
     for dataset in dict.fromkeys(r["dataset"] for r in chosen):
         published = literature(dataset)
-        if published is None:
+        if published is None or not published.get("systems"):
             continue
         ours = []
         for (method, protocol, fraction), recs in _group(
@@ -182,6 +182,24 @@ def literature_comparison(records: list[dict[str, Any]]) -> list[dict[str, Any]]
             ours.append(row)
         out.append({"dataset": dataset, "aggregation": published.get("aggregation", ""),
                     "systems": published.get("systems", []), "ours": ours})
+    return out
+
+
+def pooled_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For datasets whose literature entry names a pooled PQ (Lizard: CoNIC's mPQ+): its value
+    per (method, protocol, fraction) in the records' variant, mean and std over the records."""
+    out = []
+    for (method, protocol, fraction), recs in _group(records).items():
+        published = literature(recs[0]["dataset"])
+        if not published or not published.get("pooled"):
+            continue
+        variant = recs[0]["metric"].get("variant") or "instance"
+        values = [((r.get("metrics") or {}).get("pooled") or {}).get(variant, {}).get("mpq_plus")
+                  for r in recs]
+        mean, std = stats.mean_std(values)
+        out.append({"method": method, "protocol": protocol, "fraction": fraction,
+                    "variant": variant, "mpq_plus": mean, "std": std,
+                    "n": len(stats.clean(values)), "definition": published["pooled"]})
     return out
 
 
@@ -253,7 +271,7 @@ def build_report(records: list[dict[str, Any]], runs: list[dict[str, Any]],
         "rows": summarize(records), "baseline": baseline,
         "comparisons": comparisons, "power": power_note(comparisons),
         "paper": paper_comparison(records), "breakdown": breakdown(records),
-        "literature": literature_comparison(records),
+        "literature": literature_comparison(records), "pooled": pooled_rows(records),
         "labelers": facts.labeler_rows(records, metric_of), "single_class": single,
         "warnings": [facts.warning_text(e) for e in single],
         "provenance": collect_provenance(records, runs),

@@ -91,6 +91,8 @@ def build_sections(report: dict[str, Any], records: list[dict[str, Any]], run_in
         sections.append(Section("Paired comparison", tables=[T.comparison_table(report)]))
     if report.get("paper"):
         sections.append(Section("Paper comparison", tables=[T.paper_table(report)]))
+    if report.get("pooled"):
+        sections.append(Section("Pooled PQ", tables=[L.pooled_table(report)]))
     if report.get("literature"):
         sections.append(Section("Literature (instance PQ)", tables=L.literature_tables(report)))
     if report.get("breakdown"):

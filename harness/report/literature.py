@@ -55,3 +55,17 @@ def literature_tables(report: dict[str, Any]) -> list[Table]:
         table.notes.append(PROTOCOL_NOTES)
         tables += [table]
     return tables
+
+
+def pooled_table(report: dict[str, Any]) -> Table:
+    entries = report.get("pooled", [])
+    several = len({e["fraction"] for e in entries}) > 1
+    table = Table("Pooled mPQ+ (counts pooled over images)", ["method", "column", "variant",
+                                                              "mPQ+", "n"], [], name="pooled")
+    for e in entries:
+        table.rows.append([e["method"], column_name(e["protocol"], e["fraction"], several),
+                           f"`{e['variant']}`", _pm(e["mpq_plus"], e["std"]), str(e["n"])])
+    if entries:
+        table.notes.append(" ".join(entries[0]["definition"].split()) + "; beside the headline "
+                           "mPQ, which averages per image.")
+    return table
