@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from harness.data.base import LabeledArrays
-from harness.heads.hover_targets import HoverSamples, hv_maps
+from harness.heads.hover_targets import hv_maps
+from harness.heads.train import HoverSamples
 
 
 def test_one_instance_by_hand():

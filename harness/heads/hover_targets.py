@@ -15,16 +15,15 @@ padding). As the reference's ``fix_mirror_padding`` (``dataloader/augs.py``), ev
 4-connected piece of an id is an instance of its own (``skimage.measure.label`` of the map).
 
 Targets are computed after augmentation, from the augmented instance map
-(:class:`HoverSamples`), as HoVer-Net's loader does.
+(:class:`harness.heads.train.HoverSamples`), as HoVer-Net's loader does.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
+from skimage.measure import label
 
-__all__ = ["HV_MIN_AREA", "hv_maps", "HoverSamples"]
+__all__ = ["HV_MIN_AREA", "hv_maps"]
 
 #: ``gen_instance_hv_map``'s ``remove_small_objects(crop_ann, min_size=30)``.
 HV_MIN_AREA = 30
@@ -38,8 +37,6 @@ def hv_maps(instances: np.ndarray, min_area: int = HV_MIN_AREA) -> np.ndarray:
     fg = inst > 0
     if not fg.any():
         return out
-    from skimage.measure import label  # here: spec validation imports this package
-
     rows, cols = np.nonzero(fg)
     lab = label(inst, background=0, connectivity=1)[fg] - 1  # pieces of an id split apart
     area = np.bincount(lab)
@@ -63,36 +60,3 @@ def _normalise_sides(offset: np.ndarray, lab: np.ndarray, n: int) -> np.ndarray:
     out[neg] = offset[neg] / -low[lab[neg]]
     out[pos] = offset[pos] / high[lab[pos]]
     return out
-
-
-def _torch_samples():
-    import torch
-    from torchvision import tv_tensors
-
-    from harness.data.torchdata import SegmentationSamples
-
-    class _HoverSamples(SegmentationSamples):
-        def __init__(self, arrays, ids: Sequence[str], transform, min_area: int = HV_MIN_AREA):
-            super().__init__(arrays, ids, transform)
-            self.min_area = min_area
-
-        def __getitem__(self, i: int):
-            row = int(self.rows[i])
-            image = tv_tensors.Image(torch.from_numpy(np.array(self.arrays.images[row]))
-                                     .permute(2, 0, 1))
-            mask = tv_tensors.Mask(torch.from_numpy(np.asarray(self.arrays.classes[row],
-                                                               dtype=np.int64)))
-            inst = tv_tensors.Mask(torch.from_numpy(np.asarray(self.arrays.instances[row],
-                                                               dtype=np.int64)))
-            image, mask, inst = self.transform(image, mask, inst)  # geometric ops move all three
-            hv = torch.from_numpy(hv_maps(inst.as_subclass(torch.Tensor).numpy(), self.min_area))
-            return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor), hv
-
-    return _HoverSamples
-
-
-def HoverSamples(arrays, ids: Sequence[str], transform, min_area: int = HV_MIN_AREA):
-    """Fine-tuning samples ``(image, class map, HV targets)``: the image, class map and instance
-    map pass through ``transform`` together, then the HV targets are made from the augmented
-    instance map (torch imported on use: spec validation imports this package)."""
-    return _torch_samples()(arrays, ids, transform, min_area)
