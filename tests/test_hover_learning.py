@@ -11,9 +11,14 @@ Both heads: ``scratch`` ResNet-18 U-Net, ``full``, 20 epochs, batch 8 (80 steps)
 Measured (bPQ instance variant, fold 1; hover - semantic), seeds 0/1/2:
   OMP_NUM_THREADS=1: semantic 0.1255 / 0.2503 / 0.1336, hover 0.3645 / 0.3141 / 0.4548,
                      gaps 0.2390 / 0.0638 / 0.3212
-  OMP_NUM_THREADS=2: GAPS_T2
-Smallest gap SMALLEST; the margin is a third of it (MARGIN), as the developers' guide asks. The
-test trains seed 0 only (a few minutes on 2 cores).
+  OMP_NUM_THREADS=2: semantic 0.1237 / 0.2355 / 0.1538, hover 0.3532 / 0.3157 / 0.4542,
+                     gaps 0.2295 / 0.0801 / 0.3004
+Spread over seeds x threads: semantic 0.124-0.250, hover 0.314-0.455 (threads move a value by up
+to 0.015); gaps 0.064-0.321, mean 0.206. Smallest gap 0.0638 (seed 1, one thread, where semantic
+happened to do best); the margin 0.02 is under a third of it, as the developers' guide asks.
+The test trains seed 0 (gaps 0.239 / 0.230) at the calling process's thread count: two cells,
+a few minutes on 2 cores. (mPQ is not asserted: at 80 steps the NC output classifies no better
+than the semantic head, hover 0.101-0.118 vs semantic 0.075-0.157.)
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import pytest
 
 from conftest import run_cli, write_spec
 
-MARGIN = MARGIN_VALUE
+MARGIN = 0.02
 
 SPEC = """name: hover_vs_semantic
 dataset: {name: synthetic, image_size: 64, images_per_fold: 16, unlabeled_images: 4,
