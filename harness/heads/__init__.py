@@ -18,7 +18,8 @@ One decoder serves all three ``hover`` outputs: the network is the architecture'
 ``out_channels`` wider, so every architecture and protocol (``linear``'s 1x1 head included) takes
 the head unchanged. Measured on synthetic crowded nuclei at the same budget (tests/
 test_hover_learning.py): bPQ well above ``semantic``'s, and a training step as fast
-(benchmarks/test_hover_step_time.py: x0.96, one thread). HoVer-Net and CellViT use three decoder
+(benchmarks/test_hover_step_time.py: x0.96 to x1.09 of semantic, one
+thread, two runs). HoVer-Net and CellViT use three decoder
 branches instead; that variant is not built or measured here.
 """
 
