@@ -17,7 +17,7 @@ and loss of fine-tuning, and how evaluation turns the logits into class and inst
 One decoder serves all three ``hover`` outputs: the network is the architecture's own with
 ``out_channels`` wider, so every architecture and protocol (``linear``'s 1x1 head included) takes
 the head unchanged. Measured on synthetic crowded nuclei at the same budget (tests/
-test_hover_learning.py): bPQ well above ``semantic``'s, and a training step as fast
+test_hover_learning.py): bPQ well above ``semantic``'s, and a training step about as fast
 (benchmarks/test_hover_step_time.py: x0.96 to x1.09 of semantic, one
 thread, two runs). HoVer-Net and CellViT use three decoder
 branches instead; that variant is not built or measured here.
