@@ -30,7 +30,7 @@ KINDS = ("init", "pretrain", "semisupervised")
 KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "pretrain": {"needs_unlabeled": True},
     "semisupervised": {
-        "protocols": ("full",), "needs_unlabeled": True,
+        "protocols": ("full",), "needs_unlabeled": True, "heads": ("semantic",),
         "protocols_reason": "a semi-supervised method (it trains the whole U-Net; no separate "
                             "encoder stage to freeze)"},
 }
@@ -96,6 +96,9 @@ class Method:
     #: Whether the method learns from unlabeled images (validation asks for some); default by
     #: kind: pretraining and semi-supervised methods do.
     needs_unlabeled: ClassVar[bool] = False
+    #: ``finetune.head`` values the method supports (None: all); default by kind:
+    #: semi-supervised methods train their own semantic U-Net, ``("semantic",)``.
+    heads: ClassVar[tuple[str, ...] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -16,6 +16,7 @@ from typing import Any, Iterator, Sequence
 from harness.errors import PluginError, SpecError
 from harness.inputs import keyed_settings
 from harness.plan import Cell, Plan, Stage
+from harness.spec.models import HoverLossWeights
 from harness.store import hash_key
 
 #: One cell split: (test fold, test ids, label fraction, chosen training ids by group).
@@ -36,7 +37,8 @@ RUNTIME_ONLY = {"device", "num_workers", "eval_batch_size", "eval_workers", "cha
 #: Fine-tuning settings added after stage keys were pinned: in a key only when set to another
 #: value than this default, so adding them changed no key.
 ADDED_SETTINGS = {"drop_last": False, "pseudolabel_amp": False, "encoder_args": {},
-                  "unfreeze_epochs": 25, "lora_rank": 16, "lora_alpha": 16.0}
+                  "unfreeze_epochs": 25, "lora_rank": 16, "lora_alpha": 16.0, "head": "semantic",
+                  "hover_loss": HoverLossWeights().model_dump(mode="json")}
 
 #: Fine-tuning settings a protocol reads (its ``reads``): in the keys of its stages only.
 PROTOCOL_SETTINGS = ("unfreeze_epochs", "lora_rank", "lora_alpha")
@@ -189,8 +191,9 @@ class StageFactory:
             ids = _flat(by_group)
             fraction = min(1.0, cfg.max_images / max(1, len(ids)))
             by_group = select_fraction(by_group, dict(zip(arrays.ids, arrays.tissues)), fraction, seed)
+        # a labeler's masks are class maps: its model is semantic whatever the cells' head
         settings = self.spec.finetune.model_copy(update={"epochs": cfg.epochs, "batch_size": cfg.batch_size,
-                                                         "lr": cfg.lr})
+                                                         "lr": cfg.lr, "head": "semantic"})
         label = f"labeler {dataset.name} seed {seed}" + _split_label(split) + \
             (f" after cycle {cycle}" if cycle else "")
         ft = self.finetune_stage(encoder or self.random_encoder_stage(seed), dataset, by_group, "full",
@@ -252,10 +255,12 @@ class StageFactory:
 
     def evaluate_stage(self, model: Stage, dataset: Any, test_ids: Sequence[str], fold: str,
                        kind: str = "evaluate", source: str | None = None, settings: Any = None) -> Stage:
+        head = model.config.get("settings", {}).get("head", "semantic")
         return self._unique(Stage(
             kind=kind, label=f"evaluate {model.label}",
             config={"dataset": dataset.fingerprint(), "fold": fold, "test_ids": hash_key(list(test_ids)),
-                    "metric_family": dataset.metric_family},
+                    "metric_family": dataset.metric_family,
+                    **({"head": head} if head != "semantic" else {})},
             version=ENGINE_VERSION, deps={"model": model}, info={"test_ids": list(test_ids)},
             params={"dataset": source, "test_ids": list(test_ids),
                     "protocol": model.config.get("protocol", "full"),

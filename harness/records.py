@@ -63,6 +63,7 @@ def build_record(rspec: Any, cell: Cell, timings: dict[str, dict[str, Any]], met
         "plugin": cell.plugin,
         "dataset": spec.dataset.name,
         "reference": spec.reference,
+        **({"head": spec.finetune.head} if spec.finetune.head != "semantic" else {}),
         "metric": metric,
         "metrics": metrics,
         "split": {"train_ids": ft.info["train_ids"], "test_ids": ev.info["test_ids"]},

@@ -220,3 +220,45 @@ def test_classes_are_visibly_different(default):
     recall = [(pred[y[held] == c] == c).mean() for c in range(1, 6)]
     assert np.mean(recall) > 0.4, recall  # chance is 0.2
     assert min(recall) > 0.25, recall
+
+
+def test_crowding_and_nucleus_scale_off_by_default_and_out_of_keys(tmp_path):
+    """The options added for instance heads change nothing at their defaults (same arrays, same
+    fingerprint and cache identity); set, they make touching, larger nuclei."""
+    import numpy as np
+    from scipy import ndimage
+
+    from plugins.datasets._synthetic_draw import draw_set
+    from plugins.datasets.synthetic import SyntheticDataset
+
+    base = SyntheticDataset(SyntheticDataset.Config(), tmp_path)
+    assert "crowding" not in base.fingerprint()["config"]
+    assert "nucleus_scale" not in base.cache_identity()["config"]
+    crowded = SyntheticDataset(SyntheticDataset.Config(crowding=0.7), tmp_path)
+    assert crowded.fingerprint()["config"]["crowding"] == 0.7
+    tissues = ["Breast", "Colon", "Lung"] * 10
+    plain = draw_set(0, 0, 64, tissues, (6, 16))
+    assert all(np.array_equal(a, b) for a, b in zip(plain, draw_set(0, 0, 64, tissues, (6, 16), 0.0, 1.0)))
+
+    def merged_fraction(inst, cls):
+        merged = total = 0
+        for a, c in zip(inst, cls):
+            ids = np.unique(a[a > 0])
+            total += len(ids)
+            for k in range(1, 6):
+                lab = ndimage.label(c == k)[0]
+                pairs = np.unique(np.stack([lab[a > 0], a[a > 0]]), axis=1)
+                pairs = pairs[:, pairs[0] > 0]
+                comps, n = np.unique(pairs[0], return_counts=True)
+                merged += n[n > 1].sum()
+        return merged / total
+
+    _, inst, cls = plain
+    _, c_inst, c_cls = draw_set(0, 0, 64, tissues, (6, 16), 0.7)
+    assert merged_fraction(c_inst, c_cls) > 3 * merged_fraction(inst, cls)
+    _, big, _ = draw_set(0, 0, 64, tissues, (2, 4), 0.0, 2.0)
+    def areas(maps):
+        counts = [np.bincount(a[a > 0]) for a in maps]
+        return np.concatenate([c[c > 0] for c in counts])
+
+    assert np.median(areas(big)) > 3 * np.median(areas(inst))  # axes x2: areas about x4

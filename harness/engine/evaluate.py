@@ -15,6 +15,7 @@ from harness.engine import calibration
 from harness.engine.context import StageContext
 from harness.engine.model import build_unet
 from harness.engine.runtime import Precision, no_tf32, progress_bar, resolve_num_workers
+from harness.heads import out_channels, readers
 from harness.metrics.stream import auto_workers
 from harness.safeload import STAGE_FIX, load_state_dict_file
 from harness.store import atomic_write_json
@@ -40,13 +41,15 @@ class _Images(torch.utils.data.Dataset):
 @torch.no_grad()
 def predict(model: torch.nn.Module, images: np.ndarray, rows: Sequence[int], normalizer: Normalizer,
             device: torch.device, batch_size: int, precision: Precision, quiet: bool | None = None,
-            label: str = "predict", num_workers: int | str = "auto"):
+            label: str = "predict", num_workers: int | str = "auto", reader: Any = None):
     """Yield ``(start, class_maps)`` chunks of argmax predictions (uint8, ``(n, H, W)``) for
     ``images[rows]``: full images, padded to a multiple of 32 for the U-Net and cropped back.
     Tiles travel as uint8 (pinned on CUDA, loaded by ``num_workers`` workers, ``auto`` as
-    training's) and become float on the device."""
+    training's) and become float on the device. ``reader``
+    (:func:`harness.heads.readers.reader`) turns logits into another chunk type."""
     from harness.engine.loader import fit_shared_memory
 
+    reader = reader or readers.reader("semantic", 0)
     model.eval().to(device)
     data = _Images(images, np.asarray(rows))
     workers, prefetch = fit_shared_memory(data, batch_size, resolve_num_workers(num_workers, device), 2)
@@ -64,7 +67,7 @@ def predict(model: torch.nn.Module, images: np.ndarray, rows: Sequence[int], nor
                 x = nnf.pad(x, (0, pw, 0, ph), mode="reflect")
             with precision.autocast(), no_tf32():
                 logits = model(x)
-            pred = logits[..., :h, :w].argmax(1).to(torch.uint8).cpu().numpy()
+            pred = reader.read(logits[..., :h, :w])
             yield start, pred
             start += len(pred)
             advance(1)
@@ -72,7 +75,7 @@ def predict(model: torch.nn.Module, images: np.ndarray, rows: Sequence[int], nor
                 break  # a calibration run: the other images are not computed (background)
         for rest in range(start, len(rows), batch_size):
             n = min(batch_size, len(rows) - rest)
-            yield rest, np.zeros((n,) + tuple(images.shape[1:3]), np.uint8)
+            yield rest, reader.empty(n, tuple(images.shape[1:3]))
 
 
 def load_model(path, encoder_name: str, num_classes: int,
@@ -88,15 +91,20 @@ def load_model(path, encoder_name: str, num_classes: int,
 
 def evaluate(ctx: StageContext, *, arrays: LabeledArrays, test_ids: Sequence[str], num_classes: int,
              class_names: Sequence[str], metric_family: str, settings: Any,
-             build: Callable[[str, int], torch.nn.Module] = build_unet) -> dict[str, Any]:
+             build: Callable[[str, int], torch.nn.Module] = build_unet,
+             head: str = "semantic") -> dict[str, Any]:
+    """Predict the test fold, score it with the metric family (batches scored in its worker
+    processes while the next are predicted; a ``hover`` chunk is post-processed there too),
+    write ``metrics.json`` and ``predictions.npz``."""
     from harness.plugins import get_registry
 
-    model, normalizer = load_model(ctx.inputs["model"], settings.encoder, num_classes, build)
+    model, normalizer = load_model(ctx.inputs["model"], settings.encoder,
+                                   out_channels(head, num_classes), build)
     index = arrays.index_of()
     rows = np.array([index[s] for s in test_ids], dtype=np.int64)
     chunks = predict(model, arrays.images, rows, normalizer, ctx.device, settings.eval_batch_size,
                      Precision(ctx.device, settings.eval_precision == "amp"), ctx.quiet,
-                     label=ctx.label)
+                     label=ctx.label, reader=readers.reader(head, num_classes))
     workers = settings.eval_workers
     if workers == "auto":
         workers = auto_workers(len(rows), _SCORE_CHUNK)
@@ -109,8 +117,13 @@ def evaluate(ctx: StageContext, *, arrays: LabeledArrays, test_ids: Sequence[str
         metrics = scorer.finish()
     finally:
         scorer.close()
-    pred = np.concatenate(parts) if parts else np.zeros((0,) + arrays.classes.shape[1:], np.uint8)
-    np.savez_compressed(ctx.out / "predictions.npz", classes=pred, ids=np.array(list(test_ids)))
+    decoded = readers.decoded(scorer, parts)
+    pred = decoded["classes"] if decoded else (
+        np.concatenate(parts) if parts else np.zeros((0,) + arrays.classes.shape[1:], np.uint8))
+    if decoded:
+        metrics["pred_instances"] = readers.DESCRIPTION[head]
+    np.savez_compressed(ctx.out / "predictions.npz", **(decoded or {"classes": pred}),
+                        ids=np.array(list(test_ids)))
     atomic_write_json(ctx.out / "metrics.json", metrics)
     return {"test_images": len(test_ids), **predicted_classes(pred, ["background", *class_names])}
 

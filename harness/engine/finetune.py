@@ -21,11 +21,10 @@ import time
 from typing import Any, Iterator, Sequence
 
 import torch
-import torch.nn.functional as nnf
 
 from harness.data.augment import finetune_train_transforms
 from harness.data.base import LabeledArrays
-from harness.data.torchdata import Normalizer, SegmentationSamples
+from harness.data.torchdata import Normalizer
 from harness.engine.context import StageContext
 from harness.engine.distributed import wrap_ddp
 from harness.engine.loader import epoch_loader
@@ -33,6 +32,8 @@ from harness.engine.loop import EpochLog, EpochSource, TrainLoop, optimizer_step
 from harness.engine.model import describe_network, load_encoder_weights
 from harness.engine.runtime import (Checkpoint, Precision, resolve_num_workers, seed_everything,
                                     worker_init_fn)
+from harness.heads import out_channels
+from harness.heads.train import batch_loss, train_samples
 from harness.safeload import STAGE_FIX, load_state_dict_file
 from harness.store import atomic_torch_save
 
@@ -66,13 +67,14 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
     seed_everything(seed)
     frozen = protocol.frozen_encoder
     channels_last = settings.channels_last and device.type == "cuda"
-    model, enc_meta = _initial_model(ctx, settings.encoder, num_classes, protocol, channels_last,
-                                     settings)
+    head = settings.head
+    model, enc_meta = _initial_model(ctx, settings.encoder, out_channels(head, num_classes),
+                                     protocol, channels_last, settings)
     normalizer = Normalizer(enc_meta["normalization"], settings.normalization)
     precision = Precision(device, settings.amp)
 
-    data = SegmentationSamples(arrays, train_ids,
-                               finetune_train_transforms(settings.image_size, settings.augment))
+    data = train_samples(head, arrays, train_ids,
+                         finetune_train_transforms(settings.image_size, settings.augment))
     # the reference keeps the last partial batch; drop_last (opt-in) never drops a whole epoch
     drop_last = getattr(settings, "drop_last", False) and len(data) >= settings.batch_size
     _check_one_image_per_process(len(data), settings, drop_last, arrays.images.shape[1:3])
@@ -88,7 +90,8 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
     # under torchrun: DDP, and BatchNorm over the global batch on CUDA (SyncBatchNorm), as the
     # thesis's one-GPU fine-tuning normalised it (batch 16 over 8 GPUs is 2 images per rank)
     net = wrap_ddp(model, device, sync_batchnorm=True)
-    step_fn = _segmentation_step(net, normalizer, precision, device, channels_last)
+    step_fn = _segmentation_step(net, normalizer, precision, device, channels_last,
+                                 batch_loss(head, settings))
     loop = TrainLoop(
         label=ctx.label, models={"model": model}, optimizer=optimizer, scheduler=scheduler,
         scaler=precision.scaler(), step_fn=step_fn, source=source,
@@ -146,18 +149,19 @@ def _adam_cosine(model: torch.nn.Module, settings: Any, total_steps: int):
     return optimizer, scheduler
 
 
-def _segmentation_step(model, normalizer, precision, device, channels_last):
-    """The loop's step: unweighted pixel cross-entropy of a batch of (images, masks)."""
+def _segmentation_step(model, normalizer, precision, device, channels_last, loss_fn):
+    """The loop's step: the head's loss (:func:`harness.heads.train.batch_loss`) of a batch of
+    (images, masks, further targets of the head)."""
     def step_fn(batch, info):
-        images, masks = batch
+        images, *targets = batch
         images = normalizer(images.to(device, non_blocking=True))
-        masks = masks.to(device, non_blocking=True)
+        targets = tuple(t.to(device, non_blocking=True) for t in targets)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         single = len(images) == 1 and model.training
         with precision.autocast(), (single_sample_batchnorm(model) if single else contextlib.nullcontext()):
             logits = model(images)
-            loss = nnf.cross_entropy(logits.float(), masks)
+            loss = loss_fn(logits, targets)
         return loss, {}
 
     return step_fn

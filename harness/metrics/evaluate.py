@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .instances import _STRUCTURES, CONNECTIVITY, _as_batch
-from .pq import image_pq, summarise_pq
+from .pq import image_pq, pooled_pq, summarise_pq
 
 __all__ = ["evaluate_segmentation", "score_chunk", "summarise_chunks"]
 
@@ -22,18 +22,26 @@ def score_chunk(pred: np.ndarray, true: np.ndarray, inst: np.ndarray, k: int) ->
     """Per-image ``(bPQ, class PQ)`` of both variants for a few images (see
     :func:`evaluate_segmentation`). Pure and picklable: it runs in worker processes too.
 
+    ``pred`` is ``(N, H, W)`` class maps (instances: connected components), or a chunk with a
+    ``decode()`` giving ``(class maps, instance maps)`` (a ``hover`` head's outputs,
+    :class:`harness.heads.hover_post.HoverMaps`); then the result also holds ``"maps"``.
+
     Each image's per-class planes are built one image at a time, channel first, exactly as
     :func:`~harness.metrics.instances.instances_to_channels`, ``semantic_to_instances`` and
     ``semantic_to_binary_channels`` build their channels, never as ``(N, H, W, K)`` arrays
     (a 64-image chunk of those is ~84 MB per variant, written and read again)."""
     from scipy import ndimage  # here: listing and validating specs import this module
 
+    pred_inst = None
+    if hasattr(pred, "decode"):  # a head's raw outputs (harness.heads): its own instances
+        pred, pred_inst = pred.decode()
     _as_batch(pred, k, "predictions")
     _as_batch(true, k)
     if not np.issubdtype(inst.dtype, np.integer):
         raise ValueError(f"instances must hold integer ids, got dtype {inst.dtype}")
     n = pred.shape[0]
     out: Scores = {v: (np.full(n, np.nan), np.full((n, k), np.nan)) for v in ("instance", "thesis")}
+    counts = {v: np.zeros((n, k, 4)) for v in out}  # per class TP, FP, FN, IoU sum (pooled PQ)
     structure = _STRUCTURES[CONNECTIVITY]  # predicted instances: connected components
     for i in range(n):
         t_masks = [true[i] == c + 1 for c in range(k)]
@@ -43,13 +51,19 @@ def score_chunk(pred: np.ndarray, true: np.ndarray, inst: np.ndarray, k: int) ->
             plane = np.zeros(mask.shape, np.int32)
             np.copyto(plane, inst[i], where=mask, casting="unsafe")
             t_inst.append(plane)
-        p_inst = [ndimage.label(m, structure=structure)[0] if m.any() else np.zeros(m.shape, np.int32)
-                  for m in p_masks]
+        if pred_inst is None:
+            p_inst = [ndimage.label(m, structure=structure)[0] if m.any()
+                      else np.zeros(m.shape, np.int32) for m in p_masks]
+        else:
+            p_inst = [np.where(m, pred_inst[i], 0) for m in p_masks]
         for variant, planes in (("instance", (t_inst, p_inst)),
                                 ("thesis", ([m.view(np.uint8) for m in t_masks],
                                             [m.view(np.uint8) for m in p_masks]))):
             bpq, class_pq = out[variant]
-            bpq[i], class_pq[i] = image_pq(*planes)
+            bpq[i], class_pq[i] = image_pq(*planes, counts=counts[variant][i])
+    out["counts"] = counts  # type: ignore[assignment]
+    if pred_inst is not None:
+        out["maps"] = (pred, pred_inst)  # type: ignore[assignment]
     return out
 
 
@@ -63,6 +77,10 @@ def summarise_chunks(chunks: Sequence[Scores], tissues: Sequence[str],
         bpq = np.concatenate([b for b, _ in parts]) if parts else np.zeros(0)
         class_pq = np.concatenate([c for _, c in parts]) if parts else np.zeros((0, k))
         result[variant] = summarise_pq(bpq, class_pq, tissues, class_names)
+    if chunks and all("counts" in c for c in chunks):
+        # CoNIC's mPQ+ (counts pooled over images), beside the per-image aggregation
+        result["pooled"] = {v: pooled_pq(np.concatenate([c["counts"][v] for c in chunks]),
+                                         class_names) for v in ("instance", "thesis")}
     result["connectivity"] = CONNECTIVITY
     return result
 

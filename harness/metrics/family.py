@@ -37,6 +37,8 @@ class MetricFamily:
     #: ours that means the same thing, for the report's paper column.
     like_for_like: ClassVar[dict[str, tuple[str, str | None]]] = {}
     description: ClassVar[str] = ""
+    #: How a test fold's value is averaged (stated in reports), e.g. per image then per tissue.
+    aggregation: ClassVar[str] = ""
 
     @property
     def default_metric(self) -> str:

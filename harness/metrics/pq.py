@@ -41,6 +41,7 @@ __all__ = [
     "summarise_pq",
     "aggregate_pq",
     "aggregate_pq_chunks",
+    "pooled_pq",
 ]
 
 
@@ -219,13 +220,20 @@ def _single_valued(a: np.ndarray) -> bool:
 
 
 def image_pq(t_planes: Sequence[np.ndarray], p_planes: Sequence[np.ndarray],
-             iou_threshold: float = 0.5) -> tuple[float, np.ndarray]:
+             iou_threshold: float = 0.5, counts: np.ndarray | None = None) -> tuple[float, np.ndarray]:
     """bPQ and per-class PQ ``(C,)`` of one image given as per-class instance planes ``(H, W)``
-    (channel first); NaN where the GT is absent (see :func:`per_image_pq`)."""
+    (channel first); NaN where the GT is absent (see :func:`per_image_pq`). ``counts`` (a
+    ``(C, 4)`` array), if given, receives each class's TP, FP, FN and matched-IoU sum, also where
+    the GT lacks the class (its predictions are FP), for :func:`pooled_pq`."""
     class_pq = np.full(len(t_planes), np.nan)
     for j, (t, p) in enumerate(zip(t_planes, p_planes)):
-        if not _single_valued(t):
-            class_pq[j] = panoptic_quality(t, p, iou_threshold).pq
+        scored = not _single_valued(t)
+        if scored or (counts is not None and (t.any() or p.any())):
+            r = panoptic_quality(t, p, iou_threshold)
+            if scored:
+                class_pq[j] = r.pq
+            if counts is not None:
+                counts[j] = (r.tp, r.fp, r.fn, 0.0 if r.tp == 0 else r.sq * (r.tp + 1.0e-6))
     t_bin = _binarize_planes(t_planes)
     bpq = math.nan
     if not _single_valued(t_bin):
@@ -295,6 +303,17 @@ def summarise_pq(bpq: np.ndarray, class_pq: np.ndarray, tissues: Sequence[str],
         "per_image": {"mpq": [float(v) for v in mpq], "bpq": [float(v) for v in bpq]},
         "n_images": int(n),
     }
+
+
+def pooled_pq(counts: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    """CoNIC's mPQ+ (conic-challenge ``compute_stats.py``): per class, TP, FP, FN and the
+    matched IoU sum pooled over all images (``counts``: ``(N, C, 4)`` from :func:`image_pq`), then
+    DQ = TP / (TP + FP/2 + FN/2 + 1e-6), SQ = IoU sum / (TP + 1e-6), PQ = DQ * SQ; mPQ+ = mean
+    over the classes."""
+    tp, fp, fn, iou = np.asarray(counts, np.float64).reshape(-1, len(class_names), 4).sum(0).T
+    pq = tp / (tp + 0.5 * fp + 0.5 * fn + 1.0e-6) * (iou / (tp + 1.0e-6))
+    return {"mpq_plus": float(pq.mean()) if pq.size else math.nan,
+            "per_class": {name: float(v) for name, v in zip(class_names, pq)}}
 
 
 def aggregate_pq(true_channels: np.ndarray, pred_channels: np.ndarray, tissues: Sequence[str],

@@ -100,7 +100,10 @@ class StreamingScorer:
         self._chunks.submit(pred, *self._truth(start, self._n))
 
     def finish(self) -> dict[str, Any]:
-        return self._summarise(self._chunks.results())
+        #: every chunk's score, in order (a decoded chunk's maps ride along: the evaluate stage
+        #: saves them)
+        self.chunk_results = self._chunks.results()
+        return self._summarise(self.chunk_results)
 
     def close(self) -> None:
         self._chunks.close()

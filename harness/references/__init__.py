@@ -1,4 +1,5 @@
-"""Published numbers as data (the PRICon thesis tables), for "paper vs measured" columns."""
+"""Published numbers as data: the PRICon thesis tables (``thesis_results.yaml``), for "paper vs
+measured" columns, and instance-segmentation figures of the literature (``literature.yaml``)."""
 
 from __future__ import annotations
 
@@ -37,3 +38,16 @@ def published_value(table: str, method: str, protocol: str, fraction: float = 1.
 def reference_metric(table: str) -> str | None:
     data = load_thesis_results().get(table)
     return data.get("metric") if isinstance(data, dict) else None
+
+
+@lru_cache(maxsize=1)
+def load_literature() -> dict[str, Any]:
+    """Published instance-segmentation figures per dataset (``literature.yaml``)."""
+    text = resources.files(__package__).joinpath("literature.yaml").read_text()
+    return yaml.safe_load(text) or {}
+
+
+def literature(dataset: str) -> dict[str, Any] | None:
+    """``{"aggregation": ..., "systems": [...]}`` published for ``dataset``, or None."""
+    entry = load_literature().get(dataset)
+    return entry if isinstance(entry, dict) else None

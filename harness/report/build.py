@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
-from harness.references import published_value, reference_metric
+from harness.references import literature, published_value, reference_metric
 from harness.report import facts, stats
 from harness.report.provenance import collect_provenance
 from harness.report.schema import REPORT_SCHEMA, Comparison, Report, Row
@@ -160,6 +160,49 @@ def paper_comparison(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def literature_comparison(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per dataset with published instance-segmentation figures (``harness/references/
+    literature.yaml``): those figures beside our instance-variant mPQ/bPQ of every row whose
+    records come from an instance head (``head`` other than semantic) scored by the official
+    metric (``instance`` variant)."""
+    out = []
+    chosen = [r for r in records if r.get("head") and r["metric"].get("variant") == "instance"]
+    for dataset in dict.fromkeys(r["dataset"] for r in chosen):
+        published = literature(dataset)
+        if published is None or not published.get("systems"):
+            continue
+        ours = []
+        for (method, protocol, fraction), recs in _group(
+                [r for r in chosen if r["dataset"] == dataset]).items():
+            row = {"method": method, "protocol": protocol, "fraction": fraction,
+                   "folds": sorted({r["fold"] for r in recs}), "head": recs[0]["head"]}
+            for name in ("mpq", "bpq"):
+                row[name], row[f"{name}_std"] = stats.mean_std(
+                    [metric_of(r, name, "instance") for r in recs])
+            ours.append(row)
+        out.append({"dataset": dataset, "aggregation": published.get("aggregation", ""),
+                    "systems": published.get("systems", []), "ours": ours})
+    return out
+
+
+def pooled_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For datasets whose literature entry names a pooled PQ (Lizard: CoNIC's mPQ+): its value
+    per (method, protocol, fraction) in the records' variant, mean and std over the records."""
+    out = []
+    for (method, protocol, fraction), recs in _group(records).items():
+        published = literature(recs[0]["dataset"])
+        if not published or not published.get("pooled"):
+            continue
+        variant = recs[0]["metric"].get("variant") or "instance"
+        values = [((r.get("metrics") or {}).get("pooled") or {}).get(variant, {}).get("mpq_plus")
+                  for r in recs]
+        mean, std = stats.mean_std(values)
+        out.append({"method": method, "protocol": protocol, "fraction": fraction,
+                    "variant": variant, "mpq_plus": mean, "std": std,
+                    "n": len(stats.clean(values)), "definition": published["pooled"]})
+    return out
+
+
 def _nanmean_dicts(dicts: list[dict[str, Any]], field: str | None = None) -> dict[str, Any]:
     keys = list(dict.fromkeys(k for d in dicts for k in d))
     result = {}
@@ -228,6 +271,7 @@ def build_report(records: list[dict[str, Any]], runs: list[dict[str, Any]],
         "rows": summarize(records), "baseline": baseline,
         "comparisons": comparisons, "power": power_note(comparisons),
         "paper": paper_comparison(records), "breakdown": breakdown(records),
+        "literature": literature_comparison(records), "pooled": pooled_rows(records),
         "labelers": facts.labeler_rows(records, metric_of), "single_class": single,
         "encoders": facts.encoder_rows(records),
         "warnings": [facts.warning_text(e) for e in single],

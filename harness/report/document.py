@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from harness.report import literature as L
 from harness.report import tables as T
 
 FIGURE_CAPTIONS = {
@@ -42,6 +43,14 @@ def _summary(report: dict[str, Any], records: list[dict[str, Any]], run_info: di
     paragraphs.append(f"Metric: **{report.get('metric')}**{variant}; dataset {datasets}; "
                       f"{len(records)} cells in {len(report['rows'])} table cells; runs: "
                       + ", ".join(f"`{r}`" for r in report.get("runs", [])) + ".")
+    family = L.family_of(report.get("metric"))
+    if family is not None and getattr(family, "aggregation", ""):
+        paragraphs.append(f"Aggregation: {family.aggregation}.")
+    heads = sorted({r["head"] for r in records if r.get("head")})
+    if heads:
+        paragraphs.append("Head: " + ", ".join(f"`{h}`" for h in heads) + " (predicted instances: "
+                          + "; ".join(sorted({r["metrics"].get("pred_instances", "?")
+                                              for r in records if r.get("head")})) + ").")
     tables = sorted({r["reference"] for r in records if r.get("reference")})
     if tables:
         paragraphs.append("Paper: PRICon thesis, table " + ", ".join(f"`{t}`" for t in tables)
@@ -84,6 +93,10 @@ def build_sections(report: dict[str, Any], records: list[dict[str, Any]], run_in
         sections.append(Section("Paired comparison", tables=[T.comparison_table(report)]))
     if report.get("paper"):
         sections.append(Section("Paper comparison", tables=[T.paper_table(report)]))
+    if report.get("pooled"):
+        sections.append(Section("Pooled PQ", tables=[L.pooled_table(report)]))
+    if report.get("literature"):
+        sections.append(Section("Literature (instance PQ)", tables=L.literature_tables(report)))
     if report.get("breakdown"):
         sections.append(Section("PQ variants, per class and per tissue", paragraphs=[
             "Both PQ variants are always recorded: `instance` is the standard PanNuke mPQ/bPQ "

@@ -34,8 +34,29 @@ def cross_checks(spec: Spec, registry: Registry, dataset_config: Any, source: st
                         f"`unlabeled:` and fine-tune on a labeled dataset")
         return
     problems.extend(unlabeled_problems(spec, registry, at))
+    problems.extend(head_problems(spec, registry, ds_cls, at))
     problems.extend(fraction_problems(spec, ds_cls(dataset_config, root=Path("/nonexistent")), at))
     problems.extend(reference_problems(spec, at))
+
+
+def head_problems(spec: Spec, registry: Registry, ds_cls: Any, at) -> list[str]:
+    """A head other than ``semantic`` needs instance ground truth (a ``pq`` dataset) and
+    methods that support it (``Method.heads``; semi-supervised ones train their own U-Net)."""
+    if spec.finetune.head == "semantic":
+        return []
+    problems = []
+    if ds_cls.metric_family != "pq":
+        problems.append(f"{at('finetune', 'head')}: finetune.head: '{spec.finetune.head}' needs "
+                        f"nucleus instances (a dataset scored by PQ); '{spec.dataset.name}' is "
+                        f"scored by '{ds_cls.metric_family}': use head 'semantic'")
+    for name in spec.methods:
+        cls = registry.methods[spec.plugin_of(name)].cls
+        heads = getattr(cls, "heads", None)
+        if heads is not None and spec.finetune.head not in heads:
+            problems.append(f"{at('methods', name)}: methods.{name}: '{cls.name}' supports "
+                            f"finetune.head {', '.join(heads)} only, not "
+                            f"'{spec.finetune.head}': remove the row or change the head")
+    return problems
 
 
 def encoder_problems(spec: Spec, registry: Registry, at) -> list[str]:

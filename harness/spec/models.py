@@ -23,6 +23,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf/nan: typos, never settings
 
 
+class HoverLossWeights(_Strict):
+    """Weights of HoVer-Net's loss terms (its PanNuke config, ``models/hovernet/opt.py``: all 1)."""
+
+    np_ce: float = Field(1.0, ge=0, description="nucleus/background cross-entropy")
+    np_dice: float = Field(1.0, ge=0, description="nucleus/background Dice loss")
+    hv_mse: float = Field(1.0, ge=0, description="HV maps' mean squared error")
+    hv_msge: float = Field(1.0, ge=0, description="HV maps' gradient MSE on nucleus pixels")
+    nc_ce: float = Field(1.0, ge=0, description="nucleus class cross-entropy")
+    nc_dice: float = Field(1.0, ge=0, description="nucleus class Dice loss")
+
+
 class FinetuneSettings(_Strict):
     """Fine-tuning recipe shared by all methods (thesis §4.1.3 and A.1 defaults)."""
 
@@ -41,6 +52,13 @@ class FinetuneSettings(_Strict):
     lora_rank: int = Field(16, ge=1, le=4096, description="lora protocol: adapter rank (THUNDER's 16)")
     lora_alpha: float = Field(16.0, gt=0, description="lora protocol: adapter scale numerator "
                               "(scale alpha / rank)")
+    head: Literal["semantic", "hover"] = Field(
+        "semantic", description="'semantic': class logits, argmax, instances = connected "
+        "components; 'hover': HoVer-Net's nucleus (NP), horizontal/vertical distance (HV) and "
+        "class (NC) outputs from the same decoder, instances by HoVer-Net's watershed "
+        "post-processing (datasets with instance maps; not semi-supervised methods)")
+    hover_loss: HoverLossWeights = Field(
+        default_factory=HoverLossWeights, description="head 'hover': weight of each loss term")
     epochs: int = Field(100, ge=1, le=100_000)
     batch_size: int = Field(16, ge=1, le=65_536)
     drop_last: bool = Field(

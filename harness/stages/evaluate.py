@@ -22,7 +22,8 @@ class EvaluateStage(StageKind):
         return evaluate(ctx, arrays=arrays, test_ids=params["test_ids"], num_classes=dataset.num_classes,
                         class_names=dataset.class_names, metric_family=cfg["metric_family"],
                         settings=settings,
-                        build=partial(env.protocol(params["protocol"]).build_model, settings=settings))
+                        build=partial(env.protocol(params["protocol"]).build_model, settings=settings),
+                        head=cfg.get("head", "semantic"))
 
 
 @hookimpl

@@ -49,6 +49,18 @@ class SyntheticConfig(DatasetConfig):
         description=f"Range (min, max) of nuclei drawn per labeled patch; None scales the "
                     f"default density of {DEFAULT_DENSITY[0]}-{DEFAULT_DENSITY[1]} nuclei per "
                     f"64x64 pixels with the patch area. Unlabeled tiles scale it by area.")
+    crowding: float = Field(
+        0.0, ge=0.0, le=0.9,
+        description="0: nuclei barely touch (the original generator). Above 0: nuclei come in "
+                    "same-class clusters and touch (0.7: about 52% of nuclei touch another, 32% "
+                    "lie in a same-class group that connected components merge; 0: 16% and 4%); "
+                    "for instance heads. Not in stage keys or the cache folder when 0.")
+    nucleus_scale: float = Field(
+        1.0, ge=0.5, le=4.0,
+        description="Multiplies every nucleus's axes (1: the original sizes, about half of "
+                    "PanNuke's at 40x; HoVer-Net's post-processing, made for PanNuke's sizes, "
+                    "needs about 2). The default density is divided by its square. Not in stage "
+                    "keys or the cache folder when 1.")
     unlabeled_images: int = Field(48, ge=0, le=10**6, description="Number of unlabeled pretraining tiles.")
     unlabeled_size: int = Field(128, ge=32, le=2048, description="Side of each unlabeled tile in pixels.")
 
@@ -82,6 +94,20 @@ def _balanced_tissues(tissues: tuple[str, ...], count: int, rng: np.random.Gener
     return [names[i] for i in rng.permutation(count)]
 
 
+#: Options added after stage keys and caches existed, with the default that leaves them out.
+_ADDED_DEFAULTS = {"crowding": 0.0, "nucleus_scale": 1.0}
+
+
+def _config_dump(cfg: SyntheticConfig) -> dict[str, Any]:
+    """The config as data, without the added options at their defaults (leaving them out keeps
+    the keys and caches made before they existed)."""
+    dump = cfg.model_dump(mode="json")
+    for name, default in _ADDED_DEFAULTS.items():
+        if dump.get(name) == default:
+            del dump[name]
+    return dump
+
+
 class SyntheticDataset(Dataset):
     name = "synthetic"
     version = "1"
@@ -100,6 +126,12 @@ class SyntheticDataset(Dataset):
 
     config: SyntheticConfig
 
+    def fingerprint(self) -> dict[str, Any]:
+        return {**super().fingerprint(), "config": _config_dump(self.config)}
+
+    def cache_identity(self) -> dict[str, Any]:
+        return {**super().cache_identity(), "config": _config_dump(self.config)}
+
     # --- preparation ---------------------------------------------------------------------------
 
     @classmethod
@@ -113,9 +145,18 @@ class SyntheticDataset(Dataset):
     def _group_names(self) -> list[str]:
         return [f"fold{k + 1}" for k in range(self.config.folds)]
 
+    def _counts(self, size: int) -> tuple[int, int]:
+        """Nuclei per image of ``size``: the configured or default density; the default one
+        divided by ``nucleus_scale`` squared (same area covered)."""
+        cfg = self.config
+        lo, hi = density_range(cfg.nuclei_per_image, cfg.image_size, size)
+        if cfg.nuclei_per_image is None and cfg.nucleus_scale != 1.0:
+            lo, hi = (max(1, round(v / cfg.nucleus_scale ** 2)) for v in (lo, hi))
+        return lo, hi
+
     def prepare(self, source=None) -> None:  # noqa: ARG002 - generated, no source
         cfg = self.config
-        counts = density_range(cfg.nuclei_per_image, cfg.image_size, cfg.image_size)
+        counts = self._counts(cfg.image_size)
         order_rng = np.random.default_rng([cfg.seed, 7])
         images, instances, classes = [], [], []
         ids: list[str] = []
@@ -123,7 +164,8 @@ class SyntheticDataset(Dataset):
         groups: list[str] = []
         for k, group in enumerate(self._group_names()):
             fold_tissues = _balanced_tissues(cfg.tissues, cfg.images_per_fold, order_rng)
-            im, ins, cl = draw_set(cfg.seed, k, cfg.image_size, fold_tissues, counts)
+            im, ins, cl = draw_set(cfg.seed, k, cfg.image_size, fold_tissues, counts,
+                                   cfg.crowding, cfg.nucleus_scale)
             images.append(im)
             instances.append(ins)
             classes.append(cl)
@@ -131,12 +173,13 @@ class SyntheticDataset(Dataset):
             tissues += fold_tissues
             groups += [group] * cfg.images_per_fold
         un_tissues = _balanced_tissues(cfg.tissues, cfg.unlabeled_images, order_rng)
-        un_counts = density_range(cfg.nuclei_per_image, cfg.image_size, cfg.unlabeled_size)
+        un_counts = self._counts(cfg.unlabeled_size)
         un_images, _, un_classes = draw_set(cfg.seed, _UNLABELED_STREAM, cfg.unlabeled_size,
-                                            un_tissues, un_counts)
+                                            un_tissues, un_counts, cfg.crowding,
+                                            cfg.nucleus_scale)
         meta = {"ids": ids, "tissues": tissues, "groups": groups,
                 "class_names": list(self.class_names), "unlabeled_tissues": un_tissues,
-                "config": cfg.model_dump(mode="json"), "version": self.version}
+                "config": _config_dump(cfg), "version": self.version}
 
         with atomic_directory(self.root) as tmp:
             np.save(tmp / "images.npy", np.concatenate(images))
@@ -217,7 +260,7 @@ class SyntheticDataset(Dataset):
             problems.append("meta.json names groups outside fold1..foldK")
         if set(meta.get("tissues", [])) - set(cfg.tissues):
             problems.append("meta.json names tissues that the config does not have")
-        if meta.get("config") != cfg.model_dump(mode="json"):
+        if meta.get("config") != _config_dump(cfg):
             problems.append("the cache was generated from a different config; prepare it again")
         return problems
 

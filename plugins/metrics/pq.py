@@ -30,6 +30,10 @@ class PanopticQuality(MetricFamily):
     variants: ClassVar[tuple[str, ...]] = ("instance", "thesis")
     like_for_like: ClassVar[dict[str, tuple[str, str | None]]] = {"pq": ("mpq", "thesis")}
     description: ClassVar[str] = "mPQ (per tissue, then over tissues) and bPQ, PanNuke protocol"
+    aggregation: ClassVar[str] = (
+        "PQ per image (mPQ: mean over the classes present in the image's ground truth), mean "
+        "over the images of each tissue, mean over tissues (a single-tissue dataset: mean over "
+        "images); the report then averages the test folds and seeds")
 
     def compute(self, pred: np.ndarray, arrays: Any, rows: np.ndarray,
                 class_names: Sequence[str]) -> dict[str, Any]:
