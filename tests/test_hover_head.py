@@ -115,7 +115,10 @@ def test_every_init_and_pretraining_method_validates_under_hover(tmp_path):
             if getattr(info.cls, "kind", "") in ("init", "pretrain") and info.cls.heads is None]
     semisup = [n for n, info in registry.methods.items() if info.cls.heads is not None]
     assert len(rows) >= 5 and semisup  # scratch, imagenet, supervised, simclr, pricon, ...
-    text = TINY_SPEC.replace("methods: [scratch]", f"methods: [{', '.join(rows)}]").replace(
+    # a foundation model (a tiny kaiko ViT under unetr) needs its model and weights named
+    settings = {"foundation": "{model: kaiko-ViT-S16, snapshot: /nonexistent, architecture: unetr}"}
+    methods = ", ".join(f"{n}: {settings.get(n, 'null')}" for n in rows)
+    text = TINY_SPEC.replace("methods: [scratch]", f"methods: {{{methods}}}").replace(
         "protocols: [frozen, full]", "protocols: [frozen, full, linear]").replace(
         "unlabeled_images: 0", "unlabeled_images: 4")
     res = run_cli("validate", str(write_spec(tmp_path, text)), "--set", "finetune.head=hover")
