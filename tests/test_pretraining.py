@@ -201,17 +201,18 @@ def test_simsiam_loss_falls_without_collapse(tmp_path):
     """SimSiam at CPU scale: the negative cosine falls and the outputs do not collapse (the
     per-dimension std of the L2-normalised projections stays near 1/sqrt(d), far above 0).
 
-    Measured over 40 steps (seeds 0, 1, 2; 2026-12-01, AMD EPYC): the loss falls by 0.075,
-    0.076, 0.073 with 1 thread and 0.103, 0.117, 0.082 with 2 (thread counts move floats the way
-    another CPU does); the smallest std over epochs is 0.997-1.005 x 1/sqrt(d). The margins (a
-    fall of 0.03, a std of 0.3 / sqrt(d)) sit far below every measured value."""
+    Measured over 40 steps (seeds 0, 1, 2 x 1 and 2 torch threads, which move floats the way
+    another CPU does). 2026-12-01, AMD EPYC: the loss falls by 0.073-0.076 with 1 thread and
+    0.082-0.117 with 2; 2026-12-07, another CPU: 0.075-0.117. The smallest std over epochs is
+    0.997-1.005 x 1/sqrt(d) on both. Margins, at most a third of the smallest value: a fall of
+    0.02 (smallest 0.073: 3.7x) and a std of 0.3 / sqrt(d) (3.3x)."""
     runner = _runner(tmp_path, SIMSIAM_LEARNS)
     plan, _, _ = runner.plan()
     runner.run(plan)
     stage = next(s for s in plan.stages() if s.kind == "pretrain")
     log = json.loads((runner.store.stage_dir("pretrain", stage.key) / "pretrain_log.json").read_text())
     losses = [e["loss"] for e in log]
-    assert losses[-1] < losses[0] - 0.03, losses
+    assert losses[-1] < losses[0] - 0.02, losses
     healthy = 1 / np.sqrt(2048)
     z_std = [e["z_std"] for e in log]
     assert min(z_std) > 0.3 * healthy, z_std
