@@ -22,6 +22,8 @@ from pathlib import Path
 
 import platformdirs
 
+from harness.name_cache import write_name_list
+
 #: timm modules whose models are plain (single-stride) transformers with forward_intermediates.
 VIT_MODULES = ("vision_transformer", "deit", "eva", "beit", "vision_transformer_relpos")
 #: Architectures by family (the first is the family's default).
@@ -52,9 +54,7 @@ def timm_names() -> dict[str, list[str]]:
     data = {"all": sorted(timm.list_models()),
             "vit": sorted({n for m in VIT_MODULES for n in timm.list_models(module=m)})}
     if "unknown" not in path.name:
-        from harness.spec.encoders import _write
-
-        _write(path, data)
+        write_name_list(path, data)
     return data
 
 

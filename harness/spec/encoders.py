@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import platformdirs
+
+from harness.name_cache import write_name_list
 
 SMP_DIST = "segmentation-models-pytorch"
 
@@ -43,21 +43,8 @@ def encoder_names() -> list[str]:
 
     names = sorted(smp.encoders.get_encoder_names())
     if "unknown" not in path.name:
-        _write(path, names)
+        write_name_list(path, names)
         from harness.models.names import timm_names
 
         timm_names()  # smp imported timm: write timm's lists too (ViT names, harness.models.names)
     return names
-
-
-def _write(path: Path, names: list[str]) -> None:
-    """Atomically (a concurrent reader sees the old file or the new one); a read-only cache
-    folder only costs the next check the import."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".encoders-", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(names, f)
-        os.replace(tmp, path)
-    except OSError:
-        pass
