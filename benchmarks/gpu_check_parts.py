@@ -44,6 +44,7 @@ def host_syncs_part(sc: dict, device: torch.device) -> dict[str, Any]:
     fine-tuning, SimCLR and SimSiam; PRICon's are counted)."""
     from harness.data.torchdata import Normalizer
     from harness.engine.finetune import _segmentation_step
+    from harness.heads.train import batch_loss
     from harness.engine.host_syncs import count_syncs
     from harness.engine.model import build_encoder, build_unet
     from harness.engine.runtime import Precision
@@ -55,7 +56,7 @@ def host_syncs_part(sc: dict, device: torch.device) -> dict[str, Any]:
     b, c, size = sc["batch"], sc["crop"], sc["ft_size"]
     model = build_unet(sc["encoder"], 6).to(device).train()
     step_fn = _segmentation_step(model, Normalizer({"mean": [0.5] * 3, "std": [0.25] * 3}),
-                                 precision, device, False)
+                                 precision, device, False, batch_loss("semantic", None))
     ft_batch = (torch.rand(sc["ft_batch"], 3, size, size), torch.randint(0, 6, (sc["ft_batch"], size, size)))
     if device.type == "cuda":  # as the loader gives them
         ft_batch = tuple(t.pin_memory() for t in ft_batch)

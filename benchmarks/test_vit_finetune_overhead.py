@@ -33,6 +33,7 @@ import torch.nn.functional as nnf
 
 from harness.data.torchdata import Normalizer
 from harness.engine.finetune import _segmentation_step
+from harness.heads.train import batch_loss
 from harness.engine.loop import Hook, IterationSource, TrainLoop
 from harness.engine.model import build_model, freeze_encoder
 from harness.engine.runtime import Checkpoint, Precision
@@ -80,7 +81,8 @@ def harness_step_times(arch: str, work) -> list[float]:
             stamps.append(CLOCK())
 
     cpu = torch.device("cpu")
-    step_fn = _segmentation_step(model, Normalizer(NORM), Precision(cpu, False), cpu, False)
+    step_fn = _segmentation_step(model, Normalizer(NORM), Precision(cpu, False), cpu, False,
+                                 batch_loss("semantic", None))
     TrainLoop(label="bench", models={"model": model}, optimizer=optimizer, scheduler=scheduler,
               scaler=torch.amp.GradScaler("cuda", enabled=False), step_fn=step_fn,
               source=IterationSource(lambda start: batches[start:], STEPS, STEPS),
