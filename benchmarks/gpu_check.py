@@ -22,6 +22,10 @@ time budget:
   fp16 + grad scaler run against fp32, loader-worker draws equal across worker counts.
 * ``foundation_model``: ViT-L/16 at 256 px under ``unetr``, ``frozen``, ``lora`` and ``full``
   with AMP: steps/s and peak memory (``benchmarks/gpu_check_fm.py``).
+* ``e2e_pool``, ``e2e_torchrun``, ``stage_noise`` (``benchmarks/gpu_check_e2e.py``): a tiny spec
+  through ``harness run --executor pool`` and a fine-tune under torchrun (one process), each
+  with a SIGTERM mid-training and a resume, against an uninterrupted run; the run-to-run noise
+  of one short stage computed twice.
 
 ``info`` holds the machine facts (GPU, driver, CUDA, bf16 natively, ``/dev/shm``, CPUs). cuDNN
 runs with the harness's own settings (no ``cudnn.benchmark``). How to read the JSON:
@@ -48,7 +52,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-import gpu_check_parts as more  # next to this script
+import gpu_check_e2e as e2e  # next to this script
+import gpu_check_parts as more
 import numpy as np
 import torch
 import torch.nn.functional as nnf
@@ -62,6 +67,10 @@ SCALES = {  # batch, tile, crop, steps measured, warm-up steps, fine-tuning size
     "tiny": dict(batch=4, tile=40, crop=32, steps=3, warmup=1, ft_size=32, ft_batch=2,
                  ft_steps=3, encoder="resnet18"),
 }
+
+
+#: Each end-to-end part's own cap (its commands are killed past it; the part reports an error).
+E2E_CAP_S = 90.0
 
 
 class Timer:
@@ -358,7 +367,11 @@ def _run_parts(results: dict[str, Any], sc: dict, device: torch.device, started:
             ("pretrain_pricon_512_r56", lambda: pretrain_part("pricon", thesis_tiles(sc, tiny, 56),
                                                                device, tmp)),
             ("foundation_model", lambda: fm_part(sc is SCALES["tiny"], device)),
+            ("e2e_pool", lambda: e2e.e2e_pool_part(device, tmp, tiny, shared, E2E_CAP_S)),
+            ("e2e_torchrun", lambda: e2e.e2e_torchrun_part(device, tmp, tiny, shared, E2E_CAP_S)),
+            ("stage_noise", lambda: e2e.stage_noise_part(device, tmp, tiny)),
         ]
+        shared: dict[str, Any] = {}  # e2e_pool's uninterrupted run, e2e_torchrun's reference
         for name, part in parts:
             left = budget_s - (time.monotonic() - started)
             if left < 20:
