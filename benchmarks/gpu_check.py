@@ -298,38 +298,6 @@ def amp_agreement_part(sc: dict, device: torch.device) -> dict[str, Any]:
             "amp_dtype": str(Precision(device, True).dtype)}
 
 
-def ddp_part(device: torch.device) -> dict[str, Any]:
-    """``init_process_group`` (NCCL on CUDA, gloo on CPU) with one rank; DDP's gradients must
-    equal the unwrapped model's."""
-    import socket
-
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    try:
-        torch.manual_seed(0)
-        plain = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4)).to(device)
-        wrapped = DDP(torch.nn.Sequential(*[m for m in plain]).to(device),
-                      device_ids=[device.index or 0] if device.type == "cuda" else None)
-        x = torch.randn(16, 32, device=device)
-        wrapped(x).square().mean().backward()
-        grads_ddp = [p.grad.clone() for p in wrapped.parameters()]
-        plain.zero_grad()
-        plain(x).square().mean().backward()
-        ok = all(torch.allclose(a, b.grad) for a, b in zip(grads_ddp, plain.parameters()))
-        t = torch.ones(4, device=device)
-        dist.all_reduce(t)
-        return {"backend": backend, "world_size": dist.get_world_size(),
-                "grads_equal": ok, "all_reduce": t.tolist()}
-    finally:
-        dist.destroy_process_group()
-
-
 def run(device_name: str, tiny: bool, budget_s: float) -> dict[str, Any]:
     device = torch.device(device_name)
     sc = SCALES["tiny" if tiny else "full"]
@@ -357,7 +325,7 @@ def _run_parts(results: dict[str, Any], sc: dict, device: torch.device, started:
             ("pretrain_pricon", lambda: pretrain_part("pricon", sc, device, tmp)),
             ("finetune", lambda: finetune_part(sc, device, tmp)),
             ("amp_agreement", lambda: amp_agreement_part(sc, device)),
-            ("ddp", lambda: ddp_part(device)),
+            ("ddp", lambda: more.ddp_part(device)),
             ("host_syncs", lambda: more.host_syncs_part(sc, device)),
             ("eval_precision", lambda: more.eval_precision_part(sc, device)),
             ("fp16", lambda: more.fp16_part(sc, device)),

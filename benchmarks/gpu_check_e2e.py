@@ -78,19 +78,20 @@ def _harness(*args: str | Path) -> list[str]:
 
 
 def _run(cmd: list[str], env: dict[str, str], log: Path, cap: Cap) -> int:
-    with open(log, "a") as out:
-        return subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                              timeout=cap.left()).returncode
+    return _interrupted(cmd, env, None, log, cap)["interrupted_rc"]
 
 
-def _interrupted(cmd: list[str], env: dict[str, str], store: Path, log: Path, cap: Cap) -> dict[str, Any]:
-    """``cmd`` with a SIGTERM once the fine-tune's first checkpoint exists; its exit code."""
+def _interrupted(cmd: list[str], env: dict[str, str], store: Path | None, log: Path,
+                 cap: Cap) -> dict[str, Any]:
+    """``cmd`` (its own session) with a SIGTERM once the fine-tune's first checkpoint exists in
+    ``store`` (None: no signal); its exit code. Past the cap its whole process group is killed
+    (pool workers, torchrun's ranks), and the part reports the timeout."""
     with open(log, "a") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
-        work = store / "work" / "finetune"
-        while proc.poll() is None and not list(work.glob("*/checkpoint.pt")):
+        work = store / "work" / "finetune" if store else None
+        while proc.poll() is None and not (work and list(work.glob("*/checkpoint.pt"))):
             cap.left()
             time.sleep(0.05)
         signalled = proc.poll() is None
