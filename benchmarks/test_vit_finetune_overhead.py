@@ -33,10 +33,10 @@ import torch.nn.functional as nnf
 
 from harness.data.torchdata import Normalizer
 from harness.engine.finetune import _segmentation_step
-from harness.heads.train import batch_loss
 from harness.engine.loop import Hook, IterationSource, TrainLoop
 from harness.engine.model import build_model, freeze_encoder
 from harness.engine.runtime import Checkpoint, Precision
+from harness.heads.train import batch_loss
 
 STEPS, ROUNDS, SIZE, BATCH, CLASSES = 8, 3, 64, 4, 6
 MAX_RATIO = 1.10
