@@ -11,11 +11,11 @@ import torch
 
 from harness.data.torchdata import Normalizer
 from harness.engine.finetune import _segmentation_step
-from harness.heads.train import batch_loss
 from harness.engine.host_syncs import count_syncs
 from harness.engine.loop import StepInfo
 from harness.engine.model import build_encoder, build_unet
 from harness.engine.runtime import Precision
+from harness.heads.train import batch_loss
 
 
 def _count(step) -> list[str]:
