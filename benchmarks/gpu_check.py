@@ -22,6 +22,10 @@ time budget:
   fp16 + grad scaler run against fp32, loader-worker draws equal across worker counts.
 * ``foundation_model``: ViT-L/16 at 256 px under ``unetr``, ``frozen``, ``lora`` and ``full``
   with AMP: steps/s and peak memory (``benchmarks/gpu_check_fm.py``).
+* ``e2e_pool``, ``e2e_torchrun``, ``stage_noise`` (``benchmarks/gpu_check_e2e.py``): a tiny spec
+  through ``harness run --executor pool`` and a fine-tune under torchrun (one process), each
+  with a SIGTERM mid-training and a resume, against an uninterrupted run; the run-to-run noise
+  of one short stage computed twice.
 
 ``info`` holds the machine facts (GPU, driver, CUDA, bf16 natively, ``/dev/shm``, CPUs). cuDNN
 runs with the harness's own settings (no ``cudnn.benchmark``). How to read the JSON:
@@ -48,7 +52,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-import gpu_check_parts as more  # next to this script
+import gpu_check_e2e as e2e  # next to this script
+import gpu_check_parts as more
 import numpy as np
 import torch
 import torch.nn.functional as nnf
@@ -62,6 +67,10 @@ SCALES = {  # batch, tile, crop, steps measured, warm-up steps, fine-tuning size
     "tiny": dict(batch=4, tile=40, crop=32, steps=3, warmup=1, ft_size=32, ft_batch=2,
                  ft_steps=3, encoder="resnet18"),
 }
+
+
+#: Each end-to-end part's own cap (its commands are killed past it; the part reports an error).
+E2E_CAP_S = 90.0
 
 
 class Timer:
@@ -289,38 +298,6 @@ def amp_agreement_part(sc: dict, device: torch.device) -> dict[str, Any]:
             "amp_dtype": str(Precision(device, True).dtype)}
 
 
-def ddp_part(device: torch.device) -> dict[str, Any]:
-    """``init_process_group`` (NCCL on CUDA, gloo on CPU) with one rank; DDP's gradients must
-    equal the unwrapped model's."""
-    import socket
-
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    try:
-        torch.manual_seed(0)
-        plain = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4)).to(device)
-        wrapped = DDP(torch.nn.Sequential(*[m for m in plain]).to(device),
-                      device_ids=[device.index or 0] if device.type == "cuda" else None)
-        x = torch.randn(16, 32, device=device)
-        wrapped(x).square().mean().backward()
-        grads_ddp = [p.grad.clone() for p in wrapped.parameters()]
-        plain.zero_grad()
-        plain(x).square().mean().backward()
-        ok = all(torch.allclose(a, b.grad) for a, b in zip(grads_ddp, plain.parameters()))
-        t = torch.ones(4, device=device)
-        dist.all_reduce(t)
-        return {"backend": backend, "world_size": dist.get_world_size(),
-                "grads_equal": ok, "all_reduce": t.tolist()}
-    finally:
-        dist.destroy_process_group()
-
-
 def run(device_name: str, tiny: bool, budget_s: float) -> dict[str, Any]:
     device = torch.device(device_name)
     sc = SCALES["tiny" if tiny else "full"]
@@ -348,7 +325,7 @@ def _run_parts(results: dict[str, Any], sc: dict, device: torch.device, started:
             ("pretrain_pricon", lambda: pretrain_part("pricon", sc, device, tmp)),
             ("finetune", lambda: finetune_part(sc, device, tmp)),
             ("amp_agreement", lambda: amp_agreement_part(sc, device)),
-            ("ddp", lambda: ddp_part(device)),
+            ("ddp", lambda: more.ddp_part(device)),
             ("host_syncs", lambda: more.host_syncs_part(sc, device)),
             ("eval_precision", lambda: more.eval_precision_part(sc, device)),
             ("fp16", lambda: more.fp16_part(sc, device)),
@@ -358,7 +335,11 @@ def _run_parts(results: dict[str, Any], sc: dict, device: torch.device, started:
             ("pretrain_pricon_512_r56", lambda: pretrain_part("pricon", thesis_tiles(sc, tiny, 56),
                                                                device, tmp)),
             ("foundation_model", lambda: fm_part(sc is SCALES["tiny"], device)),
+            ("e2e_pool", lambda: e2e.e2e_pool_part(device, tmp, tiny, shared, E2E_CAP_S)),
+            ("e2e_torchrun", lambda: e2e.e2e_torchrun_part(device, tmp, tiny, shared, E2E_CAP_S)),
+            ("stage_noise", lambda: e2e.stage_noise_part(device, tmp, tiny)),
         ]
+        shared: dict[str, Any] = {}  # e2e_pool's uninterrupted run, e2e_torchrun's reference
         for name, part in parts:
             left = budget_s - (time.monotonic() - started)
             if left < 20:

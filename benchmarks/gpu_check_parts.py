@@ -1,6 +1,7 @@
 """The GPU check's runtime parts (``benchmarks/gpu_check.py`` runs them, each under its own
 try/except): machine facts, host syncs per training step, AMP vs fp32 evaluation, a forced fp16
-run, and exact resume with loader workers. Each works at ``--tiny`` scale on the CPU too."""
+run, exact resume with loader workers, DDP at world size 1. Each works at ``--tiny`` scale on
+the CPU too."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ def host_syncs_part(sc: dict, device: torch.device) -> dict[str, Any]:
     fine-tuning, SimCLR and SimSiam; PRICon's are counted)."""
     from harness.data.torchdata import Normalizer
     from harness.engine.finetune import _segmentation_step
+    from harness.heads.train import batch_loss
     from harness.engine.host_syncs import count_syncs
     from harness.engine.model import build_encoder, build_unet
     from harness.engine.runtime import Precision
@@ -55,7 +57,7 @@ def host_syncs_part(sc: dict, device: torch.device) -> dict[str, Any]:
     b, c, size = sc["batch"], sc["crop"], sc["ft_size"]
     model = build_unet(sc["encoder"], 6).to(device).train()
     step_fn = _segmentation_step(model, Normalizer({"mean": [0.5] * 3, "std": [0.25] * 3}),
-                                 precision, device, False)
+                                 precision, device, False, batch_loss("semantic", None))
     ft_batch = (torch.rand(sc["ft_batch"], 3, size, size), torch.randint(0, 6, (sc["ft_batch"], size, size)))
     if device.type == "cuda":  # as the loader gives them
         ft_batch = tuple(t.pin_memory() for t in ft_batch)
@@ -164,3 +166,35 @@ def resume_part(sc: dict, device: torch.device, tmp: Path) -> dict[str, Any]:
     one, two = epoch(1, 3), epoch(2, 3)
     return {"equal_across_workers": bool(torch.equal(one, two)),
             "other_epoch_differs": not torch.equal(one, epoch(2, 4))}
+
+
+def ddp_part(device: torch.device) -> dict[str, Any]:
+    """``init_process_group`` (NCCL on CUDA, gloo on CPU) with one rank; DDP's gradients must
+    equal the unwrapped model's."""
+    import socket
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        plain = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4)).to(device)
+        wrapped = DDP(torch.nn.Sequential(*[m for m in plain]).to(device),
+                      device_ids=[device.index or 0] if device.type == "cuda" else None)
+        x = torch.randn(16, 32, device=device)
+        wrapped(x).square().mean().backward()
+        grads_ddp = [p.grad.clone() for p in wrapped.parameters()]
+        plain.zero_grad()
+        plain(x).square().mean().backward()
+        ok = all(torch.allclose(a, b.grad) for a, b in zip(grads_ddp, plain.parameters()))
+        t = torch.ones(4, device=device)
+        dist.all_reduce(t)
+        return {"backend": backend, "world_size": dist.get_world_size(),
+                "grads_equal": ok, "all_reduce": t.tolist()}
+    finally:
+        dist.destroy_process_group()

@@ -36,6 +36,7 @@ from harness.engine.finetune import _segmentation_step
 from harness.engine.loop import Hook, IterationSource, TrainLoop
 from harness.engine.model import build_model, freeze_encoder
 from harness.engine.runtime import Checkpoint, Precision
+from harness.heads.train import batch_loss
 
 STEPS, ROUNDS, SIZE, BATCH, CLASSES = 8, 3, 64, 4, 6
 MAX_RATIO = 1.10
@@ -80,7 +81,8 @@ def harness_step_times(arch: str, work) -> list[float]:
             stamps.append(CLOCK())
 
     cpu = torch.device("cpu")
-    step_fn = _segmentation_step(model, Normalizer(NORM), Precision(cpu, False), cpu, False)
+    step_fn = _segmentation_step(model, Normalizer(NORM), Precision(cpu, False), cpu, False,
+                                 batch_loss("semantic", None))
     TrainLoop(label="bench", models={"model": model}, optimizer=optimizer, scheduler=scheduler,
               scaler=torch.amp.GradScaler("cuda", enabled=False), step_fn=step_fn,
               source=IterationSource(lambda start: batches[start:], STEPS, STEPS),

@@ -1,6 +1,7 @@
 """benchmarks/gpu_check.py's logic on CPU at toy scale (``--device cpu --tiny``), so the GPU
 check cannot rot in a suite that never has a GPU: every part runs without an error entry and
-reports its figures."""
+reports its figures; on the CPU a run resumed after a SIGTERM (pool, torchrun) gives the
+uninterrupted run's records and weights exactly, and a stage computed twice is identical."""
 
 from __future__ import annotations
 
@@ -43,3 +44,10 @@ def test_gpu_check_runs_on_cpu_at_tiny_scale(tmp_path):
     fm = results["foundation_model"]
     assert all(fm[p]["steps_per_s"] > 0 and fm[p]["loss_finite"] for p in ("frozen", "lora", "full"))
     assert fm["lora"]["trainable_params_m"] < fm["full"]["trainable_params_m"]
+    for name in ("e2e_pool", "e2e_torchrun"):
+        r = results[name]
+        assert r["signalled"] and r["checkpoint_on_sigterm"] and r["resumed_rc"] == 0, r
+        assert r["records"] == 1 and r["records_equal"] and r["weights_max_abs_diff"] == 0.0, r
+    assert results["e2e_pool"]["interrupted_rc"] == 130 and results["e2e_torchrun"]["backend"] == "gloo"
+    noise = results["stage_noise"]
+    assert noise["weights_max_abs_diff"] == noise["max_loss_diff"] == 0.0 and noise["epochs"] == 3

@@ -15,6 +15,7 @@ from harness.engine.host_syncs import count_syncs
 from harness.engine.loop import StepInfo
 from harness.engine.model import build_encoder, build_unet
 from harness.engine.runtime import Precision
+from harness.heads.train import batch_loss
 
 
 def _count(step) -> list[str]:
@@ -37,7 +38,7 @@ def test_a_fine_tuning_step_makes_no_host_sync():
     model = build_unet("resnet18", 3).train()
     normalizer = Normalizer({"mean": [0.5] * 3, "std": [0.25] * 3})
     step_fn = _segmentation_step(model, normalizer, Precision(torch.device("cpu"), False),
-                                 torch.device("cpu"), False)
+                                 torch.device("cpu"), False, batch_loss("semantic", None))
     batch = (torch.rand(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64)))
 
     def step():

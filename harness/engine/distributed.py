@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 __all__ = ["is_distributed", "world_size", "rank", "gather_sizes", "gather_with_grad",
            "init_from_env", "local_device", "barrier", "agree", "gather_objects", "mean_over_ranks",
-           "on_rank_zero", "wrap_ddp"]
+           "on_rank_zero", "wrap_ddp", "TrainableDDP"]
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -185,6 +185,48 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device, sync_batchnorm: bool)
         converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if converted is not model:  # the model itself is a BatchNorm: nothing to share
             raise ValueError("wrap_ddp: the model itself is a BatchNorm layer")
+    return _ddp(model, device)
+
+
+def _ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     ids = [device.index] if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids,
                                                      find_unused_parameters=False)
+
+
+def _trainable(model: torch.nn.Module) -> frozenset[int]:
+    return frozenset(id(p) for p in model.parameters() if p.requires_grad)
+
+
+class TrainableDDP:
+    """:func:`wrap_ddp` for a model whose trainable parameters change between epochs (a
+    protocol that unfreezes its encoder). DDP registers for all-reduce the parameters that
+    require grad when it is built and, without ``find_unused_parameters``, expects a gradient
+    for each of them in every backward: a frozen parameter it registered stalls the reduction,
+    one it did not register never has its gradient averaged once it trains. :meth:`follow`
+    (called after the protocol set the epoch's trainable parameters) therefore wraps the model
+    again whenever that set changed; the new wrapper broadcasts rank 0's parameters and buffers,
+    equal on every rank by then. Calling it wraps, :meth:`no_sync` defers to the wrapper;
+    ``net`` is the model itself when not distributed."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, sync_batchnorm: bool):
+        self.model, self.device = model, device
+        self.net = wrap_ddp(model, device, sync_batchnorm)
+        self._wrapped = _trainable(model)
+
+    @property
+    def distributed(self) -> bool:
+        return self.net is not self.model
+
+    def follow(self) -> None:
+        now = _trainable(self.model)
+        if not self.distributed or now == self._wrapped:
+            return
+        self.net = None  # the old reducer's hooks go with it (they are idle between steps)
+        self.net, self._wrapped = _ddp(self.model, self.device), now
+
+    def no_sync(self):
+        return self.net.no_sync()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.net(*args, **kwargs)

@@ -26,7 +26,7 @@ from harness.data.augment import finetune_train_transforms
 from harness.data.base import LabeledArrays
 from harness.data.torchdata import Normalizer
 from harness.engine.context import StageContext
-from harness.engine.distributed import wrap_ddp
+from harness.engine.distributed import TrainableDDP
 from harness.engine.loader import epoch_loader
 from harness.engine.loop import EpochLog, EpochSource, TrainLoop, optimizer_steps
 from harness.engine.model import describe_network, load_encoder_weights
@@ -81,17 +81,21 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
     loader = epoch_loader(data, batch_size=settings.batch_size, drop_last=drop_last,
                           num_workers=resolve_num_workers(settings.num_workers, device), device=device,
                           worker_init_fn=worker_init_fn, shard=True)
-    source = EpochSource(loader, settings.epochs, seed,
-                         begin=lambda epoch: protocol.set_train_mode(model, settings.frozen_bn, epoch))
+    def begin(epoch: int) -> None:
+        protocol.set_train_mode(model, settings.frozen_bn, epoch)
+        net.follow()
+
+    source = EpochSource(loader, settings.epochs, seed, begin=begin)
     accumulation = getattr(settings, "grad_accumulation", 1)
     total_steps = optimizer_steps(source.total, source.period, accumulation)
 
     optimizer, scheduler = _adam_cosine(model, settings, total_steps)
     # under torchrun: DDP, and BatchNorm over the global batch on CUDA (SyncBatchNorm), as the
-    # thesis's one-GPU fine-tuning normalised it (batch 16 over 8 GPUs is 2 images per rank)
-    net = wrap_ddp(model, device, sync_batchnorm=True)
-    step_fn = _segmentation_step(net, normalizer, precision, device, channels_last,
-                                 batch_loss(head, settings))
+    # thesis's one-GPU fine-tuning normalised it (batch 16 over 8 GPUs is 2 images per rank);
+    # wrapped again when an epoch's protocol changes what trains (unfreeze: ``begin``)
+    net = TrainableDDP(model, device, sync_batchnorm=True)
+    step_fn = _segmentation_step(model, normalizer, precision, device, channels_last,
+                                 batch_loss(head, settings), net=net)
     loop = TrainLoop(
         label=ctx.label, models={"model": model}, optimizer=optimizer, scheduler=scheduler,
         scaler=precision.scaler(), step_fn=step_fn, source=source,
@@ -99,7 +103,7 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
         hooks=[EpochLog(ctx, scheduler, "train", per_image=True)], weight_of=lambda batch: len(batch[0]),
         grad_clip_norm=getattr(settings, "grad_clip_norm", None), accumulation=accumulation,
         quiet=ctx.quiet, progress_fields=lambda period, step: {"epoch": period + 1},
-        ddp=net if net is not model else None)
+        ddp=net if net.distributed else None)
     started = time.time()
     history = loop.run()
     start_epoch = loop.start // source.period
@@ -149,9 +153,9 @@ def _adam_cosine(model: torch.nn.Module, settings: Any, total_steps: int):
     return optimizer, scheduler
 
 
-def _segmentation_step(model, normalizer, precision, device, channels_last, loss_fn):
+def _segmentation_step(model, normalizer, precision, device, channels_last, loss_fn, net=None):
     """The loop's step: the head's loss (:func:`harness.heads.train.batch_loss`) of a batch of
-    (images, masks, further targets of the head)."""
+    (images, masks, further targets of the head); ``net`` runs ``model`` (DDP or itself)."""
     def step_fn(batch, info):
         images, *targets = batch
         images = normalizer(images.to(device, non_blocking=True))
@@ -160,7 +164,7 @@ def _segmentation_step(model, normalizer, precision, device, channels_last, loss
             images = images.contiguous(memory_format=torch.channels_last)
         single = len(images) == 1 and model.training
         with precision.autocast(), (single_sample_batchnorm(model) if single else contextlib.nullcontext()):
-            logits = model(images)
+            logits = (net or model)(images)
             loss = loss_fn(logits, targets)
         return loss, {}
 

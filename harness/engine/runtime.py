@@ -209,5 +209,6 @@ def resolve_num_workers(setting: int | str, device: torch.device) -> int:
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
     local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    local *= max(1, int(os.environ.get("HARNESS_POOL_WORKERS", "1")))  # the pool's workers share them
+    if not os.environ.get("HARNESS_POOL_CPUS"):  # a pinned pool worker's affinity is its share
+        local *= max(1, int(os.environ.get("HARNESS_POOL_WORKERS", "1")))  # else they share them
     return max(1, min(8, cpus // local - 1))

@@ -1,6 +1,7 @@
 """``pool``: N worker processes on this machine. By default one per visible GPU, each pinned with
 ``CUDA_VISIBLE_DEVICES``; without GPUs (or with ``device: cpu``), N CPU workers, each with its
-share of the CPU threads (``OMP_NUM_THREADS``, which also sets torch's intra-op threads). With
+share of the CPU threads (``OMP_NUM_THREADS``, which also sets torch's intra-op threads). Each
+worker runs on its own share of the CPUs (affinity, where the platform has it). With
 ``gpus_per_stage: G`` a worker holds G GPUs (by default visible GPUs // G workers) and runs a
 training stage as ``harness stage run --nproc G`` (exec'd by its worker's child), which splits the worker's threads among
 its G processes; on the CPU the G processes are gloo ones.
@@ -70,12 +71,42 @@ def thread_budget(config: PoolConfig) -> int | None:
     return int(env) if env.isdigit() and int(env) > 0 else None
 
 
+def allowed_cpus() -> list[int] | None:
+    """The CPUs this process may run on; None where the platform cannot say (not Linux)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return None
+
+
+def cpu_shares(n: int, cpus: list[int]) -> list[list[int]]:
+    """``cpus`` split among ``n`` workers: contiguous, disjoint shares whose sizes differ by at
+    most one; with fewer CPUs than workers, worker i gets CPU i mod len(cpus)."""
+    if n > len(cpus):
+        return [[cpus[i % len(cpus)]] for i in range(n)]
+    size, extra = divmod(len(cpus), n)
+    bounds = [i * size + min(i, extra) for i in range(n + 1)]
+    return [cpus[bounds[i]:bounds[i + 1]] for i in range(n)]
+
+
+def _pinned(envs: list[dict[str, str]], affinity: list[int] | None) -> list[dict[str, str]]:
+    """Each worker's share of the CPUs as ``HARNESS_POOL_CPUS`` (its affinity, set by
+    :func:`harness.execute.pool_worker.pin_cpus`); unchanged where the affinity is unknown."""
+    if not affinity:
+        return envs
+    shares = cpu_shares(len(envs), affinity)
+    return [{**env, "HARNESS_POOL_CPUS": ",".join(map(str, share))}
+            for env, share in zip(envs, shares)]
+
+
 def worker_slots(config: PoolConfig, device: str, gpus: list[str] | None = None,
-                 cpus: int | None = None) -> list[dict[str, str]]:
+                 cpus: int | None = None, affinity: list[int] | None = None) -> list[dict[str, str]]:
     """One environment per worker: its ``gpus_per_stage`` GPUs, or its CPU-thread budget (a
-    training stage's processes share it). ``gpus``/``cpus``: this machine's by default."""
+    training stage's processes share it), and its share of the CPUs (affinity).
+    ``gpus``/``cpus``/``affinity``: this machine's by default."""
     gpus = visible_gpus(device) if gpus is None else gpus
-    cpus = cpus or os.cpu_count() or 1
+    affinity = allowed_cpus() if affinity is None else affinity
+    cpus = cpus or (len(affinity) if affinity else os.cpu_count()) or 1
     per, budget = config.gpus_per_stage, thread_budget(config)
     if gpus:
         if per > len(gpus):
@@ -86,13 +117,14 @@ def worker_slots(config: PoolConfig, device: str, gpus: list[str] | None = None,
         n = config.workers or len(groups)
         threads = budget or max(1, cpus // n)
         # HARNESS_POOL_GPUS: the worker sees the spec's GPU(s) as cuda:0.. (runtime.resolve_device)
-        return [{"CUDA_VISIBLE_DEVICES": groups[i % len(groups)], "OMP_NUM_THREADS": str(threads),
-                 "MKL_NUM_THREADS": str(threads), "HARNESS_POOL_GPUS": groups[i % len(groups)],
-                 "HARNESS_POOL_WORKERS": str(n)} for i in range(n)]
+        return _pinned([{"CUDA_VISIBLE_DEVICES": groups[i % len(groups)], "OMP_NUM_THREADS": str(threads),
+                         "MKL_NUM_THREADS": str(threads), "HARNESS_POOL_GPUS": groups[i % len(groups)],
+                         "HARNESS_POOL_WORKERS": str(n)} for i in range(n)], affinity)
     n = config.workers or max(1, cpus // max(budget or 2, per))
     threads = budget or max(1, cpus // n)
-    return [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads),
-             "MKL_NUM_THREADS": str(threads), "HARNESS_POOL_WORKERS": str(n)} for _ in range(n)]
+    return _pinned([{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads),
+                     "MKL_NUM_THREADS": str(threads), "HARNESS_POOL_WORKERS": str(n)}
+                    for _ in range(n)], affinity)
 
 
 class PoolExecutor(Executor):

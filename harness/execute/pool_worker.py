@@ -35,6 +35,18 @@ def _fork_safe() -> bool:
     return threads == 1 and not torch.cuda.is_initialized()
 
 
+def pin_cpus() -> None:
+    """Run on the CPUs the pool gave this worker (``HARNESS_POOL_CPUS``, see
+    :func:`harness.execute.pool.worker_slots`); its stages and their loader workers inherit
+    them. Nothing where the platform has no affinity or the CPUs are gone."""
+    cpus = os.environ.get("HARNESS_POOL_CPUS", "")
+    if cpus and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+        except (OSError, ValueError):  # a CPU taken offline or out of this cgroup meanwhile
+            pass
+
+
 def _exit_code(exc: BaseException) -> int:
     """The exit code and ``error:`` line ``harness stage run`` gives for ``exc`` (harness.cli)."""
     from harness.cli_common import err
@@ -151,6 +163,7 @@ def _preload() -> None:
 def worker_main(argv: list[str]) -> int:
     """``python -m harness.execute.pool_worker SPEC [--store S] [--set O]...``."""
     global _child_pid
+    pin_cpus()  # before torch starts any thread
     proto = os.dup(1)  # the protocol's own fd: nothing the harness prints can reach it
     os.dup2(2, 1)
     signal.signal(signal.SIGTERM, _forward)
