@@ -283,11 +283,20 @@ metric:
   pq_variant: instance
 """
 LEARN_ITERATIONS = 60
+#: Required supervised-loss fall (fraction of the first) and teacher mPQ (see the docstring).
+SUP_LOSS_FALL, PQ_MARGIN = 0.25, 0.02
 
 
 @pytest.mark.slow
 def test_each_method_learns_on_synthetic(tmp_path):
-    """CPU scale: each method's supervised loss falls and its teacher's PQ is clearly above 0."""
+    """CPU scale: each method's supervised loss falls and its teacher's PQ is clearly above 0
+    (after one iteration every teacher scores mPQ 0.0).
+
+    Measured (2026-12-07, AMD EPYC; seeds 0, 1, 2 with 1 thread, T2_HERE): mPQ 0.0758-0.1171
+    over the three methods, final / first supervised loss 0.101-0.118 (a fall of 0.882 at the
+    least). Margins, under a third of the smallest values: mPQ 0.02 (3.8x) and a fall of 0.25
+    (final < 0.75 x first; 3.5x). The earlier margins (mPQ 0.04, a fall of 0.5) were within 2x
+    of those minima."""
     out, store = tmp_path / "out", tmp_path / "store"
     spec = write_spec(tmp_path, LEARN.replace("ITER", str(LEARN_ITERATIONS)))
     res = run_cli("run", str(spec), "--store", str(store), "--output", str(out), "--quiet")
@@ -301,5 +310,5 @@ def test_each_method_learns_on_synthetic(tmp_path):
                results[m]["iterations_per_second"]) for m in rows})
     for method in ("cutmix", "classmix", "reco"):
         r = results[method]
-        assert r["final_sup_loss"] < 0.5 * r["first_sup_loss"], (method, r)
-        assert rows[method] > 0.04, (method, rows[method])
+        assert r["final_sup_loss"] < (1 - SUP_LOSS_FALL) * r["first_sup_loss"], (method, r)
+        assert rows[method] > PQ_MARGIN, (method, rows[method])
