@@ -62,10 +62,10 @@ def test_demo_pretraining_beats_random_encoder(tmp_path):
     batch-norm statistics recomputed on the images for every encoder, fitted on folds 2+3, mean
     R^2 on fold 1) scores each pretrained encoder above the random encoder of the same seed.
 
-    Measured (seeds 0, 1, 2 each with 1 and 2 torch threads, thread counts moving floats the
-    way another CPU does), gain over the random encoder (0.289-0.353):
-    2026-12-01, AMD EPYC: SimCLR +0.146 to +0.289, PRICon +0.141 to +0.250;
-    2026-12-07, another CPU: SIMCLR_HERE, PRICON_HERE.
+    Measured (thread counts moving floats the way another CPU does), gain over the random
+    encoder (0.289-0.353): 2026-12-01, AMD EPYC, seeds 0-2 x 1 and 2 threads: SimCLR +0.146 to
+    +0.289, PRICon +0.141 to +0.250; 2026-12-07, a CI machine (AMD EPYC), seeds 0-2 with 1
+    thread and seed 0 with 2: SimCLR +0.146 to +0.289, PRICon +0.149 to +0.239.
     The margin, 0.045, is under a third of the smallest gain (0.141: 3.1x).
 
     Not asserted: the pretraining losses' fall. At this budget it is not steady enough: first- to
