@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 import time
 import typing
 from pathlib import Path
@@ -84,8 +83,6 @@ def file_sha256(path: Path, cache_dir: Path | None = None) -> str:
         st = path.stat()
     except OSError as exc:
         raise DataError(f"{path}: cannot read this input file ({exc.strerror})") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise DataError(f"{path}: is a folder, not a file; name the file inside it")
     entry = None
     if cache_dir is not None:
         entry = Path(cache_dir) / (hashlib.sha256(str(path).encode()).hexdigest()[:32] + ".json")

@@ -115,11 +115,15 @@ def test_a_missing_input_file_is_a_data_error(tmp_path):
         file_sha256(tmp_path / "nope.pth")
 
 
-def test_an_input_that_is_a_folder_says_so(tmp_path):
-    import pytest
-
-    from harness.errors import DataError
-    from harness.inputs import file_sha256
-
-    with pytest.raises(DataError, match="is a folder, not a file; name the file inside it"):
-        file_sha256(tmp_path)
+def test_an_input_folder_is_keyed_by_the_files_in_it(tmp_path):
+    """A folder setting (a Hugging Face snapshot) is keyed by its files' names and content: a
+    plugin that needs one file says so when it loads (supervised's weights, tested in
+    tests/test_hostile_input.py)."""
+    folder = tmp_path / "snapshot"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"a" * 64)
+    before = file_sha256(folder)
+    assert before == file_sha256(folder)
+    (folder / "model.safetensors").write_bytes(b"b" * 64)
+    assert file_sha256(folder) != before
