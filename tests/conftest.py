@@ -70,3 +70,20 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600, **kw) -> 
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True,
                           text=True, env=full_env, timeout=timeout, cwd=kw.pop("cwd", REPO), **kw)
+
+
+def spawn_ranks(worker, args: tuple, nprocs: int, timeout_s: float = 600) -> None:
+    """Run ``worker(rank, *args)`` in ``nprocs`` spawned processes and wait for them; a worker's
+    exception fails the test with its traceback. ``timeout_s`` is a deadlock guard, not a speed
+    limit: each spawned process imports torch before the ranks meet (a minute under load)."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.spawn(worker, args=args, nprocs=nprocs, join=False)
+    deadline = time.monotonic() + timeout_s
+    while not ctx.join(timeout=1):  # raises ProcessRaisedException if a worker failed
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.terminate()
+            pytest.fail(f"distributed workers did not finish within {timeout_s} s")

@@ -10,20 +10,15 @@ exactly the single-device gradient ``dL/dtheta``.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from conftest import spawn_ranks
 from harness.engine import distributed as D
 from harness_builtin.methods.losses import nt_xent, supcon_loss
 
 WORLD = 2
-#: A deadlock guard, not a speed limit: on a loaded 2-core machine two spawned processes each
-#: import torch before they meet (seconds idle, a minute or more under load).
-TIMEOUT_S = 600
 
 
 def _cases():
@@ -146,10 +141,4 @@ def test_losses_across_two_processes_equal_single_process(tmp_path):
         cases = _cases()
     finally:
         torch.set_num_threads(before)
-    ctx = mp.spawn(_worker, args=(str(tmp_path / "rendezvous"), cases), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + TIMEOUT_S
-    while not ctx.join(timeout=1):  # raises ProcessRaisedException if a worker failed
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.terminate()
-            pytest.fail(f"distributed workers did not finish within {TIMEOUT_S} s")
+    spawn_ranks(_worker, (str(tmp_path / "rendezvous"), cases), WORLD)

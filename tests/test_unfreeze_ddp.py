@@ -8,19 +8,16 @@ gradients the frozen encoder never produces."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from conftest import spawn_ranks
 from harness.engine import distributed as D
 from harness.engine.model import no_grad_when_frozen
 from harness.protocols.unfreeze import Unfreeze
 
 WORLD = 2
-TIMEOUT_S = 600  # a deadlock guard, not a speed limit (two spawned processes import torch)
 EPOCHS, STEPS, LOCAL = 2, 2, 3  # epoch 0 frozen, epoch 1 trains everything
 
 
@@ -93,11 +90,4 @@ def test_unfreeze_under_ddp_averages_encoder_gradients(tmp_path):
     grads = _train(model, model, lambda: None, batches, 0, WORLD * LOCAL)
     assert len(grads) == STEPS and all(g.abs().sum() > 0 for g in grads[0])
     expected = {"grads": grads, "state": model.state_dict()}
-    ctx = mp.spawn(_worker, args=(str(tmp_path / "rendezvous"), state, batches, expected),
-                   nprocs=WORLD, join=False)
-    deadline = time.monotonic() + TIMEOUT_S
-    while not ctx.join(timeout=1):  # raises ProcessRaisedException if a worker failed
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.terminate()
-            pytest.fail(f"distributed workers did not finish within {TIMEOUT_S} s")
+    spawn_ranks(_worker, (str(tmp_path / "rendezvous"), state, batches, expected), WORLD)
