@@ -78,3 +78,12 @@ class StagesFailed(HarnessError):
         super().__init__(summary)
         known = [c for c in codes if c in (2, 3, 4)]
         self.exit_code = max(known) if known and len(known) == len(codes) else 1
+
+
+def one_line(exc: BaseException, with_type: bool = False) -> str:
+    """``exc``'s message on one line (whitespace collapsed), prefixed by its type's name when
+    ``with_type`` (or when the message is empty), for an error line that wraps another."""
+    message = " ".join(str(exc).split())
+    if with_type or not message:
+        return " ".join(f"{type(exc).__name__}: {message}".split()) if message else type(exc).__name__
+    return message

@@ -17,7 +17,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from harness.errors import DataError, SpecError
-from harness_builtin.datasets import _wsi, tcga
+from harness_builtin.datasets import _tcga_tiles, _wsi, tcga
 from harness_builtin.datasets.tcga import TCGADataset
 
 T = 64  # tile side in the tiles fixtures
@@ -244,7 +244,7 @@ def test_interrupted_prepare_and_verify_damage(tmp_path, monkeypatch):
     src = tmp_path / "tiles"
     write_tiles(src, corrupt=False, wrong=False)
     calls = {"n": 0}
-    real = tcga._to_rgb
+    real = _tcga_tiles.to_rgb
 
     def flaky(im):
         calls["n"] += 1
@@ -252,12 +252,12 @@ def test_interrupted_prepare_and_verify_damage(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(im)
 
-    monkeypatch.setattr(tcga, "_to_rgb", flaky)
+    monkeypatch.setattr(_tcga_tiles, "to_rgb", flaky)
     root = tmp_path / "data"
     with pytest.raises(KeyboardInterrupt):
         make(root, tile_size=T).prepare(src)
     assert not root.exists() and os.listdir(tmp_path) == ["tiles"]  # no temp folder left
-    monkeypatch.setattr(tcga, "_to_rgb", real)
+    monkeypatch.setattr(_tcga_tiles, "to_rgb", real)
 
     ds = make(root, tile_size=T)
     ds.prepare(src)

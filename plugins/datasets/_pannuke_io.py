@@ -48,10 +48,10 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from harness.data.cache import CacheWriter
-from harness.errors import DataError
+from harness.errors import DataError, one_line
 
 from ._pannuke_convert import ANOMALY_KEYS, N_MASK_CHANNELS, convert_images, convert_masks
-from ._pannuke_npy import NpyMember, _one_line
+from ._pannuke_npy import NpyMember
 
 CLASS_NAMES = ("neoplastic", "inflammatory", "connective", "dead", "epithelial")
 #: The 19 tissue names exactly as stored in ``types.npy`` (reference §1.3).
@@ -141,7 +141,7 @@ def locate_folds(source: Path | None) -> list[FoldSource]:
                 with zipfile.ZipFile(archive) as zf:
                     names = zf.namelist()
             except Exception as exc:  # noqa: BLE001
-                raise DataError(f"{archive}: unreadable zip archive ({_one_line(exc)})") from None
+                raise DataError(f"{archive}: unreadable zip archive ({one_line(exc)})") from None
             members = {}
             for key, suffix in (("images", f"images/{fold}/images.npy"),
                                 ("types", f"images/{fold}/types.npy"),

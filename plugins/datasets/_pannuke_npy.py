@@ -15,11 +15,7 @@ from typing import Iterator
 import numpy as np
 
 from harness.data.cache import read_rows
-from harness.errors import DataError
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+from harness.errors import DataError, one_line
 
 
 @dataclass
@@ -48,7 +44,7 @@ class NpyMember:
                 with zf.open(info) as fh:
                     shape, fortran, dtype, offset = self._read_header(fh)
         except (zipfile.BadZipFile, OSError, EOFError, KeyError) as exc:
-            raise self.error(f"unreadable archive member ({_one_line(exc)})") from None
+            raise self.error(f"unreadable archive member ({one_line(exc)})") from None
         expected = offset + math.prod(shape) * dtype.itemsize
         if info.file_size != expected:
             raise self.error(f"holds {info.file_size} bytes, a {dtype} array of shape "
@@ -70,7 +66,7 @@ class NpyMember:
             else:
                 shape, fortran, dtype = fmt._read_array_header(fh, version)  # noqa: SLF001
         except Exception as exc:  # noqa: BLE001 - any parse failure is a corrupt file
-            raise self.error(f"not a readable .npy array ({_one_line(exc)})") from None
+            raise self.error(f"not a readable .npy array ({one_line(exc)})") from None
         dtype = np.dtype(dtype)
         if dtype.hasobject:
             raise self.error("holds Python objects (pickled); expected a numeric array")
@@ -82,7 +78,7 @@ class NpyMember:
         except FileNotFoundError:
             raise self.error("missing") from None
         except Exception as exc:  # noqa: BLE001
-            raise self.error(f"not a readable .npy array ({_one_line(exc)})") from None
+            raise self.error(f"not a readable .npy array ({one_line(exc)})") from None
 
     # --- small arrays ---------------------------------------------------------------------------
     def read_all(self) -> np.ndarray:
@@ -95,7 +91,7 @@ class NpyMember:
         except FileNotFoundError:
             raise self.error("missing") from None
         except Exception as exc:  # noqa: BLE001
-            raise self.error(f"not a readable .npy array ({_one_line(exc)})") from None
+            raise self.error(f"not a readable .npy array ({one_line(exc)})") from None
 
     # --- rows of big arrays ---------------------------------------------------------------------
     def rows(self, indices: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
@@ -117,7 +113,7 @@ class NpyMember:
                     parts = [read_rows(arr, a, b) for a, b in runs]
                     yield parts[0] if len(parts) == 1 else np.concatenate(parts)
                 except OSError as exc:
-                    raise self.error(f"read failed ({_one_line(exc)})") from None
+                    raise self.error(f"read failed ({one_line(exc)})") from None
             return
         yield from self._zip_rows(indices, chunk)
 
@@ -125,7 +121,7 @@ class NpyMember:
         try:
             zf = zipfile.ZipFile(self.path)
         except Exception as exc:  # noqa: BLE001
-            raise self.error(f"unreadable zip archive ({_one_line(exc)})") from None
+            raise self.error(f"unreadable zip archive ({one_line(exc)})") from None
         with zf, zf.open(self.member) as fh:
             shape, _, dtype, _ = self._read_header(fh)
             row_shape = shape[1:]
@@ -142,7 +138,7 @@ class NpyMember:
                     raw = self._read_exact(fh, row_bytes, pos)
                 except (zipfile.BadZipFile, OSError, EOFError) as exc:
                     raise self.error(f"corrupt archive member near row {pos} "
-                                     f"({_one_line(exc)})") from None
+                                     f"({one_line(exc)})") from None
                 pos += 1
                 pending.append(np.frombuffer(raw, dtype=dtype).reshape(row_shape))
                 if len(pending) == chunk:

@@ -3,12 +3,13 @@
 Numpy/scipy only (no OpenCV). OpenSlide is optional: :func:`require_openslide` imports it and
 turns its absence into a :class:`~harness.errors.DataError` that names the extra to install.
 
-The tissue mask follows CLAM's ``WholeSlideImage.segmentTissue`` (reference §5.3): RGB of a
-low-resolution level -> HSV saturation (0..255, as OpenCV computes it) -> median blur with a
-7x7 kernel (edge pixels replicated, as ``cv2.medianBlur``) -> Otsu threshold (a pixel is tissue
-when its blurred saturation is strictly above the threshold, as ``cv2.THRESH_BINARY``). White
-background has a low saturation, stained tissue a high one. CLAM's optional morphological close
-and contour-area filter are not applied: tiles are kept by their tissue fraction instead.
+The tissue mask follows CLAM's ``WholeSlideImage.segmentTissue`` (github.com/mahmoodlab/CLAM,
+wsi_core/WholeSlideImage.py; Lu et al., Nat. Biomed. Eng. 2021): RGB of a low-resolution level
+-> HSV saturation (0..255, as OpenCV computes it) -> median blur with a 7x7 kernel (edge pixels
+replicated, as ``cv2.medianBlur``) -> Otsu threshold (a pixel is tissue when its blurred
+saturation is strictly above the threshold, as ``cv2.THRESH_BINARY``). White background has a
+low saturation, stained tissue a high one. CLAM's optional morphological close and contour-area
+filter are not applied: tiles are kept by their tissue fraction instead.
 """
 
 from __future__ import annotations
