@@ -266,7 +266,7 @@ def test_corrupt_zip_member_names_the_member(tmp_path):
 
 
 def test_interrupted_prepare_leaves_nothing(tmp_path, fixture_dir, monkeypatch):
-    real = tnbc._mask_array
+    real = tnbc.mask_array
     calls = []
 
     def interrupt(*args, **kw):
@@ -275,7 +275,7 @@ def test_interrupted_prepare_leaves_nothing(tmp_path, fixture_dir, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kw)
 
-    monkeypatch.setattr(tnbc, "_mask_array", interrupt)
+    monkeypatch.setattr(tnbc, "mask_array", interrupt)
     ds = make(tmp_path / "cache" / "tnbc")
     with pytest.raises(KeyboardInterrupt):
         ds.prepare(fixture_dir)

@@ -54,11 +54,7 @@ the training loss and parameterisation differ slightly.
 
 from __future__ import annotations
 
-import io
 import json
-import re
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -72,14 +68,13 @@ from harness.errors import DataError
 from harness.hookspecs import hookimpl
 from harness.metrics import CONNECTIVITY
 
+from ._tnbc_source import Source, image_array, mask_array, patient_key
+
 RELEASE_IMAGES = 50
 RELEASE_SIZE = 512
 THESIS_SPLIT = {"train": 43, "test": 7}
 TISSUE = "Breast"
 SPLIT_SEED = 0
-_SLIDE = re.compile(r"^Slide_(\d+)$")
-_GT = re.compile(r"^GT_(\d+)$")
-_STEM = re.compile(r"^(\d+)_(\d+)$")
 
 
 class TNBCConfig(DatasetConfig):
@@ -108,7 +103,7 @@ def patient_split(patients: list[str]) -> list[str] | None:
     """Whole patients (of the (patient, k)-sorted per-image patient list) whose images sum to
     ``n_test_images(n)``, preferring patients from the end of the sorted order; None if no set does."""
     target = n_test_images(len(patients))
-    order = sorted(set(patients), key=_patient_key, reverse=True)
+    order = sorted(set(patients), key=patient_key, reverse=True)
     sizes = [patients.count(p) for p in order]
     # reachable[i][r]: some subset of order[i:] sums to exactly r images.
     reachable = [[False] * (target + 1) for _ in range(len(order) + 1)]
@@ -123,142 +118,8 @@ def patient_split(patients: list[str]) -> list[str] | None:
         if sizes[i] <= r and reachable[i + 1][r - sizes[i]]:
             chosen.append(p)
             r -= sizes[i]
-    return sorted(chosen, key=_patient_key)
+    return sorted(chosen, key=patient_key)
 
-
-def _patient_key(p: str) -> tuple[int, str]:
-    return (int(p), p) if p.isdigit() else (1 << 30, p)
-
-
-def _sample_key(patient: str, stem: str) -> tuple:
-    m = _STEM.match(stem)
-    k = (int(m.group(2)), "") if m else (1 << 30, stem)
-    return (_patient_key(patient), k)
-
-
-# --- reading the official layout ----------------------------------------------------------------------
-
-@dataclass
-class _Entry:
-    stem: str
-    patient: str
-    image: str  # path or zip member
-    mask: str
-
-
-class _Source:
-    """A TNBC download as a folder or the zip: lists Slide_*/GT_* PNGs and reads them."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.zip: zipfile.ZipFile | None = None
-        if self.path.is_file():
-            try:
-                self.zip = zipfile.ZipFile(self.path)
-            except (zipfile.BadZipFile, OSError) as exc:
-                raise DataError(f"{self.path}: not a readable zip ({exc})") from None
-            self.files = [m for m in self.zip.namelist() if not m.endswith("/")]
-        elif self.path.is_dir():
-            base = self.path
-            if not any(_SLIDE.match(p.name) for p in base.iterdir() if p.is_dir()):
-                if (base / "TNBC_NucleiSegmentation").is_dir():
-                    base = base / "TNBC_NucleiSegmentation"
-                elif (base / "TNBC_NucleiSegmentation.zip").is_file():
-                    self.__init__(base / "TNBC_NucleiSegmentation.zip")
-                    return
-            self.path = base
-            self.files = [str(p.relative_to(base)) for p in base.rglob("*.png") if p.is_file()]
-        else:
-            raise DataError(f"{self.path}: missing (expected the TNBC_NucleiSegmentation folder "
-                            f"or TNBC_NucleiSegmentation.zip)")
-
-    def where(self, name: str) -> str:
-        return f"{self.path}!{name}" if self.zip else str(self.path / name)
-
-    def entries(self) -> list[_Entry]:
-        images: dict[tuple[str, str], str] = {}
-        masks: dict[tuple[str, str], str] = {}
-        for name in self.files:
-            parts = name.replace("\\", "/").split("/")
-            if "__MACOSX" in parts or parts[-1].startswith("._") or not parts[-1].lower().endswith(".png"):
-                continue
-            if len(parts) < 2:
-                continue
-            folder, stem = parts[-2], parts[-1][:-4]
-            if m := _SLIDE.match(folder):
-                images[(m.group(1), stem)] = name
-            elif m := _GT.match(folder):
-                masks[(m.group(1), stem)] = name
-        if not images and not masks:
-            raise DataError(f"{self.path}: no Slide_XX/*.png images (expected the "
-                            f"TNBC_NucleiSegmentation layout: Slide_XX/ and GT_XX/)")
-        for key in sorted(set(masks) - set(images)):
-            raise DataError(f"{self.where(masks[key])}: mask without its image "
-                            f"(no Slide_{key[0]}/{key[1]}.png)")
-        for key in sorted(set(images) - set(masks)):
-            raise DataError(f"{self.where(images[key])}: image without its mask "
-                            f"(no GT_{key[0]}/{key[1]}.png)")
-        entries = [_Entry(stem, patient, images[(patient, stem)], masks[(patient, stem)])
-                   for patient, stem in images]
-        seen: dict[str, _Entry] = {}
-        for e in entries:
-            if e.stem in seen:
-                raise DataError(f"{self.where(e.image)}: file name '{e.stem}.png' also in "
-                                f"Slide_{seen[e.stem].patient}; sample ids must be unique")
-            seen[e.stem] = e
-        return sorted(entries, key=lambda e: _sample_key(e.patient, e.stem))
-
-    def read(self, name: str) -> Any:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            if self.zip is not None:
-                data = self.zip.read(name)
-                im = Image.open(io.BytesIO(data))
-            else:
-                im = Image.open(self.path / name)
-            im.load()
-            return im
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, zipfile.BadZipFile) as exc:
-            raise DataError(f"{self.where(name)}: unreadable PNG ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-
-    def close(self) -> None:
-        if self.zip is not None:
-            self.zip.close()
-
-
-def _image_array(src: _Source, name: str) -> tuple[np.ndarray, str]:
-    """``(H, W, 3)`` uint8 RGB (alpha dropped) and the PNG's mode."""
-    im = src.read(name)
-    mode = im.mode
-    if im.mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    if im.mode not in ("RGB", "RGBA"):
-        raise DataError(f"{src.where(name)}: image mode {im.mode}; expected RGB or RGBA")
-    return np.ascontiguousarray(np.asarray(im)[..., :3]), mode
-
-
-def _mask_array(src: _Source, name: str) -> np.ndarray:
-    """``(H, W)`` mask values (nucleus = value > 0)."""
-    im = src.read(name)
-    if im.mode == "P":
-        im = im.convert("RGB")
-    arr = np.asarray(im)
-    if im.mode in ("RGB", "RGBA"):
-        rgb = arr[..., :3]
-        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
-            raise DataError(f"{src.where(name)}: colour mask with differing channels; expected a "
-                            f"single-channel binary mask (nucleus > 0)")
-        arr = rgb[..., 0]
-    elif im.mode == "LA":
-        arr = arr[..., 0]
-    elif arr.ndim != 2:
-        raise DataError(f"{src.where(name)}: mask mode {im.mode}; expected a single-channel mask")
-    return arr
-
-
-# --- the dataset --------------------------------------------------------------------------------------
 
 class TNBCDataset(CachedDataset):
     name = "tnbc"
@@ -293,71 +154,28 @@ class TNBCDataset(CachedDataset):
     def prepare(self, source: Path | None = None) -> None:
         if source is None:
             raise DataError(f"tnbc: --source is required ({self.source_hint})")
-        src = _Source(Path(source))
+        src = Source(Path(source))
         try:
             self._prepare(src)
         finally:
             src.close()
 
-    def _prepare(self, src: _Source) -> None:
-        from scipy import ndimage  # scipy on use: `harness validate`/`list` import this module
-
-        structure = ndimage.generate_binary_structure(2, 1 if CONNECTIVITY == 4 else 2)
+    def _prepare(self, src: Source) -> None:
         entries = src.entries()
         n = len(entries)
         if n < 2:
             raise DataError(f"{src.path}: {n} image(s); a train/test split needs at least 2")
-        first = _image_array(src, entries[0].image)
-        h, w = first[0].shape[:2]
-        nonbinary: list[str] = []
-        non_rgb: list[str] = []
+        stems = [e.stem for e in entries]
+        patients = [e.patient for e in entries]
         with CacheWriter(self.root) as writer:
-            out_img = writer.array("images", (n, h, w, 3), np.uint8)
-            out_inst = writer.array("instances", (n, h, w), np.int32)
-            out_cls = writer.array("classes", (n, h, w), np.uint8)
-            with progress_bar("prepare tnbc", n) as advance:
-                for i, e in enumerate(entries):
-                    image, mode = first if i == 0 else _image_array(src, e.image)
-                    if mode != "RGB":
-                        non_rgb.append(e.stem)
-                    if image.shape[:2] != (h, w):
-                        raise DataError(f"{src.where(e.image)}: size {image.shape[1]}x"
-                                        f"{image.shape[0]}, other images are {w}x{h}")
-                    mask = _mask_array(src, e.mask)
-                    if mask.shape != (h, w):
-                        raise DataError(f"{src.where(e.mask)}: size {mask.shape[1]}x{mask.shape[0]}"
-                                        f", its image is {w}x{h}")
-                    values = np.unique(mask)
-                    if len(values[values > 0]) > 1:
-                        nonbinary.append(e.stem)
-                    fg = mask > 0
-                    labels, _ = ndimage.label(fg, structure=structure)
-                    out_img[i] = image
-                    out_inst[i] = labels
-                    out_cls[i] = fg
-                    advance(1)
-            stems = [e.stem for e in entries]
-            patients = [e.patient for e in entries]
-            test_img = [stems[i] for i in image_split(n)]
-            test_pat_patients = patient_split(patients)
-            fallback = test_pat_patients is None
-            test_pat = (test_img if fallback else
-                        [s for s, p in zip(stems, patients) if p in test_pat_patients])
-            writer.json("split.json", {
-                "rule": "sort by (patient, k); n_test = ceil(14 n / 100); image: "
-                        "RandomState(0).permutation(n)[:n_test]; patient: whole patients from "
-                        "the end summing to n_test, else the image rule",
-                "n_test": n_test_images(n),
-                "image": {"test": test_img},
-                "patient": {"test": test_pat, "test_patients": test_pat_patients or [],
-                            "patient_fallback": fallback},
-            })
-            test_set = set(test_img)
-            groups = ["test" if s in test_set else "train" for s in stems]
-            writer.samples(stems, [TISSUE] * n, groups)
+            (h, w), non_rgb, nonbinary = _write_samples(writer, src, entries)
+            split, fallback = _splits(stems, patients)
+            writer.json("split.json", split)
+            test_set = set(split["image"]["test"])
+            writer.samples(stems, [TISSUE] * n, ["test" if s in test_set else "train" for s in stems])
             complete = n == RELEASE_IMAGES and (h, w) == (RELEASE_SIZE, RELEASE_SIZE)
             writer.finish({"dataset": self.name, "version": self.version, "source": str(src.path),
-                           "samples": n, "patients": sorted(set(patients), key=_patient_key),
+                           "samples": n, "patients": sorted(set(patients), key=patient_key),
                            "complete_release": complete, "size": [h, w],
                            "n_test": n_test_images(n), "patient_fallback": fallback,
                            "connectivity": CONNECTIVITY, "non_rgb_images": non_rgb,
@@ -395,6 +213,64 @@ class TNBCDataset(CachedDataset):
             raise ValueError(f"{self.root / 'split.json'} names unknown samples {sorted(unknown)[:3]}")
         arrays.groups = ["test" if sid in test else "train" for sid in arrays.ids]
         return arrays
+
+
+def _write_samples(writer: CacheWriter, src: Source,
+                   entries: list) -> tuple[tuple[int, int], list[str], list[str]]:
+    """Images, instance maps (connected components of each binary mask) and class maps into
+    the cache; the image size, the stems of non-RGB images and of non-binary masks."""
+    from scipy import ndimage  # scipy on use: `harness validate`/`list` import this module
+
+    structure = ndimage.generate_binary_structure(2, 1 if CONNECTIVITY == 4 else 2)
+    n = len(entries)
+    first = image_array(src, entries[0].image)
+    h, w = first[0].shape[:2]
+    nonbinary: list[str] = []
+    non_rgb: list[str] = []
+    out_img = writer.array("images", (n, h, w, 3), np.uint8)
+    out_inst = writer.array("instances", (n, h, w), np.int32)
+    out_cls = writer.array("classes", (n, h, w), np.uint8)
+    with progress_bar("prepare tnbc", n) as advance:
+        for i, e in enumerate(entries):
+            image, mode = first if i == 0 else image_array(src, e.image)
+            if mode != "RGB":
+                non_rgb.append(e.stem)
+            if image.shape[:2] != (h, w):
+                raise DataError(f"{src.where(e.image)}: size {image.shape[1]}x"
+                                f"{image.shape[0]}, other images are {w}x{h}")
+            mask = mask_array(src, e.mask)
+            if mask.shape != (h, w):
+                raise DataError(f"{src.where(e.mask)}: size {mask.shape[1]}x{mask.shape[0]}"
+                                f", its image is {w}x{h}")
+            values = np.unique(mask)
+            if len(values[values > 0]) > 1:
+                nonbinary.append(e.stem)
+            fg = mask > 0
+            out_img[i] = image
+            out_inst[i] = ndimage.label(fg, structure=structure)[0]
+            out_cls[i] = fg
+            advance(1)
+    return (h, w), non_rgb, nonbinary
+
+
+def _splits(stems: list[str], patients: list[str]) -> tuple[dict[str, Any], bool]:
+    """``split.json``: the image split and the patient split (the image split when whole
+    patients cannot make up the test set: ``patient_fallback``)."""
+    n = len(stems)
+    test_img = [stems[i] for i in image_split(n)]
+    test_pat_patients = patient_split(patients)
+    fallback = test_pat_patients is None
+    test_pat = (test_img if fallback else
+                [s for s, p in zip(stems, patients) if p in test_pat_patients])
+    return {
+        "rule": "sort by (patient, k); n_test = ceil(14 n / 100); image: "
+                "RandomState(0).permutation(n)[:n_test]; patient: whole patients from "
+                "the end summing to n_test, else the image rule",
+        "n_test": n_test_images(n),
+        "image": {"test": test_img},
+        "patient": {"test": test_pat, "test_patients": test_pat_patients or [],
+                    "patient_fallback": fallback},
+    }, fallback
 
 
 @hookimpl
