@@ -226,7 +226,7 @@ def write_cache(root: Path, name: str, version: str, source: Path,
     of the cache as (fold, index) pairs (each selected pair exactly once), ``groups`` the group
     of each sample in that order. Returns the READY info.
     """
-    from harness.engine.runtime import progress_bar
+    from harness.console import progress_bar
 
     if folds is None:
         folds = locate_folds(source)
@@ -261,38 +261,7 @@ def write_cache(root: Path, name: str, version: str, source: Path,
             for fold in FOLDS:
                 fs = by_fold[fold]
                 idx = np.array(sorted(int(i) for i in selection.get(fold, ())), dtype=np.int64)
-                if len(idx) and (idx[0] < 0 or idx[-1] >= fs.n):
-                    raise ValueError(f"{fold}: selected index outside 0..{fs.n - 1}")
-                stats = dict.fromkeys(ANOMALY_KEYS, 0)
-                vmax = -np.inf
-                start = 0
-                chunks = zip(fs.images.rows(idx, chunk), fs.masks.rows(idx, chunk))
-                for im_chunk, mk_chunk in chunks:
-                    sel = idx[start:start + len(im_chunk)]
-                    if len(mk_chunk) != len(im_chunk):
-                        raise fs.masks.error("fewer rows than images.npy")
-                    if len(im_chunk):
-                        vmax = max(vmax, float(np.max(im_chunk)))
-                    img8 = convert_images(im_chunk, fs.images, sel)
-                    maps = convert_masks(mk_chunk, fs.masks, sel, stats)
-                    dest = np.array([position[(fold, int(i))] for i in sel], dtype=np.int64)
-                    maps["images"] = img8
-                    if len(dest) and dest[-1] - dest[0] + 1 == len(dest):  # a block: one write
-                        for stem, arr in maps.items():
-                            out[stem][dest[0]:dest[-1] + 1] = arr
-                    else:
-                        for stem, arr in maps.items():
-                            out[stem][dest] = arr
-                    for j, d in enumerate(dest):
-                        ids[d] = f"{fold}/{int(sel[j]):05d}"
-                        tissues[d] = fs.types_list[int(sel[j])]
-                    start += len(im_chunk)
-                    advance(len(im_chunk), fold=fold)
-                if start != len(idx):
-                    raise fs.images.error(f"yielded {start} of {len(idx)} selected rows")
-                if len(idx) >= 4 and vmax <= 1.0:
-                    raise fs.images.error("values lie in 0..1; expected the release's 0..255 range")
-                anomalies[fold] = stats
+                anomalies[fold] = _convert_fold(fs, idx, out, position, (ids, tissues), advance, chunk)
         if any(i is None for i in ids):
             raise ValueError("the sample order names pairs that were not selected")
         info["anomalies"] = anomalies
@@ -303,6 +272,47 @@ def write_cache(root: Path, name: str, version: str, source: Path,
             writer.json(fname, data)
         writer.finish(info)
     return info
+
+
+def _convert_fold(fs: FoldSource, idx: np.ndarray, out: dict[str, np.ndarray],
+                  position: dict[tuple[str, int], int], names: tuple[list, list], advance: Any,
+                  chunk: int) -> dict[str, int]:
+    """Convert the rows ``idx`` of one source fold, ``chunk`` rows at a time, into the cache
+    arrays ``out`` at their ``position`` in the sample order, filling ``names`` (ids, tissues);
+    returns the fold's mask anomaly counts."""
+    fold = fs.fold
+    if len(idx) and (idx[0] < 0 or idx[-1] >= fs.n):
+        raise ValueError(f"{fold}: selected index outside 0..{fs.n - 1}")
+    ids, tissues = names
+    stats = dict.fromkeys(ANOMALY_KEYS, 0)
+    vmax = -np.inf
+    start = 0
+    for im_chunk, mk_chunk in zip(fs.images.rows(idx, chunk), fs.masks.rows(idx, chunk)):
+        sel = idx[start:start + len(im_chunk)]
+        if len(mk_chunk) != len(im_chunk):
+            raise fs.masks.error("fewer rows than images.npy")
+        if len(im_chunk):
+            vmax = max(vmax, float(np.max(im_chunk)))
+        img8 = convert_images(im_chunk, fs.images, sel)
+        maps = convert_masks(mk_chunk, fs.masks, sel, stats)
+        maps["images"] = img8
+        dest = np.array([position[(fold, int(i))] for i in sel], dtype=np.int64)
+        if len(dest) and dest[-1] - dest[0] + 1 == len(dest):  # a block: one write
+            for stem, arr in maps.items():
+                out[stem][dest[0]:dest[-1] + 1] = arr
+        else:
+            for stem, arr in maps.items():
+                out[stem][dest] = arr
+        for j, d in enumerate(dest):
+            ids[d] = f"{fold}/{int(sel[j]):05d}"
+            tissues[d] = fs.types_list[int(sel[j])]
+        start += len(im_chunk)
+        advance(len(im_chunk), fold=fold)
+    if start != len(idx):
+        raise fs.images.error(f"yielded {start} of {len(idx)} selected rows")
+    if len(idx) >= 4 and vmax <= 1.0:
+        raise fs.images.error("values lie in 0..1; expected the release's 0..255 range")
+    return stats
 
 
 def _counts(values: Sequence[str]) -> dict[str, int]:

@@ -200,12 +200,41 @@ def draw_image(rng: np.random.Generator, size: int, tissue: TissueProfile,
     """One ``size`` x ``size`` image: RGB uint8, instance map int32, class map uint8;
     ``crowding`` > 0 places nuclei in touching same-class clusters (:func:`_place_crowded`),
     0 draws exactly what this function drew before the option existed; ``scale`` multiplies
-    every nucleus's axes (1: as before)."""
+    every nucleus's axes (1: as before). The random draws are made in a fixed order (background,
+    nucleus count, layout, shapes, noise), so a seed gives the same image on every machine."""
     from scipy.ndimage import gaussian_filter  # scipy on use: `harness validate`/`list` import this module
 
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    stain, hema, eos, chroma = _background(rng, size, tissue)
+    instances = np.zeros((size, size), dtype=np.int32)
+    classes = np.zeros((size, size), dtype=np.uint8)
+    lo, hi = count_range
+    count = int(rng.integers(lo, hi + 1))
+    if count > 0:
+        mix = rng.dirichlet(np.asarray(tissue.mix) * 25.0)
+        if crowding > 0:
+            cls, a, b, centres = _place_crowded(rng, size, mix, count, crowding, scale)
+        else:
+            cls, a, b, centres = _place_sparse(rng, size, mix, count, scale)
+        shapes = _nucleus_shapes(rng, cls, a, b, stain[0])
+        parts = [_class_part(c, np.flatnonzero(cls == c), size, centres, a, b, shapes, chroma, stain)
+                 for c in range(1, 6) if (cls == c).any()]
+        _paint(parts, len(cls), cls, hema, eos, instances, classes)
 
-    # --- background: eosin stroma with fibres, pale spaces and a faint hematoxylin tint ------
+    # --- compose ------------------------------------------------------------------------------
+    hema = gaussian_filter(hema, 0.45)
+    eos = gaussian_filter(np.maximum(eos, 0.0), 0.45)
+    od = hema[..., None] * H_OD + eos[..., None] * E_OD
+    rgb = 255.0 * np.exp(-od) + 2.5 * rng.standard_normal((size, size, 3), dtype=np.float32)
+    image = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    return image, instances, classes
+
+
+def _background(rng: np.random.Generator, size: int, tissue: TissueProfile
+                ) -> tuple[tuple[float, float], np.ndarray, np.ndarray, np.ndarray]:
+    """Eosin stroma with fibres, pale spaces and a faint hematoxylin tint: the per-image stain
+    factors (hematoxylin, eosin), the hematoxylin and eosin densities and the chromatin noise
+    the nuclei use."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     stain_h = rng.uniform(0.93, 1.07)  # per-image stain variation
     stain_e = rng.uniform(0.90, 1.10)
     theta = rng.uniform(0, np.pi)
@@ -221,82 +250,85 @@ def draw_image(rng: np.random.Generator, size: int, tissue: TissueProfile,
         1.0 - 0.30 * tissue.fibre + 0.75 * tissue.fibre * fibres)
     eos = eos * (1.0 - 0.85 * pale) + 0.05 * rng.standard_normal((size, size)) * (1.0 - pale)
     hema = tissue.hema * stain_h * (1.0 + 0.3 * low) * (1.0 - 0.8 * pale)
-    instances = np.zeros((size, size), dtype=np.int32)
-    classes = np.zeros((size, size), dtype=np.uint8)
+    return (stain_h, stain_e), hema, eos, chroma
 
-    # --- nuclei ------------------------------------------------------------------------------
-    lo, hi = count_range
-    count = int(rng.integers(lo, hi + 1))
-    if count > 0:
-        mix = rng.dirichlet(np.asarray(tissue.mix) * 25.0)
-        if crowding > 0:
-            cls, a, b, centres = _place_crowded(rng, size, mix, count, crowding, scale)
-        else:
-            ncand = 2 * count + 8
-            cls = rng.choice(np.arange(1, 6), size=ncand, p=mix)
-            a = rng.uniform(_A_LO[cls], _A_HI[cls])
-            ratio = rng.uniform(_B_LO[cls], _B_HI[cls])
-            b = np.where(cls == CONN, rng.uniform(1.3, 2.0, ncand), a * ratio)
-            if scale != 1.0:
-                a, b = a * scale, b * scale
-            idx, centres = _place(rng, size, cls, 0.5 * (a + b), count)
-            cls, a, b = cls[idx], a[idx], b[idx]
-        m = len(cls)
-        angle = rng.uniform(0, np.pi, m)
-        amps = (_IRREG[cls][:, None] * rng.uniform(0, 1, (m, 4)) * _HARM_WEIGHT)
-        phases = rng.uniform(0, 2 * np.pi, (m, 4))
-        hval = _HEMA[cls] * rng.normal(1.0, 0.06, m) * stain_h
-        # epithelial nucleolus and dead-cell fragments, as offsets from the centre
-        nucleolus = rng.normal(0, 0.25, (m, 2)) * b[:, None]
-        nucleolus_r = rng.uniform(0.9, 1.3, m)
-        frags = rng.uniform(-0.55, 0.55, (m, 3, 2)) * a[:, None, None]
-        frag_r = rng.uniform(0.7, 1.2, (m, 3))
-        nfrag = rng.integers(1, 4, m)
 
-        parts = []  # per class: (pixel index, drawing order, hematoxylin, eosin)
-        for c in range(1, 6):
-            sel = np.flatnonzero(cls == c)
-            if len(sel) == 0:
-                continue
-            lx, ly, px, py, rho, inside = _rasterize(size, centres[sel], a[sel], b[sel],
-                                                     angle[sel], _POW[c], amps[sel], phases[sel])
-            pix = (np.clip(py, 0, size - 1) * size + np.clip(px, 0, size - 1))
-            pix = np.broadcast_to(pix, inside.shape)[inside]
-            speckle = np.clip(1.0 + _SPECKLE[c] * chroma.flat[pix], 0.5, 2.0)
-            h = np.broadcast_to(hval[sel, None, None], inside.shape)[inside] * speckle
-            if _RIM[c]:
-                h = h * (1.0 + _RIM[c] * (rho[inside] > 0.72))
-            if c == EPI:  # a visible nucleolus
-                dn = np.hypot(lx - nucleolus[sel, 0, None, None], ly - nucleolus[sel, 1, None, None])
-                h = h + 1.5 * stain_h * (dn < nucleolus_r[sel, None, None])[inside]
-            if c == DEAD:  # pyknotic fragments in an eosinophilic halo
-                fx, fy = frags[sel, :, 0, None, None], frags[sel, :, 1, None, None]
-                dfrag = np.hypot(lx[:, None] - fx, ly[:, None] - fy) - frag_r[sel, :, None, None]
-                used = (np.arange(3)[None, :] < nfrag[sel, None])[:, :, None, None]
-                hit = ((dfrag < 0) & used).any(1)
-                h = h + 2.3 * stain_h * hit[inside]
-            order = np.broadcast_to(sel[:, None, None], inside.shape)[inside]
-            parts.append((pix, order, h, np.full(len(h), _EOS[c] * stain_e)))
-        pix, order, h, e = (np.concatenate(x) for x in zip(*parts))
-        # later nuclei win: sort by (pixel, order) and keep the last entry of each pixel
-        srt = np.argsort(pix * m + order)
-        pix_s = pix[srt]
-        last = np.ones(len(pix_s), dtype=bool)
-        last[:-1] = pix_s[1:] != pix_s[:-1]
-        pick = srt[last]
-        pix, win = pix[pick], order[pick]
-        hema.flat[pix] = h[pick]
-        eos.flat[pix] = e[pick]
-        instances.flat[pix] = win + 1
-        classes.flat[pix] = cls[win]
+def _place_sparse(rng: np.random.Generator, size: int, mix: np.ndarray, count: int, scale: float
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Classes, axes and centres of up to ``count`` nuclei placed apart (:func:`_place`)."""
+    ncand = 2 * count + 8
+    cls = rng.choice(np.arange(1, 6), size=ncand, p=mix)
+    a = rng.uniform(_A_LO[cls], _A_HI[cls])
+    ratio = rng.uniform(_B_LO[cls], _B_HI[cls])
+    b = np.where(cls == CONN, rng.uniform(1.3, 2.0, ncand), a * ratio)
+    if scale != 1.0:
+        a, b = a * scale, b * scale
+    idx, centres = _place(rng, size, cls, 0.5 * (a + b), count)
+    return cls[idx], a[idx], b[idx], centres
 
-    # --- compose ------------------------------------------------------------------------------
-    hema = gaussian_filter(hema, 0.45)
-    eos = gaussian_filter(np.maximum(eos, 0.0), 0.45)
-    od = hema[..., None] * H_OD + eos[..., None] * E_OD
-    rgb = 255.0 * np.exp(-od) + 2.5 * rng.standard_normal((size, size, 3), dtype=np.float32)
-    image = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
-    return image, instances, classes
+
+def _nucleus_shapes(rng: np.random.Generator, cls: np.ndarray, a: np.ndarray, b: np.ndarray,
+                    stain_h: float) -> dict[str, np.ndarray]:
+    """Per nucleus: orientation, contour harmonics, hematoxylin, the epithelial nucleolus and
+    the dead-cell fragments (offsets from the centre)."""
+    m = len(cls)
+    return {
+        "angle": rng.uniform(0, np.pi, m),
+        "amps": _IRREG[cls][:, None] * rng.uniform(0, 1, (m, 4)) * _HARM_WEIGHT,
+        "phases": rng.uniform(0, 2 * np.pi, (m, 4)),
+        "hval": _HEMA[cls] * rng.normal(1.0, 0.06, m) * stain_h,
+        "nucleolus": rng.normal(0, 0.25, (m, 2)) * b[:, None],
+        "nucleolus_r": rng.uniform(0.9, 1.3, m),
+        "frags": rng.uniform(-0.55, 0.55, (m, 3, 2)) * a[:, None, None],
+        "frag_r": rng.uniform(0.7, 1.2, (m, 3)),
+        "nfrag": rng.integers(1, 4, m),
+    }
+
+
+def _class_part(c: int, sel: np.ndarray, size: int, centres: np.ndarray, a: np.ndarray,
+                b: np.ndarray, shapes: dict[str, np.ndarray], chroma: np.ndarray,
+                stain: tuple[float, float]) -> tuple[np.ndarray, ...]:
+    """The pixels of the nuclei ``sel`` of class ``c``: (pixel index, drawing order,
+    hematoxylin, eosin)."""
+    stain_h, stain_e = stain
+    lx, ly, px, py, rho, inside = _rasterize(size, centres[sel], a[sel], b[sel], shapes["angle"][sel],
+                                             _POW[c], shapes["amps"][sel], shapes["phases"][sel])
+    pix = (np.clip(py, 0, size - 1) * size + np.clip(px, 0, size - 1))
+    pix = np.broadcast_to(pix, inside.shape)[inside]
+    speckle = np.clip(1.0 + _SPECKLE[c] * chroma.flat[pix], 0.5, 2.0)
+    h = np.broadcast_to(shapes["hval"][sel, None, None], inside.shape)[inside] * speckle
+    if _RIM[c]:
+        h = h * (1.0 + _RIM[c] * (rho[inside] > 0.72))
+    if c == EPI:  # a visible nucleolus
+        nucleolus = shapes["nucleolus"]
+        dn = np.hypot(lx - nucleolus[sel, 0, None, None], ly - nucleolus[sel, 1, None, None])
+        h = h + 1.5 * stain_h * (dn < shapes["nucleolus_r"][sel, None, None])[inside]
+    if c == DEAD:  # pyknotic fragments in an eosinophilic halo
+        frags = shapes["frags"]
+        fx, fy = frags[sel, :, 0, None, None], frags[sel, :, 1, None, None]
+        dfrag = np.hypot(lx[:, None] - fx, ly[:, None] - fy) - shapes["frag_r"][sel, :, None, None]
+        used = (np.arange(3)[None, :] < shapes["nfrag"][sel, None])[:, :, None, None]
+        hit = ((dfrag < 0) & used).any(1)
+        h = h + 2.3 * stain_h * hit[inside]
+    order = np.broadcast_to(sel[:, None, None], inside.shape)[inside]
+    return pix, order, h, np.full(len(h), _EOS[c] * stain_e)
+
+
+def _paint(parts: list[tuple[np.ndarray, ...]], m: int, cls: np.ndarray, hema: np.ndarray,
+           eos: np.ndarray, instances: np.ndarray, classes: np.ndarray) -> None:
+    """Write the nuclei's pixels into the maps (in place); later nuclei win: sort by (pixel,
+    order) and keep the last entry of each pixel."""
+    pix, order, h, e = (np.concatenate(x) for x in zip(*parts))
+    srt = np.argsort(pix * m + order)
+    pix_s = pix[srt]
+    last = np.ones(len(pix_s), dtype=bool)
+    last[:-1] = pix_s[1:] != pix_s[:-1]
+    pick = srt[last]
+    pix, win = pix[pick], order[pick]
+    hema.flat[pix] = h[pick]
+    eos.flat[pix] = e[pick]
+    instances.flat[pix] = win + 1
+    classes.flat[pix] = cls[win]
 
 
 def draw_set(seed: int, stream: int, size: int, tissues: list[str],

@@ -203,52 +203,16 @@ class SyntheticDataset(Dataset):
     # --- checks --------------------------------------------------------------------------------
     def verify(self) -> list[str]:
         cfg = self.config
-        problems: list[str] = []
         if not self.is_prepared():
             return [f"not prepared: no READY marker in {self.root}"]
         n, s = cfg.folds * cfg.images_per_fold, cfg.image_size
         u, us = cfg.unlabeled_images, cfg.unlabeled_size
-        expected = {
+        arrays, problems = _read_arrays(self.root, {
             "images.npy": ((n, s, s, 3), np.uint8), "instances.npy": ((n, s, s), np.int32),
             "classes.npy": ((n, s, s), np.uint8), "unlabeled.npy": ((u, us, us, 3), np.uint8),
             "unlabeled_classes.npy": ((u, us, us), np.uint8),
-        }
-        arrays: dict[str, np.ndarray] = {}
-        for fname, (shape, dtype) in expected.items():
-            path = self.root / fname
-            if not path.exists():
-                problems.append(f"{fname} is missing")
-                continue
-            try:
-                arr = np.load(path, mmap_mode="r")
-            except Exception as exc:  # noqa: BLE001 - any unreadable file is a problem
-                problems.append(f"{fname} cannot be read: {type(exc).__name__}: {exc}")
-                continue
-            if arr.shape != shape:
-                problems.append(f"{fname} has shape {arr.shape}, expected {shape}")
-            elif arr.dtype != dtype:
-                problems.append(f"{fname} has dtype {arr.dtype}, expected {np.dtype(dtype)}")
-            else:
-                arrays[fname] = arr
-        k = len(self.class_names)
-        for fname in ("classes.npy", "unlabeled_classes.npy"):
-            if fname in arrays and int(arrays[fname].max(initial=0)) > k:
-                problems.append(f"{fname} holds class ids above {k}")
-        if "instances.npy" in arrays and int(arrays["instances.npy"].min(initial=0)) < 0:
-            problems.append("instances.npy holds negative ids")
-        if "instances.npy" in arrays and "classes.npy" in arrays:
-            inst = np.asarray(arrays["instances.npy"])
-            cls = np.asarray(arrays["classes.npy"])
-            bad = int(((inst > 0) != (cls > 0)).sum())
-            if bad:
-                problems.append(f"instance and class maps disagree on {bad} pixels "
-                                f"(foreground in one, background in the other)")
-            fg = inst > 0
-            img_idx = np.broadcast_to(np.arange(n)[:, None, None], inst.shape)[fg]
-            key = img_idx.astype(np.int64) * (int(inst.max(initial=0)) + 1) + inst[fg]
-            pairs = np.unique(key * 8 + cls[fg])
-            if len(pairs) != len(np.unique(key)):
-                problems.append("some nuclei carry more than one class")
+        })
+        problems += _map_problems(arrays, len(self.class_names))
         try:
             meta = self._meta()
         except Exception as exc:  # noqa: BLE001
@@ -292,6 +256,55 @@ class SyntheticDataset(Dataset):
 
     def expected_group_sizes(self) -> dict[str, int]:
         return {group: self.config.images_per_fold for group in self._group_names()}
+
+
+def _read_arrays(root: Path, expected: dict[str, tuple[tuple[int, ...], Any]]
+                 ) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The cache's arrays that exist with their expected shape and dtype (memory-mapped), and a
+    problem line for each that does not."""
+    arrays: dict[str, np.ndarray] = {}
+    problems: list[str] = []
+    for fname, (shape, dtype) in expected.items():
+        path = root / fname
+        if not path.exists():
+            problems.append(f"{fname} is missing")
+            continue
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is a problem
+            problems.append(f"{fname} cannot be read: {type(exc).__name__}: {exc}")
+            continue
+        if arr.shape != shape:
+            problems.append(f"{fname} has shape {arr.shape}, expected {shape}")
+        elif arr.dtype != dtype:
+            problems.append(f"{fname} has dtype {arr.dtype}, expected {np.dtype(dtype)}")
+        else:
+            arrays[fname] = arr
+    return arrays, problems
+
+
+def _map_problems(arrays: dict[str, np.ndarray], k: int) -> list[str]:
+    """What is wrong with the class and instance maps (``k`` classes): ids out of range, maps
+    that disagree on foreground, nuclei with more than one class."""
+    problems = []
+    for fname in ("classes.npy", "unlabeled_classes.npy"):
+        if fname in arrays and int(arrays[fname].max(initial=0)) > k:
+            problems.append(f"{fname} holds class ids above {k}")
+    if "instances.npy" in arrays and int(arrays["instances.npy"].min(initial=0)) < 0:
+        problems.append("instances.npy holds negative ids")
+    if "instances.npy" in arrays and "classes.npy" in arrays:
+        inst = np.asarray(arrays["instances.npy"])
+        cls = np.asarray(arrays["classes.npy"])
+        bad = int(((inst > 0) != (cls > 0)).sum())
+        if bad:
+            problems.append(f"instance and class maps disagree on {bad} pixels "
+                            f"(foreground in one, background in the other)")
+        fg = inst > 0
+        img_idx = np.broadcast_to(np.arange(len(inst))[:, None, None], inst.shape)[fg]
+        key = img_idx.astype(np.int64) * (int(inst.max(initial=0)) + 1) + inst[fg]
+        if len(np.unique(key * 8 + cls[fg])) != len(np.unique(key)):
+            problems.append("some nuclei carry more than one class")
+    return problems
 
 
 @hookimpl
