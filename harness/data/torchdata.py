@@ -41,7 +41,8 @@ class Normalizer:
 
     ``encoder``: ``(x - mean) / std`` with the normalisation recorded with the encoder weights.
     ``thesis_quirk``: the thesis's fine-tuning code normalised with mean = std = 0.5 *and then*
-    divided by 255 again, so its inputs lay in [-1/255, 1/255] (reference §7.7).
+    divided by 255 again, so its inputs lay in [-1/255, 1/255] (``pricon:segmentation/`` data
+    pipeline, github.com/bwconrad/pricon).
     """
 
     def __init__(self, normalization: dict[str, Any], mode: str = "encoder"):

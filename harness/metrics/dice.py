@@ -1,4 +1,4 @@
-"""Binary foreground Dice for TNBC (reference §4).
+"""Binary foreground Dice for TNBC (Naylor et al., IEEE TMI 2019).
 
 Dice = 2|P ∩ G| / (|P| + |G|) on nucleus-versus-background masks (class > 0), the "traditional
 dice" ``get_dice_1`` of HoVer-Net. It is computed per image and averaged over images; an image

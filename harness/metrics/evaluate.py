@@ -1,4 +1,5 @@
-"""Score semantic predictions with both PQ variants (reference §1.5 and §6.3)."""
+"""Score semantic predictions with both PQ variants (PanNuke-metrics' ``get_fast_pq``; the
+thesis code's ``segmentation/train.py`` L63-94)."""
 
 from __future__ import annotations
 

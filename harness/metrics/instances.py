@@ -92,8 +92,9 @@ def instances_to_channels(instances: np.ndarray, classes: np.ndarray,
 def semantic_to_binary_channels(classes: np.ndarray, num_fg_classes: int) -> np.ndarray:
     """One-hot foreground channels (uint8): channel ``c`` = 1 where class == c + 1.
 
-    This is the thesis "stuff-style" view (reference §6.3): every class of an image is ONE
-    segment, as in the reference code's one-hot argmax predictions and one-hot targets.
+    This is the thesis "stuff-style" view (``pricon:segmentation/train.py`` L63-94,
+    github.com/bwconrad/pricon): every class of an image is ONE segment, as in the reference
+    code's one-hot argmax predictions and one-hot targets.
     """
     batch, single = _as_batch(classes, num_fg_classes)
     out = (batch[..., None] == np.arange(1, num_fg_classes + 1)).astype(np.uint8)

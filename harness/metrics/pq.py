@@ -9,18 +9,18 @@ the thesis's masks did, and goes with the ``thesis`` variant, which reproduces t
 numbers, not the official metric).
 
 :func:`panoptic_quality` scores one pair of instance maps exactly as PanNuke-metrics'
-``get_fast_pq`` with ``match_iou >= 0.5`` does (reference §1.5). :func:`aggregate_pq` turns
-per-class instance maps of a whole test set (:func:`aggregate_pq_chunks`: given a chunk at a
-time) into the reported mPQ/bPQ: per-image class nanmean,
-then per-tissue nanmean, then nanmean over tissues (``pnm:run.py``).
+``get_fast_pq`` with ``match_iou >= 0.5`` does (github.com/TissueImageAnalytics/PanNuke-metrics,
+``utils.py``). :func:`aggregate_pq` turns per-class instance maps of a whole test set
+(:func:`aggregate_pq_chunks`: given a chunk at a time) into the reported mPQ/bPQ: per-image
+class nanmean, then per-tissue nanmean, then nanmean over tissues (``pnm:run.py``).
 
 Why hand-written instead of ``torchmetrics.detection.PanopticQuality``: torchmetrics accumulates
-IoU/TP/FP/FN over the *whole dataset* per category before averaging, so it has no per-image score,
-no per-image class nanmean and no per-tissue averaging; its numbers do not match PanNuke's
-(reference §1.5, "Do not substitute"). Speed is a second reason: the joint-histogram code below
-needs a handful of vectorised NumPy passes per image whatever the number of nuclei
-(benchmarks/test_pq_speed.py measures it against PanNuke's per-instance loop; torchmetrics itself
-was not timed here).
+IoU/TP/FP/FN over the *whole dataset* per category before averaging, so it has no per-image
+score, no per-image class nanmean and no per-tissue averaging; its numbers do not match
+PanNuke's (PanNuke-metrics' README: the official scores are computed with its code). Speed is a
+second reason: the joint-histogram code below needs a handful of vectorised NumPy passes per
+image whatever the number of nuclei (benchmarks/test_pq_speed.py measures it against PanNuke's
+per-instance loop; torchmetrics itself was not timed here).
 """
 
 from __future__ import annotations
@@ -150,7 +150,8 @@ def panoptic_quality(true_instances: np.ndarray, pred_instances: np.ndarray,
     Differences from the reference, on purpose:
 
     * every non-zero id is an instance even when 0 does not occur (the reference drops the first
-      id, which crashes on a prediction covering the whole image, reference §6.3);
+      id, which crashes on a prediction covering the whole image, as
+      ``pricon:segmentation/train.py`` L63-94 can);
     * both maps empty gives ``dq = sq = pq = nan`` with ``tp = fp = fn = 0`` (the reference divides
       0 by 0). Empty truth with predictions gives 0, and so does an empty prediction;
     * thresholds below 0.5 raise ``ValueError`` (they would need Hungarian matching).
@@ -319,7 +320,8 @@ def pooled_pq(counts: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
 def aggregate_pq(true_channels: np.ndarray, pred_channels: np.ndarray, tissues: Sequence[str],
                  class_names: Sequence[str] | None = None,
                  iou_threshold: float = 0.5) -> dict[str, Any]:
-    """Dataset-level mPQ/bPQ of ``(N, H, W, C)`` per-class instance maps (reference §1.5).
+    """Dataset-level mPQ/bPQ of ``(N, H, W, C)`` per-class instance maps (PanNuke-metrics'
+    ``run.py``).
 
     Per image: bPQ from the binarized maps and PQ per class (NaN where the GT lacks it);
     mPQ_i = nanmean over classes. Per tissue: nanmean over its images. Reported ``mpq``/``bpq`` =

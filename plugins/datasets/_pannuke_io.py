@@ -1,6 +1,7 @@
 """Reading the official PanNuke release and converting it into the harness cache.
 
-Shared by the ``pannuke`` and ``pannuke_breast`` plugins (reference §1, §2, §6).
+Shared by the ``pannuke`` and ``pannuke_breast`` plugins (Gamper et al., 2019/2020; thesis
+§4.1.1).
 
 Source layouts accepted (``--source`` is a folder):
 
@@ -32,9 +33,9 @@ Conversion of one patch (arrays ``images`` float64 0-255, ``masks`` float64 (H, 
   void pixels are "neoplastic") gives each 4-connected void region its own id after the nuclei,
   so that the instance and class maps agree about which pixels are foreground.
 
-Anomalies (reference §1.2) are tolerated and counted per fold in the READY info: overlap pixels
-and patches, void pixels, patches with void and fully void patches, ids spanning several
-4-connected components, and pixels that are both nucleus and background.
+Anomalies (found in the released arrays) are tolerated and counted per fold in the READY info:
+overlap pixels and patches, void pixels, patches with void and fully void patches, ids spanning
+several 4-connected components, and pixels that are both nucleus and background.
 """
 
 from __future__ import annotations
@@ -54,15 +55,14 @@ from ._pannuke_convert import ANOMALY_KEYS, N_MASK_CHANNELS, convert_images, con
 from ._pannuke_npy import NpyMember
 
 CLASS_NAMES = ("neoplastic", "inflammatory", "connective", "dead", "epithelial")
-#: The 19 tissue names exactly as stored in ``types.npy`` (reference §1.3).
+#: The 19 tissue names exactly as stored in the release's ``types.npy``.
 TISSUES = ("Adrenal_gland", "Bile-duct", "Bladder", "Breast", "Cervix", "Colon", "Esophagus",
            "HeadNeck", "Kidney", "Liver", "Lung", "Ovarian", "Pancreatic", "Prostate", "Skin",
            "Stomach", "Testis", "Thyroid", "Uterus")
 FOLDS = ("fold1", "fold2", "fold3")
-#: Patches per fold in the released arrays (reference §1.4; the thesis's 7,904 is a typo-level
+#: Patches per fold, counted in the released arrays (the thesis's 7,904 is a typo-level
 #: documentation discrepancy, the arrays hold 7,901).
 OFFICIAL_FOLD_SIZES = {"fold1": 2656, "fold2": 2523, "fold3": 2722}
-OFFICIAL_BREAST_PER_FOLD = {"fold1": 827, "fold2": 749, "fold3": 775}
 IMAGE_SIZE = (256, 256)
 
 VoidPolicy = Literal["thesis", "background"]

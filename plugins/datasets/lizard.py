@@ -1,4 +1,5 @@
-"""``lizard``: Lizard colon nuclei in the CoNIC patch format (reference §3).
+"""``lizard``: Lizard colon nuclei in the CoNIC patch format (Graham et al., CoNIC 2021;
+github.com/TissueImageAnalytics/CoNIC).
 
 Source (``harness data prepare lizard --source DIR``): the folder of the CoNIC "patch-level
 Lizard" release plus Lizard's ``info.csv``:
@@ -13,9 +14,9 @@ Lizard" release plus Lizard's ``info.csv``:
 
 Classes (class id = value of the class map): 1 neutrophil, 2 epithelial, 3 lymphocyte, 4 plasma,
 5 eosinophil, 6 connective. The thesis printed them in the Lizard paper order; the ids follow
-the CoNIC release (reference §3.2).
+the CoNIC release (CoNIC ``extract_patches.py``).
 
-Folds (reference §3.3, ``pricon:segmentation/scripts/process_lizard.py``): the source image of a
+Folds (thesis §4.2.2, ``pricon:segmentation/scripts/process_lizard.py``): the source image of a
 patch is the text of ``patch_info`` before its first ``-``; its fold is ``fold{Split}`` from
 ``info.csv``. Sample ids are the ``patch_info`` strings; samples stay in ``images.npy`` order.
 

@@ -1,5 +1,5 @@
 """``pannuke``: PanNuke (Gamper et al.), 7,901 H&E patches of 19 tissues, 5 nucleus classes,
-the official 3-fold cross-validation (reference §1, §6).
+the official 3-fold cross-validation (Gamper et al., 2019/2020; thesis §4.1.3).
 
 Prepared from the official download (``fold_1.zip``..``fold_3.zip`` or the unpacked
 ``Fold 1``..``Fold 3`` folders; see :mod:`._pannuke_io` for the conversion). Samples are

@@ -1,4 +1,4 @@
-"""``pannuke_breast``: the thesis's PanNuke-Breast subset (reference §2): every Breast patch of
+"""``pannuke_breast``: the thesis's PanNuke-Breast subset (thesis §4.1.1): every Breast patch of
 the three PanNuke folds (2,351 in the release), split once into 1,692 train / 188 val / 471 test.
 
 No split file was published; the counts are those of a two-stage

@@ -1,4 +1,5 @@
-"""``tnbc``: TNBC breast nuclei, binary segmentation scored with Dice (reference §4).
+"""``tnbc``: TNBC breast nuclei, binary segmentation scored with Dice (Naylor et al., IEEE TMI
+2019; Zenodo record 1175282).
 
 Source (``harness data prepare tnbc --source PATH``): the extracted ``TNBC_NucleiSegmentation/``
 folder (or a folder holding it), or the Zenodo archive ``TNBC_NucleiSegmentation.zip`` (read

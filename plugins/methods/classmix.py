@@ -1,4 +1,5 @@
-"""``classmix``: mean-teacher semi-supervised training with ClassMix (thesis §A.2, reference §7.5).
+"""``classmix``: mean-teacher semi-supervised training with ClassMix (thesis §A.2;
+github.com/lorenmt/reco ``train_semisup.py``).
 
 The mask of unlabeled image i covers the pixels of ``len // 2`` classes picked at random among
 the classes present in the teacher's prediction of image i, background included (ReCo's

@@ -1,4 +1,5 @@
-"""``cutmix``: mean-teacher semi-supervised training with CutMix (thesis §A.2, reference §7.5).
+"""``cutmix``: mean-teacher semi-supervised training with CutMix (thesis §A.2;
+github.com/lorenmt/reco ``train_semisup.py``).
 
 The unlabeled image i is mixed with image (i+1) mod B by a rectangle: M = 1 outside the box
 (image i), 0 inside (image i+1); the teacher's pseudo-labels and confidences are mixed by the

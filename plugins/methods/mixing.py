@@ -1,4 +1,4 @@
-"""Pure functions of the semi-supervised baselines (reference §7.5, ReCo's ``module_list.py``):
+"""Pure functions of the semi-supervised baselines (github.com/lorenmt/reco ``module_list.py``):
 the CutMix box mask, the ClassMix mask, mixing of image/label/confidence, and the ReCo loss.
 
 Randomness comes from an optional CPU ``torch.Generator`` (the global torch RNG when None), so a
@@ -86,7 +86,7 @@ def mix(images: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor,
 def reco_loss(rep: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, prob: torch.Tensor, *,
               strong_threshold: float = 0.97, temperature: float = 0.5, num_queries: int = 256,
               num_negatives: int = 512, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Regional contrastive loss (ReCo's ``compute_reco_loss``, reference §7.5).
+    """Regional contrastive loss (ReCo's ``module_list.py`` ``compute_reco_loss``).
 
     ``rep (N, D, h, w)`` the representations; ``labels (N, H, W)`` class ids; ``valid (N, H, W)``
     which pixels count; ``prob (N, C, h, w)`` the student's softmax. Labels and validity are

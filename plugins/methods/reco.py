@@ -1,5 +1,5 @@
 """``reco``: ClassMix mean teacher plus the ReCo regional contrastive loss (thesis §A.2,
-reference §7.5; Liu et al., ReCo, ``module_list.py compute_reco_loss``).
+Liu et al., ReCo, ``module_list.py compute_reco_loss``).
 
 Representation head (the thesis does not say how it was attached to the U-Net): ReCo's
 DeepLabv3+ head, Conv3x3(C -> 256, no bias) + BN + ReLU + Conv1x1(256 -> ``rep_dim``), on the

@@ -1,4 +1,4 @@
-"""``simclr``: SimCLR (thesis §A.2, reference §7.2): ResNet-18 -> global average pool -> MLP
+"""``simclr``: SimCLR (thesis §A.2): ResNet-18 -> global average pool -> MLP
 512-2048-128 (no BN), NT-Xent with tau = 0.5, LARS lr 0.2, wd 1e-4, batch 256, 100 epochs,
 Table A.1 augmentations."""
 

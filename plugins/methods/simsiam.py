@@ -1,4 +1,5 @@
-"""``simsiam``: SimSiam (thesis §A.2, reference §7.3): projector of 3 linear layers of 2048 with
+"""``simsiam``: SimSiam (thesis §A.2; github.com/facebookresearch/simsiam
+``simsiam/builder.py``): projector of 3 linear layers of 2048 with
 BN (ReLU after the first two, a non-affine BN last, as the official code), predictor
 2048-512-2048, symmetric negative cosine with stop-gradient; SGD (momentum 0.9) lr 0.075,
 wd 1e-4, batch 256, cosine decay except the predictor, which keeps its initial lr

@@ -1,4 +1,5 @@
-"""``supervised``: ImageNet-supervised torchvision weights (thesis §A.2, reference §7.6, §8).
+"""``supervised``: ImageNet-supervised torchvision weights (thesis §A.2; torchvision's
+``ResNet18_Weights.IMAGENET1K_V1``).
 
 Nothing is downloaded: the file is read from ``methods.supervised.weights`` or from torch's hub
 cache (``$TORCH_HOME/hub/checkpoints``, by default ``~/.cache/torch/hub/checkpoints``), under
