@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_cli
-from harness.data.base import Dataset
+from dataset_fixtures import dataset_fixtures
 from harness.errors import DataError
 from harness.metrics import evaluate_segmentation
 from harness_builtin.datasets import lizard
@@ -81,42 +81,17 @@ def write_fixture(root: Path, info_where: str = "top", counts: bool = True,
     return root
 
 
-def make(root: Path, **cfg) -> LizardDataset:
-    return LizardDataset(LizardDataset.Config(**cfg), root)
-
-
-@pytest.fixture(scope="module")
-def fixture_dir(tmp_path_factory) -> Path:
-    return write_fixture(tmp_path_factory.mktemp("lizard_src") / "conic")
-
-
-@pytest.fixture(scope="module")
-def prepared(fixture_dir, tmp_path_factory) -> LizardDataset:
-    ds = make(tmp_path_factory.mktemp("lizard_cache") / "lizard")
-    ds.prepare(fixture_dir)
-    return ds
+make, fixture_dir, prepared = dataset_fixtures(LizardDataset, lambda d: write_fixture(d / "conic"),
+                                               "fixture_dir")
 
 
 # --- identity ---------------------------------------------------------------------------------------
 
-def test_class_attributes_and_config():
-    ds = make(Path("/nonexistent"))
-    assert isinstance(ds, Dataset) and ds.name == "lizard" and ds.labeled
-    assert ds.class_names == ("neutrophil", "epithelial", "lymphocyte", "plasma", "eosinophil",
-                              "connective")
-    assert ds.num_classes == 7 and ds.metric_family == "pq" and ds.split_scheme == "kfold"
-    assert ds.magnification == "20x" and "lizard_labels.zip" in ds.source_hint
-    assert ds.folds() == ["fold1", "fold2", "fold3"]  # without data
-    assert ds.expected_group_sizes() is None
+def test_config():  # identity and load-time options: tests/test_dataset_identity.py
     cfg = LizardDataset.Config()
     assert cfg.thesis_bgr_swap is True and cfg.aggregate_by_source is False
-    # load-time options share one prepared cache but enter the stage keys
-    other = make(Path("/x"), thesis_bgr_swap=False, aggregate_by_source=True)
-    assert other.cache_identity() == ds.cache_identity()
-    assert other.fingerprint() != ds.fingerprint()
     with pytest.raises(Exception):
         LizardDataset.Config(unknown=1)
-    assert lizard.harness_register_datasets() == [LizardDataset]
 
 
 def test_fold_rule():

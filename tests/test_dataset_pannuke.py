@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from harness.data.base import Dataset
 from harness.errors import DataError
 from harness.metrics import evaluate_segmentation
-from harness_builtin.datasets import _pannuke_io, pannuke
+from harness_builtin.datasets import _pannuke_io
 from harness_builtin.datasets.pannuke import PanNukeDataset
 
 from conftest import run_cli
+from dataset_fixtures import dataset_fixtures
 
 CLASS_NAMES = ("neoplastic", "inflammatory", "connective", "dead", "epithelial")
 LUT = np.array([1, 2, 3, 4, 5, 0], dtype=np.uint8)  # argmax channel -> class (reference L54)
@@ -114,43 +114,18 @@ def zip_fixture(folder: Path, dest: Path) -> Path:
     return dest
 
 
-def make(root: Path, **cfg) -> PanNukeDataset:
-    return PanNukeDataset(PanNukeDataset.Config(**cfg), root)
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory) -> Path:
-    return write_fixture(tmp_path_factory.mktemp("pannuke_src"))
-
-
-@pytest.fixture(scope="module")
-def prepared(source, tmp_path_factory) -> PanNukeDataset:
-    ds = make(tmp_path_factory.mktemp("pannuke_cache") / "data")
-    ds.prepare(source)
-    return ds
+make, source, prepared = dataset_fixtures(PanNukeDataset, write_fixture)
 
 
 # --- identity -------------------------------------------------------------------------------------
 
-def test_class_attributes_and_config():
+def test_config():  # identity and load-time options: tests/test_dataset_identity.py
     ds = make(Path("/nonexistent"))
-    assert isinstance(ds, Dataset)
-    assert ds.name == "pannuke" and ds.labeled and not ds.auto_prepare
-    assert ds.class_names == CLASS_NAMES and ds.num_classes == 6
-    assert ds.metric_family == "pq" and ds.split_scheme == "kfold" and ds.magnification == "40x"
-    assert ds.folds() == ["fold1", "fold2", "fold3"]  # without data
-    assert ds.expected_group_sizes() == {"fold1": 2656, "fold2": 2523, "fold3": 2722}
-    assert "fold_1.zip" in ds.source_hint and "warwick" in ds.source_hint
     assert ds.config.void_policy is None and ds.void_policy == "thesis"  # unset: follows the spec
     assert make(Path("/x"), void_policy="background").config.void_policy == "background"
     for bad in ({"void_policy": "ignore"}, {"unknown": 1}):
         with pytest.raises(ValidationError):
             PanNukeDataset.Config(**bad)
-    # void_policy is a load-time choice: one prepared copy, but different stage fingerprints
-    a, b = make(Path("/x")), make(Path("/x"), void_policy="background")
-    assert a.cache_identity() == b.cache_identity()
-    assert a.fingerprint() != b.fingerprint()
-    assert pannuke.harness_register_datasets() == [PanNukeDataset]
     assert len(_pannuke_io.TISSUES) == 19 and len(set(_pannuke_io.TISSUES)) == 19
 
 

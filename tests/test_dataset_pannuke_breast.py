@@ -12,11 +12,11 @@ import pytest
 
 from harness.errors import DataError
 from harness.metrics import evaluate_segmentation
-from harness_builtin.datasets import pannuke_breast
 from harness_builtin.datasets.pannuke_breast import (PanNukeBreastDataset, breast_split,
                                                      canonical_breast, split_counts)
 
 from conftest import run_cli
+from dataset_fixtures import dataset_fixtures
 from test_dataset_pannuke import CLASS_NAMES, FIXTURE, fixture_arrays, write_fixture, zip_fixture
 
 # Breast patches of the fixture in canonical order (fold 1, 2, 3, then index)
@@ -34,20 +34,7 @@ HAND_SPLIT = {
 }
 
 
-def make(root, **cfg) -> PanNukeBreastDataset:
-    return PanNukeBreastDataset(PanNukeBreastDataset.Config(**cfg), root)
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    return write_fixture(tmp_path_factory.mktemp("breast_src"), size=64)
-
-
-@pytest.fixture(scope="module")
-def prepared(source, tmp_path_factory) -> PanNukeBreastDataset:
-    ds = make(tmp_path_factory.mktemp("breast_cache") / "data")
-    ds.prepare(source)
-    return ds
+make, source, prepared = dataset_fixtures(PanNukeBreastDataset, lambda d: write_fixture(d, size=64))
 
 
 # --- the split rule ------------------------------------------------------------------------------
@@ -90,14 +77,9 @@ def test_canonical_order_ignores_type_order():
 
 # --- identity -------------------------------------------------------------------------------------
 
-def test_class_attributes():
+def test_config():  # identity: tests/test_dataset_identity.py
     ds = make("/nonexistent")
-    assert ds.name == "pannuke_breast" and ds.split_scheme == "fixed" and ds.metric_family == "pq"
-    assert ds.class_names == CLASS_NAMES and ds.num_classes == 6
-    assert ds.folds() == ["test"]
-    assert ds.expected_group_sizes() == {"train": 1692, "val": 188, "test": 471}
     assert ds.config.void_policy is None and ds.void_policy == "thesis" and ds.cache_fields == ()
-    assert pannuke_breast.harness_register_datasets() == [PanNukeBreastDataset]
 
 
 # --- prepare / verify / load ----------------------------------------------------------------------

@@ -14,7 +14,7 @@ from PIL import Image
 from scipy import ndimage
 
 from conftest import REPO, run_cli
-from harness.data.base import Dataset
+from dataset_fixtures import dataset_fixtures
 from harness.errors import DataError
 from harness.metrics import evaluate_dice
 from harness_builtin.datasets import tnbc
@@ -83,38 +83,15 @@ def write_fixture(root: Path, as_zip: bool = False, seed: int = 0) -> Path:
     return root / "TNBC_NucleiSegmentation"
 
 
-def make(root: Path, **cfg) -> TNBCDataset:
-    return TNBCDataset(TNBCDataset.Config(**cfg), root)
-
-
-@pytest.fixture(scope="module")
-def fixture_dir(tmp_path_factory) -> Path:
-    return write_fixture(tmp_path_factory.mktemp("tnbc_src"))
-
-
-@pytest.fixture(scope="module")
-def prepared(fixture_dir, tmp_path_factory) -> TNBCDataset:
-    ds = make(tmp_path_factory.mktemp("tnbc_cache") / "tnbc")
-    ds.prepare(fixture_dir)
-    return ds
+make, fixture_dir, prepared = dataset_fixtures(TNBCDataset, write_fixture, "fixture_dir")
 
 
 # --- identity and split rule ----------------------------------------------------------------------
 
-def test_class_attributes_and_config():
-    ds = make(Path("/nonexistent"))
-    assert isinstance(ds, Dataset) and ds.name == "tnbc" and ds.labeled
-    assert ds.class_names == ("nucleus",) and ds.num_classes == 2
-    assert ds.metric_family == "dice" and ds.split_scheme == "fixed"
-    assert ds.folds() == ["test"] and ds.expected_group_sizes() == {"train": 43, "test": 7}
-    assert "zenodo" in ds.source_hint.lower()
+def test_config():  # identity and load-time options: tests/test_dataset_identity.py
     assert TNBCDataset.Config().split == "image"
-    patient = make(Path("/x"), split="patient")
-    assert patient.cache_identity() == ds.cache_identity()  # load-time option: one cache
-    assert patient.fingerprint() != ds.fingerprint()
     with pytest.raises(Exception):
         TNBCDataset.Config(split="slide")
-    assert tnbc.harness_register_datasets() == [TNBCDataset]
 
 
 def test_split_rule():
