@@ -71,6 +71,12 @@ class FinetuneSettings(_Strict):
         None, ge=32, le=8192, description="training crop size (random crop); None = full image. "
         "Evaluation always uses full images.")
     augment: bool = Field(True, description="thesis A.1 augmentations (flips, rot90, blur, noise)")
+    augment_pipeline: Literal["auto", "device", "cpu"] = Field(
+        "auto", description="where the training augmentations run: 'cpu' (per image in the "
+        "loader workers), 'device' (batched on the training device from the same distributions, "
+        "the loader only reads uint8: far less host CPU per image; other random draws, so other "
+        "numbers than 'cpu'), 'auto': device on CUDA with the semantic head, else cpu (not part "
+        "of result keys)")
     frozen_bn: Literal["adapt", "fixed"] = Field(
         "adapt", description="frozen protocol: encoder batch-norm statistics keep adapting "
         "('adapt', what the thesis's code did) or stay fixed ('fixed')")
