@@ -98,7 +98,8 @@ def test_noise_has_the_drawn_standard_deviation_and_touches_only_its_images():
     assert torch.equal(residual[0], torch.zeros_like(residual[0]))
     for i in (1, 2, 3):  # 12,288 values each: the sample sd is within 2% (3.5 standard errors)
         assert float(residual[i].std()) == pytest.approx(float(sigma[i]), rel=0.02)
-    again, _ = DeviceAugment().apply(images.permute(0, 3, 1, 2), torch.zeros(4, 64, 64, dtype=torch.long), params)
+    again, _ = DeviceAugment().apply(images.permute(0, 3, 1, 2), torch.zeros(4, 64, 64, dtype=torch.long),
+                                     params)
     assert torch.equal(x, again)  # the noise is a function of the drawn seed
 
 
@@ -108,7 +109,8 @@ def test_uint8_samples_crop_and_keep_the_stored_dtypes():
     image, mask = UInt8Samples(arrays, ["s1"], crop=32)[0]
     assert image.dtype == torch.uint8 and image.shape == (32, 32, 3) and mask.shape == (32, 32)
     full = torch.from_numpy(arrays.images[1])
-    hits = [(t, left) for t in range(33) for left in range(33) if torch.equal(full[t:t + 32, left:left + 32], image)]
+    hits = [(t, left) for t in range(33) for left in range(33)
+            if torch.equal(full[t:t + 32, left:left + 32], image)]
     assert hits and torch.equal(torch.from_numpy(arrays.classes[1][hits[0][0]:hits[0][0] + 32,
                                                                    hits[0][1]:hits[0][1] + 32]), mask)
     tops = {int(UInt8Samples(arrays, ["s0"], crop=32).__getitem__(0)[0][0, 0, 0]) for _ in range(40)}

@@ -1,8 +1,8 @@
 """Resume is exact whatever ``num_workers`` is: a stage interrupted in epoch 1 (of 2) and
 resumed ends with exactly the weights of an uninterrupted run, with 0 and with 2 loader workers
 (persistent across epochs in the uninterrupted run, fresh in the resumed one), for fine-tuning
-(augmentations drawn in the workers, or on the device: ``augment_pipeline: device``) and pretraining with both view pipelines. Also: without
-workers the permutations are those of PyTorch's ``RandomSampler`` sharing the loader's
+(augmentations drawn in the workers, or on the device: ``augment_pipeline: device``) and
+pretraining with both view pipelines. Also: without workers the permutations are those of PyTorch's ``RandomSampler`` sharing the loader's
 generator (earlier versions of this harness), so 0-worker results are unchanged."""
 
 from __future__ import annotations

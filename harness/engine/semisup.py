@@ -212,7 +212,8 @@ class _MeanTeacherStep:
             out_l = _outputs(self.student(x_l))
             out_u = _outputs(self.student(x_u))
             sup = supervised_ce(out_l["logits"].float(), y_l, y_all, shard)
-            unsup = confidence_weighted_ce(out_u["logits"].float(), y_u, c_u, method.config.strong_threshold, shard)
+            unsup = confidence_weighted_ce(out_u["logits"].float(), y_u, c_u,
+                                           method.config.strong_threshold, shard)
             extra, extra_log = None, {}
             if ddp.overrides_extra_loss(method):  # on the global batch, on every rank
                 extra, extra_log = method.extra_loss(
