@@ -142,3 +142,13 @@ def test_finetuning_trains_with_device_augmentations_on_the_cpu(tmp_path, encode
     assert summary["augment_pipeline"] == "device" and summary["steps"] == 8
     assert summary["final_loss"] < summary["first_loss"]
     assert (ctx.out / "model.pt").exists()
+
+
+def test_the_shifted_sum_blur_equals_opencvs_on_larger_images():
+    from harness.data.augment import gaussian_blur_cv2
+    from harness.data.device_augment import blur_uint8
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (3, 3, 40, 57), dtype=torch.uint8)
+    for k in (3, 5, 7):
+        assert torch.equal(blur_uint8(x, k), gaussian_blur_cv2(x, k))

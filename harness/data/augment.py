@@ -153,7 +153,7 @@ def gaussian_blur_cv2(image: torch.Tensor, k: int) -> torch.Tensor:
     and the tabled kernels: their weights are multiples of 1/64, so the two passes need 14 and
     20 mantissa bits); uint8 rounds half up (OpenCV's fixed point), floats keep their dtype."""
     dtype = torch.float64 if image.dtype == torch.float64 else torch.float32
-    w = blur_kernel_1d(k).to(device=image.device, dtype=dtype)
+    w = blur_kernel_1d(k).to(dtype)
     shape = image.shape
     x = image.reshape((-1, 1) + shape[-2:]).to(dtype)
     pad = k // 2

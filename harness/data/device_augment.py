@@ -7,7 +7,7 @@ applies the thesis A.1 pipeline of :func:`harness.data.augment.finetune_train_tr
 the whole batch where the model runs, per sample and from the same distributions: flip
 (horizontal, vertical or both, p = 0.5), rot90 (k uniform in {0, 1, 2, 3}, p = 0.5), Gaussian
 blur on uint8 (p = 0.5, kernels 3/5/7 with probabilities 1/5, 2/5, 2/5, OpenCV's kernels:
-:func:`~harness.data.augment.gaussian_blur_cv2`), scaling to [0, 1], Gaussian noise (p = 0.5,
+:func:`blur_uint8`), scaling to [0, 1], Gaussian noise (p = 0.5,
 variance uniform in [0, 25] on the 0-255 scale), in that order; geometric ops on image and
 mask alike.
 
@@ -29,12 +29,12 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as F
 
-from harness.data.augment import BLUR_LIMIT, gaussian_blur_cv2
+from harness.data.augment import BLUR_LIMIT, blur_kernel_1d
 from harness.data.base import LabeledArrays
 from harness.errors import SpecError
 
 __all__ = ["resolve_augment_pipeline", "UInt8Samples", "AugmentParams", "draw_augment_params",
-           "DeviceAugment"]
+           "blur_uint8", "DeviceAugment"]
 
 #: Gaussian noise variance range (0-255 scale) of the thesis A.1 pipeline.
 NOISE_VAR = (0.0, 25.0)
@@ -111,6 +111,20 @@ def draw_augment_params(n: int, p: float = 0.5, blur_limit: tuple[int, int] = BL
     return AugmentParams(flip, k, kernel, sigma, seed)
 
 
+def blur_uint8(x: torch.Tensor, k: int) -> torch.Tensor:
+    """:func:`~harness.data.augment.gaussian_blur_cv2` of uint8 ``(..., H, W)`` images (OpenCV's
+    ``GaussianBlur`` with sigma 0), as weighted sums of shifted copies: elementwise float32 ops,
+    which CUDA never runs in TF32 (its convolutions may), and whose every partial sum is exact
+    (the tabled weights are multiples of 1/64), so the result equals the convolution's."""
+    w = blur_kernel_1d(k).tolist()
+    pad, (h, width) = k // 2, x.shape[-2:]
+    shape = x.shape
+    y = torch.nn.functional.pad(x.reshape((-1, 1) + shape[-2:]).float(), (pad, pad, pad, pad), mode="reflect")
+    y = sum(w[i] * y[..., i:i + width] for i in range(k))
+    y = sum(w[i] * y[..., i:i + h, :] for i in range(k))
+    return torch.floor(y + 0.5).clamp_(0, 255).to(torch.uint8).reshape(shape)
+
+
 def _apply(x: torch.Tensor, where: torch.Tensor, op: Any) -> torch.Tensor:
     """``op`` on the samples of ``x`` selected by the host mask ``where`` (no device sync)."""
     if not bool(where.any()):
@@ -148,7 +162,7 @@ class DeviceAugment:
             x, y = (_apply(t, sel, lambda s, k=k: torch.rot90(s, k, dims=(-2, -1))) for t in (x, y))
         for size in params.kernel.unique().tolist():
             if size > 1:
-                x = _apply(x, params.kernel == size, lambda s, k=size: gaussian_blur_cv2(s, k))
+                x = _apply(x, params.kernel == size, lambda s, k=size: blur_uint8(s, k))
         x = F.to_dtype(x.contiguous(), torch.float32, scale=True)
         if bool((params.sigma > 0).any()):
             generator = torch.Generator(x.device).manual_seed(params.noise_seed)
