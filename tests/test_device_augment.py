@@ -152,3 +152,13 @@ def test_the_shifted_sum_blur_equals_opencvs_on_larger_images():
     x = torch.randint(0, 256, (3, 3, 40, 57), dtype=torch.uint8)
     for k in (3, 5, 7):
         assert torch.equal(blur_uint8(x, k), gaussian_blur_cv2(x, k))
+
+
+def test_the_device_pipeline_with_the_hover_head_is_refused_when_the_spec_loads():
+    from pydantic import ValidationError
+
+    from harness.spec.models import FinetuneSettings
+
+    with pytest.raises(ValidationError, match="semantic head only"):
+        FinetuneSettings(head="hover", augment_pipeline="device")
+    assert FinetuneSettings(head="hover").augment_pipeline == "auto"
