@@ -32,7 +32,7 @@ FINETUNE_VERSION = "2"
 
 #: Settings that do not change a result (where or how fast it is computed): not in stage keys.
 RUNTIME_ONLY = {"device", "num_workers", "eval_batch_size", "eval_workers", "channels_last",
-                "view_pipeline", "compile", "eval_precision"}
+                "view_pipeline", "compile", "eval_precision", "augment_pipeline"}
 
 #: Fine-tuning settings added after stage keys were pinned: in a key only when set to another
 #: value than this default, so adding them changed no key.

@@ -2,8 +2,8 @@
 (``aten._local_scalar_dense`` behind ``item``/``float``/``bool``/``tolist``, data-dependent
 shapes: ``nonzero``, ``unique``, ``masked_select``, boolean indexing...) are counted on the CPU
 with a ``TorchDispatchMode`` over a step's forward and backward; fine-tuning, SimCLR and SimSiam
-make none, and a new one fails this test. The loop itself reads losses and logs every
-``read_every`` steps (harness/engine/loop.py)."""
+make none, PRICon two reads of data that decide its shapes, and a new one fails this test. The
+loop itself reads losses and logs every ``read_every`` steps (harness/engine/loop.py)."""
 
 from __future__ import annotations
 
@@ -68,6 +68,28 @@ def test_simclr_and_simsiam_steps_make_no_host_sync():
 
     for method in (SimCLR(), SimSiam()):
         assert _count(_pretrain_step(method)) == [], method.name
+
+
+def test_a_pricon_step_reads_the_device_twice():
+    """PRICon's point and region counts depend on the data: its step reads the valid (image,
+    class) pairs and the sampled point labels on the host, once each (``host copy``, what CUDA
+    waits for); it made 14 syncs before (unique, bincount, a boolean mask and a read per SupCon
+    term, two nonzeros, and F.one_hot's range checks)."""
+    from harness_builtin.methods.pricon import PRICon
+
+    method = PRICon()
+    batch_masks = {f"mask{v}": torch.randint(0, 6, (4, 32, 32)) for v in (1, 2)}
+    torch.manual_seed(0)
+    encoder = build_encoder("resnet18")
+    model = method.build_model(encoder, list(encoder.out_channels)).train()
+    batch = {"view1": torch.rand(4, 3, 32, 32), "view2": torch.rand(4, 3, 32, 32), **batch_masks}
+
+    def step():
+        loss, logs = method.training_step(model, batch, 6)
+        assert all(isinstance(v, torch.Tensor) for v in logs.values())
+        loss.backward()
+
+    assert _count(step) == ["host copy", "host copy"]
 
 
 def test_normalisation_constants_are_copied_to_a_device_once():

@@ -1,8 +1,8 @@
 """Resume is exact whatever ``num_workers`` is: a stage interrupted in epoch 1 (of 2) and
 resumed ends with exactly the weights of an uninterrupted run, with 0 and with 2 loader workers
 (persistent across epochs in the uninterrupted run, fresh in the resumed one), for fine-tuning
-(augmentations drawn in the workers) and pretraining with both view pipelines. Also: without
-workers the permutations are those of PyTorch's ``RandomSampler`` sharing the loader's
+(augmentations drawn in the workers, or on the device: ``augment_pipeline: device``) and
+pretraining with both view pipelines. Also: without workers the permutations are those of PyTorch's ``RandomSampler`` sharing the loader's
 generator (earlier versions of this harness), so 0-worker results are unchanged."""
 
 from __future__ import annotations
@@ -34,12 +34,14 @@ def _interrupting(monkeypatch, at: int | None) -> None:
     monkeypatch.setattr(loop_mod.TrainLoop, "_forward_backward", forward_backward)
 
 
-def _finetuned(tmp_path, encoder, name: str, workers: int, monkeypatch, interrupt: bool):
+def _finetuned(tmp_path, encoder, name: str, workers: int, monkeypatch, interrupt: bool,
+               pipeline: str = "cpu"):
     from harness.engine.finetune import finetune
     from harness.protocols.full import Full
     from harness.spec.models import FinetuneSettings
 
-    settings = FinetuneSettings(epochs=2, batch_size=2, amp=False, num_workers=workers)
+    settings = FinetuneSettings(epochs=2, batch_size=2, amp=False, num_workers=workers,
+                                augment_pipeline=pipeline)
     ctx = _ctx(tmp_path, name, {"encoder": encoder})
     ctx.checkpoint_every_s = 0.0
     kwargs = dict(arrays=_arrays(6), train_ids=[f"s{i}" for i in range(6)], num_classes=3,
@@ -55,10 +57,11 @@ def _finetuned(tmp_path, encoder, name: str, workers: int, monkeypatch, interrup
     return torch.load(ctx.out / "model.pt", weights_only=True)
 
 
+@pytest.mark.parametrize("pipeline", ["cpu", "device"])
 @pytest.mark.parametrize("workers", [0, 2])
-def test_finetuning_resumed_in_epoch_1_equals_uninterrupted(tmp_path, encoder, monkeypatch, workers):
-    clean = _finetuned(tmp_path, encoder, "clean", workers, monkeypatch, interrupt=False)
-    resumed = _finetuned(tmp_path, encoder, "resumed", workers, monkeypatch, interrupt=True)
+def test_finetuning_resumed_in_epoch_1_equals_uninterrupted(tmp_path, encoder, monkeypatch, workers, pipeline):
+    clean = _finetuned(tmp_path, encoder, "clean", workers, monkeypatch, interrupt=False, pipeline=pipeline)
+    resumed = _finetuned(tmp_path, encoder, "resumed", workers, monkeypatch, interrupt=True, pipeline=pipeline)
     assert clean.keys() == resumed.keys()
     assert all(torch.equal(clean[k], resumed[k]) for k in clean)
 

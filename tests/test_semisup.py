@@ -79,6 +79,39 @@ def test_confidence_weighted_ce_matches_the_reference_formula():
     assert float(got) == pytest.approx(float(w * per[per > 0].mean()))
 
 
+def test_the_one_process_shard_is_the_identity_bit_for_bit():
+    """The step is written once over a shard; alone (world 1) its losses are the one-process
+    formulas exactly (values and gradients), so single-process results did not change when the
+    one- and N-process steps became one (checked also on whole tiny runs against main: equal
+    weights and logs)."""
+    from harness.engine.semisup import supervised_ce
+    from harness.engine.semisup_ddp import Shard
+
+    shard = Shard()
+    for seed in range(5):
+        torch.manual_seed(seed)
+        logits = torch.randn(3, 4, 9, 7, requires_grad=True)
+        target = torch.randint(-1, 4, (3, 9, 7))
+        conf = torch.rand(3, 9, 7)
+        ref_sup = nn.functional.cross_entropy(logits, target, ignore_index=-1)
+        (ref_grad,) = torch.autograd.grad(ref_sup, logits)
+        got_sup = supervised_ce(logits, target, target, shard)
+        (grad,) = torch.autograd.grad(got_sup, logits)
+        assert torch.equal(got_sup, ref_sup) and torch.equal(grad, ref_grad)
+
+        per = nn.functional.cross_entropy(logits, target, reduction="none", ignore_index=-1)
+        weight = conf.reshape(3, -1).ge(0.5).sum(-1) / (target >= 0).reshape(3, -1).sum(-1).clamp(min=1)
+        ref_unsup = (weight[:, None, None] * per)[per > 0].mean()  # the one-process form before
+        (ref_grad,) = torch.autograd.grad(ref_unsup, logits)
+        got_unsup = confidence_weighted_ce(logits, target, conf, 0.5, shard)
+        (grad,) = torch.autograd.grad(got_unsup, logits)
+        assert torch.equal(got_unsup, ref_unsup) and torch.equal(grad, ref_grad)
+    x = torch.randn(4, 2)
+    assert shard.take(x) is x and shard.gather(x) is x
+    outputs = {"logits": x}
+    assert shard.gathered(outputs)[0] is outputs and shard.every_output_used(x, outputs) is x
+
+
 def test_strong_augment_moves_image_label_and_confidence_together():
     torch.manual_seed(0)
     labels = torch.randint(0, 4, (6, 16, 16))

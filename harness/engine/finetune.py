@@ -24,6 +24,7 @@ import torch
 
 from harness.data.augment import finetune_train_transforms
 from harness.data.base import LabeledArrays
+from harness.data.device_augment import DeviceAugment, UInt8Samples, resolve_augment_pipeline
 from harness.data.torchdata import Normalizer
 from harness.engine.context import StageContext
 from harness.engine.distributed import TrainableDDP
@@ -73,8 +74,7 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
     normalizer = Normalizer(enc_meta["normalization"], settings.normalization)
     precision = Precision(device, settings.amp)
 
-    data = train_samples(head, arrays, train_ids,
-                         finetune_train_transforms(settings.image_size, settings.augment))
+    data, augment = _training_data(head, arrays, train_ids, settings, device)
     # the reference keeps the last partial batch; drop_last (opt-in) never drops a whole epoch
     drop_last = getattr(settings, "drop_last", False) and len(data) >= settings.batch_size
     _check_one_image_per_process(len(data), settings, drop_last, arrays.images.shape[1:3])
@@ -95,7 +95,7 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
     # wrapped again when an epoch's protocol changes what trains (unfreeze: ``begin``)
     net = TrainableDDP(model, device, sync_batchnorm=True)
     step_fn = _segmentation_step(model, normalizer, precision, device, channels_last,
-                                 batch_loss(head, settings), net=net)
+                                 batch_loss(head, settings), net=net, augment=augment)
     loop = TrainLoop(
         label=ctx.label, models={"model": model}, optimizer=optimizer, scheduler=scheduler,
         scaler=precision.scaler(), step_fn=step_fn, source=source,
@@ -122,7 +122,20 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
         "precision": str(precision.dtype).replace("torch.", "") if precision.dtype else "fp32",
         "seconds_this_run": time.time() - started,
         "network": describe_network(model, settings),
+        **({"augment_pipeline": "device"} if augment is not None else {}),  # cpu: as before
     }
+
+
+def _training_data(head: str, arrays: LabeledArrays, train_ids: Sequence[str], settings: Any,
+                   device: torch.device) -> tuple[torch.utils.data.Dataset, DeviceAugment | None]:
+    """The training samples and, with ``augment_pipeline`` resolving to ``device``, the batched
+    augmentation the step applies (:mod:`harness.data.device_augment`; the samples are then
+    uint8 and un-augmented)."""
+    pipeline = resolve_augment_pipeline(getattr(settings, "augment_pipeline", "cpu"), device, head)
+    if pipeline == "device":
+        return UInt8Samples(arrays, train_ids, settings.image_size), DeviceAugment(settings.augment)
+    return train_samples(head, arrays, train_ids,
+                         finetune_train_transforms(settings.image_size, settings.augment)), None
 
 
 def _check_one_image_per_process(n: int, settings: Any, drop_last: bool, shape: Sequence[int]) -> None:
@@ -153,13 +166,19 @@ def _adam_cosine(model: torch.nn.Module, settings: Any, total_steps: int):
     return optimizer, scheduler
 
 
-def _segmentation_step(model, normalizer, precision, device, channels_last, loss_fn, net=None):
+def _segmentation_step(model, normalizer, precision, device, channels_last, loss_fn, net=None,
+                       augment=None):
     """The loop's step: the head's loss (:func:`harness.heads.train.batch_loss`) of a batch of
-    (images, masks, further targets of the head); ``net`` runs ``model`` (DDP or itself)."""
+    (images, masks, further targets of the head); ``net`` runs ``model`` (DDP or itself);
+    ``augment`` (a :class:`DeviceAugment`) makes uint8 (images, masks) training inputs."""
     def step_fn(batch, info):
         images, *targets = batch
-        images = normalizer(images.to(device, non_blocking=True))
+        images = images.to(device, non_blocking=True)
         targets = tuple(t.to(device, non_blocking=True) for t in targets)
+        if augment is not None:
+            images, mask = augment(images, targets[0])
+            targets = (mask, *targets[1:])
+        images = normalizer(images)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         single = len(images) == 1 and model.training

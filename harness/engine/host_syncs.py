@@ -4,7 +4,10 @@ On CUDA, ``torch.cuda.set_sync_debug_mode`` reports synchronising calls; on the 
 synchronises, so :class:`SyncCounter` (a ``TorchDispatchMode``) counts the ATen ops that would:
 ``_local_scalar_dense`` (behind ``item``/``float``/``bool``/``tolist``), ops whose output shape
 depends on the data (``nonzero``, ``unique``, ``masked_select``, ``bincount``,
-``repeat_interleave`` without ``output_size``...) and indexing with a boolean mask. Used by
+``repeat_interleave`` without ``output_size``...) and indexing with a boolean mask. Code that
+must read device data on the host (a loss whose block structure depends on its labels) reads it
+once through :func:`to_host`, which the counter records as ``host copy`` (on CUDA the copy is
+the sync the debug mode reports); what it computes from the copy is host work. Used by
 ``tests/test_host_syncs.py`` and ``benchmarks/gpu_check.py``.
 """
 
@@ -12,6 +15,8 @@ from __future__ import annotations
 
 import warnings
 from typing import Any, Callable
+
+import numpy as np
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -40,6 +45,26 @@ class SyncCounter(TorchDispatchMode):
         if func.overloadpacket in SYNCING or _bool_index(func, args):
             self.seen.append(str(func))
         return func(*args, **(kwargs or {}))
+
+    def __enter__(self):
+        _ACTIVE.append(self)
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> Any:
+        _ACTIVE.remove(self)
+        return super().__exit__(*exc)
+
+
+_ACTIVE: list[SyncCounter] = []
+
+
+def to_host(t: torch.Tensor) -> np.ndarray:
+    """``t`` as a numpy array on the host: one device-to-host copy, which waits for the device;
+    an active :class:`SyncCounter` records it as ``host copy``, so a count on the CPU shows the
+    syncs CUDA would make."""
+    for counter in _ACTIVE:
+        counter.seen.append("host copy")
+    return t.detach().cpu().numpy()
 
 
 def count_syncs(step: Callable[[], Any], device: torch.device) -> list[str]:

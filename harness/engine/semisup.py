@@ -38,7 +38,9 @@ resumed run continues exactly where it stopped. The training log holds means ove
 of ``max(1, iterations // 20)`` iterations.
 
 **Several processes** (``harness stage run --nproc N``): the batches stay global and N processes
-compute the one-process step on them (:mod:`harness.engine.semisup_ddp`).
+compute the one-process step on them. The step and its losses are written once, over a
+:class:`~harness.engine.semisup_ddp.Shard` (this rank's slice and the collectives); one process
+holds the world-size-1 shard, the identity.
 """
 
 from __future__ import annotations
@@ -106,30 +108,46 @@ def strong_augment(images: torch.Tensor, labels: torch.Tensor, confidence: torch
 
 # --- losses and the teacher ------------------------------------------------------------------
 
+def supervised_ce(logits: torch.Tensor, target: torch.Tensor, global_target: torch.Tensor,
+                  shard: ddp.Shard) -> torch.Tensor:
+    """This rank's share of the global batch's mean cross-entropy (-1 ignored): the sum over this
+    rank's pixels, times the world size, over the global batch's valid pixels. Alone (world 1)
+    the mean cross-entropy itself, bit for bit."""
+    count = (global_target >= 0).sum()
+    total = nnf.cross_entropy(logits, target, ignore_index=-1, reduction="sum")
+    return total * shard.world / count
+
+
 def confidence_weighted_ce(logits: torch.Tensor, target: torch.Tensor, confidence: torch.Tensor,
-                           strong_threshold: float) -> torch.Tensor:
+                           strong_threshold: float, shard: ddp.Shard | None = None) -> torch.Tensor:
     """ReCo's ``compute_unsupervised_loss``: per-pixel cross-entropy against the pseudo-labels
     (-1 ignored), times a per-image weight = (pixels with confidence >= ``strong_threshold``) /
-    (valid pixels), averaged over the pixels whose loss is positive."""
+    (valid pixels), averaged over the pixels whose loss is positive. Under ``shard`` (DDP) this
+    rank's share: the weights are local, the mean is over the global batch's positive pixels
+    (their count summed over the ranks), times the world size."""
+    shard = shard or ddp.Shard()
     b = logits.shape[0]
     valid = (target >= 0).reshape(b, -1).sum(-1).clamp(min=1)
     weight = confidence.reshape(b, -1).ge(strong_threshold).sum(-1) / valid
     loss = nnf.cross_entropy(logits, target, reduction="none", ignore_index=-1)
     positive = loss > 0
+    count = shard.total(positive.sum())
     if loss.device.type == "cuda":  # the same mean without waiting for the device
-        return masked_mean(weight[:, None, None] * loss, positive)
-    if not bool(positive.any()):
+        return masked_mean(weight[:, None, None] * loss, positive, count, shard.world)
+    if int(count) == 0:
         return loss.sum() * 0.0
-    return (weight[:, None, None] * loss)[positive].mean()
+    return (weight[:, None, None] * loss)[positive].sum() * shard.world / count
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``values[mask].mean()`` (0, attached to the graph, when ``mask`` is empty) without a host
-    sync: no ``bool()``, no boolean indexing. Equal up to float summation order, so the CPU
-    keeps the indexed form (its results unchanged) and CUDA uses this one."""
-    count = mask.sum()
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, count: torch.Tensor | None = None,
+                scale: int = 1) -> torch.Tensor:
+    """``values[mask].sum() * scale / count`` (``count``: ``mask.sum()`` unless given, e.g. summed
+    over the ranks; 0, attached to the graph, when it is 0) without a host sync: no ``bool()``,
+    no boolean indexing. Equal to the indexed form up to float summation order, so the CPU keeps
+    that form (its results unchanged) and CUDA uses this one."""
+    count = mask.sum() if count is None else count
     total = torch.where(mask, values, torch.zeros_like(values)).sum()
-    return torch.where(count > 0, total / count.clamp(min=1), values.sum() * 0.0)
+    return torch.where(count > 0, total * scale / count.clamp(min=1), values.sum() * 0.0)
 
 
 @torch.no_grad()
@@ -157,14 +175,16 @@ def _outputs(out: Any) -> dict[str, torch.Tensor]:
 # --- the step and its hooks ------------------------------------------------------------------
 
 class _MeanTeacherStep:
-    """The loss of iteration ``t`` (steps 2-4 of the module docstring); the loop does step 5."""
+    """The loss of iteration ``t`` (steps 2-4 of the module docstring) on this process's
+    :class:`~harness.engine.semisup_ddp.Shard` of the global batch; the loop does step 5. One
+    process holds the identity shard (its default), so one and N processes run this one step."""
 
     def __init__(self, method, student, teacher, normalizer, precision, channels_last, strong, seed, device,
                  shard: ddp.Shard | None = None):
         self.method, self.student, self.teacher = method, student, teacher
         self.normalizer, self.precision, self.channels_last = normalizer, precision, channels_last
         self.strong, self.seed, self.device = strong, seed, device
-        self.shard = shard  # under DDP: this rank's slice of each global batch (semisup_ddp)
+        self.shard = shard or ddp.Shard()
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         x = self.normalizer(x)
@@ -172,36 +192,6 @@ class _MeanTeacherStep:
 
     def __call__(self, batch: dict[str, torch.Tensor], info: StepInfo) -> tuple[torch.Tensor, dict[str, Any]]:
         torch.manual_seed(derived_seed(_STEP, self.seed, info.batch_index))  # masks, strong aug, sampling
-        if self.shard is not None:
-            return self._distributed(batch)
-        device, precision, method = self.device, self.precision, self.method
-        x_l = self.prepare(batch["image_l"].to(device, non_blocking=True))
-        y_l = batch["label_l"].to(device, non_blocking=True)
-        u = batch["image_u"].to(device, non_blocking=True)
-
-        with torch.no_grad():
-            self.teacher.train()
-            with precision.autocast():
-                t_logits = unet_of(self.teacher)(self.prepare(u))
-            confidence, pseudo = torch.softmax(t_logits.float(), dim=1).max(dim=1)
-            u, y_u, c_u = method.mix(u, pseudo, confidence)
-            u, y_u, c_u = strong_augment(u, y_u, c_u, self.strong)
-            x_u = self.prepare(u)
-
-        self.student.train()
-        with precision.autocast():
-            out_l = _outputs(self.student(x_l))
-            out_u = _outputs(self.student(x_u))
-            sup = nnf.cross_entropy(out_l["logits"].float(), y_l, ignore_index=-1)
-            unsup = confidence_weighted_ce(out_u["logits"].float(), y_u, c_u, method.config.strong_threshold)
-            extra, extra_log = method.extra_loss(out_l, out_u, {"labels": y_l, "pseudo_labels": y_u,
-                                                                "confidence": c_u})
-            loss = sup + unsup + (extra if extra is not None else 0.0)
-        return loss, {"sup_loss": sup.detach(), "unsup_loss": unsup.detach(),
-                      "extra_loss": extra.detach() if extra is not None else 0.0, **extra_log}
-
-    def _distributed(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
-        """The step above on this rank's slices of the global batch (:mod:`.semisup_ddp`)."""
         device, precision, method, shard = self.device, self.precision, self.method, self.shard
         y_all = batch["label_l"].to(device, non_blocking=True)
         x_l, y_l = self.prepare(shard.take(batch["image_l"]).to(device, non_blocking=True)), shard.take(y_all)
@@ -221,16 +211,16 @@ class _MeanTeacherStep:
         with precision.autocast():
             out_l = _outputs(self.student(x_l))
             out_u = _outputs(self.student(x_u))
-            sup = ddp.supervised_ce(out_l["logits"].float(), y_l, y_all, shard)
-            unsup = ddp.confidence_weighted_ce(out_u["logits"].float(), y_u, c_u,
-                                               method.config.strong_threshold, shard)
+            sup = supervised_ce(out_l["logits"].float(), y_l, y_all, shard)
+            unsup = confidence_weighted_ce(out_u["logits"].float(), y_u, c_u,
+                                           method.config.strong_threshold, shard)
             extra, extra_log = None, {}
             if ddp.overrides_extra_loss(method):  # on the global batch, on every rank
                 extra, extra_log = method.extra_loss(
-                    *ddp.gathered(shard, out_l, out_u),
+                    *shard.gathered(out_l, out_u),
                     {"labels": y_all, "pseudo_labels": y_all_u, "confidence": c_all_u})
-            loss = ddp.every_output_used(sup + unsup + (extra if extra is not None else 0.0), out_l, out_u)
-        sup_log, unsup_log = ddp.mean_logs(shard, sup, unsup)
+            loss = shard.every_output_used(sup + unsup + (extra if extra is not None else 0.0), out_l, out_u)
+        sup_log, unsup_log = shard.mean_logs(sup, unsup)
         return loss, {"sup_loss": sup_log, "unsup_loss": unsup_log,
                       "extra_loss": extra.detach() if extra is not None else 0.0, **extra_log}
 

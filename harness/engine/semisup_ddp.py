@@ -1,5 +1,8 @@
-"""The semi-supervised step over N processes (``harness stage run --nproc N``, DDP): what
-changes so that N processes compute the one-process step on the same global batches.
+"""The shard: all that the one mean-teacher step (:mod:`harness.engine.semisup`) needs to know
+about the number of processes. One process holds the world-size-1 shard, which is the identity
+(its slices are the batch, its gathers and sums return their input, no collective runs);
+``harness stage run --nproc N`` (DDP) holds rank r's shard, and N processes then compute the
+one-process step on the same global batches.
 
 ``batch_size`` and the unlabeled batch size stay the *global* batches; each must split evenly
 over the processes (:func:`check_split`, the loop's one-line error). Per iteration:
@@ -25,7 +28,7 @@ DDP requires every trainable parameter to receive a gradient at every step. An o
 step's loss does not use (ReCo's representation head when no class has a hard query) would
 leave the reduction waiting, so under DDP the loss adds ``0 * sum`` of every student output: those
 parameters then get a zero gradient (Adam's weight decay and moments still move them) where one
-process leaves their gradient None and skips them. Single-process runs never take this path.
+process leaves their gradient None and skips them. The world-size-1 shard adds nothing.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as nnf
 
 from harness.engine import distributed as dist
 
@@ -51,86 +53,73 @@ def check_split(batch_size: int, unlabeled_batch_size: int, world: int) -> None:
 
 
 class Shard:
-    """This rank's contiguous, equal slice of a global batch, and the collectives of the step."""
+    """This rank's contiguous, equal slice of a global batch, and the collectives of the step;
+    ``Shard()`` (rank 0 of 1) is the identity."""
 
-    def __init__(self, rank: int, world: int):
+    def __init__(self, rank: int = 0, world: int = 1):
         self.rank, self.world = rank, world
 
     def take(self, x: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return x
         n = x.shape[0] // self.world
         return x[self.rank * n:(self.rank + 1) * n]
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """The global batch from every rank's slice (gradients flow back to the local slice)."""
+        if self.world == 1:
+            return x
         return dist.gather_with_grad(x, [x.shape[0]] * self.world)
 
     def total(self, x: torch.Tensor) -> torch.Tensor:
         """The sum of ``x`` over the ranks (no gradient)."""
-        x = x.detach().clone()
+        x = x.detach()
+        if self.world == 1:
+            return x
+        x = x.clone()
         torch.distributed.all_reduce(x)
         return x
 
+    def gathered(self, *outputs: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Each dict of per-image tensors (the student's outputs) gathered over the ranks in *one*
+        collective: the tensors flattened per image and concatenated, gathered, split back. (Two
+        gathers with gradients in one step gave wrong gradients under gloo, measured: their
+        backward all-to-alls paired up across the ranks in another order.)"""
+        if self.world == 1:
+            return list(outputs)
+        keys = [(i, k) for i, out in enumerate(outputs) for k in out]
+        flat = [outputs[i][k] for i, k in keys]
+        widths = [t[0].numel() for t in flat]
+        rows = self.gather(torch.cat([t.reshape(t.shape[0], -1) for t in flat], dim=1))
+        result: list[dict[str, torch.Tensor]] = [{} for _ in outputs]
+        for (i, k), t, part in zip(keys, flat, rows.split(widths, dim=1)):
+            result[i][k] = part.reshape(-1, *t.shape[1:])
+        return result
 
-def supervised_ce(logits: torch.Tensor, target: torch.Tensor, global_target: torch.Tensor,
-                  shard: Shard) -> torch.Tensor:
-    """This rank's share of the global batch's mean cross-entropy (-1 ignored)."""
-    count = (global_target >= 0).sum()
-    total = nnf.cross_entropy(logits, target, ignore_index=-1, reduction="sum")
-    return total * shard.world / count
+    def every_output_used(self, loss: torch.Tensor, *outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Under DDP ``loss + 0 * sum(outputs)``: every parameter behind an output gets a gradient
+        (see the module docstring); alone ``loss``."""
+        if self.world == 1:
+            return loss
+        zero = sum(v.float().sum() * 0.0 for out in outputs for v in out.values() if v.requires_grad)
+        return loss + zero
 
-
-def confidence_weighted_ce(logits: torch.Tensor, target: torch.Tensor, confidence: torch.Tensor,
-                           strong_threshold: float, shard: Shard) -> torch.Tensor:
-    """This rank's share of :func:`harness.engine.semisup.confidence_weighted_ce` over the
-    global batch: the per-image weights are local, the mean is over the global batch's pixels
-    with a positive loss (their count is summed over the ranks)."""
-    b = logits.shape[0]
-    valid = (target >= 0).reshape(b, -1).sum(-1).clamp(min=1)
-    weight = confidence.reshape(b, -1).ge(strong_threshold).sum(-1) / valid
-    loss = nnf.cross_entropy(logits, target, reduction="none", ignore_index=-1)
-    positive = loss > 0
-    count = int(shard.total(positive.sum()))
-    if count == 0:
-        return loss.sum() * 0.0
-    return (weight[:, None, None] * loss)[positive].sum() * shard.world / count
-
-
-def gathered(shard: Shard, *outputs: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-    """Each dict of per-image tensors (the student's outputs) gathered over the ranks in *one*
-    collective: the tensors flattened per image and concatenated, gathered, split back. (Two
-    gathers with gradients in one step gave wrong gradients under gloo, measured: their
-    backward all-to-alls paired up across the ranks in another order.)"""
-    keys = [(i, k) for i, out in enumerate(outputs) for k in out]
-    flat = [outputs[i][k] for i, k in keys]
-    widths = [t[0].numel() for t in flat]
-    rows = shard.gather(torch.cat([t.reshape(t.shape[0], -1) for t in flat], dim=1))
-    result: list[dict[str, torch.Tensor]] = [{} for _ in outputs]
-    for (i, k), t, part in zip(keys, flat, rows.split(widths, dim=1)):
-        result[i][k] = part.reshape(-1, *t.shape[1:])
-    return result
-
-
-def every_output_used(loss: torch.Tensor, *outputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``loss + 0 * sum(outputs)``: every parameter behind an output gets a gradient (see the
-    module docstring)."""
-    zero = sum(v.float().sum() * 0.0 for out in outputs for v in out.values() if v.requires_grad)
-    return loss + zero
-
-
-def mean_logs(shard: Shard, *values: torch.Tensor) -> list[torch.Tensor]:
-    """Each scalar averaged over the ranks (one all-reduce)."""
-    stacked = shard.total(torch.stack([v.detach().float() for v in values])) / shard.world
-    return list(stacked.unbind())
+    def mean_logs(self, *values: torch.Tensor) -> list[torch.Tensor]:
+        """Each scalar (detached) averaged over the ranks (one all-reduce)."""
+        if self.world == 1:
+            return [v.detach() for v in values]
+        stacked = self.total(torch.stack([v.detach().float() for v in values])) / self.world
+        return list(stacked.unbind())
 
 
 def distribute(method: Any, student: torch.nn.Module, teacher: torch.nn.Module,
-               device: torch.device) -> tuple[torch.nn.Module, Shard | None]:
+               device: torch.device) -> tuple[torch.nn.Module, Shard]:
     """Under torchrun: the student in DDP and this rank's :class:`Shard`; with the method's
     ``sync_batchnorm`` on CUDA, the student's and the teacher's BatchNorm layers normalise over
     the global batch (SyncBatchNorm, in place; the teacher predicts in train mode, so its
-    statistics are batch statistics too). Alone: ``(student, None)``."""
+    statistics are batch statistics too). Alone: ``(student, Shard())``."""
     if dist.world_size() == 1:
-        return student, None
+        return student, Shard()
     sync = getattr(method, "sync_batchnorm", True)
     if sync and device.type == "cuda":
         torch.nn.SyncBatchNorm.convert_sync_batchnorm(teacher)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from harness.protocols import check_protocol_name
 from harness.workers import WorkerCount
@@ -71,6 +71,12 @@ class FinetuneSettings(_Strict):
         None, ge=32, le=8192, description="training crop size (random crop); None = full image. "
         "Evaluation always uses full images.")
     augment: bool = Field(True, description="thesis A.1 augmentations (flips, rot90, blur, noise)")
+    augment_pipeline: Literal["auto", "device", "cpu"] = Field(
+        "auto", description="where the training augmentations run: 'cpu' (per image in the "
+        "loader workers), 'device' (batched on the training device from the same distributions, "
+        "the loader only reads uint8: far less host CPU per image; other random draws, so other "
+        "numbers than 'cpu'), 'auto': device on CUDA with the semantic head, else cpu (not part "
+        "of result keys)")
     frozen_bn: Literal["adapt", "fixed"] = Field(
         "adapt", description="frozen protocol: encoder batch-norm statistics keep adapting "
         "('adapt', what the thesis's code did) or stay fixed ('fixed')")
@@ -111,6 +117,14 @@ class FinetuneSettings(_Strict):
             raise ValueError(f"must be a multiple of 32 (U-Net downsamples 5 times, DPT to 1/32); "
                              f"try {max(32, round(v / 32) * 32)}")
         return v
+
+    @model_validator(mode="after")
+    def _device_augment_head(self) -> "FinetuneSettings":
+        if self.augment_pipeline == "device" and self.head != "semantic":
+            raise ValueError(f"augment_pipeline: device supports the semantic head only (head "
+                             f"{self.head!r} makes its targets from the augmented instance map in "
+                             f"the loader); use augment_pipeline: cpu or auto")
+        return self
 
 
 class RowSettings(BaseModel):

@@ -38,10 +38,12 @@ from __future__ import annotations
 import bisect
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from harness.engine.distributed import gather_sizes, gather_with_grad, is_distributed, rank, world_size
+from harness.engine.host_syncs import to_host
 
 __all__ = ["nt_xent", "supcon_loss", "simsiam_loss"]
 
@@ -114,12 +116,14 @@ def _nt_xent_local(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> to
 
 def supcon_loss(
     features: torch.Tensor,
-    labels: torch.Tensor,
+    labels: torch.Tensor | np.ndarray,
     temperature: float = 0.1,
     form: str = "code",
     block_size: int | None = None,
 ) -> torch.Tensor:
-    """Label-supervised contrastive loss over ``features`` (n, D) with integer ``labels`` (n,).
+    """Label-supervised contrastive loss over ``features`` (n, D) with integer ``labels`` (n,): a
+    tensor (read on the host once, :func:`harness.engine.host_syncs.to_host`: the blocks depend
+    on it) or a host array (no copy).
 
     ``form="code"`` (default): the reference implementation's semantics
     (``pricon:src/loss.py L10-44``, used for PRICon's point, region and image terms)::
@@ -159,7 +163,7 @@ def supcon_loss(
     """
     if form not in ("code", "pairs"):
         raise ValueError(f"supcon_loss: form must be 'code' or 'pairs', got {form!r}")
-    if features.dim() != 2 or labels.dim() != 1 or labels.shape[0] != features.shape[0]:
+    if features.dim() != 2 or labels.ndim != 1 or labels.shape[0] != features.shape[0]:
         raise ValueError(f"supcon_loss expects features (n, D) and labels (n,), got "
                          f"{tuple(features.shape)} and {tuple(labels.shape)}")
     if temperature <= 0:
@@ -176,20 +180,24 @@ def _supcon_loss(features, labels, temperature, form, block_size):
     if features.dtype in (torch.float16, torch.bfloat16):
         features = features.float()
     z = F.normalize(features, dim=1)
-    labels = labels.to(device=z.device, dtype=torch.long)
     n_local = z.shape[0]
 
     if is_distributed():
+        labels = torch.as_tensor(labels).to(device=z.device, dtype=torch.long)
         sizes = gather_sizes(n_local, z.device)
         z_all = gather_with_grad(z, sizes=sizes)
-        y_all = gather_with_grad(labels, sizes=sizes)
+        y_host = to_host(gather_with_grad(labels, sizes=sizes))
         offset = sum(sizes[: rank()])
-    else:
-        z_all, y_all, offset = z, labels, 0
+    else:  # labels given as a host array need no copy
+        z_all, offset = z, 0
+        y_host = labels if isinstance(labels, np.ndarray) else to_host(labels)
 
-    # relabel to 0..C-1 and sort the vectors by label, so that each label's vectors are contiguous
-    _, y_all = torch.unique(y_all, return_inverse=True)
-    counts = torch.bincount(y_all)
+    # relabel to 0..C-1 and sort the vectors by label, so that each label's vectors are
+    # contiguous. The blocks' structure depends on the labels, so they are read on the host
+    # once (one device-to-host copy instead of unique, bincount, a boolean mask and the reads
+    # of n_terms and bounds); the rest is integer work on the host, the same numbers
+    relabeled = np.unique(y_host, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    counts = np.bincount(relabeled)
     if form == "code":
         n_terms = int(counts[counts >= 2].sum())
     else:
@@ -198,12 +206,13 @@ def _supcon_loss(features, labels, temperature, form, block_size):
         # no anchor with a positive anywhere (every process takes this branch together):
         # a zero that keeps the graph connected
         return z.sum() * 0.0
-    perm = torch.argsort(y_all, stable=True)
-    inv = torch.empty_like(perm)
-    inv[perm] = torch.arange(perm.numel(), device=perm.device)
-    zc, yc = z_all[perm], y_all[perm]
-    anchor_pos = torch.sort(inv[offset: offset + n_local]).values
-    bounds = [0] + torch.cumsum(counts, 0).tolist()
+    perm = np.argsort(relabeled, kind="stable")
+    inv = np.empty_like(perm)
+    inv[perm] = np.arange(perm.size)
+    zc = z_all[torch.from_numpy(perm).to(z.device)]
+    yc = torch.from_numpy(relabeled[perm]).to(z.device)
+    anchor_pos = torch.from_numpy(np.sort(inv[offset: offset + n_local])).to(z.device)
+    bounds = [0] + np.cumsum(counts).tolist()
     return _supcon_sorted(z, zc, yc, anchor_pos, bounds, n_terms, temperature, form, block_size)
 
 

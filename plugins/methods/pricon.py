@@ -90,31 +90,30 @@ class PRICon(PretrainMethod):
 
     def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor],
                       num_classes: int | None) -> tuple[torch.Tensor, dict[str, float]]:
-        import torch.nn.functional as F
-
         from .losses import nt_xent, supcon_loss
-        from .pricon_ops import (image_pool, pool_masks, region_pool, sample_points, upsample_dense,
-                                 valid_classes)
+        from .pricon_ops import (image_pool, one_hot_masks, pool_masks, region_pool, sample_points,
+                                 upsample_dense, valid_classes, valid_pairs)
 
         c = self.config
         z1, z2 = model(batch["view1"]).float(), model(batch["view2"]).float()
         if c.resolution is not None:
             z1, z2 = upsample_dense(z1, c.resolution), upsample_dense(z2, c.resolution)
         grid = z1.shape[-1]
-        pooled1 = pool_masks(F.one_hot(batch["mask1"], num_classes).permute(0, 3, 1, 2), grid)
-        pooled2 = pool_masks(F.one_hot(batch["mask2"], num_classes).permute(0, 3, 1, 2), grid)
+        pooled1 = pool_masks(one_hot_masks(batch["mask1"], num_classes), grid)
+        pooled2 = pool_masks(one_hot_masks(batch["mask2"], num_classes), grid)
         valid = valid_classes(pooled1, pooled2)
+        pairs = valid_pairs(valid)  # read on the host once: it decides how many points and regions
 
         total = z1.new_zeros(())
         # logs as detached tensors: the loop reads them with the losses (no host sync per step)
         logs: dict[str, torch.Tensor] = {"valid_classes": valid.sum(1).float().mean()}
         if c.alpha_point > 0:
-            feats, labels = sample_points(z1, z2, pooled1, pooled2, c.n_points, valid)
+            feats, labels = sample_points(z1, z2, pooled1, pooled2, c.n_points, valid, pairs=pairs)
             point = supcon_loss(feats, labels, c.temperature, form=c.loss_form)
             total = total + c.alpha_point * point
             logs["point"] = point.detach()
         if c.alpha_region > 0:
-            feats, labels = region_pool(z1, z2, pooled1, pooled2, valid)
+            feats, labels = region_pool(z1, z2, pooled1, pooled2, valid, pairs=pairs)
             region = supcon_loss(feats, labels, c.temperature, form=c.loss_form)
             total = total + c.alpha_region * region
             logs["region"] = region.detach()

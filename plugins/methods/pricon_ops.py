@@ -13,16 +13,25 @@ unaffected (the image term needs no mask).
 
 Randomness only comes from ``torch.multinomial`` with the optional ``generator`` argument, so a
 seeded :class:`torch.Generator` (on the tensors' device) makes sampling reproducible.
+
+Host syncs: which (image, class) pairs are valid decides how many points and regions there are,
+so it is read on the host once per step (:func:`valid_pairs`, one device-to-host copy shared
+by the point sampling and the region pooling); nothing else here waits for the device.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harness.engine.host_syncs import to_host
+
 __all__ = [
+    "one_hot_masks",
     "pool_masks",
     "valid_classes",
+    "valid_pairs",
     "sample_point_indices",
     "sample_points",
     "region_pool",
@@ -37,6 +46,14 @@ def _flat(t: torch.Tensor, name: str) -> torch.Tensor:
     if t.dim() == 3:
         return t
     raise ValueError(f"{name} must be (B, K, R, R) or (B, K, R*R), got shape {tuple(t.shape)}")
+
+
+def one_hot_masks(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, H, W) class maps -> (B, C, H, W) one-hot (bool), the values and memory layout of
+    ``F.one_hot(masks, C).permute(0, 3, 1, 2)`` without its range checks, which read the maps'
+    minimum and maximum on the host (on CPU; CUDA skips them). A class outside ``0..C-1`` gives
+    an all-zero row."""
+    return (masks[..., None] == torch.arange(num_classes, device=masks.device)).permute(0, 3, 1, 2)
 
 
 def pool_masks(one_hot_masks: torch.Tensor, R: int) -> torch.Tensor:
@@ -59,12 +76,20 @@ def valid_classes(pooled1: torch.Tensor, pooled2: torch.Tensor) -> torch.Tensor:
     return (m1 != 0).any(dim=2) & (m2 != 0).any(dim=2)
 
 
+def valid_pairs(valid: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The (image, class) indices of the True entries of ``valid`` (B, C), row-major (image-major,
+    classes ascending), read on the host: one device-to-host copy."""
+    images, classes = np.nonzero(to_host(valid))
+    return images.astype(np.int64), classes.astype(np.int64)
+
+
 def sample_point_indices(
     pooled1: torch.Tensor,
     pooled2: torch.Tensor,
     n_points: int,
     valid: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    pairs: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draw the point pairs of the point loss (thesis §3.2 "Point-level Loss"; reference
     ``sample_index_pairs`` L150-173, as described in DATA_AND_METHODS §7.4 step 4).
@@ -77,14 +102,15 @@ def sample_point_indices(
     Returns ``(images, classes, cells1, cells2)``, each (n_points, B') with B' the images that have
     at least one valid class, in their original order (the skip rule): iteration-major, as the
     reference stacks them. ``images`` holds the original image indices, ``cells*`` flat indices
-    into the R*R grid.
+    into the R*R grid. ``pairs``: :func:`valid_pairs` of ``valid`` where the caller has them.
     """
     m1, m2 = _flat(pooled1, "pooled1"), _flat(pooled2, "pooled2")
     if valid is None:
         valid = valid_classes(m1, m2)
     if n_points < 1:
         raise ValueError(f"n_points must be >= 1, got {n_points}")
-    kept = valid.any(dim=1).nonzero().flatten()
+    images = (pairs if pairs is not None else valid_pairs(valid))[0]
+    kept = torch.from_numpy(np.unique(images)).to(m1.device)  # images with a valid class
     nk = kept.numel()
     if nk == 0:
         empty = torch.zeros((n_points, 0), dtype=torch.long, device=m1.device)
@@ -107,6 +133,7 @@ def sample_points(
     n_points: int,
     valid: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    pairs: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Point features and labels for the point loss.
 
@@ -118,7 +145,7 @@ def sample_points(
     with none left the result is empty ((0, D) and (0,)).
     """
     f1, f2 = _flat(z1, "z1"), _flat(z2, "z2")
-    img, cls, c1, c2 = sample_point_indices(pooled1, pooled2, n_points, valid, generator)
+    img, cls, c1, c2 = sample_point_indices(pooled1, pooled2, n_points, valid, generator, pairs)
     img, cls, c1, c2 = img.flatten(), cls.flatten(), c1.flatten(), c2.flatten()
     return torch.cat([_take_cells(f1, img, c1), _take_cells(f2, img, c2)]), torch.cat([cls, cls])
 
@@ -141,7 +168,8 @@ def region_pool(
     pooled1: torch.Tensor,
     pooled2: torch.Tensor,
     valid: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    pairs: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[torch.Tensor, np.ndarray]:
     """Region features and labels for the region loss (thesis Eq. 3.3; reference
     ``mask_pooling`` L118-148).
 
@@ -152,12 +180,16 @@ def region_pool(
     with the **soft** pooled fractions ``m`` as weights. Returns ``features`` (2K, D) and
     ``labels`` (2K,) with K = number of valid (image, class) pairs: view 1 first, then view 2,
     each image-major with classes ascending. Images without a valid class contribute nothing.
+    The labels are a host array (``int64``; :func:`~harness_builtin.methods.losses.supcon_loss`
+    then needs no copy of them); ``pairs``: :func:`valid_pairs` of ``valid`` where the caller has
+    them.
     """
     f1, f2 = _flat(z1, "z1"), _flat(z2, "z2")
     m1, m2 = _flat(pooled1, "pooled1"), _flat(pooled2, "pooled2")
     if valid is None:
         valid = valid_classes(m1, m2)
-    b_idx, c_idx = valid.nonzero(as_tuple=True)  # row-major: image-major, classes ascending
+    b_host, c_host = pairs if pairs is not None else valid_pairs(valid)  # image-major, classes ascending
+    b_idx, c_idx = (torch.from_numpy(a).to(f1.device) for a in (b_host, c_host))
 
     def pool(f: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         w = m[b_idx, c_idx].to(f.dtype)  # (K, R*R)
@@ -166,7 +198,7 @@ def region_pool(
         num = torch.einsum("kr,kdr->kd", w, f.index_select(0, b_idx))
         return num / w.sum(dim=1, keepdim=True)
 
-    return torch.cat([pool(f1, m1), pool(f2, m2)]), torch.cat([c_idx, c_idx])
+    return torch.cat([pool(f1, m1), pool(f2, m2)]), np.concatenate([c_host, c_host])
 
 
 def image_pool(z: torch.Tensor) -> torch.Tensor:
