@@ -66,7 +66,6 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
     into ``ctx.out``; return a summary."""
     device = ctx.device
     seed_everything(seed)
-    frozen = protocol.frozen_encoder
     channels_last = settings.channels_last and device.type == "cuda"
     head = settings.head
     model, enc_meta = _initial_model(ctx, settings.encoder, out_channels(head, num_classes),
@@ -115,14 +114,22 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
         "train_images": len(data),
         "steps": total_steps,
         "resumed_from_epoch": start_epoch,
+        **_summary(history, normalizer, settings, protocol.frozen_encoder, precision),
+        "seconds_this_run": time.time() - started,
+        "network": describe_network(model, settings),
+        **({"augment_pipeline": "device"} if augment is not None else {}),  # cpu: as before
+    }
+
+
+def _summary(history: list[dict[str, Any]], normalizer: Normalizer, settings: Any, frozen: bool,
+             precision: Precision) -> dict[str, Any]:
+    """The losses and how the run normalised and computed, for the stage's summary."""
+    return {
         "final_loss": history[-1]["loss"] if history else None,
         "first_loss": history[0]["loss"] if history else None,
         "normalization": normalizer.describe(),
         "frozen_bn": settings.frozen_bn if frozen else None,
         "precision": str(precision.dtype).replace("torch.", "") if precision.dtype else "fp32",
-        "seconds_this_run": time.time() - started,
-        "network": describe_network(model, settings),
-        **({"augment_pipeline": "device"} if augment is not None else {}),  # cpu: as before
     }
 
 

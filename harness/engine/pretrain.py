@@ -80,9 +80,6 @@ def pretrain(ctx: StageContext, *, method: PretrainMethod, images: np.ndarray,
     """Pretrain an encoder; write ``encoder.pt``/``encoder.json`` (the fine-tuning input),
     ``model.pt`` (encoder + heads, to continue training in a later cycle) and
     ``pretrain_log.json``."""
-    from harness.data.device_views import DeviceViews, TileDataset, resolve_view_pipeline
-    from harness.data.views import TwoViewDataset
-
     cfg = method.config
     device = ctx.device
     model = _initial_model(method, encoder_name, seed, start_from, encoder_args).to(device)
@@ -92,15 +89,7 @@ def pretrain(ctx: StageContext, *, method: PretrainMethod, images: np.ndarray,
         model.to(memory_format=torch.channels_last)
     if getattr(cfg, "compile", False):  # in place (state_dict keys unchanged); methods call
         getattr(model, "encoder", model).compile()  # model.encoder, so compile that
-
-    rows = _image_rows(len(images), cfg.max_images, seed)
-    view_cfg = method.view_config()
-    on_device = resolve_view_pipeline(getattr(cfg, "view_pipeline", "auto"), device) == "device"
-    if on_device:  # the loader streams uint8 tiles; the views are made where the model runs
-        data = TileDataset(images, masks, indices=rows)
-        make_views = DeviceViews(view_cfg)
-    else:
-        data = TwoViewDataset(images, masks, view_cfg, indices=rows)
+    data, make_views = _views_data(method, images, masks, seed, device)
     batch_size = min(cfg.batch_size, len(data))
     loader = epoch_loader(data, batch_size=batch_size, drop_last=True,
                           num_workers=resolve_num_workers(cfg.num_workers, device),
@@ -110,25 +99,10 @@ def pretrain(ctx: StageContext, *, method: PretrainMethod, images: np.ndarray,
     total_steps = optimizer_steps(source.total, source.period, accumulation)
     optimizer = _optimizer(method, model)
     scheduler = _cosine_schedule(optimizer, total_steps)
-    training_step = step_with_info(method)
     # under torchrun: DDP, SyncBatchNorm on CUDA where the method asks for it
     net = wrap_ddp(model, device, getattr(method, "sync_batchnorm", True))
-    if getattr(cfg, "compile", False) and net is not model and device.type == "cuda" \
-            and getattr(method, "sync_batchnorm", True):
-        console.log(f"warning: {ctx.label}: compile: true with SyncBatchNorm (DDP on CUDA): "
-                    f"torch.compile breaks the graph at every SyncBatchNorm layer, so it may be "
-                    f"slower than compile: false")
-
-    def step_fn(batch, info):
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        if on_device:
-            batch = make_views(batch)
-        if channels_last:
-            batch = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v
-                     for k, v in batch.items()}
-        with precision.autocast():
-            return training_step(net, batch, num_classes, info)
-
+    _warn_compile_with_syncbn(ctx, method, net is not model, device)
+    step_fn = _step_fn(method, net, device, make_views, channels_last, precision, num_classes)
     loop = TrainLoop(
         label=ctx.label, models={"model": model}, optimizer=optimizer, scheduler=scheduler,
         scaler=precision.scaler(), step_fn=step_fn, source=source, checkpoint=Checkpoint(ctx.work),
@@ -142,6 +116,7 @@ def pretrain(ctx: StageContext, *, method: PretrainMethod, images: np.ndarray,
     start_epoch = loop.start // source.period
 
     model.to("cpu")
+    view_cfg = method.view_config()
     normalization = {"mean": list(view_cfg.mean), "std": list(view_cfg.std)}
     save_encoder_artifact(ctx, model.encoder.state_dict(), encoder_name, normalization, method.name)
     atomic_torch_save(model.state_dict(), ctx.out / "model.pt")
@@ -153,6 +128,51 @@ def pretrain(ctx: StageContext, *, method: PretrainMethod, images: np.ndarray,
         "final_loss": history[-1]["loss"] if history else None,
         "seconds_this_run": time.time() - started,
     }
+
+
+def _views_data(method: PretrainMethod, images: np.ndarray, masks: np.ndarray | None, seed: int,
+                device: torch.device) -> tuple[Any, Any]:
+    """The dataset of the pretraining images (``max_images`` of them) and, with the device view
+    pipeline, the module that makes the two views on the device (None: the dataset makes
+    them in the loader)."""
+    from harness.data.device_views import DeviceViews, TileDataset, resolve_view_pipeline
+    from harness.data.views import TwoViewDataset
+
+    cfg = method.config
+    rows = _image_rows(len(images), cfg.max_images, seed)
+    view_cfg = method.view_config()
+    if resolve_view_pipeline(getattr(cfg, "view_pipeline", "auto"), device) == "device":
+        # the loader streams uint8 tiles; the views are made where the model runs
+        return TileDataset(images, masks, indices=rows), DeviceViews(view_cfg)
+    return TwoViewDataset(images, masks, view_cfg, indices=rows), None
+
+
+def _warn_compile_with_syncbn(ctx: StageContext, method: PretrainMethod, ddp: bool,
+                              device: torch.device) -> None:
+    if getattr(method.config, "compile", False) and ddp and device.type == "cuda" \
+            and getattr(method, "sync_batchnorm", True):
+        console.log(f"warning: {ctx.label}: compile: true with SyncBatchNorm (DDP on CUDA): "
+                    f"torch.compile breaks the graph at every SyncBatchNorm layer, so it may be "
+                    f"slower than compile: false")
+
+
+def _step_fn(method: PretrainMethod, net: torch.nn.Module, device: torch.device, make_views: Any,
+             channels_last: bool, precision: Precision, num_classes: int | None):
+    """One training step on a loader batch: to the device, views made there (device pipeline),
+    channels-last, the method's step under autocast."""
+    training_step = step_with_info(method)
+
+    def step_fn(batch, info):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        if make_views is not None:
+            batch = make_views(batch)
+        if channels_last:
+            batch = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v
+                     for k, v in batch.items()}
+        with precision.autocast():
+            return training_step(net, batch, num_classes, info)
+
+    return step_fn
 
 
 def _initial_model(method: PretrainMethod, encoder_name: str, seed: int,

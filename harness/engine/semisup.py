@@ -332,10 +332,7 @@ def train_semisupervised(ctx: StageContext, *, method: SemiSupervisedMethod, arr
     batches = IterationBatches(labeled, unlabeled_images, (height, width), cfg.batch_size, batch_u, seed)
     strong = thesis_augment(square)
 
-    optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr, betas=(0.9, 0.999),
-                                 weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=iterations, eta_min=0.0)
-
+    optimizer, scheduler = _adam_cosine(student, cfg)
     make_loader = functools.partial(_iteration_loader, batches, iterations,
                                     resolve_num_workers(cfg.num_workers, device), device)
     step = _MeanTeacherStep(method, net, teacher, normalizer, precision, channels_last,
@@ -351,8 +348,6 @@ def train_semisupervised(ctx: StageContext, *, method: SemiSupervisedMethod, arr
     started = time.time()
     history = loop.run()
     seconds = time.time() - started
-    start = loop.start
-
     if dist.rank() == 0:  # under DDP the teachers agree (the students' averaged weights)
         model = unet_of(teacher).to("cpu", memory_format=torch.contiguous_format)
         atomic_torch_save(model.state_dict(), ctx.out / "model.pt")
@@ -360,8 +355,19 @@ def train_semisupervised(ctx: StageContext, *, method: SemiSupervisedMethod, arr
     return {"method": method.name, "init": "random", "train_images": len(labeled),
             "unlabeled_images": len(unlabeled_images), "batch_size": cfg.batch_size,
             "unlabeled_batch_size": batch_u, "crop_size": [height, width], "iterations": iterations,
-            "resumed_from_iteration": start, **_loss_summary(history), "evaluated": "teacher",
+            "resumed_from_iteration": loop.start, **_loss_summary(history), "evaluated": "teacher",
             "normalization": normalizer.describe(),
             "precision": str(precision.dtype).replace("torch.", "") if precision.dtype else "fp32",
-            "seconds_this_run": seconds,
-            "iterations_per_second": (iterations - start) / seconds if iterations > start and seconds > 0 else None}
+            "seconds_this_run": seconds, "iterations_per_second": _rate(iterations - loop.start, seconds)}
+
+
+def _adam_cosine(student: torch.nn.Module, cfg: Any) -> tuple[torch.optim.Optimizer, Any]:
+    """Adam with the method's learning rate and decay, cosine-annealed to 0 over the iterations."""
+    optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr, betas=(0.9, 0.999),
+                                 weight_decay=cfg.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.iterations,
+                                                                 eta_min=0.0)
+
+
+def _rate(iterations: int, seconds: float) -> float | None:
+    return iterations / seconds if iterations > 0 and seconds > 0 else None
