@@ -81,7 +81,7 @@ def _inputs(n: int = N_VECTORS, seed: int = 0) -> tuple[torch.Tensor, torch.Tens
 def _loss_fn(impl: str):
     if impl == "reference":
         return lambda f, y: reference_loss(f, y, TAU)
-    from harness_builtin.methods.losses import supcon_loss
+    from harness_builtin.methods.supcon import supcon_loss
 
     return lambda f, y: supcon_loss(f, y, temperature=TAU)
 

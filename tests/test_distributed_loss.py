@@ -16,7 +16,8 @@ import torch.distributed as dist
 
 from conftest import spawn_ranks
 from harness.engine import distributed as D
-from harness_builtin.methods.losses import nt_xent, supcon_loss
+from harness_builtin.methods.simclr.loss import nt_xent
+from harness_builtin.methods.supcon import supcon_loss
 
 WORLD = 2
 

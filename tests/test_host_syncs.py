@@ -103,7 +103,7 @@ def test_larger_supcon_tiles_issue_fewer_ops_for_the_same_loss():
     4x larger tiles, over 10x fewer ops, the same loss and gradients up to summation order."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from harness_builtin.methods.losses import supcon_loss
+    from harness_builtin.methods.supcon import supcon_loss
 
     class Ops(TorchDispatchMode):
         n = 0

@@ -9,8 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import harness_builtin.methods.losses as L
-from harness_builtin.methods.losses import nt_xent, simsiam_loss, supcon_loss
+import harness_builtin.methods.supcon_blocks as L
+from harness_builtin.methods.simclr.loss import nt_xent
+from harness_builtin.methods.simsiam.loss import simsiam_loss
+from harness_builtin.methods.supcon import supcon_loss
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness_builtin.methods.losses import supcon_loss
+from harness_builtin.methods.supcon import supcon_loss
 from harness_builtin.methods.pricon_ops import (
     image_pool,
     pool_masks,

@@ -1,40 +1,12 @@
-"""The networks that methods train around the encoder (projection and prediction heads), one
-class per method. They live apart from the method files so that those import without torch:
-``harness validate`` and ``harness list`` import every method's settings; a method imports its
-network here when it builds it."""
+"""The networks that PRICon and ReCo train around the encoder, one class per method (SimCLR's
+and SimSiam's live in their packages). They live apart from the method files so that those
+import without torch: ``harness validate`` and ``harness list`` import every method's settings;
+a method imports its network here when it builds it."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-
-class SimCLRModel(nn.Module):
-    def __init__(self, encoder: nn.Module, in_dim: int, hidden: int, out: int):
-        super().__init__()
-        self.encoder = encoder
-        self.projector = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True),
-                                       nn.Linear(hidden, out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.encoder(x)[-1].mean(dim=(2, 3)))
-
-
-class SimSiamModel(nn.Module):
-    def __init__(self, encoder: nn.Module, in_dim: int, dim: int, pred_dim: int):
-        super().__init__()
-        self.encoder = encoder
-        self.projector = nn.Sequential(
-            nn.Linear(in_dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
-            nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
-            nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim, affine=False))
-        self.predictor = nn.Sequential(
-            nn.Linear(dim, pred_dim, bias=False), nn.BatchNorm1d(pred_dim), nn.ReLU(inplace=True),
-            nn.Linear(pred_dim, dim))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.projector(self.encoder(x)[-1].mean(dim=(2, 3)))
-        return self.predictor(z), z
 
 
 class PRIConModel(nn.Module):

@@ -18,7 +18,6 @@ trained with the shared fine-tuning engine (default: the spec's dataset, folds 1
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
@@ -90,7 +89,8 @@ class PRICon(PretrainMethod):
 
     def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor],
                       num_classes: int | None) -> tuple[torch.Tensor, dict[str, float]]:
-        from .losses import nt_xent, supcon_loss
+        from .simclr.loss import nt_xent
+        from .supcon import supcon_loss
         from .pricon_ops import (image_pool, one_hot_masks, pool_masks, region_pool, sample_points,
                                  upsample_dense, valid_classes, valid_pairs)
 

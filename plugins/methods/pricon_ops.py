@@ -180,7 +180,7 @@ def region_pool(
     with the **soft** pooled fractions ``m`` as weights. Returns ``features`` (2K, D) and
     ``labels`` (2K,) with K = number of valid (image, class) pairs: view 1 first, then view 2,
     each image-major with classes ascending. Images without a valid class contribute nothing.
-    The labels are a host array (``int64``; :func:`~harness_builtin.methods.losses.supcon_loss`
+    The labels are a host array (``int64``; :func:`~harness_builtin.methods.supcon.supcon_loss`
     then needs no copy of them); ``pairs``: :func:`valid_pairs` of ``valid`` where the caller has
     them.
     """

@@ -35,14 +35,14 @@ class SimCLR(PretrainMethod):
     sync_batchnorm: ClassVar[bool] = True
 
     def build_model(self, encoder: nn.Module, encoder_channels: list[int]) -> nn.Module:
-        from .heads import SimCLRModel
+        from .model import SimCLRModel
 
         c = self.config
         return SimCLRModel(encoder, encoder_channels[-1], c.hidden_dim, c.proj_dim)
 
     def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor],
                       num_classes: int | None) -> tuple[torch.Tensor, dict[str, float]]:
-        from .losses import nt_xent
+        from .loss import nt_xent
 
         z1, z2 = model(batch["view1"]), model(batch["view2"])
         return nt_xent(z1.float(), z2.float(), self.config.temperature), {}

@@ -40,7 +40,7 @@ class SimSiam(PretrainMethod):
     Config: ClassVar[type] = SimSiamConfig
 
     def build_model(self, encoder: nn.Module, encoder_channels: list[int]) -> nn.Module:
-        from .heads import SimSiamModel
+        from .model import SimSiamModel
 
         c = self.config
         return SimSiamModel(encoder, encoder_channels[-1], c.proj_dim, c.pred_dim)
@@ -58,7 +58,7 @@ class SimSiam(PretrainMethod):
                       num_classes: int | None) -> tuple[torch.Tensor, dict[str, float]]:
         import torch.nn.functional as F
 
-        from .losses import simsiam_loss
+        from .loss import simsiam_loss
 
         p1, z1 = model(batch["view1"])
         p2, z2 = model(batch["view2"])
