@@ -247,7 +247,13 @@ class PretrainMethod(Method):
 
     def encoder_chains(self, plan: Any, *, version: str, seed: int, splits: list[Any],
                        settings: Any) -> list[EncoderChain]:
-        """One ``pretrain`` stage (a method that learns from masks composes its own chain)."""
+        """One ``pretrain`` stage. A method that ``needs_masks`` composes its own chain that
+        gives the stage its ``masks`` (PRICon's: ``plugins/methods/pricon_chain.py``)."""
+        if self.needs_masks:
+            from harness.errors import PluginError
+
+            raise PluginError(f"method '{self.name}' needs masks: its encoder_chains must create "
+                              f"the stages that make them and pass them to its pretrain stage")
         return [EncoderChain(plan.create("pretrain", method=self, version=version,
                                          seed=self.pretrain_seed(seed), settings=settings), splits)]
 
