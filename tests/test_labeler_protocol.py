@@ -11,12 +11,13 @@ import pytest
 from conftest import write_spec
 from harness.errors import SpecError
 from harness.plugins import build_registry
-from harness_builtin.methods.pricon_chain import LabelerStage
 from harness.report.build import build_report
-from harness.report.tables import labeler_table, main_table, to_markdown
+from harness.report.tables import main_table, to_markdown
 from harness.runner import Runner
 from harness.spec import load_spec
 from harness.store import ArtifactStore
+from harness_builtin.methods.pricon_chain import LabelerStage
+from harness_builtin.methods.pricon_report import labeler_table
 
 PRICON = "epochs: 1, batch_size: 8, n_points: 4, augment: {crop_size: 64}"
 SPEC = f"""

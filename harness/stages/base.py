@@ -69,6 +69,13 @@ class StageKind:
     #: processes (DDP): executors give such a stage ``gpus_per_stage`` processes, others one.
     distributed: ClassVar[bool] = False
     Params: ClassVar[type[StageParams]] = StageParams
+    #: The per-epoch log its artifact holds (the report's loss curves read it), or None.
+    log_file: ClassVar[str | None] = None
+    #: The setting whose learning rate a diverged training of this kind should lower.
+    lr_setting: ClassVar[str] = "finetune.lr"
+    #: ``(key, heading)`` of the report section the kind adds from records (its entry in
+    #: ``report.json``), or None: see :meth:`report_rows`, :meth:`report_table`, :meth:`report_marks`.
+    report_section: ClassVar[tuple[str, str] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -105,3 +112,20 @@ class StageKind:
         """Top-level facts for the record of ``cell`` (``stage`` is the first of this kind
         upstream of its model; ``dataset``: the spec's dataset name). Default: none."""
         return {}
+
+    @classmethod
+    def report_rows(cls, records: list[dict[str, Any]], metric_of: Any) -> list[dict[str, Any]]:
+        """The entries of its report section (``report.json``'s ``report_section[0]``) from the
+        records; ``metric_of(record, name, variant)`` reads a metric as its family does."""
+        return []
+
+    @classmethod
+    def report_table(cls, report: dict[str, Any]) -> Any:
+        """Its section's table (:class:`harness.report.tables.Table`) from the report."""
+        return None
+
+    @classmethod
+    def report_marks(cls, report: dict[str, Any]) -> tuple[dict[tuple[str, str, float], str], str | None]:
+        """Marks for cells of the main table, by ``(method, protocol, fraction)``, and the note
+        that explains them (None: no mark)."""
+        return {}, None

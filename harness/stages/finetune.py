@@ -23,6 +23,7 @@ class FinetuneStage(StageKind):
     kind = "finetune"
     description = "a model fine-tuned from an encoder, as its protocol says"
     distributed = True  # the shared training loop: DDP over gpus_per_stage processes
+    log_file = "train_log.json"
     Params = FinetuneParams
 
     @classmethod

@@ -20,6 +20,7 @@ class PretrainStage(StageKind):
     kind = "pretrain"
     description = "a pretraining method's encoder"
     distributed = True  # the shared training loop: DDP over gpus_per_stage processes
+    log_file = "pretrain_log.json"
     Params = PretrainParams
 
     @classmethod

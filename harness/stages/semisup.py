@@ -24,6 +24,7 @@ class SemisupStage(StageKind):
     kind = "semisup"
     description = "a semi-supervised method's U-Net"
     distributed = True  # the shared training loop: DDP over gpus_per_stage processes
+    log_file = "train_log.json"
     Params = SemisupParams
 
     @classmethod

@@ -52,6 +52,26 @@ class LabelerSettings(MethodConfig):
 class LabelerStage(FinetuneStage):
     kind = "labeler"
     description = "the pseudo-labelling U-Net"
+    lr_setting = "the method's labeler.lr"
+    report_section = ("labelers", "Labelers")
+
+    @classmethod
+    def report_rows(cls, records, metric_of):
+        from .pricon_report import labeler_rows
+
+        return labeler_rows(records, metric_of)
+
+    @classmethod
+    def report_table(cls, report):
+        from .pricon_report import labeler_table
+
+        return labeler_table(report)
+
+    @classmethod
+    def report_marks(cls, report):
+        from .pricon_report import labeler_marks
+
+        return labeler_marks(report)
 
     def record_facts(self, stage, cell, dataset):
         """The cell's labeler: its protocol, dataset, training ids by group, how many of the
