@@ -162,15 +162,7 @@ def _segmenter_class() -> type:
             return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
         def features(self, x: torch.Tensor) -> torch.Tensor:
-            """Patch features ``(B, D, h, w)``: the hypercolumn of the maps of stride >= STRIDE
-            at the finest of them, each level L2-normalised (a single map: that one)."""
-            out = self.encoder(x)
-            maps = [m for m in (out if isinstance(out, (list, tuple)) else [out]) if m.shape[1] > 0]
-            deep = [m for m in maps if m.shape[-1] * STRIDE <= x.shape[-1]] or maps[-1:]
-            size = deep[0].shape[-2:]
-            cols = [nnf.normalize(nnf.interpolate(m, size=size, mode="bilinear", align_corners=False)
-                                  if m.shape[-2:] != size else m, dim=1) for m in deep]
-            return torch.cat(cols, 1)
+            return hypercolumn(self.encoder(x), x.shape[-1])
 
         @torch.no_grad()
         def bank_of(self, images, classes, rows, normalizer, device, batch_size: int):
@@ -182,9 +174,7 @@ def _segmenter_class() -> type:
                 x = torch.from_numpy(images[idx]).to(device).permute(0, 3, 1, 2).float().div_(255.0)
                 f = self.features(normalizer(x))
                 y = torch.from_numpy(classes[idx].astype("int64")).to(device)
-                onehot = nnf.one_hot(y.clamp(max=self.num_classes), self.num_classes + 1)[..., :-1]
-                dist = nnf.adaptive_avg_pool2d(onehot.permute(0, 3, 1, 2).float(), f.shape[-2:])
-                f, dist = f.permute(0, 2, 3, 1).flatten(0, 2), dist.permute(0, 2, 3, 1).flatten(0, 2)
+                f, dist = f.permute(0, 2, 3, 1).flatten(0, 2), patch_labels(y, self.num_classes, f.shape[-2:])
                 mass = dist.sum(1)
                 keep = mass > 0
                 feats.append(f[keep].cpu())
@@ -192,23 +182,7 @@ def _segmenter_class() -> type:
             return torch.cat(feats), torch.cat(labels)
 
         def vote(self, q: torch.Tensor) -> torch.Tensor:
-            """Class distributions ``(n, C)`` of query features ``q`` ``(n, D)``: the K most
-            similar bank patches, weighted by exp(similarity / T), exact top-k in chunks."""
-            out = []
-            for qs in q.split(QUERY_CHUNK):
-                best_s = best_i = None
-                for start in range(0, len(self.bank), BANK_CHUNK):
-                    sim = qs @ self.bank[start:start + BANK_CHUNK].T
-                    s, i = sim.topk(min(K, sim.shape[1]), dim=1)
-                    i = i + start
-                    if best_s is not None:  # merge with the best of the earlier chunks
-                        s, i = torch.cat([best_s, s], 1), torch.cat([best_i, i], 1)
-                        s, j = s.topk(min(K, s.shape[1]), dim=1)
-                        i = i.gather(1, j)
-                    best_s, best_i = s, i
-                w = ((best_s - 1.0) / TEMPERATURE).exp()  # exp(s/T) up to a factor: no overflow
-                out.append((w.unsqueeze(-1) * self.bank_labels[best_i]).sum(1) / w.sum(1, keepdim=True))
-            return torch.cat(out)
+            return knn_vote(q, self.bank, self.bank_labels)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             f = self.features(x).float()
@@ -219,6 +193,55 @@ def _segmenter_class() -> type:
             return dist.clamp_min(1e-6).log()
 
     return KNNSegmenter
+
+
+
+def hypercolumn(out: Any, width: int) -> Any:
+    """Patch features ``(B, D, h, w)`` from an encoder's output ``out`` (a list of maps, or
+    one) for inputs ``width`` px wide: the maps of stride >= STRIDE, upsampled bilinearly to
+    the finest of them, each level L2-normalised, concatenated (a single map: that one)."""
+    import torch
+    import torch.nn.functional as nnf
+
+    maps = [m for m in (out if isinstance(out, (list, tuple)) else [out]) if m.shape[1] > 0]
+    deep = [m for m in maps if m.shape[-1] * STRIDE <= width] or maps[-1:]
+    size = deep[0].shape[-2:]
+    cols = [nnf.normalize(nnf.interpolate(m, size=size, mode="bilinear", align_corners=False)
+                          if m.shape[-2:] != size else m, dim=1) for m in deep]
+    return torch.cat(cols, 1)
+
+
+def patch_labels(classes: Any, num_classes: int, size: Any) -> Any:
+    """Class distributions ``(B*h*w, C)`` of the ``size`` patches of class maps ``classes``
+    ``(B, H, W)`` (long): the one-hot maps average-pooled, void ids (>= C) counting for none."""
+    import torch.nn.functional as nnf
+
+    onehot = nnf.one_hot(classes.clamp(max=num_classes), num_classes + 1)[..., :-1]
+    dist = nnf.adaptive_avg_pool2d(onehot.permute(0, 3, 1, 2).float(), size)
+    return dist.permute(0, 2, 3, 1).flatten(0, 2)
+
+
+def knn_vote(q: Any, bank: Any, labels: Any) -> Any:
+    """Class distributions ``(n, C)`` of unit query features ``q`` ``(n, D)``: the K most
+    similar unit ``bank`` rows, weighted by exp(similarity / T), mean of their ``labels``;
+    exact top-k over bank chunks."""
+    import torch
+
+    out = []
+    for qs in q.split(QUERY_CHUNK):
+        best_s = best_i = None
+        for start in range(0, len(bank), BANK_CHUNK):
+            sim = qs @ bank[start:start + BANK_CHUNK].T
+            s, i = sim.topk(min(K, sim.shape[1]), dim=1)
+            i = i + start
+            if best_s is not None:  # merge with the best of the earlier chunks
+                s, i = torch.cat([best_s, s], 1), torch.cat([best_i, i], 1)
+                s, j = s.topk(min(K, s.shape[1]), dim=1)
+                i = i.gather(1, j)
+            best_s, best_i = s, i
+        w = ((best_s - 1.0) / TEMPERATURE).exp()  # exp(s/T) up to a factor: no overflow
+        out.append((w.unsqueeze(-1) * labels[best_i]).sum(1) / w.sum(1, keepdim=True))
+    return torch.cat(out)
 
 
 @hookimpl
