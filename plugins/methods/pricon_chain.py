@@ -78,7 +78,7 @@ class LabelerStage(FinetuneStage):
         cell's test images it was trained on (labels of the test fold) and how many training
         images beyond the cell's own labeled ones. Overlaps count only when the labeler learned
         from the spec's own dataset (``dataset``)."""
-        source = stage.params.get("dataset") or dataset
+        source = self.params_of(stage).dataset or dataset
         train = stage.info.get("train_ids") or {}
         ids = {i for group in train.values() for i in group}
         same = source == dataset
