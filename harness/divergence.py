@@ -33,10 +33,11 @@ def loss_not_finite(stage: Any, exc: FloatingPointError, registry: Any) -> LossN
     where = f"{stage.kind} stage '{stage.label}' ({stage.key[:12]})"
     method = (stage.params or {}).get("method") or {}
     name = method.get("plugin")
-    if not name:  # fine-tuning, the labeler: the spec's finetune (or labeler) settings
+    if not name:  # fine-tuning and kinds like it: the settings their kind names (lr_setting)
         lr = ((stage.params or {}).get("settings") or {}).get("lr")
         now = f", now {lr:g}" if isinstance(lr, (int, float)) else ""
-        setting = "the method's labeler.lr" if stage.kind == "labeler" else "finetune.lr"
+        kind = registry.stage_kinds.get(stage.kind)
+        setting = getattr(kind.cls, "lr_setting", "finetune.lr") if kind is not None else "finetune.lr"
         return LossNotFinite(
             f"{where}: the loss {what} (steps counted from 1): training diverged; lower the "
             f"learning rate ({setting}{now}), e.g. 10x")

@@ -14,13 +14,14 @@ Kinds:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:  # the contract imports without torch: `harness validate` and `list` load it
     import torch
 
+from harness.plan import EncoderChain
 from harness.workers import WorkerCount
 
 KINDS = ("init", "pretrain", "semisupervised")
@@ -127,6 +128,31 @@ class Method:
         """Raise :class:`harness.errors.DataError` if something the method needs (a weights
         file, a dataset) is missing. Called before any work starts."""
 
+    def needed_datasets(self, spec: Any) -> list[tuple[str, str]]:
+        """Datasets beyond the spec's that the method's chain reads, as ``(plugin name, role)``
+        (the role names it in the missing-input message). Default: none."""
+        return []
+
+    @classmethod
+    def spec_problems(cls, row: str, config: MethodConfig, spec: Any, registry: Any,
+                      locate: Callable[[tuple[Any, ...]], str]) -> list[str]:
+        """Problems of row ``row``'s settings ``config`` that only the whole spec shows (e.g. a
+        dataset its chain reads), one line each; ``locate(path)`` gives the ``file:line`` of a
+        field path (``("methods", row, field, ...)``). Default: none."""
+        return []
+
+    def encoder_chains(self, plan: Any, *, version: str, seed: int, splits: list[Any],
+                       settings: Any) -> list[EncoderChain]:
+        """The stages that produce the row's encoder(s), created through ``plan.create``
+        (:class:`harness.planner.PlanBuilder`): one chain per encoder the row fine-tunes (each
+        reported under its ``suffix``). ``version``: the plugin's version (part of its stages'
+        keys); ``splits``: the splits of the seed's cells; ``settings``: the row's fine-tuning
+        settings, whose encoder it builds."""
+        from harness.errors import PluginError
+
+        raise PluginError(f"method '{self.name}' of kind '{self.kind}' has no encoder stage "
+                          f"this harness version can build")
+
 
 class InitMethod(Method):
     """Produces an encoder's weights without training."""
@@ -140,26 +166,11 @@ class InitMethod(Method):
         """
         raise NotImplementedError
 
-
-class LabelerSettings(MethodConfig):
-    """The segmentation model that pseudo-labels the unlabeled images for methods that learn
-    from masks (PRICon): a U-Net trained with the shared fine-tuning engine."""
-
-    protocol: Literal["thesis", "per_cell"] = Field(
-        "thesis", description="'thesis': one labeler trained on fixed groups (the thesis's folds "
-        "1+2, whatever the test fold: in two of three rotations it saw the test fold's labels, "
-        "and at 1%/10% it sees 100% of the labels); 'per_cell': each cell's labeler trains on "
-        "that cell's own training folds and label fraction (one labeler -> pseudo-labels -> "
-        "pretraining chain per fold and fraction; no test-fold labels)")
-    dataset: str | None = Field(None, description="labeled dataset plugin; default: the spec's "
-                                "fine-tuning dataset with its options")
-    train_groups: list[str] | None = Field(
-        None, description="groups (folds/splits) to train on; default: every k-fold group but "
-        "the last (the thesis's folds 1+2), or the 'train' split")
-    epochs: int = Field(100, ge=1, le=100_000, description="fine-tuning epochs (Table A.4 varies this)")
-    max_images: int | None = Field(None, ge=1, description="train on a seeded subset (Table A.4)")
-    batch_size: int = Field(16, ge=1, le=65_536)
-    lr: float = Field(1e-3, gt=0, le=10)
+    def encoder_chains(self, plan: Any, *, version: str, seed: int, splits: list[Any],
+                       settings: Any) -> list[EncoderChain]:
+        """One ``encoder`` stage."""
+        return [EncoderChain(plan.create("encoder", method=self, version=version, seed=seed,
+                                         settings=settings), splits)]
 
 
 class PretrainSettings(MethodConfig):
@@ -222,13 +233,29 @@ class PretrainMethod(Method):
 
         return getattr(self.config, "augment", None) or ViewAugmentConfig()
 
-    def cycles(self) -> int:
-        """Cyclic training (Table 4.5): pretrain -> fine-tune -> relabel, ``cycles`` times."""
-        return int(getattr(self.config, "cycles", 1))
+    def pretrain_seed(self, seed: int) -> int:
+        """The seed of the pretraining chain of cells of ``seed``: the method's ``seed`` setting
+        when given (one chain shared by every fine-tuning seed), else ``seed``."""
+        own = getattr(self.config, "seed", None)
+        return seed if own is None else own
 
-    def labeler(self) -> LabelerSettings | None:
-        """Labeler settings when ``needs_masks``."""
-        return getattr(self.config, "labeler", None)
+    def key_settings(self) -> dict[str, Any]:
+        """The settings that enter its pretraining stages' keys (runtime-only ones are dropped
+        after): all but ``seed`` (the effective seed is keyed as the stage's ``seed``, so
+        ``seed: 0`` shares stages with cells of seed 0)."""
+        return {k: v for k, v in self.config.model_dump(mode="json").items() if k != "seed"}
+
+    def encoder_chains(self, plan: Any, *, version: str, seed: int, splits: list[Any],
+                       settings: Any) -> list[EncoderChain]:
+        """One ``pretrain`` stage. A method that ``needs_masks`` composes its own chain that
+        gives the stage its ``masks`` (PRICon's: ``plugins/methods/pricon_chain.py``)."""
+        if self.needs_masks:
+            from harness.errors import PluginError
+
+            raise PluginError(f"method '{self.name}' needs masks: its encoder_chains must create "
+                              f"the stages that make them and pass them to its pretrain stage")
+        return [EncoderChain(plan.create("pretrain", method=self, version=version,
+                                         seed=self.pretrain_seed(seed), settings=settings), splits)]
 
     def build_model(self, encoder: torch.nn.Module, encoder_channels: list[int]) -> torch.nn.Module:
         """Wrap ``encoder`` (an smp encoder whose forward returns a list of feature maps, the last

@@ -1,7 +1,8 @@
 """A spec expanded into cells and the stage graph behind them, as plain data.
 
 A cell is one (method, protocol, fraction, fold, seed). Its result comes from a chain of stages,
-e.g. ``encoder -> finetune -> evaluate`` for an ``init`` method. A stage is data: its kind (the
+e.g. ``encoder -> finetune -> evaluate`` for an ``init`` method: the method's chain up to its
+encoder (an :class:`EncoderChain`), then the protocol's (its ``model`` stage, then the evaluation). A stage is data: its kind (the
 name of a registered stage kind, :mod:`harness.stages`), its resolved config, its dependencies
 and its version; its key hashes those, so the same stage (the ImageNet encoder, say) appears
 once in the plan however many cells use it. ``params`` (what the kind needs to run beyond its
@@ -63,6 +64,19 @@ class Stage:
 
 
 @dataclass
+class EncoderChain:
+    """What a method's chain gives a row: the stage whose artifact is its encoder, the splits
+    whose cells fine-tune it (all of them, or one for a chain built per split), the suffix of
+    its row name (e.g. ``@cycle2``: a chain reported as its own row) and facts for those cells'
+    records."""
+
+    encoder: Stage
+    splits: list[Any]  # harness.planner.Split
+    suffix: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class Cell:
     method: str  # the row name: a ``methods:`` key, plus e.g. ``@cycle2`` for a pretraining cycle
     protocol: str
@@ -70,8 +84,11 @@ class Cell:
     fold: str
     seed: int
     final: Stage  # the evaluation stage; its upstream chain is the cell's work
+    #: The stage whose artifact ``final`` evaluates (a fine-tuned model, a k-NN feature bank...):
+    #: the record's ``train`` summary and training ids.
+    model: Stage
     plugin: str = ""  # the method plugin behind the row
-    #: Facts for the cell's record that no stage holds (e.g. ``labeler_protocol``); in no key.
+    #: Facts for the cell's record that no stage holds (from its :class:`EncoderChain`); in no key.
     info: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -1,6 +1,6 @@
 """Every input a spec needs, checked before any work: weights files (each method's
 ``preflight``), the fine-tuning dataset, the unlabeled set of the methods that learn from one,
-and the labeled datasets of methods that pseudo-label with a labeler. Every missing one is
+and the other datasets a method's chain reads (its ``needed_datasets``). Every missing one is
 listed at once, each with its fix, in one :class:`~harness.errors.MissingInputs` (exit 3), so a
 newcomer fixes them all in one go instead of one per try.
 
@@ -35,11 +35,9 @@ def missing_inputs(rspec: Any, registry: Any, store: Any, prepare: bool = True) 
         problems += _dataset_problem(registry.dataset(spec.unlabeled.name).cls,
                                      rspec.unlabeled_config, store, prepare, role="unlabeled set")
     for method in methods:
-        labeler = method.labeler() if getattr(method, "needs_masks", False) else None
-        name = getattr(labeler, "dataset", None)
-        if name is not None and name != spec.dataset.name:
-            problems += _dataset_problem(registry.dataset(name).cls, None, store, prepare,
-                                         role=f"labeler dataset of {method.name}")
+        for name, role in method.needed_datasets(spec):
+            if name != spec.dataset.name:
+                problems += _dataset_problem(registry.dataset(name).cls, None, store, prepare, role=role)
     return list(dict.fromkeys(problems))
 
 

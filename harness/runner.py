@@ -16,7 +16,7 @@ from harness.plan import Cell, Plan, Stage
 from harness.planner import build_plan
 from harness.plugins import Registry
 from harness.preflight import check_inputs
-from harness.records import build_record, read_metrics, upstream_summaries
+from harness.records import build_record, cell_facts, read_metrics, upstream_summaries
 from harness.spec import ResolvedSpec
 from harness.stages.base import StageEnv
 from harness.store import ArtifactStore, atomic_write_json
@@ -123,7 +123,8 @@ class Runner:
                   "variant": None if spec.metric.name == "dice" else spec.metric.pq_variant,
                   "value": headline}
         upstream = upstream_summaries(cell, timings, self.store, self.env)
-        return build_record(self.rspec, cell, timings, metrics, metric, upstream, self.provenance)
+        return build_record(self.rspec, cell, timings, metrics, metric, upstream, self.provenance,
+                            cell_facts(cell, self.env))
 
 
 def headline_value(metrics: dict[str, Any], name: str, variant: str) -> float | None:

@@ -11,12 +11,13 @@ import pytest
 from conftest import write_spec
 from harness.errors import SpecError
 from harness.plugins import build_registry
-from harness.records import labeler_facts
 from harness.report.build import build_report
-from harness.report.tables import labeler_table, main_table, to_markdown
+from harness.report.tables import main_table, to_markdown
 from harness.runner import Runner
 from harness.spec import load_spec
 from harness.store import ArtifactStore
+from harness_builtin.methods.pricon_chain import LabelerStage
+from harness_builtin.methods.pricon_report import labeler_table
 
 PRICON = "epochs: 1, batch_size: 8, n_points: 4, augment: {crop_size: 64}"
 SPEC = f"""
@@ -42,6 +43,11 @@ def _labeler(cell):
     return next(s for s in cell.stages() if s.kind == "labeler")
 
 
+def labeler_facts(cell, dataset):
+    """What the cell's record says of its labeler (the ``labeler`` kind's record facts)."""
+    return LabelerStage().record_facts(_labeler(cell), cell, dataset)
+
+
 def _ids(by_group):
     return {i for ids in by_group.values() for i in ids}
 
@@ -56,12 +62,12 @@ def test_per_cell_labeler_trains_on_the_cells_own_split_only(tmp_path):
         labeler = _labeler(leakfree)
         ids = _ids(labeler.info["train_ids"])
         assert ids and not any(fold_of[i] == "fold2" for i in ids)  # no image of the test fold
-        assert ids == _ids(leakfree.final.deps["model"].info["train_ids"])  # the cell's own labels
+        assert ids == _ids(leakfree.model.info["train_ids"])  # the cell's own labels
         assert leakfree.info == {"labeler_protocol": "per_cell"}
         # the thesis labeler of the same cell learned from fold 2's labels, at 100%
         thesis = _labeler(cells[("pricon", "fold2", fraction)])
         assert {fold_of[i] for i in _ids(thesis.info["train_ids"])} == {"fold1", "fold2"}
-        # what the cells' records will say (harness.records.labeler_facts)
+        # what the cells' records will say (harness.records.cell_facts)
         facts = labeler_facts(leakfree, "synthetic")["labeler"]
         assert facts["protocol"] == "per_cell" and facts["test_images_seen"] == 0
         assert facts["images_beyond_cell"] == 0

@@ -10,7 +10,7 @@ import torch
 from harness.data.torchdata import Normalizer
 from harness.engine.evaluate import predict
 from harness.engine.runtime import Precision, no_tf32
-from harness.planner import _result_settings
+from harness.keying import result_settings
 from harness.spec.models import FinetuneSettings
 
 
@@ -53,4 +53,4 @@ def test_predictions_run_without_tf32():
 def test_eval_precision_is_in_no_stage_key():
     default = FinetuneSettings()
     assert default.eval_precision == "fp32"
-    assert _result_settings(FinetuneSettings(eval_precision="amp")) == _result_settings(default)
+    assert result_settings(FinetuneSettings(eval_precision="amp")) == result_settings(default)

@@ -71,11 +71,12 @@ def test_rebuilt_plan_has_equal_stages_as_json_data(tmp_path):
     runner = _runner(spec, tmp_path / "store")
     plan = runner.plan()[0]
     env = StageEnv(runner.rspec, runner.registry, runner.resources)
-    for stage in plan.stages():  # the method a stage runs is rebuilt from its params exactly
-        if "method" in stage.params:
-            assert env.method(stage.params["method"]).config.model_dump(mode="json") == \
-                stage.params["method"]["config"]
+    for stage in plan.stages():  # typed params; the method a stage runs is rebuilt exactly
         assert stage.kind in runner.registry.stage_kinds
+        params = runner.registry.stage_kind(stage.kind).cls.params_of(stage)
+        if getattr(params, "method", None) is not None:
+            assert env.method(params.method).config.model_dump(mode="json") == \
+                stage.params["method"]["config"]
 
 
 def test_stage_run_in_fresh_processes_stores_what_harness_run_stores(tmp_path, monkeypatch, capsys):

@@ -6,7 +6,7 @@ import copy
 import math
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

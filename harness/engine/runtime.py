@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path

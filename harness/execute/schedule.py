@@ -100,7 +100,7 @@ def simulate(stages: list[Any], seconds: dict[str, float], slots: int) -> tuple[
                  for s in remaining if all(d.key in end or d.key not in keys for d in s.deps.values())}
         order = {s.key: i for i, s in enumerate(remaining)}
         key = min(ready, key=lambda k: (ready[k], order[k]))
-        stage = remaining.pop(order[key])
+        remaining.pop(order[key])
         at, slot = heapq.heappop(free)
         end[key] = max(at, ready[key]) + seconds.get(key, 0.0)
         where[key] = slot

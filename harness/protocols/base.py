@@ -1,9 +1,12 @@
-"""The protocol contract: what fine-tuning does with the encoder of a cell.
+"""The protocol contract: how a cell turns its encoder into an evaluated model.
 
-A protocol is a class with a ``name`` that builds the model to train around the encoder
-artifact, says which parameters train, and how the model is put in training mode each epoch.
-The ``finetune`` stage trains what it builds and the ``evaluate`` stage rebuilds the same
-model to load the trained weights; predictions are the argmax of its logits at input size.
+A protocol is a class with a ``name``. Its chain (:meth:`TrainingProtocol.cell_stages`) says
+which stages follow the encoder; by default ``finetune -> evaluate``: it builds the model to
+train around the encoder artifact, says which parameters train, and how the model is put in
+training mode each epoch. The ``finetune`` stage trains what it builds and the ``evaluate``
+stage rebuilds the same model to load the trained weights; predictions are the argmax of its
+logits at input size. A protocol of another shape (e.g. ``knn``: no training) returns its own
+stages, of a kind it may register itself.
 """
 
 from __future__ import annotations
@@ -32,6 +35,19 @@ class TrainingProtocol:
     def settings_problem(cls, settings: Any) -> str | None:
         """Why the fine-tuning ``settings`` make no sense for this protocol (validation), or None."""
         return None
+
+    def cell_stages(self, plan: Any, *, encoder: Any, split: Any, seed: int, settings: Any,
+                    label: str) -> tuple[Any, Any]:
+        """``(model, evaluation)``: the stages that turn the ``encoder`` stage into the cell's
+        result on ``split`` (:class:`harness.planner.Split`) with fine-tuning ``settings`` (the
+        row's), created through ``plan.create`` (:class:`harness.planner.PlanBuilder`).
+        ``label``: the cell's model stage's label. Default: ``finetune -> evaluate``."""
+        dataset = plan.resources.dataset
+        model = plan.create("finetune", encoder=encoder, dataset=dataset, chosen=split.chosen,
+                            protocol=self.name, seed=seed, settings=settings, label=label,
+                            extra={"fold": split.fold, "fraction": split.fraction})
+        return model, plan.create("evaluate", model=model, dataset=dataset, test_ids=split.test_ids,
+                                  fold=split.fold, settings=settings)
 
     def build_model(self, encoder_name: str, num_classes: int, settings: Any = None) -> nn.Module:
         """A randomly initialised model whose ``.encoder`` takes the encoder artifact's weights

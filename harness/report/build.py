@@ -26,6 +26,12 @@ def _registry():
     return get_registry()
 
 
+def section_kinds() -> list[type]:
+    """The installed stage kinds that add a report section (their ``report_section``), by name."""
+    return [info.cls for _, info in sorted(_registry().stage_kinds.items())
+            if getattr(info.cls, "report_section", None)]
+
+
 def like_for_like(table: str | None) -> tuple[str, str | None] | None:
     """Our ``(metric, variant)`` comparable with reference ``table``'s published numbers."""
     return _registry().like_for_like(reference_metric(table)) if table else None
@@ -272,7 +278,8 @@ def build_report(records: list[dict[str, Any]], runs: list[dict[str, Any]],
         "comparisons": comparisons, "power": power_note(comparisons),
         "paper": paper_comparison(records), "breakdown": breakdown(records),
         "literature": literature_comparison(records), "pooled": pooled_rows(records),
-        "labelers": facts.labeler_rows(records, metric_of), "single_class": single,
+        **{k.report_section[0]: k.report_rows(records, metric_of) for k in section_kinds()},
+        "single_class": single,
         "encoders": facts.encoder_rows(records),
         "warnings": [facts.warning_text(e) for e in single],
         "provenance": collect_provenance(records, runs),

@@ -2,7 +2,7 @@
 blocks), rendered to Markdown here and to HTML by :mod:`harness.report.html`, so that both
 formats always hold the same content.
 
-Sections: summary; warnings (models predicting one class everywhere); main results; labelers (+ bar chart, fraction curves); paired comparison against the
+Sections: summary; warnings (models predicting one class everywhere); main results; stage kinds' own sections (e.g. labelers) (+ bar chart, fraction curves); paired comparison against the
 baseline; paper comparison (like for like); PQ variants (overall, per class, per tissue, both
 variants named); training curves; provenance (versions, commit, device, plugins, packages,
 overrides, stages with wall time, resolved spec of each run).
@@ -87,8 +87,10 @@ def build_sections(report: dict[str, Any], records: list[dict[str, Any]], run_in
                             figures=[f for f in ("bars", "fractions") if f in figures]))
     if report.get("encoders"):
         sections.append(Section("Networks", tables=[T.encoder_table(report)]))
-    if report.get("labelers"):
-        sections.append(Section("Labelers", tables=[T.labeler_table(report)]))
+    for kind in T.section_kinds():  # stage kinds' own sections (e.g. a plugin's labelers)
+        key, heading = kind.report_section
+        if report.get(key):
+            sections.append(Section(heading, tables=[kind.report_table(report)]))
     if report.get("comparisons"):
         sections.append(Section("Paired comparison", tables=[T.comparison_table(report)]))
     if report.get("paper"):

@@ -1,60 +1,21 @@
-"""Facts of the report beyond the headline numbers, from records only:
+"""Facts of the report beyond the headline numbers, from records only (stage kinds add their
+own sections: ``StageKind.report_section``, :func:`harness.report.build.section_kinds`):
 
-* **labelers**: for each row whose cells pseudo-label with a labeler, the labeler's score (its
-  evaluation stage, in the row's headline metric), its protocol (``thesis``: fixed groups;
-  ``per_cell``: the cell's own training split) and in how many cells it was trained on labels
-  of the cell's test fold (from the record's labeler train ids against its test ids). Records
-  from before labeler protocols existed carry no such facts: their protocol shows as
-  ``thesis?`` and their test-fold overlap as unknown.
+* **networks**: the network each row fine-tuned.
 * **warnings**: models whose predictions are a single class on every test image (from the
   evaluate stage's per-image facts; records from before those facts get no warning).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
-from harness.report import stats
+from typing import Any
 
 
-def _group(records: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+def group_rows(records: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in records:
         groups.setdefault((r["method"], r["protocol"], float(r["fraction"])), []).append(r)
     return groups
-
-
-def _labeler_score(record: dict[str, Any], metric_of: Callable[..., float | None]) -> float | None:
-    ev = (record.get("upstream") or {}).get("labeler_eval") or {}
-    metric = record["metric"]
-    value = metric_of({"metrics": ev.get("metrics") or {}}, metric["name"], metric.get("variant"))
-    return value if value is not None else ev.get("value")
-
-
-def labeler_rows(records: list[dict[str, Any]],
-                 metric_of: Callable[..., float | None]) -> list[dict[str, Any]]:
-    """One entry per (method, protocol, fraction) with a labeler upstream (see the module doc);
-    ``metric_of(record, name, variant)`` reads a metric as its family does."""
-    out = []
-    for (method, protocol, fraction), recs in _group(records).items():
-        cells = [r for r in recs if r.get("labeler") or "labeler_eval" in (r.get("upstream") or {})]
-        if not cells:
-            continue
-        known = [r["labeler"] for r in cells if r.get("labeler")]
-        scores = [_labeler_score(r, metric_of) for r in cells]
-        mean, std = stats.mean_std(scores)
-        beyond = [k["images_beyond_cell"] for k in known if k.get("images_beyond_cell") is not None]
-        out.append({
-            "method": method, "protocol": protocol, "fraction": fraction, "cells": len(cells),
-            "protocols": sorted({k.get("protocol", "thesis") for k in known}
-                                | ({"thesis?"} if len(known) < len(cells) else set())),
-            "score_mean": mean, "score_std": std, "score_n": len(stats.clean(scores)),
-            "metric": cells[0]["metric"]["name"], "variant": cells[0]["metric"].get("variant"),
-            "cells_test_labels": sum(1 for k in known if k.get("test_images_seen")),
-            "cells_unknown": len(cells) - len(known),
-            "labeler_images": max((k.get("images") or 0 for k in known), default=None),
-            "images_beyond_cell": max(beyond) if beyond else None})
-    return out
 
 
 def encoder_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -71,7 +32,7 @@ def encoder_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def single_class_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows with cells whose model predicts a single class on every test image."""
     out = []
-    for (method, protocol, fraction), recs in _group(records).items():
+    for (method, protocol, fraction), recs in group_rows(records).items():
         flat = []
         for r in recs:
             ev = r.get("evaluation") or {}

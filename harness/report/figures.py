@@ -24,9 +24,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-#: stage kind -> the per-epoch log it writes (see harness.engine)
-STAGE_LOGS = {"finetune": "train_log.json", "labeler": "train_log.json",
-              "semisup": "train_log.json", "pretrain": "pretrain_log.json"}
+def stage_logs() -> dict[str, str]:
+    """Stage kind -> the per-epoch log it writes (each installed kind's ``log_file``)."""
+    from harness.plugins import get_registry
+
+    return {name: info.cls.log_file for name, info in get_registry().stage_kinds.items()
+            if getattr(info.cls, "log_file", None)}
+
+
 DPI = 110
 
 
@@ -95,13 +100,14 @@ def loss_curves(records: list[dict[str, Any]], store_roots: list[Path]) -> list[
     """One curve per distinct training stage: {kind, label, group, epochs, loss, source}; the
     group (method / protocol, or the method for pretraining) picks the colour."""
     curves: dict[str, dict[str, Any]] = {}
+    logs = stage_logs()
     for r in records:
         for s in r.get("stages") or []:
-            if s["kind"] not in STAGE_LOGS or s["key"] in curves:
+            if s["kind"] not in logs or s["key"] in curves:
                 continue
             group = r["method"] if s["kind"] == "pretrain" else f"{r['method']} / {r['protocol']}"
             base = {"kind": s["kind"], "label": s.get("label", s["key"]), "group": group}
-            history = _read_log(store_roots, s["kind"], s["key"])
+            history = _read_log(store_roots, s["kind"], s["key"], logs[s["kind"]])
             # the record's own summary of the stage: `train` (fine-tuning) or `upstream[kind]`
             summary = (r.get("train") if s["kind"] == "finetune" else
                        (r.get("upstream") or {}).get(s["kind"])) or {}
@@ -115,9 +121,9 @@ def loss_curves(records: list[dict[str, Any]], store_roots: list[Path]) -> list[
     return list(curves.values())
 
 
-def _read_log(roots: list[Path], kind: str, key: str) -> list[dict[str, Any]] | None:
+def _read_log(roots: list[Path], kind: str, key: str, name: str) -> list[dict[str, Any]] | None:
     for root in roots:
-        path = Path(root) / "stages" / kind / key / STAGE_LOGS[kind]
+        path = Path(root) / "stages" / kind / key / name
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):

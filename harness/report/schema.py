@@ -60,9 +60,8 @@ class Record(_Open):
     split: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
     upstream: dict[str, Any] = Field(default_factory=dict)
-    #: The cell's labeler (protocol, train ids, test images it saw); None: no labeler, or a
-    #: record from before labeler protocols (those used the thesis's fixed folds).
-    labeler: Optional[dict[str, Any]] = None
+    # stage kinds' record facts (``StageKind.record_facts``, e.g. a plugin's ``labeler``) are
+    # further top-level fields, kept as they are
     #: The evaluate stage's summary (test images, classes predicted); empty in old records.
     evaluation: dict[str, Any] = Field(default_factory=dict)
     stages: list[StageRef] = Field(default_factory=list)
@@ -133,8 +132,8 @@ class Report(_Open):
     power: Optional[dict[str, Any]] = None
     paper: list[dict[str, Any]] = Field(default_factory=list)
     breakdown: dict[str, Any] = Field(default_factory=dict)
-    #: Rows with a labeler: its score, protocol, test-fold labels seen (harness.report.facts).
-    labelers: list[dict[str, Any]] = Field(default_factory=list)
+    # stage kinds' report sections (``StageKind.report_section``, e.g. a plugin's
+    # ``labelers``) are further fields, by their key
     encoders: list[dict[str, Any]] = Field(default_factory=list)
     #: Rows whose model predicts a single class on every test image, and the warnings about them.
     single_class: list[dict[str, Any]] = Field(default_factory=list)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.report.build import summarize  # noqa: F401  (public, used by callers)
+from harness.report.build import section_kinds, summarize  # noqa: F401  (summarize: public)
 from harness.report.schema import REPORT_SCHEMA, load_records  # noqa: F401
 
 
@@ -40,7 +40,7 @@ def column_name(protocol: str, fraction: float, several_fractions: bool) -> str:
     return f"{protocol} @ {fraction * 100:g}%" if several_fractions else protocol
 
 
-def _columns(rows: list[dict[str, Any]]) -> tuple[list[tuple[str, float]], bool]:
+def columns(rows: list[dict[str, Any]]) -> tuple[list[tuple[str, float]], bool]:
     cols = list(dict.fromkeys((r["protocol"], r["fraction"]) for r in rows))
     return cols, len({c[1] for c in cols}) > 1
 
@@ -84,15 +84,17 @@ def cell_text(r: dict[str, Any]) -> str:
 
 def main_table(report: dict[str, Any]) -> Table:
     rows = report["rows"]
-    cols, several = _columns(rows)
+    cols, several = columns(rows)
     by_key = {(r["method"], r["protocol"], r["fraction"]): r for r in rows}
     marks = {(c["method"], c["protocol"], c["fraction"]): ("▲" if c["mean_diff"] > 0 else "▼")
              for c in report.get("comparisons", []) if c["significant"] and c["mean_diff"]}
     outside = {(p["method"], p["protocol"], p["fraction"]): p["outside_ci"] for p in report.get("paper", [])}
-    for e in report.get("labelers", []):  # † the labeler saw test-fold labels
-        if e["cells_test_labels"]:
-            key = (e["method"], e["protocol"], e["fraction"])
-            marks[key] = (marks.get(key, "") + " †").strip()
+    kind_notes = []
+    for kind in section_kinds():  # a stage kind's marks (e.g. a labeler that saw test labels)
+        kind_marks, note = kind.report_marks(report)
+        for key, mark in kind_marks.items():
+            marks[key] = (marks.get(key, "") + " " + mark).strip()
+        kind_notes += [note] if note else []
     for e in report.get("single_class", []):  # ⚠ a single class predicted on every test image
         key = (e["method"], e["protocol"], e["fraction"])
         marks[key] = (marks.get(key, "") + " ⚠").strip()
@@ -129,11 +131,7 @@ def main_table(report: dict[str, Any]) -> Table:
         table.notes.append(f"▲/▼: differs from the baseline `{report['baseline']}` on identical "
                            "(fold, seed) pairs (exact paired sign-flip test, Holm-corrected "
                            "p < 0.05). " + power_text(report))
-    if any(e["cells_test_labels"] for e in report.get("labelers", [])):
-        table.notes.append("†: the labeler behind this row's pseudo-labels was trained on labels of "
-                           "the test fold (labeler protocol `thesis`: fixed folds whatever the test "
-                           "fold), an advantage no other row has; `labeler.protocol: per_cell` "
-                           "trains each cell's labeler on its own training split (see Labelers).")
+    table.notes += kind_notes
     if report.get("single_class"):
         table.notes.append("⚠: the model predicts a single class on every test image in at least "
                            "one cell of this row (see Warnings).")
@@ -160,7 +158,7 @@ def power_text(report: dict[str, Any]) -> str:
 
 
 def comparison_table(report: dict[str, Any]) -> Table:
-    cols, several = _columns(report["rows"])
+    cols, several = columns(report["rows"])
     table = Table(f"Paired comparison against `{report.get('baseline')}`",
                   ["method", "column", "pairs", "mean Δ", "Δ 95% t-CI", "Δ 95% CI (bootstrap)",
                    "p sign-flip", "p sign-flip (Holm)", "smallest p", "p Wilcoxon", "significant"],
@@ -191,30 +189,6 @@ def comparison_table(report: dict[str, Any]) -> Table:
     return table
 
 
-def labeler_table(report: dict[str, Any]) -> Table:
-    cols, several = _columns(report["rows"])
-    table = Table("Labelers behind pseudo-label rows", ["method", "column", "labeler protocol",
-                  "labeler score", "cells", "trained on test-fold labels", "labeled images",
-                  "beyond the cell's labels"], [], name="labelers")
-    for e in report.get("labelers", []):
-        metric = e["metric"] + (f" ({e['variant']})" if e.get("variant") else "")
-        score = mean_text({"mean": e["score_mean"], "std": e["score_std"]})
-        seen = f"{e['cells_test_labels']} of {e['cells']}" + \
-            (f" ({e['cells_unknown']} unknown)" if e["cells_unknown"] else "")
-        table.rows.append([e["method"], column_name(e["protocol"], e["fraction"], several),
-                           ", ".join(e["protocols"]), f"{score} {metric} (n={e['score_n']})", str(e["cells"]),
-                           seen, "-" if e["labeler_images"] is None else str(e["labeler_images"]),
-                           "-" if e["images_beyond_cell"] is None else str(e["images_beyond_cell"])])
-    table.notes.append("Labeler score: the labeler on its evaluation images (protocol `thesis`: the "
-                       "held-out fixed group; `per_cell`: the cell's test fold, a score only, "
-                       "nothing downstream reads it), in the row's metric. Trained on test-fold "
-                       "labels: cells whose labeler's training ids include test images of the cell. "
-                       "Beyond the cell's labels: the most labeler training images a cell's own "
-                       "fine-tuning labels do not include (at 1%/10%, the thesis's labeler sees "
-                       "100%). `thesis?`: a record from before labeler protocols were recorded.")
-    return table
-
-
 def encoder_table(report: dict[str, Any]) -> Table:
     table = Table("Networks of the rows", ["method", "protocol", "architecture", "encoder",
                   "parameters (M)", "encoder parameters (M)", "patch size"], [], name="encoders")
@@ -230,7 +204,7 @@ def encoder_table(report: dict[str, Any]) -> Table:
 
 def paper_table(report: dict[str, Any]) -> Table:
     entries = report.get("paper", [])
-    cols, several = _columns(report["rows"])
+    cols, several = columns(report["rows"])
     first = entries[0] if entries else {}
     what = first.get("metric", "?") + (f", `{first['variant']}` variant" if first.get("variant") else "")
     table = Table(f"Paper comparison (thesis table `{first.get('table')}`; ours = {what})",
@@ -260,7 +234,7 @@ def _values_table(title: str, name: str, entries: list[dict[str, Any]], several:
 
 
 def breakdown_tables(report: dict[str, Any]) -> list[Table]:
-    _, several = _columns(report["rows"])
+    _, several = columns(report["rows"])
     tables = []
     names = {"instance": "instance (PanNuke mPQ/bPQ: matched instances)",
              "thesis": "thesis (the thesis's code: each class of an image is one segment)"}

@@ -13,7 +13,7 @@ One module per concern:
 * :mod:`~harness.spec.overrides` -- ``--set KEY.PATH=VALUE``;
 * :mod:`~harness.spec.problems` -- placing and wording problems (``file:line: path: ...``);
 * :mod:`~harness.spec.values` -- names that become paths, ``output``, number ranges;
-* :mod:`~harness.spec.checks` -- plugin names and each plugin's own settings, folds, labelers;
+* :mod:`~harness.spec.checks` -- plugin names and each plugin's own settings, folds, methods' own checks;
 * :mod:`~harness.spec.cross` -- cross-field checks, asked of the plugin classes;
 * :mod:`~harness.spec.load` -- :func:`load_spec`, which runs them all.
 """

@@ -1,6 +1,6 @@
 """Checks of a spec against the installed plugins: plugin names, each plugin's own settings
 (the method's and dataset's ``Config``), the harness's row keys, folds the dataset has and
-labeler settings. Each check appends to (or returns) problem lines, so that validation reports
+what each method checks against the whole spec. Each check appends to (or returns) problem lines, so that validation reports
 them all at once.
 """
 
@@ -134,54 +134,20 @@ def fold_problems(spec: Any, registry: Registry, dataset_config: Any, source: st
             for i, f in enumerate(spec.folds) if f not in folds and SAFE_NAME.match(f)]
 
 
-def labeler_problems(spec: Any, method_configs: dict[str, Any], registry: Registry,
-                     source: str, lines: Lines) -> list[str]:
-    """Every labeler setting of every row (any settings field of type LabelerSettings): its
-    dataset must be an installed labeled dataset, and its train_groups folds it has; protocol
-    ``per_cell`` takes neither (a cell's own split decides)."""
-    from harness.methods import LabelerSettings
-
-    problems = []
+def method_problems(spec: Any, method_configs: dict[str, Any], registry: Registry,
+                    source: str, lines: Lines) -> list[str]:
+    """What each row's method finds wrong with its settings given the whole spec (its
+    ``spec_problems``: e.g. a dataset its chain reads that is not installed)."""
+    problems: list[str] = []
     for row, config in method_configs.items():
-        for field in type(config).model_fields:
-            labeler = getattr(config, field)
-            if not isinstance(labeler, LabelerSettings):
-                continue
-            loc = ("methods", row, field)
-            name = labeler.dataset or spec.dataset.name
-            if getattr(labeler, "protocol", "thesis") == "per_cell":
-                clash = [k for k in ("dataset", "train_groups") if getattr(labeler, k) is not None
-                         and not (k == "dataset" and labeler.dataset == spec.dataset.name)]
-                if clash:
-                    problems.append(
-                        f"{where(source, lines, loc + (clash[0],))}: {'.'.join(loc)}.{clash[0]}: "
-                        f"protocol per_cell trains each cell's labeler on that cell's own training "
-                        f"split of the spec's dataset; drop `{clash[0]}` or use protocol: thesis")
-                    continue
-            info = registry.datasets.get(name)
-            at = where(source, lines, loc + ("dataset",))
-            if info is None and labeler.dataset is None:
-                continue  # the spec's own dataset: its problem is reported at `dataset`
-            if info is None:
-                problems.append(f"{at}: {'.'.join(loc)}.dataset: unknown dataset '{printable(name)}'"
-                                f"{did_you_mean(name, registry.datasets)}; installed: "
-                                f"{', '.join(sorted(registry.datasets))}")
-                continue
-            if not info.cls.labeled:
-                problems.append(f"{at}: {'.'.join(loc)}.dataset: '{name}' is unlabeled; a labeler "
-                                f"trains on labels: name a labeled dataset")
-                continue
-            groups = _groups(info.cls, None if labeler.dataset else spec.dataset, registry)
-            unknown = [g for g in labeler.train_groups or [] if groups and g not in groups]
-            if unknown:
-                problems.append(f"{where(source, lines, loc + ('train_groups',))}: "
-                                f"{'.'.join(loc)}.train_groups: unknown groups "
-                                f"{', '.join(map(printable, unknown))}; dataset '{name}' has "
-                                f"{', '.join(groups)}")
+        info = registry.methods.get(spec.plugin_of(row))
+        if info is not None:
+            problems += info.cls.spec_problems(row, config, spec, registry,
+                                               lambda loc: where(source, lines, loc))
     return problems
 
 
-def _groups(cls: Any, ref: Any, registry: Registry) -> list[str] | None:
+def dataset_groups(cls: Any, ref: Any) -> list[str] | None:
     """The groups (folds, or train/val/test) of a dataset, known without its data."""
     try:
         config = cls.Config.model_validate(ref.options) if ref is not None else None

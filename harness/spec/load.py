@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from harness.errors import PluginError, SpecError
 from harness.loggers import logger_problems
 from harness.plugins import Registry
-from harness.spec.checks import (check_dataset, check_methods, fold_problems, labeler_problems,
+from harness.spec.checks import (check_dataset, check_methods, fold_problems, method_problems,
                                  plugin_name_problems)
 from harness.spec.cross import cross_checks, metric_problems
 from harness.spec.models import ResolvedSpec, Spec
@@ -67,7 +67,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None,
 
 def settings_checks(spec: Spec, registry: Registry, source: str, lines: Lines,
                     problems: list[str]) -> tuple[Any, Any, dict[str, Any]]:
-    """Each plugin's own settings, folds, labelers, number ranges and the headline metric (even
+    """Each plugin's own settings, folds, the methods' own spec checks, number ranges and the headline metric (even
     when other fields are broken), then the cross-field checks (only when nothing else is)."""
     dataset_config = check_dataset(spec.dataset, "dataset", registry, source, lines, problems,
                                    spec.metric)
@@ -76,7 +76,7 @@ def settings_checks(spec: Spec, registry: Registry, source: str, lines: Lines,
     method_configs = check_methods(spec, registry, source, lines, problems)
     if dataset_config is not None:
         problems.extend(fold_problems(spec, registry, dataset_config, source, lines))
-    problems.extend(labeler_problems(spec, method_configs, registry, source, lines))
+    problems.extend(method_problems(spec, method_configs, registry, source, lines))
     problems.extend(number_problems({(): spec, ("dataset",): dataset_config, ("unlabeled",): unlabeled_config,
                                      **{("methods", m): c for m, c in method_configs.items()}}, source, lines))
     problems.extend(logger_problems(spec, registry, source, lines))

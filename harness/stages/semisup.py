@@ -3,26 +3,60 @@ and the unlabeled images."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from harness.hookspecs import hookimpl
 from harness.inputs import check_input_files
-from harness.stages.base import StageKind
+from harness.keying import ENGINE_VERSION, PROTOCOL_SETTINGS, RUNTIME_ONLY, MethodRef, flat, result_settings
+from harness.spec.models import FinetuneSettings
+from harness.stages.base import StageKind, StageParams
+from harness.store import hash_key
+
+
+class SemisupParams(StageParams):
+    method: MethodRef
+    dataset: str | None  # None: the spec's own dataset
+    train_ids: list[str]
+    settings: FinetuneSettings
 
 
 class SemisupStage(StageKind):
     kind = "semisup"
     description = "a semi-supervised method's U-Net"
     distributed = True  # the shared training loop: DDP over gpus_per_stage processes
+    log_file = "train_log.json"
+    Params = SemisupParams
+
+    @classmethod
+    def create(cls, plan: Any, *, method: Any, version: str, dataset: Any, chosen: dict[str, list[str]],
+               seed: int, label: str, extra: dict[str, Any] | None = None) -> Any:
+        """``method``'s whole model from the ``chosen`` labeled ids (by group) of the spec's
+        ``dataset`` and the unlabeled images; the evaluation stage reads it like a fine-tuned one."""
+        train_ids = flat(chosen)
+        settings = plan.spec.finetune
+        method_settings, files = plan.keyed(method, {
+            k: v for k, v in method.config.model_dump(mode="json").items() if k not in RUNTIME_ONLY})
+        return cls.make(
+            label=label,
+            config={"method": method.name, "settings": method_settings,
+                    "finetune": result_settings(settings, ("drop_last", "pseudolabel_amp") + PROTOCOL_SETTINGS),
+                    "dataset": dataset.fingerprint(),
+                    "unlabeled": plan.resources.unlabeled_dataset().fingerprint(), "seed": seed,
+                    "train_ids": hash_key(train_ids), **(extra or {})},
+            version=f"{version}/engine{ENGINE_VERSION}", info={"train_ids": chosen, **files},
+            params=SemisupParams(method=MethodRef.of(method), dataset=None, train_ids=train_ids,
+                                 settings=settings))
 
     def run(self, stage, inputs, ctx, env):
         from harness.engine.semisup import train_semisupervised
 
-        cfg, params = stage.config, stage.params
+        cfg, params = stage.config, self.params_of(stage)
         files = check_input_files(stage, env.file_hash_cache)  # the bytes the key names
-        dataset, arrays = env.labeled(params["dataset"])
+        dataset, arrays = env.labeled(params.dataset)
         result = train_semisupervised(
-            ctx, method=env.method(params["method"]), arrays=arrays, train_ids=params["train_ids"],
+            ctx, method=env.method(params.method), arrays=arrays, train_ids=params.train_ids,
             unlabeled_images=env.resources.unlabeled_images(), num_classes=dataset.num_classes,
-            settings=env.settings(params["settings"]), seed=cfg["seed"])
+            settings=params.settings, seed=cfg["seed"])
         return {**result, "input_files": files} if files else result
 
 

@@ -96,7 +96,6 @@ def unique_labels(artifacts: list[EncoderArtifact]) -> list[str]:
 
 def load_encoder(artifact: EncoderArtifact):
     """The encoder module with the artifact's weights (strict key match) and its normaliser."""
-    import torch
 
     from harness.data.torchdata import Normalizer
     from harness.engine.model import key_diff, build_encoder

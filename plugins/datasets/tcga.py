@@ -105,7 +105,7 @@ class TCGADataset(CachedDataset):
     source_hint = ("TCGA-BRCA diagnostic slides (.svs) from the GDC Data Portal, "
                    "https://portal.gdc.cancer.gov/ (open access, no registration; download with "
                    "gdc-client and a manifest), or a folder of pre-cut 512x512 tiles; slides need "
-                   f"the wsi extra: pip install 'pathbench-harness[wsi]'")
+                   "the wsi extra: pip install 'pathbench-harness[wsi]'")
     Config = TCGAConfig
 
     config: TCGAConfig

@@ -13,19 +13,23 @@ Table 4.6c). With the labeler's pseudo-label masks pooled to the same grid:
 ``alpha`` weights (0.7, 0.75, 0.15), tau = 0.1, LARS lr 0.2, wd 1e-4, batch 256, 100 epochs.
 ``loss_form: code`` (default) is the reference code's semantics, ``pairs`` the per-pair form of
 the thesis equations. A term with alpha 0 is skipped (Table 4.6a). The labeler is a U-Net
-trained with the shared fine-tuning engine (default: the spec's dataset, folds 1+2).
+trained with the shared fine-tuning engine (default: the spec's dataset, folds 1+2); the chain
+labeler -> pseudo-labels -> pretraining (cycles) is composed in :mod:`.pricon_chain`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 from pydantic import Field
 
 from harness.data.view_config import ViewAugmentConfig
 from harness.hookspecs import hookimpl
 from harness.inputs import InputFile
-from harness.methods import LabelerSettings, PretrainMethod, PretrainSettings
+from harness.methods import PretrainMethod, PretrainSettings
+from harness.plan import EncoderChain
+
+from .pricon_chain import LabelerEvalStage, LabelerSettings, LabelerStage, labeler_problems, pricon_chains
 
 if TYPE_CHECKING:  # no torch at import: `harness validate` and `list` import this module
     import torch
@@ -71,6 +75,28 @@ class PRICon(PretrainMethod):
     def preflight(self, spec: Any) -> None:
         if self.config.init == "imagenet":
             self._imagenet().weights_path(spec.finetune.encoder)
+
+    def needed_datasets(self, spec: Any) -> list[tuple[str, str]]:
+        name = self.config.labeler.dataset
+        return [] if name is None else [(name, f"labeler dataset of {self.name}")]
+
+    @classmethod
+    def spec_problems(cls, row: str, config: Any, spec: Any, registry: Any,
+                      locate: Callable[[tuple[Any, ...]], str]) -> list[str]:
+        return labeler_problems(config, row, spec, registry, locate)
+
+    def key_settings(self) -> dict[str, Any]:
+        """Not ``cycles`` (cycle k computes the same whatever their number; k is keyed) nor the
+        labeler protocol (which labeler a chain uses is in its masks' key, so a thesis chain
+        keeps the key it had before the setting existed)."""
+        settings = {k: v for k, v in super().key_settings().items() if k != "cycles"}
+        settings["labeler"].pop("protocol", None)
+        return settings
+
+    def encoder_chains(self, plan: Any, *, version: str, seed: int, splits: list[Any],
+                       settings: Any) -> list[EncoderChain]:
+        """labeler -> pseudo-labels -> pretraining, ``cycles`` times (:mod:`.pricon_chain`)."""
+        return pricon_chains(self, plan, version=version, seed=seed, splits=splits, settings=settings)
 
     def _imagenet(self):
         from harness_builtin.methods.supervised import Supervised
@@ -127,3 +153,8 @@ class PRICon(PretrainMethod):
 @hookimpl
 def harness_register_methods() -> list[type[Any]]:
     return [PRICon]
+
+
+@hookimpl
+def harness_register_stage_kinds() -> list[type[Any]]:
+    return [LabelerStage, LabelerEvalStage]
