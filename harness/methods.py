@@ -248,7 +248,7 @@ class PretrainMethod(Method):
     def encoder_chains(self, plan: Any, *, version: str, seed: int, splits: list[Any],
                        settings: Any) -> list[EncoderChain]:
         """One ``pretrain`` stage. A method that ``needs_masks`` composes its own chain that
-        gives the stage its ``masks`` (PRICon's: ``plugins/methods/pricon_chain.py``)."""
+        gives the stage its ``masks`` (PRICon's: ``plugins/methods/pricon/chain.py``)."""
         if self.needs_masks:
             from harness.errors import PluginError
 

@@ -16,8 +16,8 @@ from harness.report.tables import main_table, to_markdown
 from harness.runner import Runner
 from harness.spec import load_spec
 from harness.store import ArtifactStore
-from harness_builtin.methods.pricon_chain import LabelerStage
-from harness_builtin.methods.pricon_report import labeler_table
+from harness_builtin.methods.pricon.chain import LabelerStage
+from harness_builtin.methods.pricon.report import labeler_table
 
 PRICON = "epochs: 1, batch_size: 8, n_points: 4, augment: {crop_size: 64}"
 SPEC = f"""

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from harness_builtin.methods.supcon import supcon_loss
-from harness_builtin.methods.pricon_ops import (
+from harness_builtin.methods.pricon.ops import (
     image_pool,
     pool_masks,
     region_pool,

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from harness_builtin.methods.mixing import reco_loss
+from harness_builtin.methods.reco.loss import reco_loss
 
 
 def slow_reco(rep, labels, valid, prob, strong_threshold, temperature, num_queries, num_negatives,

@@ -14,7 +14,7 @@ Table 4.6c). With the labeler's pseudo-label masks pooled to the same grid:
 ``loss_form: code`` (default) is the reference code's semantics, ``pairs`` the per-pair form of
 the thesis equations. A term with alpha 0 is skipped (Table 4.6a). The labeler is a U-Net
 trained with the shared fine-tuning engine (default: the spec's dataset, folds 1+2); the chain
-labeler -> pseudo-labels -> pretraining (cycles) is composed in :mod:`.pricon_chain`.
+labeler -> pseudo-labels -> pretraining (cycles) is composed in :mod:`.chain`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from harness.inputs import InputFile
 from harness.methods import PretrainMethod, PretrainSettings
 from harness.plan import EncoderChain
 
-from .pricon_chain import LabelerEvalStage, LabelerSettings, LabelerStage, labeler_problems, pricon_chains
+from .chain import LabelerEvalStage, LabelerSettings, LabelerStage, labeler_problems, pricon_chains
 
 if TYPE_CHECKING:  # no torch at import: `harness validate` and `list` import this module
     import torch
@@ -95,7 +95,7 @@ class PRICon(PretrainMethod):
 
     def encoder_chains(self, plan: Any, *, version: str, seed: int, splits: list[Any],
                        settings: Any) -> list[EncoderChain]:
-        """labeler -> pseudo-labels -> pretraining, ``cycles`` times (:mod:`.pricon_chain`)."""
+        """labeler -> pseudo-labels -> pretraining, ``cycles`` times (:mod:`.chain`)."""
         return pricon_chains(self, plan, version=version, seed=seed, splits=splits, settings=settings)
 
     def _imagenet(self):
@@ -108,16 +108,16 @@ class PRICon(PretrainMethod):
             self._imagenet().init_encoder(encoder, encoder_name, seed)
 
     def build_model(self, encoder: nn.Module, encoder_channels: list[int]) -> nn.Module:
-        from .heads import PRIConModel
+        from .model import PRIConModel
 
         c = self.config
         return PRIConModel(encoder, encoder_channels[-1], c.hidden_dim, c.proj_dim)
 
     def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor],
                       num_classes: int | None) -> tuple[torch.Tensor, dict[str, float]]:
-        from .simclr.loss import nt_xent
-        from .supcon import supcon_loss
-        from .pricon_ops import (image_pool, one_hot_masks, pool_masks, region_pool, sample_points,
+        from ..simclr.loss import nt_xent
+        from ..supcon import supcon_loss
+        from .ops import (image_pool, one_hot_masks, pool_masks, region_pool, sample_points,
                                  upsample_dense, valid_classes, valid_pairs)
 
         c = self.config

@@ -25,7 +25,7 @@ from pydantic import Field
 from harness.hookspecs import hookimpl
 from harness.methods import SemiSupervisedSettings
 
-from .classmix import ClassMix
+from ..classmix import ClassMix
 
 if TYPE_CHECKING:  # no torch at import: `harness validate` and `list` import this module
     import torch
@@ -50,7 +50,7 @@ class ReCo(ClassMix):
     Config: ClassVar[type] = ReCoConfig
 
     def build_model(self, unet: nn.Module) -> nn.Module:
-        from .heads import UnetWithRepresentation
+        from .model import UnetWithRepresentation
 
         return UnetWithRepresentation(unet, self.config.rep_dim)
 
@@ -58,7 +58,7 @@ class ReCo(ClassMix):
                    targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         import torch
 
-        from .mixing import reco_loss
+        from .loss import reco_loss
 
         c = self.config
         rep = torch.cat([labeled["rep"], unlabeled["rep"]])

@@ -57,19 +57,19 @@ class LabelerStage(FinetuneStage):
 
     @classmethod
     def report_rows(cls, records, metric_of):
-        from .pricon_report import labeler_rows
+        from .report import labeler_rows
 
         return labeler_rows(records, metric_of)
 
     @classmethod
     def report_table(cls, report):
-        from .pricon_report import labeler_table
+        from .report import labeler_table
 
         return labeler_table(report)
 
     @classmethod
     def report_marks(cls, report):
-        from .pricon_report import labeler_marks
+        from .report import labeler_marks
 
         return labeler_marks(report)
 
