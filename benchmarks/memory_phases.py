@@ -69,7 +69,8 @@ def pseudolabel(root: Path, work: Path) -> None:
 def stream(root: Path, masks_path: Path, crop: int) -> None:
     import torch
 
-    from harness.data.views import TwoViewDataset, ViewAugmentConfig
+    from harness.data.view_config import ViewAugmentConfig
+    from harness.data.views import TwoViewDataset
     from harness.engine.loader import epoch_loader
     from harness.engine.runtime import worker_init_fn
 

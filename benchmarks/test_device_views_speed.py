@@ -23,7 +23,8 @@ import pytest
 import torch
 
 from harness.data.device_views import DeviceViews, TileDataset
-from harness.data.views import TwoViewDataset, ViewAugmentConfig
+from harness.data.view_config import ViewAugmentConfig
+from harness.data.views import TwoViewDataset
 
 pytestmark = pytest.mark.benchmark
 

@@ -34,7 +34,8 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from harness.data.views import TwoViewDataset, ViewAugmentConfig
+from harness.data.view_config import ViewAugmentConfig
+from harness.data.views import TwoViewDataset
 
 N_TILES = 64
 TILE = 512

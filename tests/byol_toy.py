@@ -35,7 +35,7 @@ class ToyBYOL(PretrainMethod):
         self.online: list[tuple[int, int, dict]] = []  # the online head after each step
 
     def view_config(self):
-        from harness.data.views import ViewAugmentConfig
+        from harness.data.view_config import ViewAugmentConfig
 
         return ViewAugmentConfig(crop_size=32)
 

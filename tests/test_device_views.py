@@ -17,8 +17,9 @@ from torchvision.transforms.v2 import functional as F
 from harness.data.device_views import (DeviceViews, TileDataset, color_jitter_per_sample,
                                        crop_boxes, draw_view_params, gaussian_blur_per_sample,
                                        reference_blur_params, resolve_view_pipeline)
-from harness.data.views import (RandomResizedCropFast, RandomRot90NonZero, ViewAugmentConfig,
-                                color_jitter_float)
+from harness.data.view_color import color_jitter_float
+from harness.data.view_config import ViewAugmentConfig
+from harness.data.views import RandomResizedCropFast, RandomRot90NonZero
 
 N = 4000  # samples per distribution; KS p-values below 1e-3 fail
 FREQ_TOL = 0.025  # a frequency of N = 4000 draws: 4.5 standard deviations at p = 0.5 (sd 0.008)

@@ -13,9 +13,11 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from harness.data.views import (ColorAugment, FastColorJitter, RandomResizedCropFast,
-                                RandomRot90NonZero, TwoViewDataset, ViewAugmentConfig,
-                                adjust_hue_fast, build_view_transform, color_jitter_float)
+from harness.data.view_color import (ColorAugment, FastColorJitter, adjust_hue_fast,
+                                     color_jitter_float)
+from harness.data.view_config import ViewAugmentConfig
+from harness.data.views import (RandomResizedCropFast, RandomRot90NonZero, TwoViewDataset,
+                                build_view_transform)
 
 NO_COLOUR = dict(jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
 

@@ -44,7 +44,8 @@ import numpy as np
 import torch
 
 from harness.data.view_color import _gray, adjust_hue_fast
-from harness.data.views import MemmapPickling, ViewAugmentConfig, _tensor_view
+from harness.data.view_config import ViewAugmentConfig
+from harness.data.memmap import MemmapPickling, tensor_view
 
 __all__ = ["TileDataset", "DeviceViews", "ViewParams", "draw_view_params", "crop_boxes",
            "gaussian_blur_per_sample", "reference_blur_params", "resolve_view_pipeline"]
@@ -80,12 +81,12 @@ class TileDataset(MemmapPickling, torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         row = int(self.indices[i])
-        out = {"image": _tensor_view(self.images[row])}  # collation makes the one copy
+        out = {"image": tensor_view(self.images[row])}  # collation makes the one copy
         if self.masks is not None:
             m = self.masks[row]
             if np.dtype(m.dtype) not in (np.uint8, np.int16, np.int32, np.int64):
                 m = np.asarray(m, dtype=np.int32)
-            out["mask"] = _tensor_view(m)
+            out["mask"] = tensor_view(m)
         return out
 
 

@@ -44,8 +44,6 @@ from __future__ import annotations
 
 import functools
 import math
-import mmap
-import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -54,15 +52,11 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from harness.data.augment import RandomRot90
-from harness.data.view_config import ViewAugmentConfig  # noqa: F401 - re-exported
-from harness.data.view_color import (ColorAugment, FastColorJitter, adjust_hue_fast,  # noqa: F401
-                                     color_jitter_float)  # re-exported (split for size)
+from harness.data.memmap import MemmapPickling, tensor_view
+from harness.data.view_color import ColorAugment
+from harness.data.view_config import ViewAugmentConfig
 
-__all__ = [
-    "ViewAugmentConfig", "TwoViewDataset", "build_view_transform", "RandomResizedCropFast",
-    "RandomRot90NonZero", "ColorAugment", "FastColorJitter", "color_jitter_float",
-    "adjust_hue_fast",
-]
+__all__ = ["TwoViewDataset", "build_view_transform", "RandomResizedCropFast", "RandomRot90NonZero"]
 
 
 # --- transforms --------------------------------------------------------------------------------
@@ -220,55 +214,6 @@ def build_view_transform(config: ViewAugmentConfig | None = None,
 
 # --- dataset -----------------------------------------------------------------------------------
 
-def _tensor_view(arr: Any) -> torch.Tensor:
-    """A tensor sharing memory with one sample of a (possibly read-only) array: no copy, so a
-    memory-mapped sample is only paged in where a crop reads it. Nothing writes through it (every
-    transform is out of place), hence the non-writable warning is silenced."""
-    a = np.asarray(arr)
-    if a.flags.writeable:
-        return torch.from_numpy(a)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(a)
-
-
-class _MemmapRef:
-    """Pickled stand-in for a memory map of a whole file: re-opened read-only on unpickling
-    (numpy would otherwise pickle the full contents)."""
-
-    def __init__(self, arr: np.memmap):
-        self.filename, self.offset = str(arr.filename), int(arr.offset)
-        self.dtype, self.shape = arr.dtype, tuple(arr.shape)
-
-    @staticmethod
-    def wrap(arr: Any) -> Any:
-        if (isinstance(arr, np.memmap) and arr.filename is not None
-                and isinstance(arr.base, mmap.mmap) and arr.flags.c_contiguous):
-            return _MemmapRef(arr)
-        return arr  # slices of a map, plain arrays, other array types: pickled as they are
-
-    def open(self) -> np.memmap:
-        return np.memmap(self.filename, dtype=self.dtype, mode="r", offset=self.offset,
-                         shape=self.shape)
-
-
-class MemmapPickling:
-    """Pickles a dataset's ``images`` and ``masks`` memory maps as references to their files
-    (spawned loader workers re-open them read-only instead of receiving a copy)."""
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["images"] = _MemmapRef.wrap(self.images)
-        state["masks"] = _MemmapRef.wrap(self.masks)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        for key in ("images", "masks"):
-            if isinstance(state[key], _MemmapRef):
-                state[key] = state[key].open()
-        self.__dict__.update(state)
-
-
 class TwoViewDataset(MemmapPickling, torch.utils.data.Dataset):
     """Two independently augmented views of each image, with their aligned class maps.
 
@@ -319,12 +264,12 @@ class TwoViewDataset(MemmapPickling, torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         row = int(self.indices[i])
-        image = tv_tensors.Image(_tensor_view(self.images[row]).permute(2, 0, 1))
+        image = tv_tensors.Image(tensor_view(self.images[row]).permute(2, 0, 1))
         if self.masks is None:
             v1 = self.transform(image)
             v2_ = self.transform(image)
             return {"view1": v1.as_subclass(torch.Tensor), "view2": v2_.as_subclass(torch.Tensor)}
-        mask = tv_tensors.Mask(_tensor_view(self.masks[row]))
+        mask = tv_tensors.Mask(tensor_view(self.masks[row]))
         v1, m1 = self.transform(image, mask)
         v2_, m2 = self.transform(image, mask)
         return {"view1": v1.as_subclass(torch.Tensor), "view2": v2_.as_subclass(torch.Tensor),

@@ -14,7 +14,8 @@ from harness.data.torchdata import Normalizer
 from harness.engine import calibration
 from harness.engine.context import StageContext
 from harness.engine.model import build_unet
-from harness.engine.runtime import Precision, no_tf32, progress_bar, resolve_num_workers
+from harness.console import progress_bar
+from harness.engine.runtime import Precision, no_tf32, resolve_num_workers
 from harness.heads import out_channels, readers
 from harness.metrics.stream import auto_workers
 from harness.safeload import STAGE_FIX, load_state_dict_file

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from harness.engine import distributed as dist
-from harness.engine.runtime import console, rng_state, set_rng_state
+from harness.console import console
+from harness.engine.runtime import rng_state, set_rng_state
 
 #: batches each worker keeps ready on CUDA (PyTorch's default, 2, elsewhere)
 CUDA_PREFETCH = 4

@@ -37,7 +37,8 @@ import torch
 
 from harness.engine import calibration
 from harness.engine import distributed as dist
-from harness.engine.runtime import Checkpoint, console, progress_bar, set_rng_state
+from harness.console import console, progress_bar
+from harness.engine.runtime import Checkpoint, set_rng_state
 
 _SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 _pending: list[int] = []  # signals received while a loop runs

@@ -19,14 +19,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from harness.console import console
 from harness.engine.context import StageContext
 from harness.engine.distributed import wrap_ddp
 from harness.engine.init_encoder import save_encoder_artifact
 from harness.engine.loader import epoch_loader
 from harness.engine.loop import EpochLog, EpochSource, MethodHook, TrainLoop, optimizer_steps
 from harness.engine.model import build_encoder
-from harness.engine.runtime import (Checkpoint, Precision, console, resolve_num_workers,
-                                    seed_everything, worker_init_fn)
+from harness.engine.runtime import (Checkpoint, Precision, resolve_num_workers, seed_everything,
+                                    worker_init_fn)
 from harness.methods import PretrainMethod
 from harness.plugin_faults import require_attribute
 from harness.store import atomic_torch_save

@@ -12,9 +12,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from harness.console import console
 from harness.store import atomic_torch_save
-
-from harness.console import console, is_quiet, progress_bar  # noqa: F401 - re-exported
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from harness.data.torchdata import SegmentationSamples
-from harness.data.views import _MemmapRef
+from harness.data.memmap import MemmapRef
 
 #: Random streams derived from (seed, iteration).
 _LABELED, _UNLABELED, _LABELED_AUG, _STEP = 1, 2, 3, 4
@@ -59,10 +59,10 @@ class IterationBatches(torch.utils.data.Dataset):
         return 2**62
 
     def __getstate__(self) -> dict[str, Any]:  # spawned workers re-open the memory map
-        return {**self.__dict__, "unlabeled": _MemmapRef.wrap(self.unlabeled)}
+        return {**self.__dict__, "unlabeled": MemmapRef.wrap(self.unlabeled)}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        if isinstance(state["unlabeled"], _MemmapRef):
+        if isinstance(state["unlabeled"], MemmapRef):
             state["unlabeled"] = state["unlabeled"].open()
         self.__dict__.update(state)
 
