@@ -24,8 +24,6 @@ if TYPE_CHECKING:  # the contract imports without torch: `harness validate` and 
 from harness.plan import EncoderChain
 from harness.workers import WorkerCount
 
-KINDS = ("init", "pretrain", "semisupervised")
-
 #: What a kind implies for a class that declares only its ``kind`` (and for the base classes
 #: below); a class may set any of these itself. Validation asks the class, never its kind.
 KIND_DEFAULTS: dict[str, dict[str, Any]] = {

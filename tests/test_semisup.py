@@ -16,8 +16,9 @@ from harness.data.base import LabeledArrays
 from harness.data.torchdata import SegmentationSamples
 from harness.engine.context import StageContext
 from harness.engine.model import build_unet
-from harness.engine.semisup import (IterationBatches, confidence_weighted_ce, ema_update, strong_augment,
-                                    thesis_augment, train_semisupervised)
+from harness.engine.semisup import (confidence_weighted_ce, ema_update, strong_augment, thesis_augment,
+                                    train_semisupervised)
+from harness.engine.semisup_data import IterationBatches
 from harness.errors import DataError, SpecError
 from harness.spec import FinetuneSettings, load_spec
 from harness_builtin.methods.classmix import ClassMix

@@ -205,6 +205,3 @@ def finetune_train_transforms(crop_size: int | None = None, augment: bool = True
         ops.append(RandomGaussianNoise((0.0, 25.0), p=0.5))
     return v2.Compose(ops)
 
-
-def eval_transforms() -> v2.Transform:
-    return v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True)

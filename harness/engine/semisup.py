@@ -67,7 +67,7 @@ from harness.engine.loop import Hook, IterationSource, MethodHook, StepInfo, Tra
 from harness.engine.model import build_unet
 from harness.engine.runtime import (Checkpoint, Precision, resolve_num_workers, seed_everything,
                                     worker_init_fn)
-from harness.engine.semisup_data import _STEP, IterationBatches, derived_seed  # noqa: F401 - re-exported
+from harness.engine.semisup_data import _STEP, IterationBatches, derived_seed
 from harness.errors import DataError
 from harness.methods import HALF_NORMALIZATION, SemiSupervisedMethod
 from harness.plugin_faults import require_attribute

@@ -9,8 +9,8 @@
 * paired comparisons, paper comparison (like for like), both PQ variants, per-class PQ and
   per-tissue mPQ of each variant, stage wall times.
 
-``summarize`` and ``load_records`` stay importable from here; reports are written by
-:func:`harness.report.writer.write_report` (which imports this module, not the other way round).
+Reports are written by :func:`harness.report.writer.write_report` (which imports this module, not
+the other way round); records are summarised by :func:`harness.report.build.summarize`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.report.build import section_kinds, summarize  # noqa: F401  (summarize: public)
-from harness.report.schema import REPORT_SCHEMA, load_records  # noqa: F401
+from harness.report.build import section_kinds
 
 
 @dataclass
@@ -276,7 +275,3 @@ def to_markdown(table: Table, heading: str = "###") -> str:
         lines += ["", f"_{note}_"]
     return "\n".join(lines + [""])
 
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """The main table of bare rows (no comparisons) as Markdown (kept for callers)."""
-    return to_markdown(main_table({"rows": rows}))

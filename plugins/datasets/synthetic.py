@@ -31,7 +31,6 @@ from harness.hookspecs import hookimpl
 
 from ._synthetic_draw import CLASS_NAMES, DEFAULT_DENSITY, density_range, draw_set
 
-_LABELED_FILES = ("images.npy", "instances.npy", "classes.npy")
 _UNLABELED_STREAM = 1_000_000  # random stream of the unlabeled tiles (folds use 0..K-1)
 
 
