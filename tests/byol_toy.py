@@ -31,7 +31,7 @@ class ToyBYOL(PretrainMethod):
     def __init__(self, config=None, stop_at: int | None = None, ready: Path | None = None):
         super().__init__(config or PretrainSettings(epochs=2, batch_size=4, optimizer="sgd", lr=0.05))
         self.stop_at, self.ready = stop_at, ready
-        self.seen: list[tuple[int, int]] = []      # (step, total_steps) given to training_step
+        self.seen: list[tuple[int, int]] = []      # (step, total_steps) given to after_step
         self.online: list[tuple[int, int, dict]] = []  # the online head after each step
 
     def view_config(self):
@@ -49,16 +49,7 @@ class ToyBYOL(PretrainMethod):
         self.initial_target = copy.deepcopy(model.target.state_dict())
         return model
 
-    def training_step(self, model, batch, num_classes, *, step, total_steps):
-        self.seen.append((step, total_steps))
-        if step == self.stop_at and self.ready is not None:
-            from harness.engine.loop import interrupt_requested
-
-            self.ready.write_text("ready")
-            deadline = time.time() + 60
-            while not interrupt_requested() and time.time() < deadline:
-                time.sleep(0.01)
-
+    def training_step(self, model, batch, num_classes):
         def embed(view, head):
             return head(model.encoder(view)[-1].mean(dim=(2, 3)))
 
@@ -69,10 +60,18 @@ class ToyBYOL(PretrainMethod):
 
     @torch.no_grad()
     def after_step(self, model, step, total_steps):
+        self.seen.append((step, total_steps))
         tau = momentum(step, total_steps)
         for t, o in zip(model.target.parameters(), model.head.parameters()):
             t.mul_(tau).add_(o, alpha=1.0 - tau)
         self.online.append((step, total_steps, copy.deepcopy(model.head.state_dict())))
+        if step == self.stop_at and self.ready is not None:  # wait here for the SIGTERM
+            from harness.engine.loop import interrupt_requested
+
+            self.ready.write_text("ready")
+            deadline = time.time() + 60
+            while not interrupt_requested() and time.time() < deadline:
+                time.sleep(0.01)
 
 
 def images(n: int = 12, size: int = 32) -> np.ndarray:

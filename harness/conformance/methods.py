@@ -131,7 +131,6 @@ def _pretrain_on(method: Any, check: _Checker, name: str, args: Any) -> None:
 
     from harness.data.views import TwoViewDataset
     from harness.engine.model import build_encoder
-    from harness.engine.pretrain import step_with_info
     from harness.plugin_faults import PluginFault, require_attribute
 
     cls = type(method)
@@ -150,13 +149,11 @@ def _pretrain_on(method: Any, check: _Checker, name: str, args: Any) -> None:
         raise check.fail("encoder attribute", str(exc).split(": ", 1)[-1]) from None
     groups = check.call("param_groups", method.param_groups, model)
     optimizer = torch.optim.Adam([{"params": g["params"]} for g in groups], lr=1e-3)
-    step_fn = step_with_info(method)
     losses = []
     for step in range(STEPS):
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        info = SimpleNamespace(step=step, total_steps=STEPS, batch_index=step, period=0)
-        result = check.call("training_step", step_fn, model, dict(batch), NUM_CLASSES, info)
+        result = check.call("training_step", method.training_step, model, dict(batch), NUM_CLASSES)
         loss = _loss_of(result, check, "training_step")
         loss.backward()
         if step == 0:

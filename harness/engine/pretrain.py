@@ -10,11 +10,10 @@ cosine decay to 0 (thesis §4.1.2, no warm-up); AMP on CUDA; checkpoints and res
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import time
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,18 +59,6 @@ def _image_rows(n: int, max_images: int | None, seed: int) -> np.ndarray:
     if max_images is not None and max_images < n:
         rows = np.sort(np.random.RandomState(seed).permutation(n)[:max_images])
     return rows
-
-
-def step_with_info(method: PretrainMethod) -> Callable[..., tuple[torch.Tensor, dict[str, float]]]:
-    """``method.training_step`` as ``f(model, batch, num_classes, info)``: passes ``step`` and
-    ``total_steps`` to a method whose ``training_step`` names both parameters; the documented
-    ``training_step(model, batch, num_classes)`` (or a ``*args, **kwargs`` wrapper of it) is
-    called as it always was."""
-    params = inspect.signature(method.training_step).parameters
-    if {"step", "total_steps"} <= set(params):
-        return lambda model, batch, num_classes, info: method.training_step(
-            model, batch, num_classes, step=info.step, total_steps=info.total_steps)
-    return lambda model, batch, num_classes, info: method.training_step(model, batch, num_classes)
 
 
 def pretrain(ctx: StageContext, *, method: PretrainMethod, images: np.ndarray,
@@ -161,8 +148,6 @@ def _step_fn(method: PretrainMethod, net: torch.nn.Module, device: torch.device,
              channels_last: bool, precision: Precision, num_classes: int | None):
     """One training step on a loader batch: to the device, views made there (device pipeline),
     channels-last, the method's step under autocast."""
-    training_step = step_with_info(method)
-
     def step_fn(batch, info):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         if make_views is not None:
@@ -171,7 +156,7 @@ def _step_fn(method: PretrainMethod, net: torch.nn.Module, device: torch.device,
             batch = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v
                      for k, v in batch.items()}
         with precision.autocast():
-            return training_step(net, batch, num_classes, info)
+            return method.training_step(net, batch, num_classes)
 
     return step_fn
 
