@@ -26,7 +26,7 @@ def _spec(tmp_path, every=None) -> str:
 
 
 def test_spec_setting_env_wins_default_300(monkeypatch):
-    from harness.execute.local import checkpoint_every_s
+    from harness.execute.in_process import checkpoint_every_s
     from harness.spec.models import ExecutionSettings
 
     class S:

@@ -1,0 +1,123 @@
+"""A stage's lifecycle events as JSON lines, so that they cross process boundaries.
+
+The process that computes a stage (the driver itself under ``local``, a pool worker's child, a
+SLURM job, rank 0 of a torchrun group) appends each event of the stage (started, metrics
+logged, finished) to ``events.jsonl`` in the stage's work folder; the file moves into the
+stage's folder with its result when the stage is published (:meth:`StageEvents.publish`), so
+nothing written is lost when the work folder goes. The driver reads what is new in the file
+while the stage runs (:class:`EventForwarder`) and calls the same lifecycle hooks with the same
+arguments, so observer plugins (loggers) see one stream whatever computed the stage.
+
+The model is pytest-xdist's report serialisation: plain JSON on the wire, rebuilt on the other
+side; a line names one of :data:`FORWARDED` hooks and holds its keyword arguments (dicts,
+numbers, strings); nothing read executes code, and an unreadable line is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+EVENTS_FILE = "events.jsonl"
+#: The hooks a stage's process writes (and the driver forwards).
+FORWARDED = ("harness_stage_started", "harness_metrics_logged", "harness_stage_finished")
+
+Dispatch = Callable[[str, dict[str, Any]], None]
+
+
+class StageEvents:
+    """The computing side: appends a stage's events to its work folder's ``events.jsonl``; with
+    ``dispatch`` (the driver's own process) also hands each to the driver at once."""
+
+    def __init__(self, work: Path, dispatch: Dispatch | None = None):
+        self.path, self.dispatch = Path(work) / EVENTS_FILE, dispatch
+
+    def emit(self, hook: str, **kwargs: Any) -> None:
+        from harness.store import json_safe
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"hook": hook, **json_safe(kwargs)})
+        with open(self.path, "a") as fh:  # one write per line: a reader sees whole lines
+            fh.write(line + "\n")
+        if self.dispatch is not None:
+            self.dispatch(hook, json.loads(line))
+
+    def publish(self, out: Path) -> None:
+        """Move the file into the stage's output folder (before it is committed)."""
+        if self.path.exists():
+            os.replace(self.path, Path(out) / EVENTS_FILE)
+
+
+def _read_lines(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """The whole JSON lines of ``path`` from byte ``offset``, and the offset after them."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+    except OSError:
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    events = []
+    for raw in data[:end].splitlines():
+        try:
+            event = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("hook") in FORWARDED:
+            events.append(event)
+    return events, offset + end
+
+
+class EventForwarder:
+    """The driver's side: forwards the events of the stages it watches to the plugins' hooks as
+    they arrive, and remembers which stages' finished event it has passed on."""
+
+    def __init__(self, hook: Any, store: Any):
+        self.hook, self.store = hook, store
+        self.finished: set[str] = set()  # keys whose finished event reached the hooks
+        self._watched: dict[str, tuple[Any, int]] = {}  # key -> (stage, offset read to)
+
+    def dispatch(self, hook: str, kwargs: dict[str, Any]) -> None:
+        if hook not in FORWARDED:
+            return
+        if hook == "harness_stage_finished":
+            key = kwargs.get("stage", {}).get("key")
+            if key in self.finished:
+                return
+            self.finished.add(key)
+        getattr(self.hook, hook)(**kwargs)
+
+    def _work_file(self, stage: Any) -> Path:
+        return self.store.work_dir(stage.kind, stage.key) / EVENTS_FILE
+
+    def watch(self, stage: Any) -> None:
+        """Follow ``stage``'s events from now on (what an earlier attempt wrote is skipped)."""
+        path = self._work_file(stage)
+        self._watched[stage.key] = (stage, path.stat().st_size if path.exists() else 0)
+
+    def poll(self) -> None:
+        """Forward what is new for every watched stage."""
+        for key, (stage, offset) in list(self._watched.items()):
+            self._forward(stage, self._work_file(stage), offset)
+
+    def done(self, stage: Any) -> None:
+        """The stage ended: forward the rest (from its published folder once it is in the
+        store, where the file has moved) and stop following it."""
+        entry = self._watched.pop(stage.key, None)
+        if entry is None:
+            return
+        offset = self._forward(stage, self._work_file(stage), entry[1], keep=False)
+        published = self.store.stage_dir(stage.kind, stage.key) / EVENTS_FILE
+        if self.store.is_done(stage.kind, stage.key):
+            self._forward(stage, published, offset, keep=False)
+
+    def _forward(self, stage: Any, path: Path, offset: int, keep: bool = True) -> int:
+        events, offset = _read_lines(path, offset)
+        if keep:
+            self._watched[stage.key] = (stage, offset)
+        for event in events:
+            hook = event.pop("hook")
+            self.dispatch(hook, event)
+        return offset
