@@ -326,8 +326,7 @@ def main() -> None:
         err.print(_usage_line(exc), markup=False)
         sys.exit(2 if isinstance(exc, _USAGE) else exc.exit_code)
     except (KeyboardInterrupt, *_ABORT):
-        _interrupted()
-        sys.exit(130)
+        sys.exit(report_error(KeyboardInterrupt()))
     except Exception as exc:  # noqa: BLE001 - last resort: a bug, not bad input
         if debug:
             raise

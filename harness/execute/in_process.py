@@ -112,8 +112,8 @@ class InProcessStage:
             dist.barrier()  # rank 0 has published it
             return StageOutcome(False, seconds, stage_result)
         path = self.store.stage_dir(stage.kind, stage.key)
-        emit("harness_stage_finished", stage={**info, "cached": False, "path": str(path),
-                                              "seconds": seconds, "result": stage_result})
+        finished = events.write("harness_stage_finished", stage={
+            **info, "cached": False, "path": str(path), "seconds": seconds, "result": stage_result})
         events.publish(tmp)
         self.store.commit(stage.kind, stage.key, tmp, {
             "label": stage.label, "config": stage.config, "version": stage.version,
@@ -123,6 +123,7 @@ class InProcessStage:
             "provenance": {**self.provenance, "world_size": dist.world_size()}})
         dist.barrier()
         console.log(f"  done {stage.kind} {stage.label} ({seconds:.1f} s)")
+        events.send(finished)  # once it is in the store
         return StageOutcome(False, seconds, stage_result)
 
 

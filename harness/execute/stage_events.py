@@ -35,14 +35,23 @@ class StageEvents:
         self.path, self.dispatch = Path(work) / EVENTS_FILE, dispatch
 
     def emit(self, hook: str, **kwargs: Any) -> None:
+        self.send(self.write(hook, **kwargs))
+
+    def write(self, hook: str, **kwargs: Any) -> dict[str, Any]:
+        """Append the event to the file; the event as the driver reads it back (plain JSON)."""
         from harness.store import json_safe
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps({"hook": hook, **json_safe(kwargs)})
         with open(self.path, "a") as fh:  # one write per line: a reader sees whole lines
             fh.write(line + "\n")
+        return json.loads(line)
+
+    def send(self, event: dict[str, Any]) -> None:
+        """Hand a written event to the driver (in the driver's own process)."""
         if self.dispatch is not None:
-            self.dispatch(hook, json.loads(line))
+            event = dict(event)
+            self.dispatch(event.pop("hook"), event)
 
     def publish(self, out: Path) -> None:
         """Move the file into the stage's output folder (before it is committed)."""
@@ -78,6 +87,7 @@ class EventForwarder:
         self.hook, self.store = hook, store
         self.finished: set[str] = set()  # keys whose finished event reached the hooks
         self._watched: dict[str, tuple[Any, int]] = {}  # key -> (stage, offset read to)
+        self._held: dict[str, dict[str, Any]] = {}  # finished events of stages not yet ended
 
     def dispatch(self, hook: str, kwargs: dict[str, Any]) -> None:
         if hook not in FORWARDED:
@@ -104,20 +114,28 @@ class EventForwarder:
 
     def done(self, stage: Any) -> None:
         """The stage ended: forward the rest (from its published folder once it is in the
-        store, where the file has moved) and stop following it."""
+        store, where the file has moved) and stop following it. Its finished event goes last,
+        and only when the store holds the stage (a stage that failed to publish has none)."""
         entry = self._watched.pop(stage.key, None)
         if entry is None:
             return
-        offset = self._forward(stage, self._work_file(stage), entry[1], keep=False)
+        offset = self._forward(stage, self._work_file(stage), entry[1])
         published = self.store.stage_dir(stage.kind, stage.key) / EVENTS_FILE
         if self.store.is_done(stage.kind, stage.key):
-            self._forward(stage, published, offset, keep=False)
+            self._forward(stage, published, offset)
+            held = self._held.pop(stage.key, None)
+            if held is not None:
+                self.dispatch("harness_stage_finished", held)
+        self._held.pop(stage.key, None)
 
-    def _forward(self, stage: Any, path: Path, offset: int, keep: bool = True) -> int:
+    def _forward(self, stage: Any, path: Path, offset: int) -> int:
         events, offset = _read_lines(path, offset)
-        if keep:
+        if stage.key in self._watched:
             self._watched[stage.key] = (stage, offset)
         for event in events:
             hook = event.pop("hook")
-            self.dispatch(hook, event)
+            if hook == "harness_stage_finished":  # written just before the stage is published
+                self._held[stage.key] = event
+            else:
+                self.dispatch(hook, event)
         return offset
