@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.console import console
 from harness.execute.base import Executor, StageOutcome
 from harness.hookspecs import hookimpl
 
@@ -49,7 +50,8 @@ class LocalExecutor(Executor):
         if apart is not None:
             self._gpus(runner)
         outcomes = {}
-        for stage in stages:
+        for i, stage in enumerate(stages, 1):
+            console.log(f"[{i}/{len(stages)}] {stage.kind} {stage.label}")
             if apart is not None and apart.wants(stage):
                 outcomes[stage.key] = apart.compute(stage, events)
             else:
