@@ -194,6 +194,7 @@ def e2e_torchrun_part(device: torch.device, tmp: Path, tiny: bool, shared: dict,
 
 def stage_noise_part(device: torch.device, tmp: Path, tiny: bool) -> dict[str, Any]:
     """One fine-tune stage (the e2e spec, 3 epochs) computed twice, in this process."""
+    from harness.execute.in_process import in_process
     from harness.plugins import get_registry
     from harness.runner import Runner
     from harness.spec import load_spec
@@ -209,7 +210,7 @@ def stage_noise_part(device: torch.device, tmp: Path, tiny: bool) -> dict[str, A
         plan = runner.plan(prepare=True)[0]
         for stage in plan.stages():
             if stage.kind in ("encoder", "finetune") and not runner.store.is_done(stage.kind, stage.key):
-                runner.run_stage(stage)
+                in_process(runner).execute(stage)
     (a, meta_a), (b, meta_b) = (_finetune(s) for s in stores)
     curves = [[e["loss"] for e in json.loads((s_dir / "train_log.json").read_text())]
               for s_dir in (next((s / "stages" / "finetune").iterdir()) for s in stores)]

@@ -22,11 +22,11 @@ from harness.cli_common import SetOpt, StoreOpt, err, out
 from harness.cli_common import open_store as _store
 from harness.cli_data import data_app, open_dataset as _dataset
 from harness.cli_plugin import plugin_app, show
-from harness.plugin_faults import plugin_fault as _plugin_fault
 from harness.cli_stage import stage_app
 from harness.cli_execute import (CalibrateOpt, CalibrateStepsOpt, ExecutorOpt, NprocOpt,
-                                 calibrate as run_calibration, execute, pick, show_schedule)
+                                 calibrate as run_calibration, pick, show_schedule)
 from harness.errors import HarnessError
+from harness.exit_codes import INTERRUPTED, report_error
 from harness.spec_checks import output_problems, printable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -148,7 +148,7 @@ def run(spec: Annotated[Path, typer.Argument(help="spec file")],
         show_schedule(runner, plan, chosen)
         return
     with loggers:
-        result = execute(runner, plan, chosen)
+        result = runner.run(plan, chosen)
     out.print(f"{len(result.records)} cells; {len(result.computed)} stages computed, "
               f"{len(result.reused)} reused", markup=False)
     for name in ("report.md", "report.html", "report.json", "report.csv"):
@@ -277,8 +277,7 @@ def viz_similarity(
 
 
 def _interrupted() -> None:
-    err.print("interrupted: finished stages are kept and the running one resumes from its "
-              "last checkpoint; rerun the same command to continue", markup=False)
+    err.print(INTERRUPTED, markup=False)
 
 
 # typer bundles its own copy of click: its exceptions are not click's
@@ -313,13 +312,7 @@ def main() -> None:
     except HarnessError as exc:
         if debug:
             raise
-        from harness.errors import SpecError
-
-        lines = getattr(exc, "problems", None) or [str(exc)]  # SpecError, MissingInputs
-        src = f"{exc.source}: " if isinstance(exc, SpecError) and exc.source else ""
-        for line in lines:
-            err.print(printable(f"error: {src}{line}"), markup=False)
-        sys.exit(exc.exit_code)
+        sys.exit(report_error(exc))
     except _EXIT as exc:
         if exc.exit_code == 130:  # typer turns KeyboardInterrupt into Exit(130)
             _interrupted()
@@ -333,17 +326,11 @@ def main() -> None:
         err.print(_usage_line(exc), markup=False)
         sys.exit(2 if isinstance(exc, _USAGE) else exc.exit_code)
     except (KeyboardInterrupt, *_ABORT):
-        _interrupted()
-        sys.exit(130)
+        sys.exit(report_error(KeyboardInterrupt()))
     except Exception as exc:  # noqa: BLE001 - last resort: a bug, not bad input
         if debug:
             raise
-        if (fault := _plugin_fault(exc)) is not None:  # raised inside plugin code: exit 4
-            err.print(printable(f"error: {fault}"), markup=False)
-            sys.exit(fault.exit_code)
-        err.print(printable(f"error: unexpected {type(exc).__name__}: {exc} (a bug; please "
-                            f"report it with the output of --debug)"), markup=False)
-        sys.exit(1)
+        sys.exit(report_error(exc))
     code = code if isinstance(code, int) else 0
     if code == 130:  # typer turns KeyboardInterrupt into an exit code of 130
         _interrupted()

@@ -33,10 +33,6 @@ def pick(runner: Any, name: str | None, nproc: int | None = None) -> Any:
     return executor
 
 
-def execute(runner: Any, plan: Any, executor: Any) -> Any:
-    return executor.run(runner, plan)
-
-
 CalibrateOpt = Annotated[bool, typer.Option(
     "--calibrate", help="with --dry-run: run each pending stage the store has no record of the "
     "same config for a few timed batches per loop, in a scratch folder (nothing is published), "

@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from harness.cli_common import SetOpt, StoreOpt, open_store, out
+from harness.cli_common import SetOpt, StoreOpt, open_store
 
 stage_app = typer.Typer(no_args_is_help=True, help="Run one stage of a spec's plan by its key.")
 
@@ -28,7 +28,7 @@ def stage_run(spec: Annotated[Path, typer.Argument(help="spec file")],
               quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
               nproc: Annotated[int, typer.Option("--nproc", min=1, help="processes training this stage together (DDP under torchrun: one per GPU, or CPU processes with gloo); batch_size stays the global batch")] = 1) -> None:
     """Compute one stage of a spec's plan (its dependencies in the store) and publish it."""
-    from harness.errors import DataError
+    from harness.execute.in_process import compute_stage, stage_to_compute
     from harness.plugins import get_registry
     from harness.runner import Runner
     from harness.spec import load_spec
@@ -37,45 +37,18 @@ def stage_run(spec: Annotated[Path, typer.Argument(help="spec file")],
     artifacts = open_store(store)
     runner = Runner(rspec, get_registry(), artifacts, rspec.output_dir(), quiet=True if quiet else None)
     plan, _, _ = runner.plan(prepare=True)
-    stage = _one_stage(plan, key, spec)
-    name = f"{stage.kind}/{stage.key} ({stage.label})"
-    under_torchrun = "LOCAL_RANK" in os.environ  # rank 0 decides for all (runner.run_stage)
-    if artifacts.is_done(stage.kind, stage.key) and not under_torchrun:
-        out.print(f"{name}: already done ({artifacts.stage_dir(stage.kind, stage.key)})", markup=False)
+    again = " ".join(["harness", "stage", "run", shlex.quote(str(spec)), "KEY",
+                      *[f"--set {shlex.quote(o)}" for o in set_ or []],
+                      *([f"--store {shlex.quote(str(store))}"] if store else [])])
+    stage = stage_to_compute(runner, plan, key, spec, again)
+    if stage is None:
         return
-    missing = [s for s in stage.upstream()[:-1] if not artifacts.is_done(s.kind, s.key)]
-    if missing:
-        again = " ".join(["harness", "stage", "run", shlex.quote(str(spec)), "KEY",
-                          *[f"--set {shlex.quote(o)}" for o in set_ or []],
-                          *([f"--store {shlex.quote(str(store))}"] if store else [])])
-        raise DataError(f"{name}: {len(missing)} upstream stage(s) not in the store: "
-                        f"{' '.join(f'{s.kind}/{s.key}' for s in missing)}; compute them in "
-                        f"this order with `{again}` (or all with `harness run`)")
-    if nproc > 1 and not under_torchrun:
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet under torchrun
         code = _torchrun(nproc)
         if code:
             raise typer.Exit(code)
         return
-    runner.run_stage(stage)
-    from harness.engine.distributed import rank
-
-    if rank() > 0:
-        return
-    out.print(f"{name}: done ({artifacts.stage_dir(stage.kind, stage.key)})", markup=False)
-
-
-def _one_stage(plan, key: str, spec: Path):
-    from harness.errors import UsageError
-
-    found = plan.find(key) if key else []
-    if len(found) == 1:
-        return found[0]
-    if not found:
-        raise UsageError(f"KEY {key!r}: no stage of {spec}'s plan ({len(plan.stages())} stages) has "
-                         f"a key starting with it; list them with `harness run {spec} --dry-run`")
-    names = ", ".join(f"{s.kind}/{s.key[:12]}" for s in found[:4])
-    raise UsageError(f"KEY {key!r}: {len(found)} stages match ({names}"
-                     f"{', ...' if len(found) > 4 else ''}); give more of the key")
+    compute_stage(runner, stage)
 
 
 def _torchrun(nproc: int) -> int:

@@ -52,6 +52,16 @@ class RunStarted(Event):
 
 
 @dataclass(frozen=True)
+class StageStarted(Event):
+    """A stage starts computing (in the driver, a pool worker, a cluster job or torchrun's rank
+    0); not sent for a stage reused from the store."""
+
+    kind: str  #: stage kind
+    key: str  #: the stage key in the store
+    label: str  #: human-readable label
+
+
+@dataclass(frozen=True)
 class StageFinished(Event):
     """A stage is done: computed now, or reused from the store (``cached``)."""
 
@@ -101,6 +111,7 @@ class RunFinished(Event):
 #: Lifecycle hook -> the event of a call, built from the call's (documented) dict arguments.
 BUILDERS: dict[str, Callable[..., Event]] = {
     "harness_run_started": lambda run, **_: RunStarted.from_mapping(run),
+    "harness_stage_started": lambda stage, **_: StageStarted.from_mapping(stage),
     "harness_stage_finished": lambda stage, **_: StageFinished.from_mapping(stage),
     "harness_metrics_logged": lambda stage, step, metrics, **_: MetricsLogged.from_mapping(
         {**stage, "step": step, "metrics": dict(metrics)}),

@@ -32,7 +32,8 @@ from typing import Any
 
 import pluggy
 
-from harness.events import CellFinished, MetricsLogged, RunFinished, RunStarted, StageFinished
+from harness.events import (CellFinished, MetricsLogged, RunFinished, RunStarted, StageFinished,
+                            StageStarted)
 
 PROJECT = "harness"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -69,6 +70,13 @@ def harness_run_started(run: dict[str, Any], event: RunStarted) -> None:
     """A run begins. ``run`` holds ``name``, ``spec`` (resolved, as a dict), ``overrides``,
     ``output_dir``, ``store`` and ``cells`` (the number of cells); ``event``:
     :class:`~harness.events.RunStarted`."""
+
+
+@hookspec
+def harness_stage_started(stage: dict[str, Any], event: StageStarted) -> None:
+    """A stage starts computing (wherever it runs; a stage reused from the store does not
+    start). ``stage`` holds ``kind``, ``key`` and ``label``; ``event``:
+    :class:`~harness.events.StageStarted`."""
 
 
 @hookspec

@@ -52,6 +52,7 @@ class Logger:
         self.config, self.run_dir = config, Path(run_dir)
 
     def run_started(self, event: Any) -> None: ...
+    def stage_started(self, event: Any) -> None: ...
     def stage_finished(self, event: Any) -> None: ...
     def metrics_logged(self, event: Any) -> None: ...
     def cell_finished(self, event: Any) -> None: ...
@@ -123,14 +124,16 @@ def logger_problems(spec: Any, registry: Any, source: str, lines: Any) -> list[s
     return problems
 
 
-HOOKS = {"harness_run_started": "run_started", "harness_stage_finished": "stage_finished",
+HOOKS = {"harness_run_started": "run_started", "harness_stage_started": "stage_started",
+         "harness_stage_finished": "stage_finished",
          "harness_metrics_logged": "metrics_logged", "harness_cell_finished": "cell_finished",
          "harness_run_finished": "run_finished"}
 
 
 class LoggerSession:
     """The loggers of one run: checked at construction, registered as a plugin for the run
-    (``with session: runner.run(plan)``), each call guarded."""
+    (``with session: runner.run(plan, executor)``), each call guarded. Events of stages computed
+in other processes reach it through the driver (:mod:`harness.execute.stage_events`)."""
 
     def __init__(self, registry: Any, chosen: dict[str, dict[str, Any]], run_dir: Path):
         self.registry, self.run_dir = registry, Path(run_dir)
@@ -196,6 +199,10 @@ class LoggerSession:
     @hookimpl
     def harness_run_started(self, event):
         self._dispatch("harness_run_started", event)
+
+    @hookimpl
+    def harness_stage_started(self, event):
+        self._dispatch("harness_stage_started", event)
 
     @hookimpl
     def harness_stage_finished(self, event):

@@ -1,6 +1,6 @@
-"""Running a plan: plan from the spec's datasets, execute stages once each (reusing the store,
-:mod:`harness.execute.local`), write one record per cell (:mod:`harness.records`) and the run's
-report, calling the lifecycle hooks on the way."""
+"""The driver of a run: plan from the spec's datasets, have an executor compute the stages the
+store lacks (:mod:`harness.execute`), then write one record per cell from the store
+(:mod:`harness.records`) and the run's report, calling the lifecycle hooks on the way."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 from harness.data.base import Dataset, LabeledArrays, dataset_root  # noqa: F401 - re-exported
 from harness.data.open import Resources, ensure_prepared, load_arrays, open_dataset  # noqa: F401
-from harness.engine.runtime import console, resolve_device
-from harness.execute.local import LocalExecutor, run_provenance
+from harness.engine.runtime import resolve_device
+from harness.execute.base import StageOutcome
 from harness.plan import Cell, Plan, Stage
 from harness.planner import build_plan
 from harness.plugins import Registry
@@ -57,35 +57,48 @@ class Runner:
                          "checkpoint": self.store.has_checkpoint(stage.kind, stage.key)})
         return rows
 
-    # --- execution ----------------------------------------------------------------------------
-    def executor(self) -> LocalExecutor:
-        """The in-process executor of this runner's plan (``plan()`` first)."""
-        if self.resources is None:
-            self.resources = Resources(self.rspec, self.registry, self.store)
-        from harness.engine import distributed
+    # --- the driver ----------------------------------------------------------------------------
+    def run(self, plan: Plan, executor: Any = None) -> RunResult:
+        """Compute the plan's stages with ``executor`` (default: ``local``, this process) and
+        write one record per cell (read from the store) as soon as its stages are finished, then
+        the report, calling the lifecycle hooks: every stage's finished event once (``cached``
+        for one the store held)."""
+        from harness.execute.local import LocalExecutor
+        from harness.execute.stage_events import EventForwarder
 
-        device = distributed.local_device(resolve_device(self.rspec.spec.finetune.device))
-        distributed.init_from_env(device)  # under torchrun: one stage over its processes
-        self.device = device
-        self.provenance = run_provenance(self.registry, device)
-        self.env = StageEnv(self.rspec, self.registry, self.resources)
-        return LocalExecutor(self.env, self.store, device, self.provenance, self.quiet)
+        executor = executor or LocalExecutor(LocalExecutor.Config())
+        run_info = self._start(plan)
+        cells = _CellRecords(self, plan)
+        events = EventForwarder(self.hook, self.store, on_finished=cells.stage_finished)
+        stages = plan.stages()
+        todo = [s for s in stages if not self.store.is_done(s.kind, s.key)]
+        outcomes = {s.key: StageOutcome(True) for s in stages}
+        pending = {s.key for s in todo}
+        for stage in stages:
+            if stage.key not in pending:
+                self._finished(stage, True, events)
+        outcomes.update(executor.run(self, todo, events))
+        for stage in todo:  # reused (another worker published it first), or its event was lost
+            self._finished(stage, outcomes[stage.key].cached, events)
+        result = RunResult(self.output_dir, cells.all_records())
+        for stage in stages:
+            (result.reused if outcomes[stage.key].cached else result.computed).append(stage.key)
 
-    def run_stage(self, stage: Stage) -> RunResult:
-        """Compute one stage whose dependencies the store holds (``harness stage run``)."""
-        result = RunResult(self.output_dir, [])
-        self.executor().execute(stage, result)
+        from harness.report.writer import write_report
+
+        write_report(self.output_dir, result.records, run_info)
+        self.hook.harness_run_finished(run=run_info, records=result.records)
         return result
 
-    def run(self, plan: Plan, computed_elsewhere: Any = (), delegate: Any = None) -> RunResult:
-        """Compute (or reuse) every stage in this process and write records and report;
-        ``computed_elsewhere``: keys an executor's workers computed for this run; ``delegate``:
-        see :class:`LocalExecutor` (a stage it computes in other processes)."""
-        executor = self.executor()
-        executor.elsewhere = set(computed_elsewhere)
-        executor.delegate = delegate
+    def _start(self, plan: Plan) -> dict[str, Any]:
+        """The run folder, ``run.json`` and the run-started event."""
+        from harness.engine import distributed
+        from harness.execute.in_process import run_provenance
+
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "records").mkdir(exist_ok=True)
+        device = distributed.local_device(resolve_device(self.rspec.spec.finetune.device))
+        self.provenance = run_provenance(self.registry, device)
         run_info = {"name": self.rspec.name, "spec": self.rspec.resolved(),
                     "source": self.rspec.source, "overrides": self.rspec.overrides,
                     "output_dir": str(self.output_dir), "store": str(self.store.root),
@@ -96,24 +109,21 @@ class Runner:
                     "provenance": self.provenance}
         atomic_write_json(self.output_dir / "run.json", run_info)
         self.hook.harness_run_started(run=run_info)
+        return run_info
 
-        result = RunResult(self.output_dir, [])
-        timings: dict[str, dict[str, Any]] = {}
-        for i, cell in enumerate(plan.cells, 1):
-            console.log(f"[{i}/{len(plan.cells)}] {cell.cell_id}")
-            for stage in cell.stages():
-                if stage.key not in timings:
-                    timings[stage.key] = executor.execute(stage, result)
-            record = self._record(cell, timings)
-            atomic_write_json(self.output_dir / "records" / f"{cell.cell_id}.json", record)
-            result.records.append(record)
-            self.hook.harness_cell_finished(cell=cell.coordinates, record=record)
+    def _finished(self, stage: Stage, cached: bool, events: Any) -> None:
+        """The stage's finished event, unless its own process's already reached the hooks."""
+        if stage.key in events.finished:
+            return
+        meta = self.store.meta(stage.kind, stage.key)
+        events.dispatch("harness_stage_finished", {"stage": {
+            "kind": stage.kind, "key": stage.key, "label": stage.label, "cached": cached,
+            "path": str(self.store.stage_dir(stage.kind, stage.key)),
+            "seconds": meta.get("seconds"), "result": meta.get("result", {})}})
 
-        from harness.report.writer import write_report
-
-        write_report(self.output_dir, result.records, run_info)
-        self.hook.harness_run_finished(run=run_info, records=result.records)
-        return result
+    def _timing(self, stage: Stage, cached: bool) -> dict[str, Any]:
+        meta = self.store.meta(stage.kind, stage.key)
+        return {"cached": cached, "seconds": meta.get("seconds"), "result": meta.get("result", {})}
 
     def _record(self, cell: Cell, timings: dict[str, dict[str, Any]]) -> dict[str, Any]:
         spec = self.rspec.spec
@@ -122,9 +132,44 @@ class Runner:
         metric = {"name": spec.metric.name,
                   "variant": None if spec.metric.name == "dice" else spec.metric.pq_variant,
                   "value": headline}
-        upstream = upstream_summaries(cell, timings, self.store, self.env)
+        env = StageEnv(self.rspec, self.registry, self.resources)
+        upstream = upstream_summaries(cell, timings, self.store, env)
         return build_record(self.rspec, cell, timings, metrics, metric, upstream, self.provenance,
-                            cell_facts(cell, self.env))
+                            cell_facts(cell, env))
+
+
+class _CellRecords:
+    """Writes a cell's record (and fires its finished event) once the finished events of all its
+    stages have reached the hooks, so a run that stops part-way leaves the records of the cells
+    it finished."""
+
+    def __init__(self, runner: Runner, plan: Plan):
+        self.runner, self.cells = runner, plan.cells
+        self.cached: dict[str, bool] = {}  # finished stages: whether the store already held them
+        self.records: dict[str, dict[str, Any]] = {}
+
+    def stage_finished(self, stage: dict[str, Any]) -> None:
+        self.cached[stage["key"]] = bool(stage.get("cached"))
+        for cell in self.cells:
+            if cell.cell_id not in self.records and all(s.key in self.cached for s in cell.stages()):
+                self._write(cell)
+
+    def _write(self, cell: Cell) -> None:
+        runner = self.runner
+        timings = {s.key: runner._timing(s, self.cached[s.key]) for s in cell.stages()}
+        record = runner._record(cell, timings)
+        atomic_write_json(runner.output_dir / "records" / f"{cell.cell_id}.json", record)
+        self.records[cell.cell_id] = record
+        runner.hook.harness_cell_finished(cell=cell.coordinates, record=record)
+
+    def all_records(self) -> list[dict[str, Any]]:
+        """Every cell's record in the plan's order (a cell not written yet is written now)."""
+        for cell in self.cells:
+            if cell.cell_id not in self.records:
+                for s in cell.stages():
+                    self.cached.setdefault(s.key, True)
+                self._write(cell)
+        return [self.records[c.cell_id] for c in self.cells]
 
 
 def headline_value(metrics: dict[str, Any], name: str, variant: str) -> float | None:

@@ -26,7 +26,7 @@ def _spec(tmp_path, every=None) -> str:
 
 
 def test_spec_setting_env_wins_default_300(monkeypatch):
-    from harness.execute.local import checkpoint_every_s
+    from harness.execute.in_process import checkpoint_every_s
     from harness.spec.models import ExecutionSettings
 
     class S:
@@ -42,11 +42,11 @@ def test_spec_setting_env_wins_default_300(monkeypatch):
 
 
 def test_the_setting_reaches_each_stage_and_enters_no_key(tmp_path, capsys, monkeypatch):
-    from harness.execute import local
+    from harness.execute import in_process
 
     seen = []
-    real = local.StageContext
-    monkeypatch.setattr(local, "StageContext",
+    real = in_process.StageContext
+    monkeypatch.setattr(in_process, "StageContext",
                         lambda **kw: seen.append(kw["checkpoint_every_s"]) or real(**kw))
     monkeypatch.delenv("HARNESS_CHECKPOINT_EVERY_S", raising=False)
     store = str(tmp_path / "store")

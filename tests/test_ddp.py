@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import REPO, write_spec
+from harness.execute.in_process import in_process
 
 pytestmark = pytest.mark.slow  # several torchrun launches (~1 min each on a shared 2-core CPU)
 
@@ -119,10 +120,10 @@ def _one_process_reference(runner, targets) -> None:
     try:
         for target in targets.values():
             for stage in target.upstream()[:-1]:
-                runner.run_stage(stage)
+                in_process(runner).execute(stage)
         _ghost_batchnorm(mp)
         for target in targets.values():
-            runner.run_stage(target)
+            in_process(runner).execute(target)
     finally:
         mp.undo()
         torch.set_num_threads(threads)
@@ -304,7 +305,7 @@ def test_a_semisupervised_batch_that_does_not_split_is_a_one_line_error(semisup_
     target = next(s for cell in runner.plan()[0].cells for s in cell.stages() if cell.plugin == "cutmix"
                   and s.kind == "semisup")
     for upstream in target.upstream()[:-1]:
-        runner.run_stage(upstream)
+        in_process(runner).execute(upstream)
     cmd = [sys.executable, "-m", "harness.cli", "stage", "run", str(odd), f"{target.kind}/{target.key}",
            "--nproc", "2", "--quiet"]
     res = subprocess.run(cmd, cwd=REPO, env={**os.environ, "HARNESS_STORE": str(tmp / "odd")},

@@ -68,3 +68,44 @@ def test_worker_runs_stages_and_survives_a_killed_one(tmp_path):
         worker.wait(timeout=60)
         stderr.close()
     assert worker.returncode == 0
+
+
+def test_worker_with_two_threads_forks_and_stops_quietly_when_the_driver_goes(tmp_path):
+    """A budget of 2 threads (OpenBLAS would start its pool at import) still forks; SIGTERM
+    with the driver gone (its end of the pipe closed) stops the running stage with its
+    checkpoint kept and no BrokenPipeError noise."""
+    spec, store, log = one_cell(tmp_path, epochs=100000), tmp_path / "s", tmp_path / "stage.log"
+    err = tmp_path / "worker.err"
+    with err.open("w") as stderr:
+        worker = subprocess.Popen([sys.executable, "-m", "harness.execute.pool_worker", str(spec),
+                                   "--store", str(store)], cwd=REPO, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                  env={**os.environ, "OMP_NUM_THREADS": "2",
+                                       "HARNESS_CHECKPOINT_EVERY_S": "0"})
+        try:
+            ready = json.loads(worker.stdout.readline())
+            assert ready == {"ready": True, "fork": True}, ready
+            plan, artifacts = _plan(store, spec)
+            for stage in plan.stages()[:2]:  # the encoder, then the long fine-tune
+                worker.stdin.write(json.dumps({"key": f"{stage.kind}/{stage.key}",
+                                               "log": str(log)}) + "\n")
+                worker.stdin.flush()
+                assert "pid" in json.loads(worker.stdout.readline())
+                if stage.kind == "encoder":
+                    assert json.loads(worker.stdout.readline())["rc"] == 0
+            finetune = plan.stages()[1]
+            deadline = time.time() + 300
+            while not artifacts.has_checkpoint(finetune.kind, finetune.key):
+                assert time.time() < deadline, log.read_text()[-2000:]
+                time.sleep(0.5)
+            worker.stdout.close()  # the driver is gone
+            worker.send_signal(signal.SIGTERM)
+            worker.stdin.close()
+            worker.wait(timeout=120)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+    assert worker.returncode == 0
+    assert "BrokenPipe" not in err.read_text() and "Traceback" not in err.read_text(), err.read_text()
+    assert "interrupted" in log.read_text()
+    assert artifacts.has_checkpoint(finetune.kind, finetune.key)  # nothing computed is lost

@@ -55,7 +55,8 @@ def _hashes(store, stages) -> dict[str, str]:
     for s in stages:
         folder = store / "stages" / s.kind / s.key
         for f in sorted(folder.rglob("*")):
-            if f.is_file() and f.name != "meta.json":
+            # meta.json and events.jsonl also say when, how fast and where (the store's path)
+            if f.is_file() and f.name not in ("meta.json", "events.jsonl"):
                 out[str(f.relative_to(store))] = hashlib.sha256(f.read_bytes()).hexdigest()
     return out
 

@@ -1,14 +1,20 @@
 """The executor contract and how a run picks its executor.
 
 An executor is a class with a ``name``, a ``description``, a pydantic ``Config`` (its settings,
-read from the spec's ``execution:`` section beside ``executor: NAME``) and ``run(runner, plan)``,
-returned by a ``harness_register_executors`` hook. Where a stage runs changes nothing it
-computes, so ``execution:`` is part of no stage key and of no record.
+read from the spec's ``execution:`` section beside ``executor: NAME``) and
+``run(runner, stages, events)``, returned by a ``harness_register_executors`` hook. Where a
+stage runs changes nothing it computes, so ``execution:`` is part of no stage key and of no
+record.
 
-Executors that spread stages over processes or machines walk the plan's graph
+An executor only computes: ``run`` gets the stages the store does not hold (dependencies
+first), puts each in the store and returns one :class:`StageOutcome` per stage. The driver
+(:meth:`harness.runner.Runner.run`) plans, calls it, then writes records (read from the store)
+and the report. Executors that spread stages over processes or machines walk the stages' graph
 (:mod:`harness.execute.graph`) and compute each ready stage with ``harness stage run SPEC KEY``
-against the shared store; once every stage is in the store, the run's records and report are
-written exactly as the ``local`` executor writes them (:meth:`harness.runner.Runner.run`).
+against the shared store; the stage's process writes its events to its work folder, and the
+executor has the driver's ``events`` (:class:`harness.execute.stage_events.EventForwarder`)
+``watch`` a stage when it starts, ``poll`` while it waits and call ``done`` when it ends, so
+loggers get them as they arrive.
 
 Settings common to every executor live in :class:`ExecutorConfig`, which each executor's
 ``Config`` derives from: ``gpus_per_stage`` (``harness run --nproc N``) runs each training stage
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,6 +45,27 @@ class ExecutorConfig(BaseModel):
                                 "(`harness run --nproc N`)")
 
 
+@dataclass
+class StageOutcome:
+    """What computing a stage came to: reused (``cached``: the store held it, or another worker
+    published it first) or computed; its seconds and its kind's summary."""
+
+    cached: bool
+    seconds: float | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+def outcomes_from_store(store: Any, stages: list[Any], computed: Any) -> dict[str, StageOutcome]:
+    """The outcome of ``stages`` that the store holds: computed for the keys in ``computed`` (by
+    this run's workers or jobs), cached for the others; seconds and summary from its meta."""
+    computed, found = set(computed), {}
+    for stage in stages:
+        meta = store.meta(stage.kind, stage.key)
+        found[stage.key] = StageOutcome(stage.key not in computed, meta.get("seconds"),
+                                        meta.get("result", {}))
+    return found
+
+
 class Executor:
     name: ClassVar[str]
     description: ClassVar[str] = ""
@@ -46,8 +74,9 @@ class Executor:
     def __init__(self, config: BaseModel):
         self.config = config
 
-    def run(self, runner: Any, plan: Any) -> Any:
-        """Compute every stage of ``plan`` and write records and report; a RunResult."""
+    def run(self, runner: Any, stages: list[Any], events: Any) -> dict[str, StageOutcome]:
+        """Put every one of ``stages`` (dependencies first) in the store; stage key -> its
+        outcome. ``events`` forwards the events of stages computed in other processes."""
         raise NotImplementedError
 
     def slots(self, runner: Any) -> list[str]:

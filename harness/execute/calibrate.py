@@ -49,13 +49,6 @@ class ScratchStore(ArtifactStore):
         return self.real.dataset_dir(name, fingerprint)
 
 
-class _Silent:
-    """A hook relay that tells nobody (plugins and loggers never see a calibration)."""
-
-    def __getattr__(self, name: str) -> Any:
-        return lambda **kwargs: []
-
-
 def record_path(store: Any, kind: str, key: str, device: str) -> Path:
     return Path(store.root) / "calibration" / kind / key / f"{hash_key(device, 12)}.json"
 
@@ -100,15 +93,18 @@ def calibrate(runner: Any, stages: list[Any], steps: int, device: str) -> list[d
     base = Path(store.root) / "tmp"
     base.mkdir(parents=True, exist_ok=True)
     scratch_root = Path(tempfile.mkdtemp(prefix="calibration-", dir=base))
-    executor = runner.executor()
-    executor.store, executor.hook, executor.quiet = ScratchStore(store, scratch_root), _Silent(), True
+    from harness.execute.in_process import in_process
+
+    # no dispatch: plugins and loggers never see a calibration (its events stay in the scratch store)
+    executor = in_process(runner)
+    executor.store, executor.quiet = ScratchStore(store, scratch_root), True
     found = []
     console.log(f"calibrating {len(stages)} stage(s): {steps} timed batches per loop")
     try:
         for stage in stages:
             with calibrating(steps) as cal:
                 started = time.perf_counter()
-                executor.execute(stage, _Result())
+                executor.execute(stage)
                 wall = time.perf_counter() - started
             data = {"kind": stage.kind, "key": stage.key, "label": stage.label, "device": device,
                     "seconds": round(cal.estimate_s(wall), 3), "calibration_s": round(wall, 3),
@@ -120,9 +116,3 @@ def calibrate(runner: Any, stages: list[Any], steps: int, device: str) -> list[d
     finally:
         shutil.rmtree(scratch_root, ignore_errors=True)
     return found
-
-
-class _Result:
-    def __init__(self) -> None:
-        self.computed: list[str] = []
-        self.reused: list[str] = []

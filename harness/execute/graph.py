@@ -68,23 +68,29 @@ class Outcome:
         return "; ".join(parts)
 
 
-def drive(plan: Plan, store: Any, launcher: Launcher, running: dict[str, Any] | None = None,
-          poll_s: float = 0.2, on_start: Any = None) -> Outcome:
-    """Run every pending stage of ``plan`` through ``launcher``, each as soon as its inputs are
-    in the store. ``running`` maps keys of stages already started (a restarted driver's jobs)
-    to their handles. ``on_start(stages, handles)`` is told about each start."""
-    todo = pending(plan, store)
-    waiting = {s.key: s for s in todo}
+def drive(stages: list[Stage], store: Any, launcher: Launcher, events: Any,
+          running: dict[str, Any] | None = None, poll_s: float = 0.2, on_start: Any = None
+          ) -> Outcome:
+    """Run every one of ``stages`` (dependencies first) that the store does not hold through
+    ``launcher``, each as soon as its inputs are in the store, forwarding their events
+    (``events``: :class:`harness.execute.stage_events.EventForwarder`) as they arrive.
+    ``running`` maps keys of stages already started (a restarted driver's jobs) to their
+    handles. ``on_start(stages, handles)`` is told about each start."""
+    waiting = {s.key: s for s in stages if not store.is_done(s.kind, s.key)}
     running = {k: h for k, h in (running or {}).items() if k in waiting}
+    for key in running:
+        events.watch(waiting[key])
     outcome = Outcome()
     try:
         while waiting:
+            events.poll()
             for key, handle in list(running.items()):
                 status = launcher.poll(handle)
                 if status is None:
                     continue
                 stage = waiting.pop(key)
                 del running[key]
+                events.done(stage)
                 rc, message = status
                 if rc == 0 and store.is_done(stage.kind, stage.key):
                     outcome.computed.append(key)
@@ -103,6 +109,8 @@ def drive(plan: Plan, store: Any, launcher: Launcher, running: dict[str, Any] | 
                      and all(store.is_done(d.kind, d.key) for d in s.deps.values())]
             if ready and free > 0:
                 batch = ready[:free]
+                for stage in batch:
+                    events.watch(stage)
                 handles = launcher.start(batch)
                 for stage, handle in zip(batch, handles):
                     running[stage.key] = handle
@@ -114,5 +122,7 @@ def drive(plan: Plan, store: Any, launcher: Launcher, running: dict[str, Any] | 
                 time.sleep(poll_s)
     except BaseException:
         launcher.stop(list(running.values()))
+        for key in running:  # what they wrote before they stopped
+            events.done(waiting[key])
         raise
     return outcome

@@ -11,8 +11,8 @@ once (imports, plan) and runs each stage in a forked child, as ``harness stage r
 (:mod:`harness.execute.pool_worker`), so a crash of one stage leaves the driver and the others
 running. A failed stage stops the stages that need it; the others go on; the run then exits
 non-zero with a summary. Ctrl-C or SIGTERM is forwarded to the workers (their training loops
-checkpoint); finished stages stay in the store. With every stage done, records and report are
-written as the ``local`` executor writes them.
+checkpoint); finished stages stay in the store. Each stage's events (its training curves)
+reach the driver's loggers through its work folder (:mod:`harness.execute.stage_events`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from pydantic import Field
 
 from harness.console import console
 from harness.errors import SpecError, StagesFailed
-from harness.execute.base import Executor, ExecutorConfig
+from harness.execute.base import Executor, ExecutorConfig, StageOutcome, outcomes_from_store
 from harness.execute.graph import drive
-from harness.execute.pool_launch import WorkerLauncher, describe_slot, last_line  # noqa: F401
+from harness.execute.pool_launch import WorkerLauncher, describe_slot
 from harness.hookspecs import hookimpl
 
 
@@ -136,7 +136,7 @@ class PoolExecutor(Executor):
         envs = worker_slots(self.config, runner.rspec.spec.finetune.device)
         return [describe_slot(env, i) for i, env in enumerate(envs)]
 
-    def run(self, runner: Any, plan: Any) -> Any:
+    def run(self, runner: Any, stages: list[Any], events: Any) -> dict[str, StageOutcome]:
         envs = worker_slots(self.config, runner.rspec.spec.finetune.device)
         console.log(f"pool: {len(envs)} workers: {', '.join(self.slots(runner))}")
         omp = os.environ.get("OMP_NUM_THREADS")
@@ -146,12 +146,12 @@ class PoolExecutor(Executor):
         launcher = WorkerLauncher(runner, envs, Path(runner.output_dir) / "logs",
                                   self.config.stop_grace_s, self.nproc)
         try:
-            outcome = drive(plan, runner.store, launcher)
+            outcome = drive(stages, runner.store, launcher, events)
         finally:
             launcher.close()
         if outcome.failed:
             raise StagesFailed(outcome.summary(), outcome.codes)
-        return runner.run(plan, computed_elsewhere=outcome.computed)
+        return outcomes_from_store(runner.store, stages, outcome.computed)
 
 
 @hookimpl

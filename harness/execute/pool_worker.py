@@ -9,10 +9,18 @@ output appended to PATH) and answers ``{"key": K, "pid": PID}`` at the start and
 ``{"key": K, "rc": CODE}`` at the end (CODE as :class:`subprocess.Popen` gives it: negative for
 a signal). A crash or kill of a child takes neither the worker nor the driver down.
 
-Fork safety: the worker does not initialise CUDA nor run torch's thread pools before forking
-(it counts its threads once the plan is built); if it finds either, each child execs a plain
-``harness stage run`` instead (a fresh start, as before). SIGTERM to the worker is forwarded to
-the running child (its training loop checkpoints).
+Fork safety: a process that forks must have no thread but its main one (a child gets only the
+forking thread; a pool's threads and locks are lost). The worker does not initialise CUDA nor
+run torch's thread pools before forking, and it imports numpy/scipy with one BLAS thread
+(``OPENBLAS_NUM_THREADS=1`` while it imports: OpenBLAS starts its pool, sized by that or
+``OMP_NUM_THREADS``, when the library loads, so a budget over one thread used to leave the
+worker multi-threaded, and every child of a GPU node's worker started afresh); each child then
+sets its BLAS and torch threads to the slot's budget (threadpoolctl, ``torch.set_num_threads``),
+what ``harness stage run`` with that budget has. The worker counts its threads once the plan
+is built; if it finds more than one or CUDA initialised, each child execs a plain
+``harness stage run`` instead (a fresh start). SIGTERM to the worker is forwarded to the
+running child (its training loop checkpoints); the worker then ends quietly, even when the
+driver has gone (a stage already published is in the store; the driver reads the store).
 """
 
 from __future__ import annotations
@@ -35,6 +43,45 @@ def _fork_safe() -> bool:
     return threads == 1 and not torch.cuda.is_initialized()
 
 
+#: BLAS threads the stages get (the slot's budget), saved while the worker imports with one.
+_BLAS = {"OPENBLAS_NUM_THREADS": None}
+
+
+def _one_blas_thread() -> None:
+    """Until :func:`_restore_env`: numpy/scipy's OpenBLAS loads with one thread (no pool)."""
+    _BLAS["OPENBLAS_NUM_THREADS"] = os.environ.get("OPENBLAS_NUM_THREADS")
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+
+
+def _restore_env() -> None:
+    """The environment as the driver gave it (what an exec'd ``harness stage run`` inherits)."""
+    value = _BLAS["OPENBLAS_NUM_THREADS"]
+    if value is None:
+        os.environ.pop("OPENBLAS_NUM_THREADS", None)
+    else:
+        os.environ["OPENBLAS_NUM_THREADS"] = value
+
+
+def _budget(name: str) -> int | None:
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def _child_threads() -> None:
+    """In a forked child: torch's and the BLAS libraries' threads as a fresh process with this
+    environment would have them (OpenBLAS: ``OPENBLAS_NUM_THREADS``, else ``OMP_NUM_THREADS``)."""
+    import torch
+
+    omp = _budget("OMP_NUM_THREADS")
+    if omp:
+        torch.set_num_threads(omp)
+    blas = _budget("OPENBLAS_NUM_THREADS") or omp
+    if blas and blas > 1:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(blas, user_api="blas")
+
+
 def pin_cpus() -> None:
     """Run on the CPUs the pool gave this worker (``HARNESS_POOL_CPUS``, see
     :func:`harness.execute.pool.worker_slots`); its stages and their loader workers inherit
@@ -45,53 +92,6 @@ def pin_cpus() -> None:
             os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
         except (OSError, ValueError):  # a CPU taken offline or out of this cgroup meanwhile
             pass
-
-
-def _exit_code(exc: BaseException) -> int:
-    """The exit code and ``error:`` line ``harness stage run`` gives for ``exc`` (harness.cli)."""
-    from harness.cli_common import err
-    from harness.errors import HarnessError, SpecError
-    from harness.plugin_faults import plugin_fault
-    from harness.spec_checks import printable
-
-    if isinstance(exc, SystemExit):
-        return exc.code if isinstance(exc.code, int) else 1
-    if isinstance(exc, HarnessError):
-        src = f"{exc.source}: " if isinstance(exc, SpecError) and exc.source else ""
-        for line in getattr(exc, "problems", None) or [str(exc)]:
-            err.print(printable(f"error: {src}{line}"), markup=False)
-        return exc.exit_code
-    if isinstance(exc, KeyboardInterrupt):
-        err.print("interrupted: finished stages are kept and the running one resumes from its "
-                  "last checkpoint; rerun the same command to continue", markup=False)
-        return 130
-    if (fault := plugin_fault(exc)) is not None:
-        err.print(printable(f"error: {fault}"), markup=False)
-        return fault.exit_code
-    err.print(printable(f"error: unexpected {type(exc).__name__}: {exc} (a bug; please report "
-                        f"it with the output of --debug)"), markup=False)
-    return 1
-
-
-def _run_one(runner: Any, plan: Any, key: str) -> None:
-    """``harness stage run``'s body, on the worker's plan."""
-    from harness.cli_common import out
-    from harness.errors import DataError, UsageError
-
-    found = plan.find(key)
-    if len(found) != 1:
-        raise UsageError(f"KEY {key!r}: {len(found)} stages of the plan match")
-    stage, store = found[0], runner.store
-    name = f"{stage.kind}/{stage.key} ({stage.label})"
-    if store.is_done(stage.kind, stage.key):
-        out.print(f"{name}: already done ({store.stage_dir(stage.kind, stage.key)})", markup=False)
-        return
-    missing = [s for s in stage.upstream()[:-1] if not store.is_done(s.kind, s.key)]
-    if missing:
-        raise DataError(f"{name}: {len(missing)} upstream stage(s) not in the store: "
-                        f"{' '.join(f'{s.kind}/{s.key}' for s in missing)}")
-    runner.run_stage(stage)
-    out.print(f"{name}: done ({store.stage_dir(stage.kind, stage.key)})", markup=False)
 
 
 def _child(runner: Any, plan: Any, job: dict, proto: int, safe: bool, argv: list[str]) -> None:
@@ -111,18 +111,19 @@ def _child(runner: Any, plan: Any, job: dict, proto: int, safe: bool, argv: list
                                       *argv[:1], job["key"], *argv[1:], "--quiet",
                                       *(["--nproc", str(nproc)] if nproc > 1 else [])])
         from harness.cli import _on_sigterm
+        from harness.execute.in_process import compute_stage, stage_to_compute
+        from harness.exit_codes import report_error
 
         signal.signal(signal.SIGTERM, _on_sigterm)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        import torch
-
-        if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-            torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+        _child_threads()
         try:
-            _run_one(runner, plan, job["key"])
+            stage = stage_to_compute(runner, plan, job["key"], argv[0])
+            if stage is not None:
+                compute_stage(runner, stage)
             code = 0
         except BaseException as exc:  # noqa: BLE001 - mapped to the CLI's exit codes
-            code = _exit_code(exc)
+            code = report_error(exc)
     finally:
         try:
             sys.stdout.flush()
@@ -164,6 +165,7 @@ def worker_main(argv: list[str]) -> int:
     """``python -m harness.execute.pool_worker SPEC [--store S] [--set O]...``."""
     global _child_pid
     pin_cpus()  # before torch starts any thread
+    _one_blas_thread()
     proto = os.dup(1)  # the protocol's own fd: nothing the harness prints can reach it
     os.dup2(2, 1)
     signal.signal(signal.SIGTERM, _forward)
@@ -184,15 +186,16 @@ def worker_main(argv: list[str]) -> int:
         "HARNESS_STORE", "store")), rspec.output_dir(), quiet=True)
     plan, _, _ = runner.plan(prepare=True)
     _preload()
+    _restore_env()
     safe = _fork_safe()
     print(f"pool worker {os.getpid()}: plan built; stages run in forked children"
           if safe else "pool worker: CUDA or threads already started: each stage starts afresh",
           file=sys.stderr, flush=True)
-    send = os.fdopen(proto, "w", buffering=1)
-    send.write(json.dumps({"ready": True, "fork": safe}) + "\n")
+    send = _Answers(proto)
+    send({"ready": True, "fork": safe})
     for line in sys.stdin:
         job = json.loads(line)
-        if _stopping:
+        if _stopping or send.gone:
             break
         sys.stdout.flush()
         sys.stderr.flush()
@@ -200,11 +203,36 @@ def worker_main(argv: list[str]) -> int:
         if pid == 0:
             _child(runner, plan, job, proto, safe, argv)
         _child_pid = pid
-        send.write(json.dumps({"key": job["key"], "pid": pid}) + "\n")
-        _, status = os.waitpid(pid, 0)
+        send({"key": job["key"], "pid": pid})
+        _, status = os.waitpid(pid, 0)  # the child publishes its stage before it exits
         _child_pid = 0
-        send.write(json.dumps({"key": job["key"], "rc": os.waitstatus_to_exitcode(status)}) + "\n")
+        send({"key": job["key"], "rc": os.waitstatus_to_exitcode(status)})
+    send.close()
     return 0
+
+
+class _Answers:
+    """The worker's answers to the driver, one JSON line each. A driver that has gone (stopped
+    or killed) closes the pipe: the answer is dropped, without the BrokenPipeError noise, since
+    what a child computed is in the store, which is what a driver reads."""
+
+    def __init__(self, fd: int):
+        self.fh, self.gone = os.fdopen(fd, "w", buffering=1), False
+
+    def __call__(self, message: dict) -> None:
+        if self.gone:
+            return
+        try:
+            self.fh.write(json.dumps(message) + "\n")
+            self.fh.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            self.gone = True
+
+    def close(self) -> None:
+        try:
+            self.fh.close()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from pydantic import Field, model_validator
 
 from harness.console import console
 from harness.errors import StagesFailed, UsageError
-from harness.execute.base import Executor, ExecutorConfig, stage_command
+from harness.execute.base import Executor, ExecutorConfig, StageOutcome, outcomes_from_store, stage_command
 from harness.execute.graph import drive
 from harness.hookspecs import hookimpl
 from harness.store import atomic_write_json, hash_key
@@ -134,15 +134,15 @@ class SlurmExecutor(Executor):
         ex.update_parameters(**params)
         return ex
 
-    def run(self, runner: Any, plan: Any) -> Any:
+    def run(self, runner: Any, stages: list[Any], events: Any) -> dict[str, StageOutcome]:
         state = JobState(runner)
         launcher = JobLauncher(self, runner, state)
-        outcome = drive(plan, runner.store, launcher, running=launcher.reattach(plan),
+        outcome = drive(stages, runner.store, launcher, events, running=launcher.reattach(stages),
                         poll_s=self.config.poll_s, on_start=launcher.started)
         state.forget(outcome.computed)
         if outcome.failed:
             raise StagesFailed(outcome.summary(), outcome.codes)
-        return runner.run(plan, computed_elsewhere=outcome.computed)
+        return outcomes_from_store(runner.store, stages, outcome.computed)
 
 
 class JobState:
@@ -216,10 +216,10 @@ class JobLauncher:
                                           "cluster": self.executor.config.cluster}
         self.state.save()
 
-    def reattach(self, plan: Any) -> dict[str, Any]:
+    def reattach(self, stages: list[Any]) -> dict[str, Any]:
         """Jobs of a previous driver that are still queued or running: waited for, not resubmitted."""
         found = {}
-        for stage in plan.stages():
+        for stage in stages:
             entry = self.state.jobs.get(stage.key)
             if entry is None or self.runner.store.is_done(stage.kind, stage.key):
                 continue

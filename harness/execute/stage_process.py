@@ -41,26 +41,34 @@ def thread_env(nproc: int) -> dict[str, str]:
 
 
 class StageProcesses:
-    """The ``delegate`` of :class:`harness.execute.local.LocalExecutor`: computes a training
-    stage in ``nproc`` processes (True), leaves any other stage to the driver (False)."""
+    """The ``local`` executor's training stages in ``nproc`` processes (:meth:`wants` says
+    which stages); their events forwarded as they arrive."""
 
     def __init__(self, runner: Any, nproc: int, grace_s: float = 120.0):
         self.runner, self.nproc, self.grace_s = runner, nproc, grace_s
 
-    def __call__(self, stage: Any) -> bool:
+    def wants(self, stage: Any) -> bool:
+        return stage_processes(self.runner, stage, self.nproc) > 1
+
+    def compute(self, stage: Any, events: Any) -> Any:
+        """Run ``stage`` as ``harness stage run --nproc N``; its outcome, read from the store."""
+        from harness.execute.base import outcomes_from_store
+
         n = stage_processes(self.runner, stage, self.nproc)
-        if n <= 1:
-            return False
         cmd = stage_command(self.runner, stage, nproc=n)
         logs = Path(self.runner.output_dir) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log = logs / f"{stage.kind}-{stage.key[:12]}.log"
         console.log(f"  start {stage.kind} {stage.label} in {n} processes (log: {log})")
-        rc = run_logged(cmd, log, {**os.environ, **thread_env(n)}, self.grace_s)
+        events.watch(stage)
+        try:
+            rc = run_logged(cmd, log, {**os.environ, **thread_env(n)}, self.grace_s, events.poll)
+        finally:
+            events.done(stage)
         if rc != 0 or not self.runner.store.is_done(stage.kind, stage.key):
             why = f"exit {rc}: {error_line(log)}" if rc else "finished without publishing its result"
             raise StagesFailed(f"{stage.label}: {why} (log: {log})", [rc or 1])
-        return True
+        return outcomes_from_store(self.runner.store, [stage], [stage.key])[stage.key]
 
 
 def error_line(log: Path) -> str:
@@ -76,10 +84,11 @@ def error_line(log: Path) -> str:
     return errors[-1][:300] if errors else last_line(log)
 
 
-def run_logged(cmd: list[str], log: Path, env: dict[str, str], grace_s: float) -> int:
-    """Run ``cmd`` in its own session, its output appended to ``log`` and copied to stderr; on
-    an interrupt, SIGTERM to it, up to ``grace_s`` to stop (then SIGKILL), and the interrupt
-    raised again. Its exit status."""
+def run_logged(cmd: list[str], log: Path, env: dict[str, str], grace_s: float,
+               tick: Any = None, every_s: float = 0.5) -> int:
+    """Run ``cmd`` in its own session, its output appended to ``log`` and copied to stderr,
+    calling ``tick()`` every ``every_s`` while it runs; on an interrupt, SIGTERM to it, up to
+    ``grace_s`` to stop (then SIGKILL), and the interrupt raised again. Its exit status."""
     with open(log, "ab") as fh:
         fh.write(f"$ {shown(cmd)}\n".encode())
         fh.flush()
@@ -88,7 +97,13 @@ def run_logged(cmd: list[str], log: Path, env: dict[str, str], grace_s: float) -
         tee = threading.Thread(target=_copy, args=(proc.stdout, fh), daemon=True)
         tee.start()
         try:
-            rc = proc.wait()
+            while True:
+                try:
+                    rc = proc.wait(timeout=every_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    if tick is not None:
+                        tick()
         except BaseException:
             _stop(proc, grace_s)
             tee.join(timeout=5)
