@@ -34,7 +34,7 @@ VALIDATE = [sys.executable, "-m", "harness.cli", "validate", SPEC]
 BEFORE = [sys.executable, "-c",
           "import torch, timm, segmentation_models_pytorch, torchvision, scipy.ndimage, sys\n"
           f"sys.argv = ['harness', 'validate', {SPEC!r}]\n"
-          "from harness.cli import main\nmain()"]
+          "from harness.cli.app import main\nmain()"]
 PASS = [sys.executable, "-c", "pass"]
 
 

@@ -1,5 +1,5 @@
 """One mapping from an exception to the ``error:`` line(s) on stderr and the exit code, shared
-by the CLI (:func:`harness.cli.main`) and by a pool worker's child, which runs a stage as
+by the CLI (:func:`harness.cli.app.main`) and by a pool worker's child, which runs a stage as
 ``harness stage run`` would: bad input and plugin faults are one line and their documented
 code (:mod:`harness.errors`), an interrupt is 130, anything else a bug (1)."""
 
@@ -11,10 +11,10 @@ INTERRUPTED = ("interrupted: finished stages are kept and the running one resume
 
 def report_error(exc: BaseException) -> int:
     """Print what ``exc`` means on stderr; the exit code for it."""
-    from harness.cli_common import err
+    from harness.cli.common import err
     from harness.errors import HarnessError, SpecError
     from harness.plugin_faults import plugin_fault
-    from harness.spec_checks import printable
+    from harness.spec.problems import printable
 
     if isinstance(exc, SystemExit):
         return exc.code if isinstance(exc.code, int) else 1

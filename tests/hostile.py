@@ -23,8 +23,8 @@ class Result:
 
 
 def cli(capsys, *args: str) -> Result:
-    """``harness ARGS`` through :func:`harness.cli.main` in this process."""
-    from harness import cli as cli_module
+    """``harness ARGS`` through :func:`harness.cli.app.main` in this process."""
+    from harness.cli import app as cli_module
 
     capsys.readouterr()
     old = sys.argv

@@ -476,7 +476,7 @@ def test_cli_prepare_verify_and_validate(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: bad\ndataset: tcga\nmethods: [scratch]\n")
     env = {**os.environ, "HARNESS_STORE": str(store), "COLUMNS": "250", "PYTHONWARNINGS": "ignore"}
-    code = ("import sys; from harness.cli import main\n"
+    code = ("import sys; from harness.cli.app import main\n"
             "for args in ([\"data\", \"prepare\", \"tcga\", \"--source\", sys.argv[1]],"
             " [\"data\", \"verify\", \"tcga\"], [\"validate\", sys.argv[2]]):\n"
             "    sys.argv = [\"harness\", *args]\n"

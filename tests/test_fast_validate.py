@@ -22,7 +22,7 @@ HEAVY = ("torch", "timm", "segmentation_models_pytorch", "torchvision", "kornia"
 
 RUNNER = """\
 import json, sys
-from harness.cli import main
+from harness.cli.app import main
 sys.argv = ["harness", *json.loads(sys.argv[1])]
 try:
     main()

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from harness.cli_plugin import show
+from harness.cli.plugin import show
 from harness.contract import setting_origins, shadowing_problems
 from harness.hookspecs import hookimpl
 from harness.methods import PretrainSettings, SemiSupervisedSettings

@@ -41,7 +41,7 @@ def _runner(spec, store, out=None):
 
 
 def _main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    from harness import cli
+    from harness.cli import app as cli
 
     monkeypatch.setattr(sys, "argv", ["harness", *map(str, args)])
     with pytest.raises(SystemExit) as exc:

@@ -176,7 +176,7 @@ def test_cli_draws_two_encoders(encoders, store, tmp_path):
 
 
 def harness_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    from harness.cli import main
+    from harness.cli.app import main
 
     monkeypatch.setattr(sys, "argv", ["harness", *args])
     with pytest.raises(SystemExit) as exc:

@@ -165,7 +165,7 @@ def stage_to_compute(runner: Any, plan: Any, key: str, spec: Any, again: str = "
     under torchrun, where rank 0 decides for every rank)."""
     import os
 
-    from harness.cli_common import out
+    from harness.cli.common import out
     from harness.errors import DataError
 
     stage, store = find_stage(plan, key, spec), runner.store
@@ -185,7 +185,7 @@ def stage_to_compute(runner: Any, plan: Any, key: str, spec: Any, again: str = "
 def compute_stage(runner: Any, stage: Stage) -> StageOutcome:
     """Compute (or reuse) ``stage`` in this process, its events to its ``events.jsonl``; rank 0
     says where it is."""
-    from harness.cli_common import out
+    from harness.cli.common import out
 
     outcome = in_process(runner).execute(stage)
     if dist.rank() == 0:

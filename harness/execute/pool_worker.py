@@ -110,7 +110,7 @@ def _child(runner: Any, plan: Any, job: dict, proto: int, safe: bool, argv: list
             os.execv(sys.executable, [sys.executable, "-m", "harness.cli", "stage", "run",
                                       *argv[:1], job["key"], *argv[1:], "--quiet",
                                       *(["--nproc", str(nproc)] if nproc > 1 else [])])
-        from harness.cli import _on_sigterm
+        from harness.cli.app import _on_sigterm
         from harness.execute.in_process import compute_stage, stage_to_compute
         from harness.exit_codes import report_error
 

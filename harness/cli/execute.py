@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from harness.cli_common import out
+from harness.cli.common import out
 
 ExecutorOpt = Annotated[Optional[str], typer.Option(
     "--executor", help="where stages run: local (default), pool (one worker per GPU or CPU "

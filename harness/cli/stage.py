@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from harness.cli_common import SetOpt, StoreOpt, open_store
+from harness.cli.common import SetOpt, StoreOpt, open_store
+from harness.execute.torchrun import relaunch_under_torchrun
 
 stage_app = typer.Typer(no_args_is_help=True, help="Run one stage of a spec's plan by its key.")
 
@@ -44,43 +43,8 @@ def stage_run(spec: Annotated[Path, typer.Argument(help="spec file")],
     if stage is None:
         return
     if nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet under torchrun
-        code = _torchrun(nproc)
+        code = relaunch_under_torchrun(nproc)
         if code:
             raise typer.Exit(code)
         return
     compute_stage(runner, stage)
-
-
-def _torchrun(nproc: int) -> int:
-    """This command again, without ``--nproc``, in ``nproc`` processes under torchrun; its exit
-    status (torchrun's: non-zero when any process failed; rerun to resume from the checkpoint)."""
-    args, skip = [], False
-    for arg in sys.argv[1:]:
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            args.append(arg)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", "harness.cli", *args]
-    env = dict(os.environ)
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # the budget of all N processes
-        if env.get(name, "").isdigit():
-            env[name] = str(max(1, int(env[name]) // nproc))
-    # its own session: this process alone decides what torchrun is sent (one SIGTERM, which
-    # torchrun passes to every rank), not a terminal's Ctrl-C to the whole group
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-    try:
-        return proc.wait()
-    except BaseException:
-        import signal
-
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait()
-        except BaseException:  # a second interrupt: stop now
-            proc.kill()
-            proc.wait()
-        raise

@@ -8,7 +8,7 @@ from typing import Annotated
 import click
 import typer
 
-from harness.cli_common import out
+from harness.cli.common import out
 
 plugin_app = typer.Typer(no_args_is_help=True, help="Check plugins against their contract.")
 

@@ -1,14 +1,8 @@
-"""Command line: ``harness run|validate|list|show|report|compare|data|viz|stage|plugin``.
+"""The top-level commands: ``validate``, ``run``, ``list``, ``report`` and ``compare``."""
 
-Exit codes: 0 ok, 1 failure (an unexpected error: a bug), 2 invalid spec or usage, 3 data or
-weights missing or corrupt, 4 plugin problem, 130 interrupted (Ctrl-C or SIGTERM). Errors are one
-line each, control characters escaped; ``--debug`` (anywhere on the command line) shows the
-traceback.
-"""
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -18,32 +12,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from harness.cli_common import SetOpt, StoreOpt, err, out
-from harness.cli_common import open_store as _store
-from harness.cli_data import data_app, open_dataset as _dataset
-from harness.cli_plugin import plugin_app, show
-from harness.cli_stage import stage_app
-from harness.cli_execute import (CalibrateOpt, CalibrateStepsOpt, ExecutorOpt, NprocOpt,
+from harness.cli import common
+from harness.cli.common import SetOpt, StoreOpt, err, out
+from harness.cli.common import open_store as _store
+from harness.cli.execute import (CalibrateOpt, CalibrateStepsOpt, ExecutorOpt, NprocOpt,
                                  calibrate as run_calibration, pick, show_schedule)
 from harness.errors import HarnessError
-from harness.exit_codes import INTERRUPTED, report_error
-from harness.spec_checks import output_problems, printable
+from harness.spec.problems import printable
+from harness.spec.values import output_problems
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Benchmark harness for pretraining methods in computational pathology.")
-app.add_typer(data_app, name="data")
-viz_app = typer.Typer(no_args_is_help=True, help="Visualise what encoders learned.")
-app.add_typer(viz_app, name="viz")
-app.add_typer(stage_app, name="stage")
-app.add_typer(plugin_app, name="plugin")
-app.command()(show)
-_DEBUG = False  # set by main() from `--debug`
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document (see the README)")]
 
 
-@app.command()
 def validate(specs: Annotated[list[Path], typer.Argument(help="spec files")],
              set_: SetOpt = None, json_: JsonOpt = False) -> None:
     """Check specs without running anything: every problem at once, with its field path."""
@@ -57,7 +39,7 @@ def validate(specs: Annotated[list[Path], typer.Argument(help="spec files")],
             rspec = load_spec(spec, set_ or [])
         except HarnessError as exc:
             failures.append(exc)
-            if _DEBUG:
+            if common.DEBUG:
                 import traceback
 
                 traceback.print_exception(exc, file=sys.stderr)
@@ -70,7 +52,7 @@ def validate(specs: Annotated[list[Path], typer.Argument(help="spec files")],
         if not json_:
             out.print(f"{spec}: ok ({results[-1]['cells']} cells)", markup=False)
     if json_:
-        from harness.cli_output import validate_json
+        from harness.cli.output import validate_json
 
         validate_json(results)
     if failures:
@@ -102,7 +84,6 @@ def _dataset_folds(rspec) -> int:
         return 1
 
 
-@app.command()
 def run(spec: Annotated[Path, typer.Argument(help="spec file")],
         set_: SetOpt = None,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="print cells and stages, run no stage (a generated dataset is generated if missing)")] = False,
@@ -139,7 +120,7 @@ def run(spec: Annotated[Path, typer.Argument(help="spec file")],
     plan, _, _ = runner.plan(prepare=True)
     if dry_run:
         if json_:
-            from harness.cli_output import plan_json, write_json
+            from harness.cli.output import plan_json, write_json
 
             return write_json(plan_json(runner, plan, str(spec)))
         if calibrate:
@@ -195,13 +176,12 @@ def _print_plan(runner, plan) -> None:
     out.print(cells)
 
 
-@app.command("list")
 def list_plugins(what: Annotated[str, typer.Argument(help="methods, datasets, protocols, metrics, stages, executors, loggers or all")] = "all",
                  json_: JsonOpt = False) -> None:
     """Every installed plugin of every extension point (methods, datasets, protocols, metric
     families, stage kinds, executors, loggers): its kind and distribution; broken plugins with
     their error (exit 4 if any). Plain columns when stdout is not a terminal."""
-    from harness.cli_output import EXTENSION_POINTS, list_plugins as print_plugins
+    from harness.cli.output import EXTENSION_POINTS, list_plugins as print_plugins
     from harness.plugins import get_registry
 
     if what != "all" and what not in EXTENSION_POINTS:
@@ -210,7 +190,6 @@ def list_plugins(what: Annotated[str, typer.Argument(help="methods, datasets, pr
     print_plugins(get_registry(), what, json_)
 
 
-@app.command()
 def report(run_dirs: Annotated[list[Path], typer.Argument(help="run folders (merged)")],
            output: Annotated[Optional[Path], typer.Option("--output", help="where to write (default: the first run folder)")] = None,
            format_: Annotated[str, typer.Option("--format", help="comma-separated: md,html,json,csv")] = "md,html,json,csv",
@@ -231,7 +210,6 @@ def report(run_dirs: Annotated[list[Path], typer.Argument(help="run folders (mer
         out.print(str(p), markup=False)
 
 
-@app.command()
 def compare(new: Annotated[Path, typer.Argument(help="new run folder or report.json")],
             baseline: Annotated[Path, typer.Argument(help="baseline run folder or report.json")],
             tolerance: Annotated[Optional[float], typer.Option("--tolerance", help="absolute tolerance in metric units (default: max(k x baseline std, floor))")] = None,
@@ -251,91 +229,3 @@ def compare(new: Annotated[Path, typer.Argument(help="new run folder or report.j
         out.print(f"{verdict} ({len(result['cells'])} cells)", markup=False)
     if not result["ok"]:
         raise typer.Exit(1)
-
-
-@viz_app.command("similarity")
-def viz_similarity(
-        encoder: Annotated[list[str], typer.Option("--encoder", help="an encoder.pt (with its encoder.json), a stage folder holding one, or a stage key (prefix) in the store; repeatable, one column each")],
-        image: Annotated[str, typer.Option("--image", help="sample id in the dataset, e.g. fold1/0003")],
-        points: Annotated[str, typer.Option("--points", help='anchor pixels "x,y;x,y" (x = column, y = row); one row each')],
-        dataset: Annotated[Optional[str], typer.Option("--dataset", help="labeled dataset plugin that holds the image (or --spec)")] = None,
-        spec: Annotated[Optional[Path], typer.Option("--spec", help="take the dataset and its options from this spec (the one the encoders came from)")] = None,
-        set_: Annotated[Optional[list[str]], typer.Option("--set", help="a dataset option, e.g. --set dataset.image_size=256 (repeatable; the dataset. prefix is optional; on top of --spec's)")] = None,
-        size: Annotated[Optional[int], typer.Option("--size", help="encoder input side in px (default 4x the image side, as the thesis's 224 -> 896 px; rounded to a multiple of 32)")] = None,
-        output: Annotated[Optional[Path], typer.Option("--output", help="PNG to write (default: similarity-IMAGE.png)")] = None,
-        store: StoreOpt = None) -> None:
-    """Point-similarity maps (thesis Fig. 4.2/4.3): the cosine similarity of each anchor's
-    feature to every position of each encoder's last feature map, beside the ground truth."""
-    from harness.viz.command import similarity_command
-    from harness.viz.inputs import dataset_options, spec_dataset
-
-    if spec is None and dataset is None:
-        raise click.UsageError("give --dataset NAME or --spec SPEC (the dataset that holds the image)")
-    ds = spec_dataset(spec, dataset, set_, _store(store)) if spec else _dataset(dataset, store, dataset_options(set_))
-    path = similarity_command(encoder, ds, image, points, size, output, _store(store).root)
-    out.print(str(path), markup=False)
-
-
-def _interrupted() -> None:
-    err.print(INTERRUPTED, markup=False)
-
-
-# typer bundles its own copy of click: its exceptions are not click's
-_CLICK = tuple({click.ClickException, typer._click.exceptions.ClickException})
-_USAGE = tuple({click.UsageError, typer._click.exceptions.UsageError})
-_HELP = getattr(typer._click.exceptions, "NoArgsIsHelpError", ())
-_ABORT = tuple({click.exceptions.Abort, typer.Abort})
-_EXIT = tuple({click.exceptions.Exit, typer.Exit})
-
-
-def _usage_line(exc: Exception) -> str:
-    """``error: <what> (see `harness CMD --help`)``: one line naming the option or command."""
-    ctx = getattr(exc, "ctx", None)
-    message = " ".join(exc.format_message().split()).rstrip(".")
-    help_hint = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
-    return f"error: {printable(message)}{help_hint}"
-
-
-def _on_sigterm(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
-    raise KeyboardInterrupt  # a scheduler's kill is an interrupt: same message, exit 130
-
-
-def main() -> None:
-    debug = "--debug" in sys.argv[1:]
-    argv = [a for a in sys.argv[1:] if a != "--debug"]
-    global _DEBUG
-    _DEBUG = debug
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        # In non-standalone mode click *returns* the code of a `typer.Exit` instead of raising it.
-        code = app(args=argv, prog_name="harness", standalone_mode=False)
-    except HarnessError as exc:
-        if debug:
-            raise
-        sys.exit(report_error(exc))
-    except _EXIT as exc:
-        if exc.exit_code == 130:  # typer turns KeyboardInterrupt into Exit(130)
-            _interrupted()
-        sys.exit(exc.exit_code)
-    except _HELP as exc:  # `harness data` alone: its help
-        exc.show()
-        sys.exit(2)
-    except _CLICK as exc:
-        if debug:
-            raise
-        err.print(_usage_line(exc), markup=False)
-        sys.exit(2 if isinstance(exc, _USAGE) else exc.exit_code)
-    except (KeyboardInterrupt, *_ABORT):
-        sys.exit(report_error(KeyboardInterrupt()))
-    except Exception as exc:  # noqa: BLE001 - last resort: a bug, not bad input
-        if debug:
-            raise
-        sys.exit(report_error(exc))
-    code = code if isinstance(code, int) else 0
-    if code == 130:  # typer turns KeyboardInterrupt into an exit code of 130
-        _interrupted()
-    sys.exit(code)
-
-
-if __name__ == "__main__":
-    main()

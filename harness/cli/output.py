@@ -32,7 +32,7 @@ from typing import Any
 
 import typer
 
-from harness.cli_common import out
+from harness.cli.common import out
 from harness.spec.problems import printable
 
 #: columns of ``harness list``; the last one (description) is never cut

@@ -10,8 +10,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from harness.cli_common import StoreOpt, out
-from harness.cli_common import open_store as _store
+from harness.cli.common import StoreOpt, out
+from harness.cli.common import open_store as _store
 
 data_app = typer.Typer(no_args_is_help=True, help="Prepare, verify and list datasets.")
 

@@ -11,6 +11,7 @@ from rich.console import Console
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+DEBUG = False  # `--debug` anywhere on the command line (set by harness.cli.main)
 
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", help="override a spec value, e.g. --set finetune.epochs=2 (repeatable)")]
