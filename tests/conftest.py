@@ -72,6 +72,16 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600, **kw) -> 
                           text=True, env=full_env, timeout=timeout, cwd=kw.pop("cwd", REPO), **kw)
 
 
+def _rank_then_leave(rank: int, worker, *args) -> None:
+    """``worker(rank, *args)``, then the process ends without torch's teardown, which can abort
+    a finished rank under load (:func:`harness.engine.distributed.leave`); an exception
+    propagates as before."""
+    from harness.engine.distributed import leave
+
+    worker(rank, *args)
+    leave(0)
+
+
 def spawn_ranks(worker, args: tuple, nprocs: int, timeout_s: float = 600) -> None:
     """Run ``worker(rank, *args)`` in ``nprocs`` spawned processes and wait for them; a worker's
     exception fails the test with its traceback. ``timeout_s`` is a deadlock guard, not a speed
@@ -80,7 +90,7 @@ def spawn_ranks(worker, args: tuple, nprocs: int, timeout_s: float = 600) -> Non
 
     import torch.multiprocessing as mp
 
-    ctx = mp.spawn(worker, args=args, nprocs=nprocs, join=False)
+    ctx = mp.spawn(_rank_then_leave, args=(worker, *args), nprocs=nprocs, join=False)
     deadline = time.monotonic() + timeout_s
     while not ctx.join(timeout=1):  # raises ProcessRaisedException if a worker failed
         if time.monotonic() > deadline:

@@ -48,3 +48,7 @@ def stage_run(spec: Annotated[Path, typer.Argument(help="spec file")],
             raise typer.Exit(code)
         return
     compute_stage(runner, stage)
+    if "LOCAL_RANK" in os.environ:  # a torchrun rank, its stage published: leave before teardown
+        from harness.engine.distributed import leave
+
+        leave(0)
