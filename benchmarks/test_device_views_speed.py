@@ -26,7 +26,7 @@ from harness.data.device_views import DeviceViews, TileDataset
 from harness.data.view_config import ViewAugmentConfig
 from harness.data.views import TwoViewDataset
 
-pytestmark = pytest.mark.benchmark
+pytestmark = [pytest.mark.benchmark, pytest.mark.usefixtures("one_torch_thread")]
 
 TILE, BATCH, N = 256, 16, 256
 TARGET_LOADER_RATIO = 8.0
@@ -41,14 +41,6 @@ def tiles(tmp_path_factory):
     np.save(root / "images.npy", images)
     np.save(root / "masks.npy", masks)
     return np.load(root / "images.npy", mmap_mode="r"), np.load(root / "masks.npy", mmap_mode="r")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def cpu_seconds_per_sample(data, batches: int) -> float:

@@ -30,7 +30,7 @@ from harness.data.base import LabeledArrays
 from harness.data.device_augment import DeviceAugment, UInt8Samples, draw_augment_params
 from harness.data.torchdata import SegmentationSamples
 
-pytestmark = pytest.mark.benchmark
+pytestmark = [pytest.mark.benchmark, pytest.mark.usefixtures("one_torch_thread")]
 
 TILE, BATCH, N = 256, 16, 256
 TARGET_IMAGES_PER_S = 1000.0  # per core
@@ -47,14 +47,6 @@ def arrays(tmp_path_factory):
     images, masks = np.load(root / "images.npy", mmap_mode="r"), np.load(root / "masks.npy", mmap_mode="r")
     return LabeledArrays(images=images, instances=masks, classes=masks, ids=[f"s{i}" for i in range(N)],
                          tissues=["t"] * N, groups=["g"] * N)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def cpu_seconds_per_image(data, batches: int, per_batch=lambda batch: None) -> float:

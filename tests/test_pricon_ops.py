@@ -18,12 +18,7 @@ from harness_builtin.methods.pricon.ops import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _one_hot(labels: torch.Tensor, c: int) -> torch.Tensor:

@@ -22,14 +22,7 @@ from harness.data.views import (RandomResizedCropFast, RandomRot90NonZero, TwoVi
 NO_COLOUR = dict(jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Per-sample work runs single-threaded, as in a DataLoader worker (intra-op threads only add
-    synchronisation on images this small, and stall badly on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_arrays(n=4, size=256, classes=6, seed=0):
