@@ -278,12 +278,19 @@ class CachedDataset(Dataset):
             return [f"{self.root}: not prepared (run `{prepare_command_for(self)}`)"]
         return verify_manifest(self.root)
 
-    def verify(self) -> list[str]:
+    def checked_arrays(self) -> tuple[LabeledArrays | None, list[str]]:
+        """The cached arrays (None when the cache itself is not sound) and the problems of the
+        cache and of the arrays' contents: the start of every labeled dataset's ``verify``."""
         problems = self.cache_problems()
         if problems:
-            return problems
+            return None, problems
         arrays = self.load()
-        problems += check_labeled_arrays(arrays, len(self.class_names))
+        return arrays, problems + check_labeled_arrays(arrays, len(self.class_names))
+
+    def verify(self) -> list[str]:
+        arrays, problems = self.checked_arrays()
+        if arrays is None:
+            return problems
         expected = self.expected_group_sizes()
         if expected:
             counts = group_counts(arrays.groups)

@@ -60,7 +60,7 @@ import numpy as np
 from pydantic import Field
 
 from harness.data.base import DatasetConfig, LabeledArrays
-from harness.data.cache import CachedDataset, CacheWriter, check_labeled_arrays, group_counts
+from harness.data.cache import CachedDataset, CacheWriter, group_counts
 from harness.console import progress_bar
 from harness.errors import DataError
 from harness.hookspecs import hookimpl
@@ -309,11 +309,9 @@ class LizardDataset(CachedDataset):
         return json.loads((self.root / "READY").read_text())
 
     def verify(self) -> list[str]:
-        problems = self.cache_problems()
-        if problems:
+        arrays, problems = self.checked_arrays()
+        if arrays is None:
             return problems
-        arrays = self.load()
-        problems += check_labeled_arrays(arrays, len(self.class_names))
         info = self.ready_info()
         counts = group_counts(arrays.groups)
         if info.get("complete_release") and len(arrays) != RELEASE_PATCHES:
