@@ -7,13 +7,13 @@ pretraining stage on the device pipeline resuming mid-epoch to the same bits."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from scipy.stats import ks_2samp
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from resume_helpers import pretrain_result
 from harness.data.device_views import (DeviceViews, TileDataset, color_jitter_per_sample,
                                        crop_boxes, draw_view_params, gaussian_blur_per_sample,
                                        reference_blur_params, resolve_view_pipeline)
@@ -218,32 +218,12 @@ def test_pretraining_on_the_device_pipeline_resumes_mid_epoch_to_the_same_encode
     method = "{simclr: {epochs: 2, batch_size: 5, view_pipeline: device, augment: {crop_size: 32}}}"
     overrides = ["methods=" + method, "folds=[fold1]", "fractions=[1.0]", "protocols=[frozen]"]
 
+    def mid_epoch(saved):
+        assert saved["position"] == 4  # epoch 2, batch 1 of 3
+
     def encoder_after(root, interrupt_at=None):
-        runner = _runner(root, TOY, overrides)
-        plan = runner.plan()[0]
-        real_step, calls = SimCLR.training_step, {"n": 0}
-
-        def step(self, *args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] == interrupt_at:
-                raise KeyboardInterrupt
-            return real_step(self, *args, **kwargs)
-
-        with monkeypatch.context() as m:
-            m.setattr(SimCLR, "training_step", step)
-            if interrupt_at is not None:
-                with pytest.raises(KeyboardInterrupt):
-                    runner.run(plan)
-        stage = next(s for s in plan.stages() if s.kind == "pretrain")
-        if interrupt_at is not None:
-            saved = torch.load(runner.store.work_dir("pretrain", stage.key) / "checkpoint.pt",
-                               weights_only=True)
-            assert saved["position"] == 4  # epoch 2, batch 1 of 3
-            runner.run(runner.plan()[0])
-        else:
-            runner.run(plan)
-        meta = runner.store.meta("pretrain", stage.key)
-        return meta["result"], torch.load(runner.store.stage_dir("pretrain", stage.key) / "encoder.pt")
+        return pretrain_result(_runner(root, TOY, overrides), monkeypatch, SimCLR, interrupt_at,
+                               mid_epoch)
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

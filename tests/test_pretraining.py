@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import write_spec
+from resume_helpers import pretrain_result
 from harness.plugins import build_registry
 from harness.runner import Runner
 from harness.spec import load_spec
@@ -108,34 +109,12 @@ def test_pretraining_killed_mid_run_resumes_to_the_same_encoder(tmp_path, monkey
     overrides = ["methods=" + "{simclr: {epochs: 4, batch_size: 8, augment: {crop_size: 32}}}",
                  "folds=[fold1]", "fractions=[1.0]", "protocols=[frozen]"]
 
+    def in_epoch_three(saved):
+        assert saved["epoch"] == 2  # 2 steps per epoch: killed in epoch 3
+
     def encoder_after(root, interrupt_at=None):
-        runner = _runner(root, text, overrides)
-        plan = runner.plan()[0]
-        real_step = SimCLR.training_step
-        calls = {"n": 0}
-
-        def step(self, *args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] == interrupt_at:
-                raise KeyboardInterrupt
-            return real_step(self, *args, **kwargs)
-
-        with monkeypatch.context() as m:
-            m.setattr(SimCLR, "training_step", step)
-            if interrupt_at is not None:
-                with pytest.raises(KeyboardInterrupt):
-                    runner.run(plan)
-        stage = next(s for s in plan.stages() if s.kind == "pretrain")
-        if interrupt_at is not None:
-            saved = torch.load(runner.store.work_dir("pretrain", stage.key) / "checkpoint.pt",
-                               weights_only=True)
-            assert saved["epoch"] == 2  # 2 steps per epoch: killed in epoch 3
-            runner.run(runner.plan()[0])
-        else:
-            runner.run(plan)
-        meta = runner.store.meta("pretrain", stage.key)
-        state = torch.load(runner.store.stage_dir("pretrain", stage.key) / "encoder.pt")
-        return meta["result"], state
+        return pretrain_result(_runner(root, text, overrides), monkeypatch, SimCLR, interrupt_at,
+                               in_epoch_three)
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
