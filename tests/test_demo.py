@@ -68,14 +68,14 @@ def test_demo_pretraining_beats_random_encoder(tmp_path):
 
     Measured on this spec (80 SimCLR and PRICon steps, 75 labeler steps), 2026-12-07, AMD EPYC,
     2 cores under a load of 5-9, gain over the random encoder (0.289-0.353): seeds 0-2 with 1
-    thread: SimCLR +0.174, +0.143, +0.284; PRICon +0.173, +0.252, PROBE_S2. PROBE_T2
-    The margin, 0.045, is under a third of the smallest gain (0.143: 3.2x). (The thesis-shaped
+    thread: SimCLR +0.174, +0.143, +0.284; PRICon +0.173, +0.252, +0.140.
+    The margin, 0.045, is under a third of the smallest gain (0.140: 3.1x). (The thesis-shaped
     variant, specs/demo_full.yaml, with 120 steps: SimCLR +0.146 to +0.289, PRICon +0.141 to
     +0.250 over seeds 0-2 x 1 and 2 threads.)
 
     Not asserted: the frozen fine-tuning's mPQ, which the report shows. At this budget its gain
     over the random encoder is of the size of its spread (same runs, random 0.080-0.095: SimCLR
-    +0.009, +0.004, +0.019; PRICon -0.004, -0.012, MPQ_S2; bPQ as unsteady: SimCLR +0.069,
+    +0.009, +0.004, +0.019; PRICon -0.004, -0.012, +0.008; bPQ as unsteady: SimCLR +0.069,
     -0.032, +0.018). Fine-tuning a U-Net decoder adds its own chaos; the probe is a closed-form
     fit, the same on every machine for a given encoder, so only the pretraining's spread remains.
     """
