@@ -68,7 +68,8 @@ def test_demo_pretraining_beats_random_encoder(tmp_path):
 
     Measured on this spec (80 SimCLR and PRICon steps, 75 labeler steps), 2026-12-07, AMD EPYC,
     2 cores under a load of 5-9, gain over the random encoder (0.289-0.353): seeds 0-2 with 1
-    thread: SimCLR +0.174, +0.143, +0.284; PRICon +0.173, +0.252, +0.140.
+    thread: SimCLR +0.174, +0.143, +0.284; PRICon +0.173, +0.252, +0.140;
+    seed 0 with 2 threads: SimCLR +0.215 (the 2-thread run was stopped before PRICon's).
     The margin, 0.045, is under a third of the smallest gain (0.140: 3.1x). (The thesis-shaped
     variant, specs/demo_full.yaml, with 120 steps: SimCLR +0.146 to +0.289, PRICon +0.141 to
     +0.250 over seeds 0-2 x 1 and 2 threads.)
