@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO = REPO / "specs" / "demo.yaml"
+DEMO = REPO / "specs" / "demo_full.yaml"  # the thesis-shaped plan (18 cells)
 
 BAD_THREE = """\
 name: bad

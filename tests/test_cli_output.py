@@ -19,7 +19,7 @@ from harness.plugins import get_registry
 from harness.spec import load_spec
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO = REPO / "specs" / "demo.yaml"
+DEMO = REPO / "specs" / "demo_full.yaml"  # the thesis-shaped plan (18 cells)
 TINY = ["--set", "dataset.images_per_fold=8", "--set", "dataset.unlabeled_images=0",
         "--set", "folds=[fold1]", "--set", "methods=[scratch, simclr]"]
 
@@ -171,7 +171,7 @@ def test_dry_run_json_lists_stages_with_deps_and_status(tmp_path):
     proc = harness("run", str(DEMO), "--dry-run", "--json", *TINY, tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    assert doc["spec"] == str(DEMO) and doc["name"] == "demo"
+    assert doc["spec"] == str(DEMO) and doc["name"] == "demo_full"
     stages = doc["stages"]
     keys = [s["key"] for s in stages]
     assert len(set(keys)) == len(keys)
@@ -237,7 +237,7 @@ def test_set_inside_a_spec_value_names_both():
 
 
 def test_set_into_a_yaml_alias_changes_only_the_key_it_names():
-    """demo.yaml gives simclr and pricon one `augment: *cpu_views`."""
+    """demo_full.yaml (like demo.yaml) gives simclr and pricon one `augment: *cpu_views`."""
     rspec = load_spec(DEMO, ["methods.simclr.augment.crop_size=32"])
     assert rspec.method_configs["simclr"].augment.crop_size == 32
     assert rspec.method_configs["pricon"].augment.crop_size == 64

@@ -31,7 +31,7 @@ from harness.plugins import build_registry
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "harness-example-plugin"
 EXAMPLE_SPEC = EXAMPLE / "spec.yaml"
-DEMO = REPO / "specs" / "demo.yaml"
+DEMO = REPO / "specs" / "demo_full.yaml"  # the thesis-shaped plan (18 cells)
 TINY_DEMO = ["--set", "dataset.images_per_fold=8", "--set", "dataset.unlabeled_images=0",
              "--set", "folds=[fold1]", "--set", "finetune.epochs=1"]
 

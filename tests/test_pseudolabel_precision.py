@@ -19,7 +19,7 @@ REGISTRY = build_registry()
 
 
 def _keys(tmp_path, overrides):
-    rspec = load_spec(REPO / "specs/demo.yaml", ["folds=[fold1]", *overrides], registry=REGISTRY)
+    rspec = load_spec(REPO / "specs/demo_full.yaml", ["folds=[fold1]", *overrides], registry=REGISTRY)
     plan, _, _ = Runner(rspec, REGISTRY, ArtifactStore(tmp_path / "store"), tmp_path / "out",
                         quiet=True).plan()
     return {(s.kind, s.label): s for s in plan.stages()}

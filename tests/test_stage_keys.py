@@ -16,7 +16,7 @@ from harness.spec import load_spec
 from harness.store import ArtifactStore
 
 EXPECTED = Path(__file__).parent / "data" / "expected_keys.json"
-SPECS = ["specs/demo.yaml", "specs/regression.yaml"]
+SPECS = ["specs/demo.yaml", "specs/demo_full.yaml", "specs/regression.yaml"]
 
 
 def stage_keys(spec: str, store: Path, overrides: list[str] | None = None) -> list[list[str]]:
