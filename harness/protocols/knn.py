@@ -117,8 +117,8 @@ class KnnBankStage(StageKind):
         normalizer = Normalizer(meta["normalization"], settings.normalization)
         index = arrays.index_of()
         rows = [index[s] for s in params.train_ids]
-        feats, labels = model.bank_of(arrays.images, arrays.classes, rows, normalizer, ctx.device,
-                                      settings.eval_batch_size)
+        feats, labels = bank_of(model, arrays.images, arrays.classes, rows, normalizer, ctx.device,
+                                settings.eval_batch_size)
         if len(feats) > MAX_PATCHES:
             keep = torch.randperm(len(feats), generator=torch.Generator().manual_seed(stage.config["seed"]))
             keep = keep[:MAX_PATCHES].sort().values
@@ -164,23 +164,6 @@ def _segmenter_class() -> type:
         def features(self, x: torch.Tensor) -> torch.Tensor:
             return hypercolumn(self.encoder(x), x.shape[-1])
 
-        @torch.no_grad()
-        def bank_of(self, images, classes, rows, normalizer, device, batch_size: int):
-            """Patch features ``(N, D)`` and patch label distributions ``(N, C)`` of ``rows``."""
-            self.eval().to(device)
-            feats, labels = [], []
-            for start in range(0, len(rows), batch_size):
-                idx = rows[start:start + batch_size]
-                x = torch.from_numpy(images[idx]).to(device).permute(0, 3, 1, 2).float().div_(255.0)
-                f = self.features(normalizer(x))
-                y = torch.from_numpy(classes[idx].astype("int64")).to(device)
-                f, dist = f.permute(0, 2, 3, 1).flatten(0, 2), patch_labels(y, self.num_classes, f.shape[-2:])
-                mass = dist.sum(1)
-                keep = mass > 0
-                feats.append(f[keep].cpu())
-                labels.append((dist[keep] / mass[keep, None]).cpu())
-            return torch.cat(feats), torch.cat(labels)
-
         def vote(self, q: torch.Tensor) -> torch.Tensor:
             return knn_vote(q, self.bank, self.bank_labels)
 
@@ -194,6 +177,27 @@ def _segmenter_class() -> type:
 
     return KNNSegmenter
 
+
+def bank_of(model: Any, images: Any, classes: Any, rows: Any, normalizer: Any, device: Any,
+            batch_size: int) -> tuple[Any, Any]:
+    """Patch features ``(N, D)`` and patch label distributions ``(N, C)`` of the images ``rows``
+    under ``model`` (a :class:`KNNSegmenter`); patches without labelled pixels are left out."""
+    import torch
+
+    model.eval().to(device)
+    feats, labels = [], []
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            idx = rows[start:start + batch_size]
+            x = torch.from_numpy(images[idx]).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+            f = model.features(normalizer(x))
+            y = torch.from_numpy(classes[idx].astype("int64")).to(device)
+            f, dist = f.permute(0, 2, 3, 1).flatten(0, 2), patch_labels(y, model.num_classes, f.shape[-2:])
+            mass = dist.sum(1)
+            keep = mass > 0
+            feats.append(f[keep].cpu())
+            labels.append((dist[keep] / mass[keep, None]).cpu())
+    return torch.cat(feats), torch.cat(labels)
 
 
 def hypercolumn(out: Any, width: int) -> Any:
