@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.data.base import Dataset, LabeledArrays, dataset_root  # noqa: F401 - re-exported
-from harness.data.open import Resources, ensure_prepared, load_arrays, open_dataset  # noqa: F401
+from harness.data.base import Dataset, LabeledArrays
+from harness.data.open import Resources
 from harness.engine.runtime import resolve_device
 from harness.execute.base import StageOutcome
 from harness.plan import Cell, Plan, Stage

@@ -315,7 +315,7 @@ def test_cli_prepare_verify_and_run(tmp_path, fixture_dir):
     res = run_cli("data", "prepare", "lizard", "--source", str(fixture_dir), "--store", str(store),
                   **cwd)
     assert res.returncode == 0, res.stderr
-    from harness.runner import dataset_root
+    from harness.data.base import dataset_root
     from harness.store import ArtifactStore
 
     ds = LizardDataset(None, dataset_root(LizardDataset, None, ArtifactStore(store)))

@@ -484,7 +484,7 @@ metric:
 
 def test_cli_prepare_then_run(tmp_path, torch_home):
     """`harness data prepare` then a one-cell `harness run` on CPU, both through the CLI."""
-    from harness.runner import dataset_root
+    from harness.data.base import dataset_root
     from harness.store import ArtifactStore
 
     source = write_fixture(tmp_path / "src", size=64)  # 64 px patches keep the CPU run short
