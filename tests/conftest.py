@@ -66,6 +66,19 @@ def write_spec(tmp_path: Path, text: str = TINY_SPEC, name: str = "spec.yaml") -
     return path
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Torch's intra-op threads set to 1 for the test, as in a DataLoader worker: on tiny
+    tensors more threads only add synchronisation, which stalls badly on a busy machine (used
+    by tests and benchmarks: ``pytest.mark.usefixtures("one_torch_thread")``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True,
