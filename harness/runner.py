@@ -147,12 +147,18 @@ class _CellRecords:
         self.runner, self.cells = runner, plan.cells
         self.cached: dict[str, bool] = {}  # finished stages: whether the store already held them
         self.records: dict[str, dict[str, Any]] = {}
+        # each cell's stage keys, walked once (not on every finished event)
+        self.waiting = {cell.cell_id: {s.key for s in cell.stages()} for cell in plan.cells}
 
     def stage_finished(self, stage: dict[str, Any]) -> None:
         self.cached[stage["key"]] = bool(stage.get("cached"))
         for cell in self.cells:
-            if cell.cell_id not in self.records and all(s.key in self.cached for s in cell.stages()):
-                self._write(cell)
+            keys = self.waiting.get(cell.cell_id)
+            if keys is not None:
+                keys.discard(stage["key"])
+                if not keys:
+                    del self.waiting[cell.cell_id]
+                    self._write(cell)
 
     def _write(self, cell: Cell) -> None:
         runner = self.runner
