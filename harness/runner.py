@@ -128,11 +128,16 @@ class Runner:
     def _record(self, cell: Cell, timings: dict[str, dict[str, Any]]) -> dict[str, Any]:
         spec = self.rspec.spec
         metrics = read_metrics(self.store, cell.final)
-        headline = headline_value(metrics, spec.metric.name, spec.metric.pq_variant)
-        metric = {"name": spec.metric.name,
-                  "variant": None if spec.metric.name == "dice" else spec.metric.pq_variant,
-                  "value": headline}
         env = StageEnv(self.rspec, self.registry, self.resources)
+        own = env.protocol(cell.protocol).headline_metric
+        if own is not None:  # a protocol that scores itself (e.g. a probe): its own metric
+            metric = {"name": own[0], "variant": own[1], "value": headline_value(metrics, *own),
+                      "protocol_metric": True}
+        else:
+            headline = headline_value(metrics, spec.metric.name, spec.metric.pq_variant)
+            metric = {"name": spec.metric.name,
+                      "variant": None if spec.metric.name == "dice" else spec.metric.pq_variant,
+                      "value": headline}
         upstream = upstream_summaries(cell, timings, self.store, env)
         return build_record(self.rspec, cell, timings, metrics, metric, upstream, self.provenance,
                             cell_facts(cell, env))

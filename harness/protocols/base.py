@@ -28,6 +28,9 @@ class TrainingProtocol:
     #: Fine-tuning settings only this protocol reads: in its stages' keys (when not at their
     #: default), in no other protocol's.
     reads: ClassVar[tuple[str, ...]] = ()
+    #: ``(metric, variant)`` its cells report instead of the spec's headline metric (a protocol
+    #: that scores itself, e.g. ``probe``; a metric family must define the metric); None: the spec's.
+    headline_metric: ClassVar[tuple[str, str | None] | None] = None
     #: Encoder families it can take (``cnn``, ``vit``; harness.models.names); None: any.
     encoder_families: ClassVar[tuple[str, ...] | None] = None
 

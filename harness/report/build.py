@@ -32,6 +32,11 @@ def section_kinds() -> list[type]:
             if getattr(info.cls, "report_section", None)]
 
 
+def metric_family(name: str) -> Any | None:
+    """The installed metric family (an instance) that defines metric ``name``, or None."""
+    return _registry().family_of_metric(name)
+
+
 def like_for_like(table: str | None) -> tuple[str, str | None] | None:
     """Our ``(metric, variant)`` comparable with reference ``table``'s published numbers."""
     return _registry().like_for_like(reference_metric(table)) if table else None
@@ -268,7 +273,10 @@ def build_report(records: list[dict[str, Any]], runs: list[dict[str, Any]],
     baseline = baseline or default_baseline(records)
     comparisons = compare_to_baseline(records, baseline) if baseline else []
     single = facts.single_class_rows(records)
-    metrics = list(dict.fromkeys((r["metric"]["name"], r["metric"].get("variant")) for r in records))
+    # the headline: the spec's metric; a protocol's own (e.g. a probe's) only when no other
+    own = [r for r in records if r["metric"].get("protocol_metric")]
+    metrics = list(dict.fromkeys((r["metric"]["name"], r["metric"].get("variant"))
+                                 for r in [r for r in records if r not in own] + own))
     names = [str(r.get("name")) for r in runs if r.get("name")] or \
         list(dict.fromkeys(r["run"] for r in records))
     return Report.model_validate({

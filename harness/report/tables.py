@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.report.build import section_kinds
+from harness.report.build import metric_family, section_kinds
 
 
 @dataclass
@@ -65,6 +65,22 @@ def method_order(rows: list[dict[str, Any]]) -> list[str]:
     return order
 
 
+def column_metrics(report: dict[str, Any]) -> dict[tuple[str, float], str]:
+    """The columns (protocol, fraction) whose rows report another metric than the report's
+    headline (a protocol's own, e.g. a probe's R^2), with that metric's name."""
+    return {(r["protocol"], r["fraction"]): r["metric"] for r in report["rows"]
+            if r["metric"] != report.get("metric")}
+
+
+def metric_descriptions(names: Any) -> list[tuple[str, str]]:
+    """``(metric, its family's description)`` of each distinct metric name."""
+    out = []
+    for name in dict.fromkeys(names):
+        family = metric_family(name)
+        out.append((name, getattr(family, "description", "") or "a protocol's own measure"))
+    return out
+
+
 def mean_text(v: dict[str, Any]) -> str:
     """``mean ± std``, or the bare mean where the spread is undefined (a single value)."""
     if v.get("mean") is None:
@@ -98,12 +114,15 @@ def main_table(report: dict[str, Any]) -> Table:
         key = (e["method"], e["protocol"], e["fraction"])
         marks[key] = (marks.get(key, "") + " ⚠").strip()
     with_paper = any(r["paper"] is not None for r in rows)
+    metric = report.get("metric") or "?"
+    other = column_metrics(report)
     header = ["method"]
     for protocol, fraction in cols:
-        name = column_name(protocol, fraction, several)
+        name = column_name(protocol, fraction, several) + (f" ({other[(protocol, fraction)]})"
+                                                           if (protocol, fraction) in other else "")
         header += [name] + ([f"{name} paper", f"{name} Δ"] if with_paper else [])
-    metric = report.get("metric") or "?"
-    table = Table(f"{metric} by method and protocol", header, [], name="main")
+    title = ", ".join([metric] + list(dict.fromkeys(other.values())))
+    table = Table(f"{title} by method and protocol", header, [], name="main")
     missing = False
     for i, method in enumerate(method_order(rows)):
         cells = [method]
@@ -123,6 +142,10 @@ def main_table(report: dict[str, Any]) -> Table:
     table.notes.append(f"{metric}{variant}: mean ± sample std over folds and seeds; n = runs; "
                        "CI = 95% t-interval of the mean; bold = best mean of the column."
                        + (" n = 1: a single run, no spread." if any(r["n"] == 1 for r in rows) else ""))
+    if other:
+        table.notes.append(f"A column named with a metric in brackets reports that metric, its "
+                           f"protocol's own measure, instead of {metric}: "
+                           + "; ".join(f"{m}: {d}" for m, d in metric_descriptions(other.values())) + ".")
     if missing:
         table.notes.append("-: no result for the method in this column (e.g. a row restricted "
                            "to `protocols: [full]`: semi-supervised methods have no frozen encoder).")
