@@ -80,7 +80,7 @@ def check(name: str, registry: Any = None, folder: Path | None = None,
                 from harness.conformance.methods import smoke_method as smoke
             else:
                 from harness.conformance.datasets import smoke_dataset as smoke
-            smoke(info, Path(tmp), report, who)
+            smoke(info, Path(tmp), report, who, registry)
     return report
 
 

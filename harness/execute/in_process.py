@@ -96,7 +96,7 @@ class InProcessStage:
         emit("harness_stage_started", stage=info)
         started = time.time()
         try:
-            kind = self.env.registry.stage_kind(stage.kind).cls()
+            kind = self.env.registry.create("stage kind", stage.kind)
             stage_result = kind.run(stage, ctx.inputs, ctx, self.env) or {}
             dist.barrier()
         except BaseException as exc:

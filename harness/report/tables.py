@@ -16,9 +16,12 @@ the other way round); records are summarised by :func:`harness.report.build.summ
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from harness.report.build import section_kinds
+from harness.report.build import installed, section_kinds
+
+if TYPE_CHECKING:
+    from harness.plugins import Registry
 
 
 @dataclass
@@ -81,7 +84,9 @@ def cell_text(r: dict[str, Any]) -> str:
     return text + ")"
 
 
-def main_table(report: dict[str, Any]) -> Table:
+def main_table(report: dict[str, Any], registry: Registry | None = None) -> Table:
+    """The main results (``registry``: the plugins whose stage kinds mark cells; None: the
+    installed ones)."""
     rows = report["rows"]
     cols, several = columns(rows)
     by_key = {(r["method"], r["protocol"], r["fraction"]): r for r in rows}
@@ -89,7 +94,7 @@ def main_table(report: dict[str, Any]) -> Table:
              for c in report.get("comparisons", []) if c["significant"] and c["mean_diff"]}
     outside = {(p["method"], p["protocol"], p["fraction"]): p["outside_ci"] for p in report.get("paper", [])}
     kind_notes = []
-    for kind in section_kinds():  # a stage kind's marks (e.g. a labeler that saw test labels)
+    for kind in section_kinds(installed(registry)):  # a stage kind's marks (e.g. a labeler that saw test labels)
         kind_marks, note = kind.report_marks(report)
         for key, mark in kind_marks.items():
             marks[key] = (marks.get(key, "") + " " + mark).strip()
