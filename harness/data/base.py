@@ -20,10 +20,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from harness.store import ArtifactStore
 
 
 class DatasetConfig(BaseModel):
@@ -253,7 +256,7 @@ def prepare_command_for(dataset: Dataset) -> str:
     return command
 
 
-def dataset_root(cls: type[Dataset], config: DatasetConfig | None, store: Any) -> Path:
+def dataset_root(cls: type[Dataset], config: DatasetConfig | None, store: ArtifactStore) -> Path:
     """Where a dataset's prepared cache lives in an artifact store: keyed by what changes the
     cache, so options that only matter at load time share one prepared copy (``config``
     None: the defaults)."""

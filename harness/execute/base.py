@@ -36,6 +36,7 @@ from harness.errors import PluginError, SpecError
 
 if TYPE_CHECKING:
     from harness.plugins import Registry
+    from harness.store import ArtifactStore
 
 
 class ExecutorConfig(BaseModel):
@@ -58,7 +59,7 @@ class StageOutcome:
     result: dict[str, Any] = field(default_factory=dict)
 
 
-def outcomes_from_store(store: Any, stages: list[Any], computed: Any) -> dict[str, StageOutcome]:
+def outcomes_from_store(store: ArtifactStore, stages: list[Any], computed: Any) -> dict[str, StageOutcome]:
     """The outcome of ``stages`` that the store holds: computed for the keys in ``computed`` (by
     this run's workers or jobs), cached for the others; seconds and summary from its meta."""
     computed, found = set(computed), {}

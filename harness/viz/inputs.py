@@ -17,6 +17,7 @@ from harness.safeload import load_state_dict_file
 
 if TYPE_CHECKING:
     from harness.plugins import Registry
+    from harness.store import ArtifactStore
 
 ARTIFACT = "encoder.pt"
 META = "encoder.json"
@@ -144,7 +145,7 @@ def load_sample(dataset, sample_id: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array(arrays.images[row]), np.array(arrays.classes[row])
 
 
-def spec_dataset(spec: Path, dataset: str | None, options: list[str] | None, store: Any,
+def spec_dataset(spec: Path, dataset: str | None, options: list[str] | None, store: ArtifactStore,
                  registry: Registry):
     """The dataset of ``--spec SPEC`` with the spec's options (``--set`` on top, as
     ``dataset.KEY=VALUE`` overrides of the spec), opened in ``store``; ``--dataset``, if also
