@@ -26,6 +26,8 @@ REQUIRED = {
     "semisupervised": ("mix",),
 }
 DATASET_REQUIRED = ("prepare", "load", "folds")
+#: What a dataset class tells without its data, from its validated ``Config`` (classmethods).
+DATASET_CLASS_FACTS = ("folds", "expected_group_sizes", "cache_identity")
 
 #: Modules of the harness's own base classes: a method still defined there is unimplemented.
 _BASE_MODULES = ("harness.methods", "harness.data.base")
@@ -164,6 +166,11 @@ def dataset_problems(cls: type) -> list[str]:
         if not _implemented(cls, method):
             problems.append(f"`{method}` is not implemented (every dataset defines it; see "
                             f"docs/writing-plugins.md)")
+    for fact in DATASET_CLASS_FACTS:
+        owner = next((k for k in cls.__mro__ if fact in k.__dict__), None)
+        if owner is not None and not isinstance(owner.__dict__[fact], classmethod):
+            problems.append(f"`{fact}` is not a classmethod; define `@classmethod def {fact}(cls, "
+                            f"config)`: it is known without the data, from the validated Config")
     if getattr(cls, "labeled", True) and not tuple(getattr(cls, "class_names", ()) or ()):
         problems.append("a labeled dataset with no `class_names`; list its foreground classes")
     if getattr(cls, "labeled", True) and getattr(cls, "split_scheme", "kfold") not in ("kfold", "fixed"):

@@ -21,13 +21,16 @@ import importlib.util
 import math
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from harness.console import console
 from harness.errors import PluginError, SpecError
 from harness.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from harness.plugins import Registry
 
 
 class LoggerConfig(BaseModel):
@@ -103,10 +106,10 @@ def enabled(spec_loggers: dict[str, Any] | None, names: Iterable[str]) -> dict[s
     return chosen
 
 
-def logger_problems(spec: Any, registry: Any, source: str, lines: Any) -> list[str]:
+def logger_problems(spec: Any, registry: Registry, source: str, lines: Any) -> list[str]:
     """Spec problems of ``loggers:``: an unknown name (with a did-you-mean) or a bad setting."""
     from harness.plugins import did_you_mean
-    from harness.spec.problems import format_errors, where
+    from harness.spec.problems import where
 
     problems = []
     for name, options in (getattr(spec, "loggers", None) or {}).items():
@@ -118,9 +121,10 @@ def logger_problems(spec: Any, registry: Any, source: str, lines: Any) -> list[s
                             f"installed loggers: {known}")
             continue
         try:
-            info.cls.Config.model_validate(options or {})
-        except ValidationError as exc:
-            problems.extend(format_errors(exc, info.cls.Config, source, lines, prefix=("loggers", name)))
+            registry.config("logger", name, options or {}, source=source, lines=lines,
+                            prefix=("loggers", name))
+        except SpecError as exc:
+            problems.extend(exc.problems)
     return problems
 
 
@@ -135,35 +139,30 @@ class LoggerSession:
     (``with session: runner.run(plan, executor)``), each call guarded. Events of stages computed
 in other processes reach it through the driver (:mod:`harness.execute.stage_events`)."""
 
-    def __init__(self, registry: Any, chosen: dict[str, dict[str, Any]], run_dir: Path):
+    def __init__(self, registry: Registry, chosen: dict[str, dict[str, Any]], run_dir: Path):
         self.registry, self.run_dir = registry, Path(run_dir)
         self.configs = self.check(registry, chosen)
         self.loggers: list[Logger] = []
         self.failed: dict[str, str] = {}
 
     @staticmethod
-    def check(registry: Any, chosen: dict[str, dict[str, Any]]) -> dict[str, tuple[type, Any]]:
+    def check(registry: Registry, chosen: dict[str, dict[str, Any]]) -> dict[str, LoggerConfig]:
+        """Each chosen logger's validated settings, by name."""
         configs = {}
         for name, options in chosen.items():
             info = registry.logger(name)  # PluginError (exit 4) naming the installed ones
-            try:
-                config = info.cls.Config.model_validate(options)
-            except ValidationError as exc:
-                from harness.spec.problems import format_errors
-
-                raise SpecError(format_errors(exc, info.cls.Config, "loggers", {},
-                                              prefix=(name,))) from None
+            config = registry.config("logger", name, options, source="loggers", prefix=(name,))
             missing = [m for m in info.cls.requires if importlib.util.find_spec(m) is None]
             if missing:
                 raise PluginError(f"logger '{name}' needs {', '.join(missing)}, which is not "
                                   f"installed: {info.cls.install_hint or 'pip install ' + missing[0]}")
-            configs[name] = (info.cls, config)
+            configs[name] = config
         return configs
 
     def __enter__(self) -> LoggerSession:
-        for name, (cls, config) in self.configs.items():
+        for name, config in self.configs.items():
             try:
-                self.loggers.append(cls(config, self.run_dir))
+                self.loggers.append(self.registry.create("logger", name, config, run_dir=self.run_dir))
             except Exception as exc:  # noqa: BLE001 - a logger never stops the run
                 self._warn(name, "starting", exc)
         if self.loggers:
@@ -221,6 +220,6 @@ in other processes reach it through the driver (:mod:`harness.execute.stage_even
         self._dispatch("harness_run_finished", event)
 
 
-def session_for(registry: Any, rspec: Any, names: Iterable[str], run_dir: Path) -> LoggerSession:
+def session_for(registry: Registry, rspec: Any, names: Iterable[str], run_dir: Path) -> LoggerSession:
     """The loggers a run enables (spec ``loggers:`` and ``--logger`` names), checked now."""
     return LoggerSession(registry, enabled(getattr(rspec.spec, "loggers", None), names), run_dir)

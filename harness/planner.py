@@ -13,10 +13,16 @@ run serves every fold, protocol and label fraction.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from harness.inputs import keyed_settings
 from harness.plan import Cell, EncoderChain, Plan, Stage
+
+if TYPE_CHECKING:
+    from harness.data.open import Resources
+    from harness.methods import Method
+    from harness.plugins import Registry
+    from harness.spec.models import ResolvedSpec
 
 
 class Split(NamedTuple):
@@ -38,7 +44,7 @@ class PlanBuilder:
     registry, the opened datasets, and :meth:`create` (a stage of a registered kind, created
     once per key)."""
 
-    def __init__(self, rspec: Any, registry: Any, resources: Any):
+    def __init__(self, rspec: ResolvedSpec, registry: Registry, resources: Resources):
         self.rspec = rspec
         self.spec = rspec.spec
         self.registry = registry
@@ -51,7 +57,7 @@ class PlanBuilder:
         stage = self.registry.stage_kind(kind).cls.create(self, **kwargs)
         return self._stages.setdefault(stage.key, stage)
 
-    def keyed(self, method: Any, settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def keyed(self, method: Method, settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """A method's settings as they enter a key (its input files by content hash) and the
         stage info recording those files (``input_files``; nothing when it reads none)."""
         root = getattr(getattr(self.resources, "store", None), "root", None)
@@ -73,16 +79,16 @@ class PlanBuilder:
         return out
 
 
-def build_plan(rspec: Any, registry: Any, resources: Any) -> Plan:
+def build_plan(rspec: ResolvedSpec, registry: Registry, resources: Resources) -> Plan:
     """Expand a resolved spec into cells, sharing identical stages between them."""
     spec = rspec.spec
     plan = PlanBuilder(rspec, registry, resources)
-    folds = spec.folds or resources.dataset.folds()
+    folds = spec.folds or resources.dataset.folds(resources.dataset.config)
     cells: list[Cell] = []
     for row, method_config in rspec.method_configs.items():
         plugin = spec.plugin_of(row)
         info = registry.method(plugin)
-        method = info.cls(method_config)
+        method = registry.create("method", plugin, method_config)
         for seed in spec.seeds:
             splits = plan.splits(folds, seed)
             if not method.has_encoder_stage:  # one whole-model stage per split
@@ -99,7 +105,7 @@ def build_plan(rspec: Any, registry: Any, resources: Any) -> Plan:
     return Plan(cells)
 
 
-def _semisup_cells(plan: PlanBuilder, row: str, plugin: str, method: Any, version: str,
+def _semisup_cells(plan: PlanBuilder, row: str, plugin: str, method: Method, version: str,
                    splits: list[Split], seed: int) -> list[Cell]:
     if "full" not in plan.spec.protocols_of(row):  # validation rejects 'frozen' for these rows
         return []
@@ -118,7 +124,7 @@ def _encoder_cells(plan: PlanBuilder, row: str, plugin: str, chain: EncoderChain
     cells = []
     for split in chain.splits:
         for name in plan.spec.protocols_of(row):  # the spec's, or the row's own subset
-            model, ev = plan.registry.protocol(name).cls().cell_stages(
+            model, ev = plan.registry.create("protocol", name).cell_stages(
                 plan, encoder=chain.encoder, split=split, seed=seed, settings=settings,
                 label=f"{row}{chain.suffix} {name} frac={split.fraction:g} {split.fold} seed {seed}")
             cells.append(Cell(row + chain.suffix, name, split.fraction, split.fold, seed, final=ev,

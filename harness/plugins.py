@@ -79,15 +79,54 @@ class Registry:
     def logger(self, name: str) -> PluginInfo:
         return self._get(self.loggers, name, "logger")
 
+    def info(self, category: str, name: str) -> PluginInfo:
+        """The registered plugin ``name`` of ``category`` ("method", "dataset", "metric family",
+        "stage kind", "protocol", "logger", "executor"); a PluginError naming the installed
+        ones (or why it failed to load) otherwise."""
+        return self._get(getattr(self, TABLES[category]), name, category)
+
+    # --- the one factory ---------------------------------------------------------------------
+    def config(self, category: str, name: str, options: Any = None, *, source: str | None = None,
+               lines: dict | None = None, prefix: tuple = ()) -> Any:
+        """Plugin ``name``'s ``Config`` validated: ``options`` a mapping (None: the defaults)
+        or an instance of that ``Config`` (taken as it is). A SpecError (exit 2) with one line
+        per bad field otherwise, placed by ``source``/``lines`` at ``prefix`` of the spec
+        (default: ``<category> '<name>'``)."""
+        from pydantic import ValidationError
+
+        config_cls = self.info(category, name).cls.Config
+        if isinstance(options, config_cls):
+            return options
+        try:
+            return config_cls.model_validate({} if options is None else options)
+        except ValidationError as exc:
+            from harness.errors import SpecError
+            from harness.spec.problems import format_errors
+
+            where = f"{category} '{name}'" if source is None else source
+            raise SpecError(format_errors(exc, config_cls, where,
+                                          lines or {}, prefix=prefix)) from None
+
+    def create(self, category: str, name: str, config: Any = None, **kwargs: Any) -> Any:
+        """The one place a plugin object is built: plugin ``name`` of ``category`` with its
+        ``Config`` validated (:meth:`config`; plugins without one take no config) and
+        ``kwargs`` (a dataset's ``root``, a logger's ``run_dir``)."""
+        cls = self.info(category, name).cls
+        if getattr(cls, "Config", None) is None:
+            if config is not None:
+                raise TypeError(f"{category} plugin '{name}' takes no config")
+            return cls(**kwargs)
+        return cls(self.config(category, name, config), **kwargs)
+
     def metric_family(self, name: str) -> Any:
         """The metric family (an instance) a dataset names by its ``metric_family``."""
-        return self._get(self.metric_families, name, "metric family").cls()
+        return self.create("metric family", name)
 
     def family_of_metric(self, metric: str) -> Any | None:
         """The metric family (an instance) that defines headline metric ``metric``, or None."""
         for info in self.metric_families.values():
             if metric in getattr(info.cls, "metric_names", ()):
-                return info.cls()
+                return self.create("metric family", info.name)
         return None
 
     def like_for_like(self, reference_metric: str | None) -> tuple[str, str | None] | None:
@@ -105,9 +144,7 @@ class Registry:
         raise PluginError(self.missing_message(name, category))
 
     def missing_message(self, name: str, category: str) -> str:
-        table = {"method": self.methods, "dataset": self.datasets, "stage kind": self.stage_kinds,
-                 "protocol": self.protocols, "logger": self.loggers,
-                 "executor": self.executors}.get(category, self.metric_families)
+        table = getattr(self, TABLES.get(category, "metric_families"))
         hint = did_you_mean(name, table)
         broken = [b for b in self.broken if name in (b.entry_point, b.name)]
         if broken:
@@ -197,6 +234,10 @@ REGISTRATIONS = {
     "harness_register_loggers": ("logger", "loggers"),
     "harness_register_executors": ("executor", "executors"),
 }
+
+
+#: category -> the Registry table of its plugins.
+TABLES = {category: table for category, table in REGISTRATIONS.values()}
 
 
 def _kind_of(cls: type, category: str) -> str:

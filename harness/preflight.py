@@ -10,40 +10,46 @@ still refused when it is opened (:mod:`harness.data.open`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from harness.data.base import dataset_root, prepare_command_for
+from harness.data.base import prepare_command_for
+from harness.data.open import dataset_in_store
 from harness.errors import DataError, MissingInputs
 
+if TYPE_CHECKING:
+    from harness.plugins import Registry
+    from harness.spec.models import ResolvedSpec
+    from harness.store import ArtifactStore
 
-def missing_inputs(rspec: Any, registry: Any, store: Any, prepare: bool = True) -> list[str]:
+
+def missing_inputs(rspec: ResolvedSpec, registry: Registry, store: ArtifactStore,
+                   prepare: bool = True) -> list[str]:
     """One line per missing input (deduplicated, in the spec's order): what is missing and how
     to get it. ``prepare``: a dataset that can generate itself counts as present."""
     spec = rspec.spec
     problems: list[str] = []
     methods = []
     for row, config in rspec.method_configs.items():
-        method = registry.method(spec.plugin_of(row)).cls(config)
+        method = registry.create("method", spec.plugin_of(row), config)
         methods.append(method)
         try:
             method.preflight(spec)
         except DataError as exc:
             problems.append(str(exc))
-    problems += _dataset_problem(registry.dataset(spec.dataset.name).cls, rspec.dataset_config,
-                                 store, prepare)
+    problems += _dataset_problem(registry, spec.dataset.name, rspec.dataset_config, store, prepare)
     if spec.unlabeled is not None and any(getattr(m, "needs_unlabeled", False) for m in methods):
-        problems += _dataset_problem(registry.dataset(spec.unlabeled.name).cls,
-                                     rspec.unlabeled_config, store, prepare, role="unlabeled set")
+        problems += _dataset_problem(registry, spec.unlabeled.name, rspec.unlabeled_config, store,
+                                     prepare, role="unlabeled set")
     for method in methods:
         for name, role in method.needed_datasets(spec):
             if name != spec.dataset.name:
-                problems += _dataset_problem(registry.dataset(name).cls, None, store, prepare, role=role)
+                problems += _dataset_problem(registry, name, None, store, prepare, role=role)
     return list(dict.fromkeys(problems))
 
 
-def _dataset_problem(cls: type, config: Any, store: Any, prepare: bool,
-                     role: str = "") -> list[str]:
-    dataset = cls(config, root=dataset_root(cls, config, store))
+def _dataset_problem(registry: Registry, name: str, config: Any, store: ArtifactStore,
+                     prepare: bool, role: str = "") -> list[str]:
+    dataset = dataset_in_store(registry, name, config, store)
     if dataset.is_prepared() or (dataset.auto_prepare and prepare):
         return []
     hint = f" ({dataset.source_hint})" if dataset.source_hint else ""
@@ -52,7 +58,8 @@ def _dataset_problem(cls: type, config: Any, store: Any, prepare: bool,
             f"run `{prepare_command_for(dataset)}`{hint}"]
 
 
-def check_inputs(rspec: Any, registry: Any, store: Any, prepare: bool = True) -> None:
+def check_inputs(rspec: ResolvedSpec, registry: Registry, store: ArtifactStore,
+                 prepare: bool = True) -> None:
     """Raise :class:`MissingInputs` listing every missing input of the spec; nothing if none."""
     problems = missing_inputs(rspec, registry, store, prepare)
     if problems:

@@ -5,33 +5,40 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.plan import Cell, Stage
 from harness.report.schema import RECORD_SCHEMA
 
+if TYPE_CHECKING:
+    from harness.spec.models import ResolvedSpec
+    from harness.stages.base import StageEnv
+    from harness.store import ArtifactStore
 
-def read_metrics(store: Any, stage: Stage) -> dict[str, Any]:
+
+def read_metrics(store: ArtifactStore, stage: Stage) -> dict[str, Any]:
     return json.loads((store.stage_dir(stage.kind, stage.key) / "metrics.json").read_text())
 
 
-def upstream_summaries(cell: Cell, timings: dict[str, dict[str, Any]], store: Any, env: Any) -> dict[str, Any]:
+def upstream_summaries(cell: Cell, timings: dict[str, dict[str, Any]], store: ArtifactStore,
+                       env: StageEnv) -> dict[str, Any]:
     """What the stages before the cell's model published for records (pretraining losses, a
     labeler's score, pseudo-label class fractions...), keyed by stage kind (the first of each)."""
     out: dict[str, Any] = {}
     for stage in _upstream(cell):
-        kind = env.registry.stage_kind(stage.kind).cls()
+        kind = env.registry.create("stage kind", stage.kind)
         out[stage.kind] = kind.record_summary(stage, timings[stage.key]["result"],
                                               store.stage_dir(stage.kind, stage.key), env)
     return out
 
 
-def cell_facts(cell: Cell, env: Any) -> dict[str, Any]:
+def cell_facts(cell: Cell, env: StageEnv) -> dict[str, Any]:
     """Top-level facts the stages before the cell's model add to its record (each kind's
     ``record_facts``, the first stage of each kind; e.g. a labeler's training ids)."""
     out: dict[str, Any] = {}
     for stage in _upstream(cell):
-        out.update(env.registry.stage_kind(stage.kind).cls().record_facts(stage, cell, env.spec.dataset.name))
+        kind = env.registry.create("stage kind", stage.kind)
+        out.update(kind.record_facts(stage, cell, env.spec.dataset.name))
     return out
 
 
@@ -45,7 +52,7 @@ def _upstream(cell: Cell) -> list[Stage]:
     return out
 
 
-def build_record(rspec: Any, cell: Cell, timings: dict[str, dict[str, Any]], metrics: dict[str, Any],
+def build_record(rspec: ResolvedSpec, cell: Cell, timings: dict[str, dict[str, Any]], metrics: dict[str, Any],
                  metric: dict[str, Any], upstream: dict[str, Any], provenance: dict[str, Any],
                  facts: dict[str, Any] | None = None) -> dict[str, Any]:
     """``facts``: the upstream stages' top-level facts (:func:`cell_facts`)."""

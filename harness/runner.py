@@ -11,7 +11,7 @@ from typing import Any
 from harness.data.base import Dataset, LabeledArrays
 from harness.data.open import Resources
 from harness.engine.runtime import resolve_device
-from harness.execute.base import StageOutcome
+from harness.execute.base import Executor, StageOutcome
 from harness.plan import Cell, Plan, Stage
 from harness.planner import build_plan
 from harness.plugins import Registry
@@ -58,15 +58,14 @@ class Runner:
         return rows
 
     # --- the driver ----------------------------------------------------------------------------
-    def run(self, plan: Plan, executor: Any = None) -> RunResult:
+    def run(self, plan: Plan, executor: Executor | None = None) -> RunResult:
         """Compute the plan's stages with ``executor`` (default: ``local``, this process) and
         write one record per cell (read from the store) as soon as its stages are finished, then
         the report, calling the lifecycle hooks: every stage's finished event once (``cached``
         for one the store held)."""
-        from harness.execute.local import LocalExecutor
         from harness.execute.stage_events import EventForwarder
 
-        executor = executor or LocalExecutor(LocalExecutor.Config())
+        executor = executor or self.registry.create("executor", "local")
         run_info = self._start(plan)
         cells = _CellRecords(self, plan)
         events = EventForwarder(self.hook, self.store, on_finished=cells.stage_finished)
@@ -86,7 +85,7 @@ class Runner:
 
         from harness.report.writer import write_report
 
-        write_report(self.output_dir, result.records, run_info)
+        write_report(self.output_dir, result.records, run_info, registry=self.registry)
         self.hook.harness_run_finished(run=run_info, records=result.records)
         return result
 
@@ -131,10 +130,10 @@ class Runner:
         env = StageEnv(self.rspec, self.registry, self.resources)
         own = env.protocol(cell.protocol).headline_metric
         if own is not None:  # a protocol that scores itself (e.g. a probe): its own metric
-            metric = {"name": own[0], "variant": own[1], "value": headline_value(metrics, *own),
+            metric = {"name": own[0], "variant": own[1], "value": headline_value(self.registry, metrics, *own),
                       "protocol_metric": True}
         else:
-            headline = headline_value(metrics, spec.metric.name, spec.metric.pq_variant)
+            headline = headline_value(self.registry, metrics, spec.metric.name, spec.metric.pq_variant)
             metric = {"name": spec.metric.name,
                       "variant": None if spec.metric.name == "dice" else spec.metric.pq_variant,
                       "value": headline}
@@ -183,7 +182,6 @@ class _CellRecords:
         return [self.records[c.cell_id] for c in self.cells]
 
 
-def headline_value(metrics: dict[str, Any], name: str, variant: str) -> float | None:
-    from harness.plugins import get_registry
-
-    return get_registry().family_of_metric(name).headline(metrics, name, variant)
+def headline_value(registry: Registry, metrics: dict[str, Any], name: str,
+                   variant: str) -> float | None:
+    return registry.family_of_metric(name).headline(metrics, name, variant)

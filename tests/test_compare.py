@@ -9,13 +9,14 @@ import pytest
 from conftest import run_cli
 from test_report import RUN_INFO, grid
 from harness.errors import DataError
+from harness.plugins import get_registry
 from harness.report.build import summarize
 from harness.report.compare import DEFAULT_FLOOR, compare_paths, compare_rows
 from harness.report.writer import write_report
 
 
 def rows(values, **kw):
-    return summarize(grid(values, **kw))
+    return summarize(grid(values, **kw), get_registry())
 
 
 def statuses(result):

@@ -15,10 +15,12 @@ class Tiny(CachedDataset):
     name: ClassVar[str] = "tiny"
     class_names: ClassVar[tuple[str, ...]] = ("a", "b")
 
-    def folds(self):
+    @classmethod
+    def folds(cls, config):
         return ["f1", "f2"]
 
-    def expected_group_sizes(self):
+    @classmethod
+    def expected_group_sizes(cls, config):
         return {"f1": 2, "f2": 1}
 
     def prepare(self, source=None, fail_after_images=False):

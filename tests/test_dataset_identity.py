@@ -38,21 +38,23 @@ EXPECTED = {
 def test_dataset_identity(name):
     labeled, classes, family, scheme, magnification, folds, sizes, hint, options = EXPECTED[name]
     cls = get_registry().datasets[name].cls
-    ds = cls(cls.Config(), Path("/nonexistent"))
-    assert isinstance(ds, Dataset) and ds.name == name and ds.labeled is labeled
-    assert ds.class_names == classes and (not labeled or ds.num_classes == len(classes) + 1)
-    assert (ds.metric_family, ds.split_scheme) == (family, scheme)
+    config = cls.Config()
+    # what is known without the data is asked of the class
+    assert issubclass(cls, Dataset) and cls.name == name and cls.labeled is labeled
+    assert cls.class_names == classes and (not labeled or cls.num_classes == len(classes) + 1)
+    assert (cls.metric_family, cls.split_scheme) == (family, scheme)
     if magnification is not None:
-        assert ds.magnification == magnification
-    assert ds.folds() == folds and ds.expected_group_sizes() == sizes  # without data
-    assert all(word in ds.source_hint.lower() for word in hint), ds.source_hint
-    assert not ds.auto_prepare
+        assert cls.magnification == magnification
+    assert cls.folds(config) == folds and cls.expected_group_sizes(config) == sizes
+    assert all(word in cls.source_hint.lower() for word in hint), cls.source_hint
+    assert not cls.auto_prepare
     module = __import__(cls.__module__, fromlist=["harness_register_datasets"])
     assert module.harness_register_datasets() == [cls]
     if options:  # load-time options: one prepared cache, other stage fingerprints
-        other = cls(cls.Config(**options), Path("/nonexistent"))
-        assert other.cache_identity() == ds.cache_identity()
-        assert other.fingerprint() != ds.fingerprint()
+        other = cls.Config(**options)
+        assert cls.cache_identity(other) == cls.cache_identity(config)
+        assert cls(other, Path("/nonexistent")).fingerprint() != \
+            cls(config, Path("/nonexistent")).fingerprint()
 
 
 def test_every_builtin_dataset_is_listed():

@@ -60,7 +60,7 @@ def test_class_attributes_and_config():
     ds = make("/nonexistent")
     assert ds.name == "tcga" and not ds.labeled and ds.has_unlabeled
     assert ds.class_names == () and ds.metric_family == "none"
-    assert ds.folds() == [] and ds.expected_group_sizes() is None
+    assert ds.folds(ds.config) == [] and ds.expected_group_sizes(ds.config) is None
     assert "portal.gdc.cancer.gov" in ds.source_hint and "[wsi]" in ds.source_hint
     cfg = TCGADataset.Config()
     assert (cfg.mode, cfg.tile_size, cfg.resize_policy, cfg.corrupt_policy) == ("auto", 512, "skip", "error")

@@ -58,8 +58,8 @@ def test_compute_is_exactly_the_metric_functions(registry):
 
 def test_headline_and_like_for_like(registry):
     metrics = {"instance": {"mpq": 0.5, "bpq": 0.6}, "thesis": {"mpq": 0.4, "bpq": 0.45}}
-    assert headline_value(metrics, "bpq", "thesis") == 0.45
-    assert headline_value({"dice": {"dice": 0.8, "per_image": [0.8]}}, "dice", "instance") == 0.8
+    assert headline_value(registry, metrics, "bpq", "thesis") == 0.45
+    assert headline_value(registry, {"dice": {"dice": 0.8, "per_image": [0.8]}}, "dice", "instance") == 0.8
     assert registry.family_of_metric("mpq").name == "pq"
     assert registry.family_of_metric("nope") is None
     assert registry.like_for_like("pq") == ("mpq", "thesis")

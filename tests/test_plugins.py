@@ -240,8 +240,8 @@ def load_example_module(site: Path, name: str):
 def test_example_dataset_contract(example_site, tmp_path):
     blobs = load_example_module(example_site, "blobs")
     dataset = blobs.ExampleBlobs(None, root=tmp_path / "blobs")
-    assert dataset.folds() == ["fold1", "fold2"] and dataset.num_classes == 3
-    assert dataset.expected_group_sizes() == {"fold1": 8, "fold2": 8}
+    assert dataset.folds(dataset.config) == ["fold1", "fold2"] and dataset.num_classes == 3
+    assert dataset.expected_group_sizes(dataset.config) == {"fold1": 8, "fold2": 8}
     assert not dataset.is_prepared() and dataset.verify()
     dataset.prepare()
     assert dataset.is_prepared() and dataset.verify() == []

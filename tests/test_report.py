@@ -12,6 +12,7 @@ import pytest
 
 from conftest import run_cli
 from harness.errors import DataError, SpecError
+from harness.plugins import get_registry
 from harness.report import stats
 from harness.report.build import build_report, summarize
 from harness.report.schema import RECORD_SCHEMA, Report, load_records, load_report, validate_record
@@ -98,7 +99,7 @@ def test_holm_wilcoxon_bootstrap():
 # --- tables --------------------------------------------------------------------------------------
 
 def test_summarize_rows_best_and_ci():
-    rows = summarize(grid({"scratch": [0.30, 0.32, 0.31], "better": [0.40, 0.41, 0.39]}))
+    rows = summarize(grid({"scratch": [0.30, 0.32, 0.31], "better": [0.40, 0.41, 0.39]}), get_registry())
     by = {r["method"]: r for r in rows}
     assert [r["method"] for r in rows] == ["scratch", "better"]  # record order = spec order
     assert by["better"]["best"] and not by["scratch"]["best"]
@@ -131,7 +132,7 @@ def test_paired_comparison_pairs_identical_folds_and_marks_table():
 def test_paper_column_only_like_for_like():
     # headline = thesis variant mPQ on the Table 4.1 reference: paper + delta in the main table
     thesis = grid({"supervised": [0.38, 0.40, 0.39]}, variant="thesis", reference="pannuke")
-    rows = summarize(thesis)
+    rows = summarize(thesis, get_registry())
     assert rows[0]["paper"] == pytest.approx(0.3977) and rows[0]["diff"] == pytest.approx(0.39 - 0.3977)
     # headline = instance variant: no paper column, but the paper section uses our thesis values
     inst = [make_record("supervised", fold=f"fold{i}", value=0.2, reference="pannuke",

@@ -140,7 +140,7 @@ def test_plan_builds_cells_for_each_rows_protocols(tmp_path):
     cells = {(c.method, c.protocol) for c in plan.cells}
     assert cells == {("scratch", "frozen"), ("scratch", "full"), ("cutmix", "full")}
     assert len(plan.cells) == (2 + 1) * 2 * 2  # (protocols of each row) x folds x seeds
-    assert _cell_count(rspec) == len(plan.cells)  # what `harness validate` prints
+    assert _cell_count(rspec, build_registry()) == len(plan.cells)  # what `harness validate` prints
 
 
 def test_stage_keys_do_not_depend_on_the_row_key(tmp_path):

@@ -329,8 +329,9 @@ class _SizedSynthetic(SyntheticDataset):
 
     name = "sizedsynth"
 
-    def expected_group_sizes(self):
-        return {g: self.config.images_per_fold for g in self.folds()}
+    @classmethod
+    def expected_group_sizes(cls, config):
+        return {g: config.images_per_fold for g in cls.folds(config)}
 
 
 class _FakeSemi(Method):

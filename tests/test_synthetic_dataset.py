@@ -37,8 +37,9 @@ def test_class_attributes():
     assert ds.class_names == ("neoplastic", "inflammatory", "connective", "dead", "epithelial")
     assert ds.num_classes == 6
     assert ds.metric_family == "pq" and ds.split_scheme == "kfold"
-    assert ds.folds() == ["fold1", "fold2", "fold3"]
-    assert make("/x", folds=5).folds() == [f"fold{i}" for i in range(1, 6)]
+    assert ds.folds(ds.config) == ["fold1", "fold2", "fold3"]
+    five = make("/x", folds=5)
+    assert five.folds(five.config) == [f"fold{i}" for i in range(1, 6)]
     assert "generated" in ds.description and "generated" in ds.source_hint
 
 
@@ -102,7 +103,7 @@ def test_classes_tissues_and_folds(default):
     assert set(np.unique(arrays.classes)) == set(range(6))
     tissues = np.array(arrays.tissues)
     groups = np.array(arrays.groups)
-    for fold in default.folds():
+    for fold in default.folds(default.config):
         in_fold = tissues[groups == fold]
         assert set(in_fold) == {"Breast", "Colon", "Lung"}
         assert list(in_fold) != sorted(in_fold)  # interleaved, not blocks of one tissue
@@ -233,7 +234,7 @@ def test_crowding_and_nucleus_scale_off_by_default_and_out_of_keys(tmp_path):
 
     base = SyntheticDataset(SyntheticDataset.Config(), tmp_path)
     assert "crowding" not in base.fingerprint()["config"]
-    assert "nucleus_scale" not in base.cache_identity()["config"]
+    assert "nucleus_scale" not in base.cache_identity(base.config)["config"]
     crowded = SyntheticDataset(SyntheticDataset.Config(crowding=0.7), tmp_path)
     assert crowded.fingerprint()["config"]["crowding"] == 0.7
     tissues = ["Breast", "Colon", "Lung"] * 10

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import click
 import typer
@@ -21,6 +21,10 @@ from harness.errors import HarnessError
 from harness.spec.problems import printable
 from harness.spec.values import output_problems
 
+if TYPE_CHECKING:
+    from harness.plugins import Registry
+    from harness.spec.models import ResolvedSpec
+
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document (see the README)")]
@@ -30,13 +34,15 @@ def validate(specs: Annotated[list[Path], typer.Argument(help="spec files")],
              set_: SetOpt = None, json_: JsonOpt = False) -> None:
     """Check specs without running anything: every problem at once, with its field path."""
     from harness.errors import SpecError
+    from harness.plugins import get_registry
     from harness.spec import load_spec
 
+    registry = get_registry()
     failures: list[HarnessError] = []
     results: list[dict] = []
     for spec in specs:
         try:
-            rspec = load_spec(spec, set_ or [])
+            rspec = load_spec(spec, set_ or [], registry)
         except HarnessError as exc:
             failures.append(exc)
             if common.DEBUG:
@@ -48,7 +54,7 @@ def validate(specs: Annotated[list[Path], typer.Argument(help="spec files")],
             for line in [] if json_ else results[-1]["problems"]:
                 err.print(line, markup=False)
             continue
-        results.append({"spec": str(spec), "ok": True, "cells": _cell_count(rspec), "exit_code": 0, "problems": []})
+        results.append({"spec": str(spec), "ok": True, "cells": _cell_count(rspec, registry), "exit_code": 0, "problems": []})
         if not json_:
             out.print(f"{spec}: ok ({results[-1]['cells']} cells)", markup=False)
     if json_:
@@ -67,19 +73,17 @@ def _lines(exc: HarnessError, source: Path) -> list[str]:
     return [p if p.startswith(str(source)) else f"{source}: {p}" for p in problems]
 
 
-def _cell_count(rspec) -> int:
+def _cell_count(rspec: ResolvedSpec, registry: Registry) -> int:
     s = rspec.spec
     folds = len(s.folds) if s.folds else None
     n = sum(len(s.protocols_of(m)) for m in s.methods) * len(s.fractions) * len(s.seeds)
-    return n * folds if folds else n * _dataset_folds(rspec)
+    return n * folds if folds else n * _dataset_folds(rspec, registry)
 
 
-def _dataset_folds(rspec) -> int:
-    from harness.plugins import get_registry
-
-    info = get_registry().dataset(rspec.spec.dataset.name)
+def _dataset_folds(rspec: ResolvedSpec, registry: Registry) -> int:
+    info = registry.dataset(rspec.spec.dataset.name)
     try:
-        return len(info.cls(rspec.dataset_config, root=Path(".")).folds())
+        return len(info.cls.folds(rspec.dataset_config))
     except Exception:  # noqa: BLE001
         return 1
 
@@ -105,8 +109,8 @@ def run(spec: Annotated[Path, typer.Argument(help="spec file")],
         raise UsageError("--json: only with --dry-run (a run's results are in its report.json)")
     if calibrate and not dry_run:
         raise UsageError("--calibrate: only with --dry-run (it estimates what a run costs)")
-    rspec = load_spec(spec, set_ or [])
     registry = get_registry()
+    rspec = load_spec(spec, set_ or [], registry)
     if output is not None and (problems := output_problems(str(output), None, "--output", "run folder")):
         raise UsageError(problems[0])
     output_dir = output or rspec.output_dir()
@@ -196,6 +200,7 @@ def report(run_dirs: Annotated[list[Path], typer.Argument(help="run folders (mer
            baseline: Annotated[Optional[str], typer.Option("--baseline", help="method of the paired comparisons (default: the first method)")] = None) -> None:
     """Rebuild the report from result records (several runs are merged)."""
     from harness.errors import DataError
+    from harness.plugins import get_registry
     from harness.report.schema import load_records
     from harness.report.writer import parse_formats, read_run_infos, write_report
 
@@ -205,7 +210,7 @@ def report(run_dirs: Annotated[list[Path], typer.Argument(help="run folders (mer
         raise DataError(f"no result records under {', '.join(str(d / 'records') for d in run_dirs)}")
     runs = read_run_infos(run_dirs)
     paths = write_report(output or run_dirs[0], records, runs[0], formats=formats,
-                         baseline=baseline, runs=runs)
+                         baseline=baseline, runs=runs, registry=get_registry())
     for p in paths:
         out.print(str(p), markup=False)
 
@@ -217,9 +222,10 @@ def compare(new: Annotated[Path, typer.Argument(help="new run folder or report.j
             floor: Annotated[float, typer.Option("--floor", help="spread rule: smallest tolerance")] = 0.01,
             json_: Annotated[bool, typer.Option("--json", help="print the machine-readable result (JSON) instead of a table")] = False) -> None:
     """Flag cells whose mean fell below the baseline by more than the tolerance (exit 1 if any)."""
+    from harness.plugins import get_registry
     from harness.report.compare import compare_paths, dumps, rich_table
 
-    result = compare_paths(new, baseline, tolerance, k, floor)
+    result = compare_paths(new, baseline, tolerance, k, floor, get_registry())
     if json_:
         out.print(dumps(result), markup=False)
     else:

@@ -120,22 +120,16 @@ def data_list(store: StoreOpt = None) -> None:
                 if isinstance(info, dict) else ""
             table.add_row(name, "yes", escape(str(ready.parent)), escape(str(what or "")))
         if not caches:
-            table.add_row(name, "no", "", escape(registry.datasets[name].cls.source_hint or ""))
+            table.add_row(name, "no", "", escape(registry.dataset(name).cls.source_hint or ""))
     out.print(table)
 
 
 def open_dataset(name: str, store: Path | None, options: list[str] | None = None):
-    from pydantic import ValidationError
-
-    from harness.data.base import dataset_root
-    from harness.errors import SpecError
+    from harness.data.open import dataset_in_store
     from harness.plugins import get_registry
-    from harness.spec import apply_overrides, format_errors
+    from harness.spec import apply_overrides
 
-    info = get_registry().dataset(name)
-    raw = apply_overrides({}, options or [])
-    try:
-        config = info.cls.Config.model_validate(raw)
-    except ValidationError as exc:
-        raise SpecError(format_errors(exc, info.cls.Config, "--set", {})) from None
-    return info.cls(config, root=dataset_root(info.cls, config, _store(store)))
+    registry = get_registry()
+    registry.dataset(name)  # PluginError (exit 4) before any --set is read
+    config = registry.config("dataset", name, apply_overrides({}, options or []), source="--set")
+    return dataset_in_store(registry, name, config, _store(store))

@@ -26,9 +26,9 @@ def pick(runner: Any, name: str | None, nproc: int | None = None) -> Any:
     setting this machine cannot meet (more GPUs than visible) stops the run before any work."""
     from harness.execute.base import executor_config
 
-    cls, config = executor_config(runner.rspec.spec, runner.registry, name, runner.rspec.source,
-                                  nproc=nproc)
-    executor = cls(config)
+    chosen, config = executor_config(runner.rspec.spec, runner.registry, name,
+                                     runner.rspec.source, nproc=nproc)
+    executor = runner.registry.create("executor", chosen, config)
     executor.slots(runner)
     return executor
 

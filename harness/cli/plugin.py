@@ -20,11 +20,13 @@ def plugin_check(names: Annotated[list[str], typer.Argument(help="method or data
     import sys
 
     from harness.conformance import check
+    from harness.plugins import get_registry
 
     debug = "--debug" in sys.argv[1:]  # main() takes it off the command line it parses
+    registry = get_registry()
     failed = False
     for name in names:
-        report = check(name, debug=debug)
+        report = check(name, registry, debug=debug)
         for failure in report.failures:
             out.print(str(failure), markup=False)
         if report.ok:

@@ -32,9 +32,10 @@ def stage_run(spec: Annotated[Path, typer.Argument(help="spec file")],
     from harness.runner import Runner
     from harness.spec import load_spec
 
-    rspec = load_spec(spec, set_ or [])
+    registry = get_registry()
+    rspec = load_spec(spec, set_ or [], registry)
     artifacts = open_store(store)
-    runner = Runner(rspec, get_registry(), artifacts, rspec.output_dir(), quiet=True if quiet else None)
+    runner = Runner(rspec, registry, artifacts, rspec.output_dir(), quiet=True if quiet else None)
     plan, _, _ = runner.plan(prepare=True)
     again = " ".join(["harness", "stage", "run", shlex.quote(str(spec)), "KEY",
                       *[f"--set {shlex.quote(o)}" for o in set_ or []],

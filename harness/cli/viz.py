@@ -28,11 +28,13 @@ def viz_similarity(
         store: StoreOpt = None) -> None:
     """Point-similarity maps (thesis Fig. 4.2/4.3): the cosine similarity of each anchor's
     feature to every position of each encoder's last feature map, beside the ground truth."""
+    from harness.plugins import get_registry
     from harness.viz.command import similarity_command
     from harness.viz.inputs import dataset_options, spec_dataset
 
     if spec is None and dataset is None:
         raise click.UsageError("give --dataset NAME or --spec SPEC (the dataset that holds the image)")
-    ds = spec_dataset(spec, dataset, set_, _store(store)) if spec else _dataset(dataset, store, dataset_options(set_))
+    ds = (spec_dataset(spec, dataset, set_, _store(store), get_registry()) if spec
+          else _dataset(dataset, store, dataset_options(set_)))
     path = similarity_command(encoder, ds, image, points, size, output, _store(store).root)
     out.print(str(path), markup=False)

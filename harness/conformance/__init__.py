@@ -33,14 +33,17 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from harness.conformance.checker import Failure, Report, fixture_of
+
+if TYPE_CHECKING:
+    from harness.plugins import Registry
 
 __all__ = ["Failure", "Report", "check", "check_plugin", "fixture_of"]
 
 
-def _registry(registry: Any) -> Any:
+def _registry(registry: Registry | None) -> Registry:
     if registry is not None:
         return registry
     from harness.plugins import get_registry
@@ -48,7 +51,7 @@ def _registry(registry: Any) -> Any:
     return get_registry()
 
 
-def check(name: str, registry: Any = None, folder: Path | None = None,
+def check(name: str, registry: Registry | None = None, folder: Path | None = None,
           debug: bool = False) -> Report:
     """Every check of plugin ``name`` (a method or a dataset); ``debug``: print the traceback
     of each exception raised by plugin code to stderr."""
@@ -80,11 +83,11 @@ def check(name: str, registry: Any = None, folder: Path | None = None,
                 from harness.conformance.methods import smoke_method as smoke
             else:
                 from harness.conformance.datasets import smoke_dataset as smoke
-            smoke(info, Path(tmp), report, who)
+            smoke(info, Path(tmp), report, who, registry)
     return report
 
 
-def check_plugin(*names: str, registry: Any = None) -> list[Report]:
+def check_plugin(*names: str, registry: Registry | None = None) -> list[Report]:
     """pytest helper: run :func:`check` on each name; raise AssertionError listing every
     failure (one line each)."""
     reports = [check(name, registry) for name in names]

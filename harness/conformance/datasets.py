@@ -4,17 +4,20 @@ of the documented dtypes and shapes (see :mod:`harness.conformance`)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from harness.conformance.checker import Checker, Failure, Report, Stop, fixture_of
 
+if TYPE_CHECKING:
+    from harness.plugins import Registry
+
 FIX = "define `conformance_fixture(cls, folder)` (a classmethod) that writes a tiny source in " \
       "the official layout into folder and returns {'source': PATH, 'config': {...}}"
 
 
-def smoke_dataset(info: Any, folder: Path, report: Report, who: str) -> None:
+def smoke_dataset(info: Any, folder: Path, report: Report, who: str, registry: Registry) -> None:
     check = Checker(info, report, who)
     cls = info.cls
     try:
@@ -22,9 +25,10 @@ def smoke_dataset(info: Any, folder: Path, report: Report, who: str) -> None:
         if not cls.auto_prepare and fixture.get("source") is None:
             raise check.fail("conformance_fixture", f"a dataset prepared from a download needs a "
                              f"fixture to be checked; {FIX}")
-        config = check.call("Config", cls.Config, **fixture.get("config", {}))
-        dataset = check.call("__init__", cls, config, folder / "cache" / cls.name)
-        folds = check.call("folds", dataset.folds) if cls.labeled else []
+        config = check.call("Config", registry.config, "dataset", info.name, fixture.get("config", {}))
+        folds = _class_facts(cls, config, check) if cls.labeled else []
+        dataset = check.call("__init__", registry.create, "dataset", info.name, config,
+                             root=folder / "cache" / cls.name)
         check.call("prepare", dataset.prepare, fixture.get("source"))
         if not dataset.is_prepared():
             raise check.fail("prepare", f"left no READY marker in {dataset.root}; build the cache "
@@ -39,7 +43,7 @@ def smoke_dataset(info: Any, folder: Path, report: Report, who: str) -> None:
         if not cls.labeled or cls.has_unlabeled:
             _unlabeled(dataset, check)
         _damage(dataset, check)
-        _metric_family(dataset, check)
+        _metric_family(dataset, check, registry)
     except Stop:
         pass
     except Exception as exc:  # noqa: BLE001 - a fault in the kit's own harness calls
@@ -114,9 +118,25 @@ def _damage(dataset: Any, check: Checker) -> None:
     check.passed("verify")
 
 
-def _metric_family(dataset: Any, check: Checker) -> None:
-    from harness.plugins import get_registry
+def _class_facts(cls: Any, config: Any, check: Checker) -> list[str]:
+    """What a labeled dataset tells without its data, asked of the class: folds, expected
+    group sizes (a mapping or None), the number of model outputs."""
+    folds = check.call("folds", cls.folds, config)
+    if not (isinstance(folds, list) and all(isinstance(f, str) for f in folds)):
+        raise check.fail("folds", f"returned {folds!r}; return the fold names as a list of str "
+                         f"(a classmethod `folds(cls, config)`)")
+    sizes = check.call("expected_group_sizes", cls.expected_group_sizes, config)
+    if sizes is not None and not (isinstance(sizes, dict) and all(
+            isinstance(g, str) and isinstance(n, int) for g, n in sizes.items())):
+        raise check.fail("expected_group_sizes", f"returned {sizes!r}; return None or a mapping "
+                         f"group -> sample count (a classmethod `expected_group_sizes(cls, config)`)")
+    if cls.num_classes != len(cls.class_names) + 1:
+        raise check.fail("num_classes", f"is {cls.num_classes!r} with {len(cls.class_names)} "
+                         f"class_names; it counts background + the foreground classes")
+    return folds
 
-    if dataset.labeled and dataset.metric_family not in get_registry().metric_families:
+
+def _metric_family(dataset: Any, check: Checker, registry: Registry) -> None:
+    if dataset.labeled and dataset.metric_family not in registry.metric_families:
         raise check.fail("metric_family", f"{dataset.metric_family!r} is no installed metric "
                          f"family; use 'pq', 'dice' or register your own")

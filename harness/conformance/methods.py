@@ -6,13 +6,16 @@ import copy
 import math
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from harness.conformance.checker import Checker as _Checker
 from harness.conformance.checker import Failure, Report, fixture_of
 from harness.conformance.checker import Stop as _Stop
+
+if TYPE_CHECKING:
+    from harness.plugins import Registry
 
 #: Optimiser steps on one fixed batch; the loss of the later half must fall below the first.
 #: Measured on the built-ins (2026-12-07, seeds 0-2 x 1 and 2 torch threads; ResNet-18): the
@@ -40,14 +43,14 @@ def encoders_of(method: Any) -> list[tuple[str, Any]]:
     return out
 
 
-def smoke_method(info: Any, folder: Path, report: Report, who: str) -> None:
+def smoke_method(info: Any, folder: Path, report: Report, who: str, registry: Registry) -> None:
     import torch
 
     check = _Checker(info, report, who)
     try:
         fixture = check.call("conformance_fixture", fixture_of, info.cls, folder / "fixture")
-        config = check.call("Config", info.cls.Config, **fixture.get("config", {}))
-        method = check.call("__init__", info.cls, config)
+        config = check.call("Config", registry.config, "method", info.name, fixture.get("config", {}))
+        method = check.call("__init__", registry.create, "method", info.name, config)
         check.passed("Config")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)

@@ -20,10 +20,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from harness.store import ArtifactStore
 
 
 class DatasetConfig(BaseModel):
@@ -68,7 +71,22 @@ class Split:
         return [sid for ids in self.train.values() for sid in ids]
 
 
+class _ClassFact:
+    """A read-only fact of a dataset class, the same read from the class or an instance."""
+
+    def __init__(self, fget: Any):
+        self.fget, self.__doc__ = fget, fget.__doc__
+
+    def __get__(self, obj: Any, owner: type) -> Any:
+        return self.fget(owner)
+
+
 class Dataset:
+    """A dataset plugin. What is known without the data (folds, expected group sizes, the
+    cache's identity, class names and count, metric family) is asked of the class, from its
+    validated ``Config`` where it depends on it; an instance is an opened dataset (its prepared
+    cache under ``root``)."""
+
     name: ClassVar[str]
     #: Bump when a change alters the prepared data; part of every stage key built on it.
     version: ClassVar[str] = "1"
@@ -90,10 +108,10 @@ class Dataset:
         self.root = Path(root)
 
     # --- identity ----------------------------------------------------------------------------
-    @property
-    def num_classes(self) -> int:
+    @_ClassFact
+    def num_classes(cls) -> int:
         """Number of model outputs: background + foreground classes."""
-        return len(self.class_names) + 1
+        return len(cls.class_names) + 1
 
     #: Config fields that change the prepared cache (None: all of them). Fields left out (e.g.
     #: a load-time policy) share one prepared copy; they still enter stage keys.
@@ -104,12 +122,13 @@ class Dataset:
         return {"name": self.name, "version": self.version,
                 "config": self.config.model_dump(mode="json")}
 
-    def cache_identity(self) -> dict[str, Any]:
-        """What identifies the prepared cache (its folder in the store)."""
-        config = self.config.model_dump(mode="json")
-        if self.cache_fields is not None:
-            config = {k: v for k, v in config.items() if k in self.cache_fields}
-        return {"name": self.name, "version": self.version, "config": config}
+    @classmethod
+    def cache_identity(cls, config: DatasetConfig) -> dict[str, Any]:
+        """What identifies the prepared cache of ``config`` (its folder in the store)."""
+        dumped = config.model_dump(mode="json")
+        if cls.cache_fields is not None:
+            dumped = {k: v for k, v in dumped.items() if k in cls.cache_fields}
+        return {"name": cls.name, "version": cls.version, "config": dumped}
 
     @classmethod
     def resolve_config(cls, config: DatasetConfig, metric: Any) -> tuple[DatasetConfig, list[tuple[str, str]]]:
@@ -143,14 +162,16 @@ class Dataset:
         part of a generated one)."""
         raise NotImplementedError(f"dataset '{self.name}' has no unlabeled images")
 
-    def folds(self) -> list[str]:
-        """Names of the evaluation folds: each k-fold fold in turn, or ``["test"]``. Must work
-        without the data (spec validation calls it)."""
+    @classmethod
+    def folds(cls, config: DatasetConfig) -> list[str]:
+        """Names of the evaluation folds under ``config``: each k-fold fold in turn, or
+        ``["test"]``. Known without the data (spec validation asks the class)."""
         raise NotImplementedError
 
-    def expected_group_sizes(self) -> dict[str, int] | None:
-        """Expected number of samples per group (fold or split), known without the data, so
-        that spec validation can check label fractions; None when unknown."""
+    @classmethod
+    def expected_group_sizes(cls, config: DatasetConfig) -> dict[str, int] | None:
+        """Expected number of samples per group (fold or split) under ``config``, known without
+        the data, so that spec validation can check label fractions; None when unknown."""
         return None
 
     def split(self, fold: str, arrays: LabeledArrays) -> Split:
@@ -224,7 +245,7 @@ def prepare_command_for(dataset: Dataset) -> str:
         defaults = type(dataset.config)().model_dump(mode="json")
     except Exception:  # noqa: BLE001 - a Config with required options: name none
         defaults = {}
-    for key, value in dataset.cache_identity()["config"].items():
+    for key, value in dataset.cache_identity(dataset.config)["config"].items():
         if key in defaults and value != defaults[key]:
             text = json.dumps(value) if not isinstance(value, str) else value
             command += f" --set {shlex.quote(f'{key}={text}')}"
@@ -235,8 +256,8 @@ def prepare_command_for(dataset: Dataset) -> str:
     return command
 
 
-def dataset_root(cls: type[Dataset], config: Any, store: Any) -> Path:
+def dataset_root(cls: type[Dataset], config: DatasetConfig | None, store: ArtifactStore) -> Path:
     """Where a dataset's prepared cache lives in an artifact store: keyed by what changes the
-    cache, so options that only matter at load time share one prepared copy."""
-    probe = cls(config, root=Path("."))
-    return store.dataset_dir(cls.name, probe.cache_identity())
+    cache, so options that only matter at load time share one prepared copy (``config``
+    None: the defaults)."""
+    return store.dataset_dir(cls.name, cls.cache_identity(config if config is not None else cls.Config()))

@@ -291,7 +291,7 @@ class CachedDataset(Dataset):
         arrays, problems = self.checked_arrays()
         if arrays is None:
             return problems
-        expected = self.expected_group_sizes()
+        expected = self.expected_group_sizes(self.config)
         if expected:
             counts = group_counts(arrays.groups)
             for group, n in expected.items():

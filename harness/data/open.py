@@ -4,22 +4,37 @@ kinds (through :class:`Resources`) and viz."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.console import console
-from harness.data.base import Dataset, LabeledArrays, dataset_root, prepare_command_for
+from harness.data.base import Dataset, DatasetConfig, LabeledArrays, dataset_root, prepare_command_for
 from harness.errors import DataError
 
+if TYPE_CHECKING:
+    from harness.plugins import Registry
+    from harness.spec.models import ResolvedSpec
+    from harness.store import ArtifactStore
 
-def open_dataset(rspec: Any, registry: Any, store: Any, prepare: bool = True) -> Dataset:
-    info = registry.dataset(rspec.spec.dataset.name)
-    return _open(info.cls, rspec.dataset_config, store, prepare)
+
+def dataset_in_store(registry: Registry, name: str, config: DatasetConfig | dict | None,
+                     store: ArtifactStore) -> Dataset:
+    """Dataset plugin ``name`` with ``config`` (validated; None: its defaults) at its prepared
+    cache's folder in ``store`` (neither opened nor prepared)."""
+    config = registry.config("dataset", name, config)
+    return registry.create("dataset", name, config,
+                           root=dataset_root(registry.dataset(name).cls, config, store))
 
 
-def _open(cls: type[Dataset], config: Any, store: Any, prepare: bool) -> Dataset:
+def open_dataset(rspec: ResolvedSpec, registry: Registry, store: ArtifactStore,
+                 prepare: bool = True) -> Dataset:
+    return _open(registry, rspec.spec.dataset.name, rspec.dataset_config, store, prepare)
+
+
+def _open(registry: Registry, name: str, config: DatasetConfig | None, store: ArtifactStore,
+          prepare: bool) -> Dataset:
     """A dataset in the store, generated on first use if it can be; else a DataError with the
     command that prepares it."""
-    return ensure_prepared(cls(config, root=dataset_root(cls, config, store)), prepare)
+    return ensure_prepared(dataset_in_store(registry, name, config, store), prepare)
 
 
 def ensure_prepared(dataset: Dataset, generate: bool = True, announce: bool = True) -> Dataset:
@@ -70,7 +85,8 @@ class Resources:
     """The datasets a plan needs, each opened once; unlabeled images only when a stage that
     needs them actually runs (a dry run never touches them)."""
 
-    def __init__(self, rspec: Any, registry: Any, store: Any, prepare: bool = True):
+    def __init__(self, rspec: ResolvedSpec, registry: Registry, store: ArtifactStore,
+                 prepare: bool = True):
         self.rspec, self.registry, self.store, self.prepare = rspec, registry, store, prepare
         self.dataset = open_dataset(rspec, registry, store, prepare=prepare)
         self.arrays = load_arrays(self.dataset)
@@ -83,8 +99,9 @@ class Resources:
             return self.dataset, self.arrays
         if name not in self._labeled:
             info = self.registry.dataset(name)
-            config, _ = info.cls.resolve_config(info.cls.Config(), self.rspec.spec.metric)
-            ds = _open(info.cls, config, self.store, self.prepare)
+            config, _ = info.cls.resolve_config(self.registry.config("dataset", name),
+                                                self.rspec.spec.metric)
+            ds = _open(self.registry, name, config, self.store, self.prepare)
             self._labeled[name] = (ds, load_arrays(ds))
         return self._labeled[name]
 
@@ -94,8 +111,8 @@ class Resources:
             if ref is None:
                 self._unlabeled = self.dataset
             else:
-                info = self.registry.dataset(ref.name)
-                self._unlabeled = _open(info.cls, self.rspec.unlabeled_config, self.store, self.prepare)
+                self._unlabeled = _open(self.registry, ref.name, self.rspec.unlabeled_config,
+                                        self.store, self.prepare)
         return self._unlabeled
 
     def unlabeled_images(self):

@@ -17,6 +17,7 @@ from harness.engine.model import build_unet
 from harness.console import progress_bar
 from harness.engine.runtime import Precision, no_tf32, resolve_num_workers
 from harness.heads import out_channels, readers
+from harness.metrics.family import MetricFamily
 from harness.metrics.stream import auto_workers
 from harness.safeload import STAGE_FIX, load_state_dict_file
 from harness.store import atomic_write_json
@@ -91,14 +92,13 @@ def load_model(path, encoder_name: str, num_classes: int,
 
 
 def evaluate(ctx: StageContext, *, arrays: LabeledArrays, test_ids: Sequence[str], num_classes: int,
-             class_names: Sequence[str], metric_family: str, settings: Any,
+             class_names: Sequence[str], metric_family: MetricFamily, settings: Any,
              build: Callable[[str, int], torch.nn.Module] = build_unet,
              head: str = "semantic") -> dict[str, Any]:
     """Predict the test fold, score it with the metric family (batches scored in its worker
     processes while the next are predicted; a ``hover`` chunk is post-processed there too),
-    write ``metrics.json`` and ``predictions.npz``."""
-    from harness.plugins import get_registry
-
+    write ``metrics.json`` and ``predictions.npz``. ``metric_family``: the registered family
+    (:meth:`harness.plugins.Registry.metric_family`) that scores it."""
     model, normalizer = load_model(ctx.inputs["model"], settings.encoder,
                                    out_channels(head, num_classes), build)
     index = arrays.index_of()
@@ -109,7 +109,7 @@ def evaluate(ctx: StageContext, *, arrays: LabeledArrays, test_ids: Sequence[str
     workers = settings.eval_workers
     if workers == "auto":
         workers = auto_workers(len(rows), _SCORE_CHUNK)
-    scorer = get_registry().metric_family(metric_family).scorer(arrays, rows, class_names, workers)
+    scorer = metric_family.scorer(arrays, rows, class_names, workers)
     parts = []
     try:
         for _, part in chunks:

@@ -28,11 +28,15 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from harness.errors import PluginError, SpecError
+
+if TYPE_CHECKING:
+    from harness.plugins import Registry
+    from harness.store import ArtifactStore
 
 
 class ExecutorConfig(BaseModel):
@@ -55,7 +59,7 @@ class StageOutcome:
     result: dict[str, Any] = field(default_factory=dict)
 
 
-def outcomes_from_store(store: Any, stages: list[Any], computed: Any) -> dict[str, StageOutcome]:
+def outcomes_from_store(store: ArtifactStore, stages: list[Any], computed: Any) -> dict[str, StageOutcome]:
     """The outcome of ``stages`` that the store holds: computed for the keys in ``computed`` (by
     this run's workers or jobs), cached for the others; seconds and summary from its meta."""
     computed, found = set(computed), {}
@@ -107,16 +111,14 @@ def stage_processes(runner: Any, stage: Any, nproc: int) -> int:
     return nproc if getattr(kind, "distributed", False) else 1
 
 
-def executor_config(spec: Any, registry: Any, name: str | None, source: str = "",
+def executor_config(spec: Any, registry: Registry, name: str | None, source: str = "",
                     lines: dict | None = None, nproc: int | None = None
-                    ) -> tuple[type[Executor], BaseModel]:
-    """The executor class and its validated settings: ``name`` (``--executor``) or the spec's
+                    ) -> tuple[str, BaseModel]:
+    """The executor's name and its validated settings: ``name`` (``--executor``) or the spec's
     ``execution.executor``; the section's other keys are that executor's settings. Where the
     section names an executor and ``--executor`` another, its settings are dropped (they belong
     to the spec's one) except the common ones (:class:`ExecutorConfig`'s); where it names none,
     they are the chosen executor's. ``nproc`` (``--nproc``) replaces ``gpus_per_stage``."""
-    from harness.spec.problems import format_errors
-
     section = spec.execution
     chosen = name or section.executor
     info = registry.executors.get(chosen)
@@ -132,14 +134,11 @@ def executor_config(spec: Any, registry: Any, name: str | None, source: str = ""
             raise SpecError(f"--nproc: executor {chosen!r} has no gpus_per_stage setting (its "
                             f"Config does not derive from harness.execute.base.ExecutorConfig)")
         settings = {**settings, "gpus_per_stage": nproc}
-    try:
-        return info.cls, info.cls.Config.model_validate(settings)
-    except ValidationError as exc:
-        raise SpecError(format_errors(exc, info.cls.Config, source, lines or {},
-                                      prefix=("execution",))) from None
+    return chosen, registry.config("executor", chosen, settings, source=source, lines=lines,
+                                   prefix=("execution",))
 
 
-def execution_problems(spec: Any, registry: Any, source: str, lines: dict) -> list[str]:
+def execution_problems(spec: Any, registry: Registry, source: str, lines: dict) -> list[str]:
     """Spec-load check of the ``execution:`` section (unknown executor, bad settings); settings
     without ``executor:`` are checked when ``--executor`` has chosen one."""
     if "executor" not in spec.execution.model_fields_set:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.console import console
 from harness.engine import distributed as dist
@@ -20,8 +20,12 @@ from harness.plan import Stage
 from harness.provenance import provenance
 from harness.stages.base import StageEnv
 
+if TYPE_CHECKING:
+    from harness.plugins import Registry
+    from harness.store import ArtifactStore
 
-def run_provenance(registry: Any, device: Any) -> dict[str, Any]:
+
+def run_provenance(registry: Registry, device: Any) -> dict[str, Any]:
     """Provenance of what this process computes: versions, commit, device, plugins."""
     from harness.engine.runtime import describe_device
 
@@ -63,7 +67,7 @@ class InProcessStage:
     Its events go to the stage's ``events.jsonl`` (:mod:`harness.execute.stage_events`) and,
     with ``dispatch`` (the driver's own process), straight to the driver."""
 
-    def __init__(self, env: StageEnv, store: Any, device: Any, provenance: dict[str, Any],
+    def __init__(self, env: StageEnv, store: ArtifactStore, device: Any, provenance: dict[str, Any],
                  quiet: bool | None = None, dispatch: Dispatch | None = None):
         self.env, self.store, self.device = env, store, device
         self.provenance, self.quiet, self.dispatch = provenance, quiet, dispatch
@@ -96,7 +100,7 @@ class InProcessStage:
         emit("harness_stage_started", stage=info)
         started = time.time()
         try:
-            kind = self.env.registry.stage_kind(stage.kind).cls()
+            kind = self.env.registry.create("stage kind", stage.kind)
             stage_result = kind.run(stage, ctx.inputs, ctx, self.env) or {}
             dist.barrier()
         except BaseException as exc:

@@ -181,8 +181,9 @@ def worker_main(argv: list[str]) -> int:
             store = value
         elif flag == "--set":
             sets.append(value)
-    rspec = load_spec(Path(spec), sets)
-    runner = Runner(rspec, get_registry(), ArtifactStore(store or os.environ.get(
+    registry = get_registry()
+    rspec = load_spec(Path(spec), sets, registry)
+    runner = Runner(rspec, registry, ArtifactStore(store or os.environ.get(
         "HARNESS_STORE", "store")), rspec.output_dir(), quiet=True)
     plan, _, _ = runner.plan(prepare=True)
     _preload()

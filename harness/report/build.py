@@ -9,37 +9,43 @@ rebuilt at any time and several runs merged.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from functools import partial
+from typing import TYPE_CHECKING, Any, Iterable
 
 from harness.references import literature, published_value, reference_metric
 from harness.report import facts, stats
 from harness.report.provenance import collect_provenance
 from harness.report.schema import REPORT_SCHEMA, Comparison, Report, Row
 
+if TYPE_CHECKING:
+    from harness.plugins import Registry
 
-def _registry():
-    """The installed plugins: metric families say how to read a record's metrics, which of
-    their variants to break down, and what a reference table's metric means in our records
-    (the thesis's "PQ" is the mPQ of its own evaluation code, i.e. our `thesis` variant)."""
+# The registry (the installed plugins) is passed in: metric families say how to read a
+# record's metrics, which of their variants to break down, and what a reference table's metric
+# means in our records (the thesis's "PQ" is the mPQ of its own evaluation code, i.e. our
+# `thesis` variant); stage kinds add report sections.
+
+
+def installed(registry: Registry | None) -> Registry:
+    """``registry``, or the installed plugins for a caller of the public report API
+    (:func:`build_report`, :func:`harness.report.writer.write_report`,
+    :func:`harness.report.tables.main_table`) that gives none."""
+    if registry is not None:
+        return registry
     from harness.plugins import get_registry
 
     return get_registry()
 
 
-def section_kinds() -> list[type]:
+def section_kinds(registry: Registry) -> list[type]:
     """The installed stage kinds that add a report section (their ``report_section``), by name."""
-    return [info.cls for _, info in sorted(_registry().stage_kinds.items())
+    return [info.cls for _, info in sorted(registry.stage_kinds.items())
             if getattr(info.cls, "report_section", None)]
 
 
-def metric_family(name: str) -> Any | None:
-    """The installed metric family (an instance) that defines metric ``name``, or None."""
-    return _registry().family_of_metric(name)
-
-
-def like_for_like(table: str | None) -> tuple[str, str | None] | None:
+def like_for_like(table: str | None, registry: Registry) -> tuple[str, str | None] | None:
     """Our ``(metric, variant)`` comparable with reference ``table``'s published numbers."""
-    return _registry().like_for_like(reference_metric(table)) if table else None
+    return registry.like_for_like(reference_metric(table)) if table else None
 
 
 def column_key(r: dict[str, Any]) -> tuple[str, float]:
@@ -53,10 +59,11 @@ def _group(records: Iterable[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]
     return groups
 
 
-def metric_of(record: dict[str, Any], name: str, variant: str | None) -> float | None:
+def metric_of(registry: Registry, record: dict[str, Any], name: str,
+              variant: str | None) -> float | None:
     """A metric of a record by name/variant (``dice``, or ``mpq``/``bpq`` of a PQ variant), as
     its metric family reads it; None if the record has none (or no family defines ``name``)."""
-    family = _registry().family_of_metric(name)
+    family = registry.family_of_metric(name)
     try:
         value = family.headline(record.get("metrics") or {}, name, variant)
     except (AttributeError, KeyError, TypeError):
@@ -64,13 +71,13 @@ def metric_of(record: dict[str, Any], name: str, variant: str | None) -> float |
     return None if value is None or not math.isfinite(float(value)) else float(value)
 
 
-def _like_for_like(record: dict[str, Any]) -> bool:
-    target = like_for_like(record.get("reference"))
+def _like_for_like(record: dict[str, Any], registry: Registry) -> bool:
+    target = like_for_like(record.get("reference"), registry)
     metric = record["metric"]
     return target is not None and (metric["name"], metric.get("variant")) == target
 
 
-def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def summarize(records: list[dict[str, Any]], registry: Registry) -> list[dict[str, Any]]:
     """One row per (method, protocol, fraction): mean, sample std and t-interval over folds and
     seeds; the best mean of each column marked; paper value and difference like for like."""
     rows = []
@@ -79,7 +86,7 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         mean, std = stats.mean_std(values)
         lo, hi = stats.t_interval(values)
         paper = None
-        if _like_for_like(recs[0]):
+        if _like_for_like(recs[0], registry):
             paper = published_value(recs[0]["reference"], method, protocol, fraction)
         rows.append(Row(
             method=method, protocol=protocol, fraction=fraction,
@@ -149,17 +156,17 @@ def power_note(comparisons: list[dict[str, Any]]) -> dict[str, Any] | None:
             "pairs_needed": stats.pairs_needed(stats.ALPHA, max(1, family))}
 
 
-def paper_comparison(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def paper_comparison(records: list[dict[str, Any]], registry: Registry) -> list[dict[str, Any]]:
     """Our like-for-like value (whatever the headline metric) beside the thesis's number, with
     a flag when the published value lies outside our 95% interval."""
     out = []
     for (method, protocol, fraction), recs in _group(records).items():
         table = recs[0].get("reference")
-        target = like_for_like(table)
+        target = like_for_like(table, registry)
         if target is None:
             continue
         paper = published_value(table, method, protocol, fraction)
-        values = [metric_of(r, *target) for r in recs]
+        values = [metric_of(registry, r, *target) for r in recs]
         mean, std = stats.mean_std(values)
         lo, hi = stats.t_interval(values)
         outside = None if paper is None or lo is None else not (lo <= paper <= hi)
@@ -171,7 +178,7 @@ def paper_comparison(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def literature_comparison(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def literature_comparison(records: list[dict[str, Any]], registry: Registry) -> list[dict[str, Any]]:
     """Per dataset with published instance-segmentation figures (``harness/references/
     literature.yaml``): those figures beside our instance-variant mPQ/bPQ of every row whose
     records come from an instance head (``head`` other than semantic) scored by the official
@@ -189,7 +196,7 @@ def literature_comparison(records: list[dict[str, Any]]) -> list[dict[str, Any]]
                    "folds": sorted({r["fold"] for r in recs}), "head": recs[0]["head"]}
             for name in ("mpq", "bpq"):
                 row[name], row[f"{name}_std"] = stats.mean_std(
-                    [metric_of(r, name, "instance") for r in recs])
+                    [metric_of(registry, r, name, "instance") for r in recs])
             ours.append(row)
         out.append({"dataset": dataset, "aggregation": published.get("aggregation", ""),
                     "systems": published.get("systems", []), "ours": ours})
@@ -224,13 +231,13 @@ def _nanmean_dicts(dicts: list[dict[str, Any]], field: str | None = None) -> dic
     return result
 
 
-def breakdown(records: list[dict[str, Any]]) -> dict[str, Any]:
+def breakdown(records: list[dict[str, Any]], registry: Registry) -> dict[str, Any]:
     """Every variant of each metric family that has variants (PQ: both): the overall value of
     each of its metrics (mPQ, bPQ), per class and per tissue (its first metric), averaged over
     folds and seeds per (method, protocol, fraction). Empty for records of families without
     variants (e.g. Dice)."""
     out: dict[str, Any] = {}
-    for info in _registry().metric_families.values():
+    for info in registry.metric_families.values():
         for variant in info.cls.variants:
             entries = _variant_breakdown(records, variant, info.cls.metric_names)
             if entries["overall"]:
@@ -262,8 +269,10 @@ def default_baseline(records: list[dict[str, Any]]) -> str | None:
 
 
 def build_report(records: list[dict[str, Any]], runs: list[dict[str, Any]],
-                 baseline: str | None = None) -> Report:
-    """The whole report; ``runs`` are the run descriptions (``run.json``) of the merged runs."""
+                 baseline: str | None = None, *, registry: Registry | None = None) -> Report:
+    """The whole report; ``runs`` are the run descriptions (``run.json``) of the merged runs;
+    ``registry``: the plugins that read the records (None: the installed ones)."""
+    registry = installed(registry)
     methods = {r["method"] for r in records}
     if baseline is not None and baseline not in methods:
         from harness.errors import SpecError
@@ -282,11 +291,12 @@ def build_report(records: list[dict[str, Any]], runs: list[dict[str, Any]],
     return Report.model_validate({
         "schema": REPORT_SCHEMA, "run": " + ".join(names) if names else None, "runs": names,
         "metric": metrics[0][0] if metrics else None, "variant": metrics[0][1] if metrics else None,
-        "rows": summarize(records), "baseline": baseline,
+        "rows": summarize(records, registry), "baseline": baseline,
         "comparisons": comparisons, "power": power_note(comparisons),
-        "paper": paper_comparison(records), "breakdown": breakdown(records),
-        "literature": literature_comparison(records), "pooled": pooled_rows(records),
-        **{k.report_section[0]: k.report_rows(records, metric_of) for k in section_kinds()},
+        "paper": paper_comparison(records, registry), "breakdown": breakdown(records, registry),
+        "literature": literature_comparison(records, registry), "pooled": pooled_rows(records),
+        **{k.report_section[0]: k.report_rows(records, partial(metric_of, registry))
+           for k in section_kinds(registry)},
         "single_class": single,
         "encoders": facts.encoder_rows(records),
         "warnings": [facts.warning_text(e) for e in single],

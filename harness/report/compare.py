@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import DataError
+
+if TYPE_CHECKING:
+    from harness.plugins import Registry
 
 COMPARE_SCHEMA = "harness.compare/1"
 DEFAULT_K = 2.0
@@ -34,16 +37,17 @@ DEFAULT_FLOOR = 0.01
 FAILING = ("regression", "missing", "metric changed")
 
 
-def load_rows(path: Path) -> tuple[list[dict[str, Any]], str]:
-    """Main-table rows of a run folder (from its records, else its report.json) or of a
-    report.json file, and a description of where they came from."""
+def load_rows(path: Path, registry: Registry) -> tuple[list[dict[str, Any]], str]:
+    """Main-table rows of a run folder (from its records, read by ``registry``'s metric
+    families, else its report.json) or of a report.json file, and a description of where they
+    came from."""
     from harness.report.build import summarize
     from harness.report.schema import load_records, load_report
 
     path = Path(path)
     if path.is_dir():
         if any((path / "records").glob("*.json")):
-            return summarize(load_records([path])), f"{path}/records"
+            return summarize(load_records([path]), registry), f"{path}/records"
         if (path / "report.json").exists():
             path = path / "report.json"
         else:
@@ -97,9 +101,14 @@ def compare_rows(new: list[dict[str, Any]], baseline: list[dict[str, Any]],
 
 
 def compare_paths(new: Path, baseline: Path, tolerance: float | None = None,
-                  k: float = DEFAULT_K, floor: float = DEFAULT_FLOOR) -> dict[str, Any]:
-    new_rows, new_src = load_rows(new)
-    base_rows, base_src = load_rows(baseline)
+                  k: float = DEFAULT_K, floor: float = DEFAULT_FLOOR,
+                  registry: Registry | None = None) -> dict[str, Any]:
+    """``registry``: the plugins that read records (None: the installed ones)."""
+    from harness.report.build import installed
+
+    registry = installed(registry)
+    new_rows, new_src = load_rows(new, registry)
+    base_rows, base_src = load_rows(baseline, registry)
     return {**compare_rows(new_rows, base_rows, tolerance, k, floor), "new": new_src,
             "baseline": base_src}
 

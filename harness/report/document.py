@@ -11,12 +11,15 @@ overrides, stages with wall time, resolved spec of each run).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from harness.report import literature as L
 from harness.report import tables as T
+
+if TYPE_CHECKING:
+    from harness.plugins import Registry
 
 FIGURE_CAPTIONS = {
     "bars": "Mean ± std per protocol (error bars: sample std over folds and seeds).",
@@ -35,7 +38,8 @@ class Section:
     code: list[tuple[str, str]] = field(default_factory=list)  # (caption, text)
 
 
-def _summary(report: dict[str, Any], records: list[dict[str, Any]], run_info: dict[str, Any]) -> Section:
+def _summary(report: dict[str, Any], records: list[dict[str, Any]], run_info: dict[str, Any],
+             registry: Registry) -> Section:
     spec = run_info.get("spec") or {}
     datasets = ", ".join(f"`{d}`" for d in dict.fromkeys(r["dataset"] for r in records))
     paragraphs = [spec["description"].strip()] if spec.get("description") else []
@@ -43,7 +47,7 @@ def _summary(report: dict[str, Any], records: list[dict[str, Any]], run_info: di
     paragraphs.append(f"Metric: **{report.get('metric')}**{variant}; dataset {datasets}; "
                       f"{len(records)} cells in {len(report['rows'])} table cells; runs: "
                       + ", ".join(f"`{r}`" for r in report.get("runs", [])) + ".")
-    family = L.family_of(report.get("metric"))
+    family = L.family_of(report.get("metric"), registry)
     if family is not None and getattr(family, "aggregation", ""):
         paragraphs.append(f"Aggregation: {family.aggregation}.")
     heads = sorted({r["head"] for r in records if r.get("head")})
@@ -79,15 +83,15 @@ def _provenance(report: dict[str, Any]) -> Section:
 
 
 def build_sections(report: dict[str, Any], records: list[dict[str, Any]], run_info: dict[str, Any],
-                   figures: dict[str, Any]) -> list[Section]:
-    sections = [_summary(report, records, run_info)]
+                   figures: dict[str, Any], registry: Registry) -> list[Section]:
+    sections = [_summary(report, records, run_info, registry)]
     if report.get("warnings"):
         sections.append(Section("Warnings", bullets=list(report["warnings"])))
-    sections.append(Section("Main results", tables=[T.main_table(report)],
+    sections.append(Section("Main results", tables=[T.main_table(report, registry)],
                             figures=[f for f in ("bars", "fractions") if f in figures]))
     if report.get("encoders"):
         sections.append(Section("Networks", tables=[T.encoder_table(report)]))
-    for kind in T.section_kinds():  # stage kinds' own sections (e.g. a plugin's labelers)
+    for kind in T.section_kinds(registry):  # stage kinds' own sections (e.g. a plugin's labelers)
         key, heading = kind.report_section
         if report.get(key):
             sections.append(Section(heading, tables=[kind.report_table(report)]))

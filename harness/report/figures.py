@@ -24,11 +24,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-def stage_logs() -> dict[str, str]:
-    """Stage kind -> the per-epoch log it writes (each installed kind's ``log_file``)."""
-    from harness.plugins import get_registry
-
-    return {name: info.cls.log_file for name, info in get_registry().stage_kinds.items()
+def stage_logs(registry: Any) -> dict[str, str]:
+    """Stage kind -> the per-epoch log it writes (each of ``registry``'s kinds' ``log_file``)."""
+    return {name: info.cls.log_file for name, info in registry.stage_kinds.items()
             if getattr(info.cls, "log_file", None)}
 
 
@@ -96,11 +94,12 @@ def fraction_chart(report: dict[str, Any], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def loss_curves(records: list[dict[str, Any]], store_roots: list[Path]) -> list[dict[str, Any]]:
+def loss_curves(records: list[dict[str, Any]], store_roots: list[Path],
+                registry: Any) -> list[dict[str, Any]]:
     """One curve per distinct training stage: {kind, label, group, epochs, loss, source}; the
     group (method / protocol, or the method for pretraining) picks the colour."""
     curves: dict[str, dict[str, Any]] = {}
-    logs = stage_logs()
+    logs = stage_logs(registry)
     for r in records:
         for s in r.get("stages") or []:
             if s["kind"] not in logs or s["key"] in curves:
@@ -162,12 +161,12 @@ def loss_chart(curves: list[dict[str, Any]], path: Path) -> Path | None:
 
 
 def make_figures(report: dict[str, Any], records: list[dict[str, Any]], folder: Path,
-                 store_roots: list[Path]) -> dict[str, Path]:
+                 store_roots: list[Path], registry: Any) -> dict[str, Path]:
     """Every figure that has data, as ``{name: png path}`` (names: bars, fractions, loss)."""
     out = {}
     for name, fn in (("bars", lambda p: bar_chart(report, p)),
                      ("fractions", lambda p: fraction_chart(report, p)),
-                     ("loss", lambda p: loss_chart(loss_curves(records, store_roots), p))):
+                     ("loss", lambda p: loss_chart(loss_curves(records, store_roots, registry), p))):
         path = fn(folder / f"{name}.png")
         if path is not None:
             out[name] = path

@@ -4,9 +4,12 @@ protocol differences that remain, and the metric family's aggregation statement.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.report.tables import Table, column_name, fmt
+
+if TYPE_CHECKING:
+    from harness.plugins import Registry
 
 #: What differs between a harness run and the published protocols, whatever the spec says.
 PROTOCOL_NOTES = (
@@ -18,13 +21,11 @@ PROTOCOL_NOTES = (
     "(HoVer-Net), with larger encoders and longer schedules.")
 
 
-def family_of(metric: str | None) -> Any | None:
+def family_of(metric: str | None, registry: Registry) -> Any | None:
     """The registered metric family (an instance) of headline metric ``metric``."""
     if not metric:
         return None
-    from harness.plugins import get_registry
-
-    return get_registry().family_of_metric(metric)
+    return registry.family_of_metric(metric)
 
 
 def _pm(value: Any, std: Any) -> str:

@@ -16,9 +16,12 @@ the other way round); records are summarised by :func:`harness.report.build.summ
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from harness.report.build import metric_family, section_kinds
+from harness.report.build import installed, section_kinds
+
+if TYPE_CHECKING:
+    from harness.plugins import Registry
 
 
 @dataclass
@@ -72,11 +75,11 @@ def column_metrics(report: dict[str, Any]) -> dict[tuple[str, float], str]:
             if r["metric"] != report.get("metric")}
 
 
-def metric_descriptions(names: Any) -> list[tuple[str, str]]:
+def metric_descriptions(names: Any, registry: Registry) -> list[tuple[str, str]]:
     """``(metric, its family's description)`` of each distinct metric name."""
     out = []
     for name in dict.fromkeys(names):
-        family = metric_family(name)
+        family = registry.family_of_metric(name)
         out.append((name, getattr(family, "description", "") or "a protocol's own measure"))
     return out
 
@@ -97,7 +100,9 @@ def cell_text(r: dict[str, Any]) -> str:
     return text + ")"
 
 
-def main_table(report: dict[str, Any]) -> Table:
+def main_table(report: dict[str, Any], registry: Registry | None = None) -> Table:
+    """The main results (``registry``: the plugins whose stage kinds mark cells; None: the
+    installed ones)."""
     rows = report["rows"]
     cols, several = columns(rows)
     by_key = {(r["method"], r["protocol"], r["fraction"]): r for r in rows}
@@ -105,7 +110,7 @@ def main_table(report: dict[str, Any]) -> Table:
              for c in report.get("comparisons", []) if c["significant"] and c["mean_diff"]}
     outside = {(p["method"], p["protocol"], p["fraction"]): p["outside_ci"] for p in report.get("paper", [])}
     kind_notes = []
-    for kind in section_kinds():  # a stage kind's marks (e.g. a labeler that saw test labels)
+    for kind in section_kinds(installed(registry)):  # a stage kind's marks (e.g. a labeler that saw test labels)
         kind_marks, note = kind.report_marks(report)
         for key, mark in kind_marks.items():
             marks[key] = (marks.get(key, "") + " " + mark).strip()
@@ -145,7 +150,7 @@ def main_table(report: dict[str, Any]) -> Table:
     if other:
         table.notes.append(f"A column named with a metric in brackets reports that metric, its "
                            f"protocol's own measure, instead of {metric}: "
-                           + "; ".join(f"{m}: {d}" for m, d in metric_descriptions(other.values())) + ".")
+                           + "; ".join(f"{m}: {d}" for m, d in metric_descriptions(other.values(), installed(registry))) + ".")
     if missing:
         table.notes.append("-: no result for the method in this column (e.g. a row restricted "
                            "to `protocols: [full]`: semi-supervised methods have no frozen encoder).")

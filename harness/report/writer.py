@@ -7,12 +7,15 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from harness.errors import DataError
-from harness.report.build import build_report
+from harness.report.build import build_report, installed
 from harness.report.schema import validate_record
 from harness.store import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    from harness.plugins import Registry
 
 FORMATS = ("md", "html", "json", "csv")
 CSV_FIELDS = ["method", "protocol", "fraction", "metric", "variant", "mean", "std", "ci_low",
@@ -44,13 +47,15 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 def write_report(output_dir: Path, records: list[dict[str, Any]], run_info: dict[str, Any], *,
                  formats: Iterable[str] | str | None = None, baseline: str | None = None,
-                 runs: list[dict[str, Any]] | None = None) -> list[Path]:
+                 runs: list[dict[str, Any]] | None = None,
+                 registry: Registry | None = None) -> list[Path]:
     """Write the report of ``records`` into ``output_dir``; return the written paths.
 
     ``run_info`` is the run's description (``run.json``: name, spec, overrides, store,
     provenance); ``runs`` lists every merged run's description (default: ``[run_info]``);
     ``baseline`` is the method of the paired comparisons (default: the first method, when there
-    are several)."""
+    are several); ``registry``: the plugins that read the records (None: the installed ones)."""
+    registry = installed(registry)
     output_dir = Path(output_dir)
     formats = parse_formats(formats)
     if not records:
@@ -63,7 +68,7 @@ def write_report(output_dir: Path, records: list[dict[str, Any]], run_info: dict
         for method in run.get("rows") or []:
             order.setdefault(method, len(order))
     records = sorted(records, key=lambda r: order.get(r["method"], len(order)))  # stable
-    report = build_report(records, runs, baseline).dump()
+    report = build_report(records, runs, baseline, registry=registry).dump()
     if report.get("warnings"):
         from harness.console import console
 
@@ -76,8 +81,8 @@ def write_report(output_dir: Path, records: list[dict[str, Any]], run_info: dict
         from harness.report.figures import make_figures
 
         stores = [Path(r["store"]) for r in runs if r.get("store")]
-        figures = make_figures(report, records, output_dir / "figures", stores)
-        sections = document.build_sections(report, records, run_info, figures)
+        figures = make_figures(report, records, output_dir / "figures", stores, registry)
+        sections = document.build_sections(report, records, run_info, figures, registry)
         if "md" in formats:
             rel = {k: str(p.relative_to(output_dir)) for k, p in figures.items()}
             paths.append(_text(output_dir / "report.md", document.to_markdown(title, sections, rel)))

@@ -6,11 +6,11 @@ them all at once.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from harness.errors import SpecError
 from harness.plugins import Registry, did_you_mean
 from harness.spec.models import ROW_KEYS, DatasetRef, RowSettings, Spec
 from harness.spec.problems import format_errors, printable, where
@@ -69,9 +69,10 @@ def check_dataset(ref: DatasetRef, field: str, registry: Registry, source: str, 
     if info is None:
         return None
     try:
-        config = info.cls.Config.model_validate(ref.options)
-    except ValidationError as exc:
-        problems.extend(format_errors(exc, info.cls.Config, source, lines, prefix=(field,)))
+        config = registry.config("dataset", ref.name, ref.options, source=source, lines=lines,
+                                 prefix=(field,))
+    except SpecError as exc:
+        problems.extend(exc.problems)
         return None
     if metric is None:
         return config
@@ -85,25 +86,25 @@ def check_methods(spec: Spec, registry: Registry, source: str, lines: Lines,
                    problems: list[str]) -> dict[str, Any]:
     configs = {}
     for name, settings in spec.methods.items():
-        if not check_row(spec, name, settings or {}, source, lines, problems):
+        if not check_row(spec, name, settings or {}, source, lines, problems, registry):
             continue
         info = registry.methods.get(spec.plugin_of(name))
         if info is None:
             continue
         settings = {k: v for k, v in (settings or {}).items() if k not in ROW_KEYS}
         try:
-            configs[name] = info.cls.Config.model_validate(settings)
-        except ValidationError as exc:
-            problems.extend(format_errors(exc, info.cls.Config, source, lines,
-                                          prefix=("methods", name)))
+            configs[name] = registry.config("method", info.name, settings, source=source,
+                                            lines=lines, prefix=("methods", name))
+        except SpecError as exc:
+            problems.extend(exc.problems)
     return configs
 
 
 def check_row(spec: Spec, name: str, settings: dict[str, Any], source: str, lines: Lines,
-               problems: list[str]) -> bool:
+               problems: list[str], registry: Registry) -> bool:
     """The row-level keys of ``methods.<name>``; False (with problems added) if they are bad."""
     try:
-        row = RowSettings.model_validate(settings)
+        row = RowSettings.model_validate(settings, context={"registry": registry})
     except ValidationError as exc:
         problems.extend(format_errors(exc, RowSettings, source, lines, prefix=("methods", name)))
         return False
@@ -126,7 +127,7 @@ def fold_problems(spec: Any, registry: Registry, dataset_config: Any, source: st
     if info is None or spec.folds is None:
         return []
     try:
-        folds = info.cls(dataset_config, root=Path("/nonexistent")).folds()
+        folds = info.cls.folds(dataset_config)
     except Exception:  # noqa: BLE001 - a dataset that needs its data to list folds
         return []
     return [f"{where(source, lines, ('folds', i))}: folds: unknown fold '{printable(f)}'"
@@ -147,14 +148,14 @@ def method_problems(spec: Any, method_configs: dict[str, Any], registry: Registr
     return problems
 
 
-def dataset_groups(cls: Any, ref: Any) -> list[str] | None:
-    """The groups (folds, or train/val/test) of a dataset, known without its data."""
+def dataset_groups(registry: Registry, name: str, options: Any) -> list[str] | None:
+    """The groups (folds, or train/val/test) of dataset ``name`` with ``options`` (None: its
+    defaults), known without its data (class facts); None where it cannot tell."""
     try:
-        config = cls.Config.model_validate(ref.options) if ref is not None else None
-        dataset = cls(config, root=Path("/nonexistent"))
-        sizes = dataset.expected_group_sizes() if hasattr(dataset, "expected_group_sizes") else None
+        cls, config = registry.info("dataset", name).cls, registry.config("dataset", name, options)
+        sizes = cls.expected_group_sizes(config)
         if sizes:
             return sorted(sizes)
-        return list(dataset.folds()) if cls.split_scheme == "kfold" else ["train", "val", "test"]
-    except Exception:  # noqa: BLE001 - a dataset that needs its data to know its groups
-        return None
+        return list(cls.folds(config)) if cls.split_scheme == "kfold" else ["train", "val", "test"]
+    except Exception:  # noqa: BLE001 - bad options (reported at their field), or a dataset that
+        return None  # needs its data to know its groups

@@ -9,13 +9,15 @@ What depends on a kind of plugin is asked of its class (``Method.protocols``,
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.plugins import Registry, did_you_mean
 from harness.spec.models import ROW_KEYS, Spec
 from harness.spec.problems import where
 from harness.spec.source import Lines
+
+if TYPE_CHECKING:
+    from harness.data.base import Dataset, DatasetConfig
 
 
 def cross_checks(spec: Spec, registry: Registry, dataset_config: Any, source: str,
@@ -35,7 +37,7 @@ def cross_checks(spec: Spec, registry: Registry, dataset_config: Any, source: st
         return
     problems.extend(unlabeled_problems(spec, registry, at))
     problems.extend(head_problems(spec, registry, ds_cls, at))
-    problems.extend(fraction_problems(spec, ds_cls(dataset_config, root=Path("/nonexistent")), at))
+    problems.extend(fraction_problems(spec, ds_cls, dataset_config, at))
     problems.extend(reference_problems(spec, at))
 
 
@@ -189,19 +191,19 @@ def metric_problems(spec: Spec, registry: Registry, source: str, lines: Lines) -
     return []
 
 
-def fraction_problems(spec: Spec, dataset: Any, at) -> list[str]:
+def fraction_problems(spec: Spec, ds_cls: type[Dataset], config: DatasetConfig, at) -> list[str]:
     """Fractions that leave too few training images (needs the dataset's expected counts)."""
     from harness.data.fractions import fraction_count
 
     try:
-        folds = dataset.folds()
+        folds = ds_cls.folds(config)
+        sizes = ds_cls.expected_group_sizes(config)
     except Exception:  # noqa: BLE001 - a dataset that needs its data to list folds
-        folds = None
-    sizes = dataset.expected_group_sizes() if hasattr(dataset, "expected_group_sizes") else None
+        return []
     if not (sizes and folds):
         return []
     problems = []
-    kfold = type(dataset).split_scheme == "kfold"
+    kfold = ds_cls.split_scheme == "kfold"
     for frac in spec.fractions:
         for fold in spec.folds or folds:
             train_groups = {g: n for g, n in sizes.items() if (g != fold if kfold else g == "train")}

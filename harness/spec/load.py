@@ -24,9 +24,10 @@ from harness.spec.values import name_problems, number_problems
 
 def load_spec(path: str | Path, overrides: list[str] | None = None,
               registry: Registry | None = None) -> ResolvedSpec:
-    """Read, override and validate a spec. Raises :class:`SpecError` (exit 2) listing every
-    problem, or :class:`PluginError` (exit 4) when the only problem is a plugin that is not
-    installed."""
+    """Read, override and validate a spec against the installed plugins of ``registry`` (None:
+    :func:`harness.plugins.get_registry`, for callers outside the harness's own entry points).
+    Raises :class:`SpecError` (exit 2) listing every problem, or :class:`PluginError` (exit 4)
+    when the only problem is a plugin that is not installed."""
     from harness.plugins import get_registry
 
     path = Path(path)
@@ -40,11 +41,12 @@ def load_spec(path: str | Path, overrides: list[str] | None = None,
 
     plugin_missing: list[str] = []
     problems.extend(name_problems(data, source, lines))
+    context = {"registry": registry}  # for the validators of plugin names (protocols)
     try:
-        spec = Spec.model_validate(data)
+        spec = Spec.model_validate(data, context=context)
     except ValidationError as exc:
         problems.extend(format_errors(exc, Spec, source, lines))
-        spec = lenient(Spec, data, exc)  # the other fields' checks still run
+        spec = lenient(Spec, data, exc, context)  # the other fields' checks still run
     # Plugin names can be checked even when other fields are broken.
     problems.extend(plugin_name_problems(data, source, lines, registry, plugin_missing))
 

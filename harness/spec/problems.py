@@ -32,12 +32,15 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(text))
 
 
-def lenient(model: type[BaseModel], data: dict[str, Any], exc: Exception) -> Any:
-    """``model`` validated without the top-level fields that failed (their defaults instead),
-    so that the checks of the other fields still run; None if that fails too."""
+def lenient(model: type[BaseModel], data: dict[str, Any], exc: Exception,
+            context: dict[str, Any] | None = None) -> Any:
+    """``model`` validated (with validation ``context``) without the top-level fields that
+    failed (their defaults instead), so that the checks of the other fields still run; None if
+    that fails too."""
     broken = {e["loc"][0] for e in exc.errors() if e["loc"]} if isinstance(exc, ValidationError) else set()
     try:
-        return model.model_validate({k: v for k, v in data.items() if k not in broken})
+        return model.model_validate({k: v for k, v in data.items() if k not in broken},
+                                    context=context)
     except ValidationError:
         return None
 

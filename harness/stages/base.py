@@ -19,27 +19,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from harness.plan import Stage
 
+if TYPE_CHECKING:
+    from harness.data.open import Resources
+    from harness.keying import MethodRef
+    from harness.methods import Method
+    from harness.plugins import Registry
+    from harness.protocols.base import TrainingProtocol
+    from harness.spec.models import ResolvedSpec, Spec
+
 
 @dataclass
 class StageEnv:
-    rspec: Any  # the resolved spec
-    registry: Any  # harness.plugins.Registry
-    resources: Any  # harness.data.open.Resources: the datasets, opened once
+    rspec: ResolvedSpec
+    registry: Registry
+    resources: Resources | None  # the datasets, opened once (None: nothing opened)
 
     @property
-    def spec(self) -> Any:
+    def spec(self) -> Spec:
         return self.rspec.spec
 
-    def method(self, ref: Any) -> Any:
+    def method(self, ref: MethodRef) -> Method:
         """A method object from its data (:class:`harness.keying.MethodRef`)."""
-        info = self.registry.method(ref.plugin)
-        return info.cls(info.cls.Config.model_validate(ref.config))
+        return self.registry.create("method", ref.plugin, ref.config)
 
     @property
     def file_hash_cache(self) -> Path | None:
@@ -51,8 +58,8 @@ class StageEnv:
         """``(dataset, arrays)`` of a labeled dataset plugin; None = the spec's own."""
         return self.resources.labeled(name)
 
-    def protocol(self, name: str) -> Any:
-        return self.registry.protocol(name).cls()
+    def protocol(self, name: str) -> TrainingProtocol:
+        return self.registry.create("protocol", name)
 
 
 class StageParams(BaseModel):

@@ -49,7 +49,8 @@ class EvaluateStage(StageKind):
         dataset, arrays = env.labeled(params.dataset)
         settings = params.settings
         return evaluate(ctx, arrays=arrays, test_ids=params.test_ids, num_classes=dataset.num_classes,
-                        class_names=dataset.class_names, metric_family=cfg["metric_family"],
+                        class_names=dataset.class_names,
+                        metric_family=env.registry.metric_family(cfg["metric_family"]),
                         settings=settings,
                         build=partial(env.protocol(params.protocol).build_model, settings=settings),
                         head=cfg.get("head", "semantic"))

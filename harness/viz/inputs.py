@@ -8,12 +8,16 @@ import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from harness.errors import DataError, SpecError
 from harness.safeload import load_state_dict_file
+
+if TYPE_CHECKING:
+    from harness.plugins import Registry
+    from harness.store import ArtifactStore
 
 ARTIFACT = "encoder.pt"
 META = "encoder.json"
@@ -141,19 +145,18 @@ def load_sample(dataset, sample_id: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array(arrays.images[row]), np.array(arrays.classes[row])
 
 
-def spec_dataset(spec: Path, dataset: str | None, options: list[str] | None, store: Any):
+def spec_dataset(spec: Path, dataset: str | None, options: list[str] | None, store: ArtifactStore,
+                 registry: Registry):
     """The dataset of ``--spec SPEC`` with the spec's options (``--set`` on top, as
     ``dataset.KEY=VALUE`` overrides of the spec), opened in ``store``; ``--dataset``, if also
     given, must name the same dataset."""
-    from harness.data.base import dataset_root
+    from harness.data.open import dataset_in_store
     from harness.errors import UsageError
-    from harness.plugins import get_registry
     from harness.spec import load_spec
 
-    rspec = load_spec(spec, [f"dataset.{o}" for o in dataset_options(options)])
+    rspec = load_spec(spec, [f"dataset.{o}" for o in dataset_options(options)], registry)
     name = rspec.spec.dataset.name
     if dataset is not None and dataset != name:
         raise UsageError(f"--dataset {dataset}: {spec} fine-tunes on '{name}'; give one of "
                          f"--dataset and --spec")
-    cls = get_registry().dataset(name).cls
-    return cls(rspec.dataset_config, root=dataset_root(cls, rspec.dataset_config, store))
+    return dataset_in_store(registry, name, rspec.dataset_config, store)

@@ -232,10 +232,12 @@ class LizardDataset(CachedDataset):
     cache_fields = ()  # both options apply at load time: one prepared copy serves all
     config: LizardConfig
 
-    def folds(self) -> list[str]:
+    @classmethod
+    def folds(cls, config: LizardConfig) -> list[str]:
         return [f"fold{k}" for k in SPLITS]
 
-    def expected_group_sizes(self) -> dict[str, int] | None:
+    @classmethod
+    def expected_group_sizes(cls, config: LizardConfig) -> dict[str, int] | None:
         return None  # per-fold patch counts are not published (only the 4,981 total)
 
     # --- preparation ---------------------------------------------------------------------------
@@ -320,7 +322,7 @@ class LizardDataset(CachedDataset):
             if counts.get(group, 0) != expected:
                 problems.append(f"{self.root}: group '{group}' has {counts.get(group, 0)} samples, "
                                 f"{expected} recorded at prepare time")
-        unknown = set(counts) - set(self.folds())
+        unknown = set(counts) - set(self.folds(self.config))
         if unknown:
             problems.append(f"{self.root}/samples.json: unknown groups {sorted(unknown)}")
         return problems

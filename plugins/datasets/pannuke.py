@@ -123,7 +123,7 @@ class PanNukeBase(CachedDataset):
         """Group sizes ``verify`` holds the cache to (see the module docstring)."""
         info = self._ready_info()
         if info.get("complete_release"):
-            return dict(self.expected_group_sizes() or {})
+            return dict(self.expected_group_sizes(self.config) or {})
         return dict(info.get("group_sizes", {}))
 
     def verify(self) -> list[str]:
@@ -178,10 +178,12 @@ class PanNukeDataset(PanNukeBase):
         write_cache(self.root, self.name, self.version, Path(source), selection, order, groups,
                     folds=folds, size=size)
 
-    def folds(self) -> list[str]:
+    @classmethod
+    def folds(cls, config: PanNukeConfig) -> list[str]:
         return list(FOLDS)
 
-    def expected_group_sizes(self) -> dict[str, int]:
+    @classmethod
+    def expected_group_sizes(cls, config: PanNukeConfig) -> dict[str, int]:
         return dict(OFFICIAL_FOLD_SIZES)
 
     def _verify_extra(self, arrays: LabeledArrays, info: dict) -> list[str]:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data.base import LabeledArrays
+from harness.data.base import DatasetConfig, LabeledArrays
 from harness.hookspecs import hookimpl
 
 from ._pannuke_io import FOLDS, inspect_folds, locate_folds, parse_sample_id, write_cache
@@ -100,10 +100,12 @@ class PanNukeBreastDataset(PanNukeBase):
                     extra_info={"breast_per_fold": {fold: len(selection[fold]) for fold in FOLDS}},
                     folds=folds, size=size)
 
-    def folds(self) -> list[str]:
+    @classmethod
+    def folds(cls, config: DatasetConfig) -> list[str]:
         return ["test"]
 
-    def expected_group_sizes(self) -> dict[str, int]:
+    @classmethod
+    def expected_group_sizes(cls, config: DatasetConfig) -> dict[str, int]:
         return dict(OFFICIAL_SPLIT_SIZES)
 
     def split_pairs(self) -> dict[str, list[tuple[str, int]]]:

@@ -128,8 +128,9 @@ class SyntheticDataset(Dataset):
     def fingerprint(self) -> dict[str, Any]:
         return {**super().fingerprint(), "config": _config_dump(self.config)}
 
-    def cache_identity(self) -> dict[str, Any]:
-        return {**super().cache_identity(), "config": _config_dump(self.config)}
+    @classmethod
+    def cache_identity(cls, config: SyntheticConfig) -> dict[str, Any]:
+        return {**super().cache_identity(config), "config": _config_dump(config)}
 
     # --- preparation ---------------------------------------------------------------------------
 
@@ -142,7 +143,7 @@ class SyntheticDataset(Dataset):
         return f"harness data prepare {self.name}"
 
     def _group_names(self) -> list[str]:
-        return [f"fold{k + 1}" for k in range(self.config.folds)]
+        return self.folds(self.config)
 
     def _counts(self, size: int) -> tuple[int, int]:
         """Nuclei per image of ``size``: the configured or default density; the default one
@@ -250,11 +251,13 @@ class SyntheticDataset(Dataset):
         self._require_prepared()
         return list(self._meta()["unlabeled_tissues"])
 
-    def folds(self) -> list[str]:
-        return self._group_names()
+    @classmethod
+    def folds(cls, config: SyntheticConfig) -> list[str]:
+        return [f"fold{k + 1}" for k in range(config.folds)]
 
-    def expected_group_sizes(self) -> dict[str, int]:
-        return {group: self.config.images_per_fold for group in self._group_names()}
+    @classmethod
+    def expected_group_sizes(cls, config: SyntheticConfig) -> dict[str, int]:
+        return {group: config.images_per_fold for group in cls.folds(config)}
 
 
 def _read_arrays(root: Path, expected: dict[str, tuple[tuple[int, ...], Any]]

@@ -233,10 +233,12 @@ class TCGADataset(CachedDataset):
         self._require_prepared()
         return self._ready()
 
-    def folds(self) -> list[str]:
+    @classmethod
+    def folds(cls, config: TCGAConfig) -> list[str]:
         return []
 
-    def expected_group_sizes(self) -> dict[str, int] | None:
+    @classmethod
+    def expected_group_sizes(cls, config: TCGAConfig) -> dict[str, int] | None:
         return None
 
 

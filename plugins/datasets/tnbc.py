@@ -41,7 +41,7 @@ least 1 and at most n - 1.
 Both splits are computed at prepare time and persisted in ``split.json`` (``split`` is a
 load-time option, so both share one prepared cache).
 
-Counts: ``expected_group_sizes()`` is the thesis's {train: 43, test: 7}. ``verify`` compares
+Counts: ``expected_group_sizes(config)`` is the thesis's {train: 43, test: 7}. ``verify`` compares
 with those when the prepared source looked like the full release (50 images of 512x512,
 recorded as ``complete_release`` in ``READY``) and with the counts recorded at prepare time
 otherwise.
@@ -138,10 +138,12 @@ class TNBCDataset(CachedDataset):
     cache_fields = ()  # the split is chosen at load time from split.json
     config: TNBCConfig
 
-    def folds(self) -> list[str]:
+    @classmethod
+    def folds(cls, config: TNBCConfig) -> list[str]:
         return ["test"]
 
-    def expected_group_sizes(self) -> dict[str, int]:
+    @classmethod
+    def expected_group_sizes(cls, config: TNBCConfig) -> dict[str, int]:
         return dict(THESIS_SPLIT)
 
     # --- preparation ---------------------------------------------------------------------------

@@ -118,11 +118,13 @@ class ExampleBlobs(Dataset):
                              ids=meta["ids"], tissues=["blobs"] * len(meta["ids"]),
                              groups=meta["groups"])
 
-    def folds(self) -> list[str]:
+    @classmethod
+    def folds(cls, config: BlobsConfig) -> list[str]:
         return list(FOLDS)
 
-    def expected_group_sizes(self) -> dict[str, int]:
-        return {fold: self.config.images_per_fold for fold in FOLDS}
+    @classmethod
+    def expected_group_sizes(cls, config: BlobsConfig) -> dict[str, int]:
+        return {fold: config.images_per_fold for fold in FOLDS}
 
 
 @hookimpl

@@ -221,7 +221,7 @@ def labeler_problems(config: Any, row: str, spec: Any, registry: Any,
             problems.append(f"{at}: {'.'.join(loc)}.dataset: '{name}' is unlabeled; a labeler "
                             f"trains on labels: name a labeled dataset")
             continue
-        groups = dataset_groups(info.cls, None if labeler.dataset else spec.dataset)
+        groups = dataset_groups(registry, name, None if labeler.dataset else spec.dataset.options)
         unknown = [g for g in labeler.train_groups or [] if groups and g not in groups]
         if unknown:
             problems.append(f"{locate(loc + ('train_groups',))}: {'.'.join(loc)}.train_groups: "
