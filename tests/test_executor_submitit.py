@@ -69,13 +69,21 @@ def test_preempted_job_is_requeued_and_resumes_from_the_checkpoint(tmp_path):
     assert "this job is preempted" in logs and "Requeued job" in logs, logs[-3000:]
 
 
+def _job_processes(job: str) -> list[int]:
+    """The local job ``job`` (its controller's pid) and its task processes."""
+    return [int(job)] + [int(p) for p in Path(f"/proc/{job}/task/{job}/children").read_text().split()]
+
+
 def test_restarted_driver_reattaches_to_running_jobs(tmp_path):
     """The driver is killed while a job runs; a new driver finds the finished stage in the
-    store, waits for the running job (its id from the JSON state) instead of resubmitting it."""
-    spec = one_cell(tmp_path, epochs=300, execution=LOCAL.format(time_min=30, delay=60))
+    store, waits for the running job (its id from the JSON state) instead of resubmitting it.
+
+    The job is held (SIGSTOP) from before the kill until the new driver has reattached, so it
+    cannot finish first however slow the machine: the test once timed out at a load of 10 when
+    the job, sized in epochs to outlast the restart, checkpointed every second for 300 epochs."""
+    spec = one_cell(tmp_path, epochs=100, execution=LOCAL.format(time_min=30, delay=60))
     store = tmp_path / "s"
-    env = {**os.environ, "HARNESS_STORE": str(store), "COLUMNS": "250",
-           "HARNESS_CHECKPOINT_EVERY_S": "1"}
+    env = {**os.environ, "HARNESS_STORE": str(store), "COLUMNS": "250"}
     cmd = [sys.executable, "-m", "harness.cli", "run", str(spec), "--store", str(store),
            "--output", str(tmp_path / "out"), "--quiet"]
     log = tmp_path / "driver.log"  # a file, not a pipe nobody reads while it runs
@@ -85,21 +93,32 @@ def test_restarted_driver_reattaches_to_running_jobs(tmp_path):
     while time.time() < deadline:
         states = list(state_dir.glob("*.json")) if state_dir.exists() else []
         jobs = json.loads(states[0].read_text())["jobs"] if states else {}
+        finetune_job = [v["job_id"] for k, v in jobs.items() if not (store / "stages" / "encoder" / k).exists()]
         work = store / "work" / "finetune"
-        if len(jobs) == 2 and work.exists() and any(work.glob("*/checkpoint.pt")):
-            break  # the fine-tuning job trains (long enough to outlast the restart)
+        if len(jobs) == 2 and len(finetune_job) == 1 and work.exists() and any(work.glob("*/events.jsonl")):
+            held = _job_processes(finetune_job[0])
+            if len(held) > 1:  # the job's task runs its stage: hold it
+                break
         time.sleep(0.5)
     else:
         driver.kill()
         pytest.fail(log.read_text()[-3000:])
-    driver.send_signal(signal.SIGKILL)
-    driver.wait()
-    finetune_job = [v["job_id"] for k, v in jobs.items()
-                    if not (store / "stages" / "encoder" / k).exists()]
-    assert len(finetune_job) == 1
-    again = harness("run", str(spec), "--output", str(tmp_path / "out"), "--quiet", store=store)
-    assert again.returncode == 0, (again.stdout[-3000:], again.stderr)
-    log = again.stdout + again.stderr
-    assert f"job {finetune_job[0]}" in log and "reattached finetune" in log
-    assert "submitted finetune" not in log  # not computed twice
-    assert "1 cells; 2 stages computed, 1 reused" in again.stdout
+    for pid in held:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        log2 = tmp_path / "driver2.log"
+        again = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=open(log2, "w"), stderr=subprocess.STDOUT)
+        deadline = time.time() + 600
+        while "reattached finetune" not in log2.read_text() and again.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+    finally:
+        for pid in held:
+            os.kill(pid, signal.SIGCONT)
+    again.wait(timeout=1800)
+    text = log2.read_text()
+    assert again.returncode == 0, text[-3000:]
+    assert f"job {finetune_job[0]}" in text and "reattached finetune" in text
+    assert "submitted finetune" not in text  # not computed twice
+    assert "1 cells; 2 stages computed, 1 reused" in text
