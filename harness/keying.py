@@ -73,7 +73,8 @@ def encoder_args(settings: FinetuneSettings) -> dict[str, Any]:
     change the encoder's shapes), so that no existing key changed; for a foundation model
     (``fm:NAME``) also its registry entry's architecture (``fm_architecture``), so that a
     corrected entry gets new stages."""
-    out: dict[str, Any] = {"encoder_args": dict(settings.encoder_args)} if settings.encoder_args else {}
+    args = settings.encoder_args
+    out: dict[str, Any] = {"encoder_args": dict(args)} if args else {}
     if settings.encoder.startswith("fm:"):
         from harness.models.foundation import foundation_model
 

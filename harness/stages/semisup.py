@@ -7,7 +7,8 @@ from typing import Any
 
 from harness.hookspecs import hookimpl
 from harness.inputs import check_input_files
-from harness.keying import ENGINE_VERSION, PROTOCOL_SETTINGS, MethodRef, flat, method_settings, result_settings
+from harness.keying import (ENGINE_VERSION, PROTOCOL_SETTINGS, MethodRef, flat, method_settings,
+                            result_settings)
 from harness.spec.models import FinetuneSettings
 from harness.stages.base import StageKind, StageParams
 from harness.store import hash_key
