@@ -16,7 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from harness.methods import PretrainSettings, SemiSupervisedSettings
+
 METHOD_KINDS = ("init", "pretrain", "semisupervised")
+
+#: The shared settings a method kind's ``Config`` derives from: the engine of that kind reads
+#: them (``batch_size``, ``grad_clip_norm``...) as attributes.
+SHARED_SETTINGS = {"pretrain": PretrainSettings, "semisupervised": SemiSupervisedSettings}
 
 #: Contract methods a class of each method kind must implement itself (the harness's base
 #: classes only raise NotImplementedError).
@@ -154,6 +160,11 @@ def method_problems(cls: type) -> list[str]:
                 problems.append(f"`{method}` is not implemented (a {kind} method must define "
                                 f"it; see docs/writing-plugins.md)")
     problems += _config_problems(cls, "MethodConfig (harness.methods)")
+    shared = SHARED_SETTINGS.get(kind)
+    config = getattr(cls, "Config", None)
+    if shared is not None and isinstance(config, type) and not issubclass(config, shared):
+        problems.append(f"`Config` does not derive from {shared.__name__} (harness.methods), "
+                        f"whose settings the {kind} engine reads; subclass it")
     return problems
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from harness.spec.models import HoverLossWeights
+from harness.spec.models import FinetuneSettings, HoverLossWeights
 
 #: Bump when the shared loops change results: part of the keys of the stages they compute.
 ENGINE_VERSION = "1"
@@ -29,7 +29,13 @@ RUNTIME_ONLY = {"device", "num_workers", "eval_batch_size", "eval_workers", "cha
 #: value than this default, so adding them changed no key.
 ADDED_SETTINGS = {"drop_last": False, "pseudolabel_amp": False, "encoder_args": {},
                   "unfreeze_epochs": 25, "lora_rank": 16, "lora_alpha": 16.0, "head": "semantic",
-                  "hover_loss": HoverLossWeights().model_dump(mode="json")}
+                  "hover_loss": HoverLossWeights().model_dump(mode="json"),
+                  "grad_accumulation": 1, "grad_clip_norm": None}
+
+#: Settings of pretraining and semi-supervised methods' configs declared on their shared bases
+#: (:mod:`harness.training_settings`) after stage keys were pinned; the engine read them from a
+#: method's config with these defaults before. In a key only when set to another value.
+ADDED_METHOD_SETTINGS = {"amp": True, "grad_accumulation": 1, "grad_clip_norm": None}
 
 #: Fine-tuning settings a protocol reads (its ``reads``): in the keys of its stages only.
 PROTOCOL_SETTINGS = ("unfreeze_epochs", "lora_rank", "lora_alpha")
@@ -47,6 +53,13 @@ class MethodRef(BaseModel):
         return cls(plugin=method.name, config=method.config.model_dump(mode="json"))
 
 
+def method_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """A training method's settings (a dump of its config) as they enter its stages' keys:
+    without the runtime-only ones and the added ones left at their default."""
+    return {k: v for k, v in settings.items() if k not in RUNTIME_ONLY
+            and not (k in ADDED_METHOD_SETTINGS and v == ADDED_METHOD_SETTINGS[k])}
+
+
 def result_settings(model: Any, unread: tuple[str, ...] = ()) -> dict[str, Any]:
     """``model``'s settings as they enter a key: without the runtime-only ones, the ones the
     stage does not read (``unread``) and the added ones left at their default."""
@@ -55,12 +68,12 @@ def result_settings(model: Any, unread: tuple[str, ...] = ()) -> dict[str, Any]:
             and not (k in ADDED_SETTINGS and v == ADDED_SETTINGS[k])}
 
 
-def encoder_args(settings: Any) -> dict[str, Any]:
+def encoder_args(settings: FinetuneSettings) -> dict[str, Any]:
     """``{"encoder_args": ...}`` for an encoder stage's config: only when some are set (they
     change the encoder's shapes), so that no existing key changed; for a foundation model
     (``fm:NAME``) also its registry entry's architecture (``fm_architecture``), so that a
     corrected entry gets new stages."""
-    args = getattr(settings, "encoder_args", None)
+    args = settings.encoder_args
     out: dict[str, Any] = {"encoder_args": dict(args)} if args else {}
     if settings.encoder.startswith("fm:"):
         from harness.models.foundation import foundation_model

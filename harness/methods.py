@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the contract imports without torch: `harness validate` and 
     import torch
 
 from harness.plan import EncoderChain
+from harness.training_settings import GradClipSettings, TrainingSettings
 from harness.workers import WorkerCount
 
 #: What a kind implies for a class that declares only its ``kind`` (and for the base classes
@@ -171,8 +172,9 @@ class InitMethod(Method):
                                          settings=settings), splits)]
 
 
-class PretrainSettings(MethodConfig):
-    """Settings shared by pretraining methods (thesis §4.1.2 / A.2 defaults)."""
+class PretrainSettings(MethodConfig, TrainingSettings):
+    """Settings shared by pretraining methods (thesis §4.1.2 / A.2 defaults); gradient clipping
+    and accumulation, ``amp`` and ``channels_last`` come from :class:`TrainingSettings`."""
 
     epochs: int = Field(100, ge=1, le=100_000, description="passes over the unlabeled images")
     batch_size: int = Field(256, ge=2, le=65_536, description="images per optimizer step (two "
@@ -194,7 +196,6 @@ class PretrainSettings(MethodConfig):
         "device, harness.data.device_views), cpu (per sample in loader workers), auto: device "
         "on CUDA, else cpu. Same distributions, different random streams, like num_workers: "
         "not part of result keys")
-    channels_last: bool = Field(True, description="channels_last memory format on CUDA")
     compile: bool = Field(False, description="torch.compile the model (not part of result keys)")
     seed: int | None = Field(
         None, ge=0, description="seed of the pretraining chain (labeler, pseudo-labels, "
@@ -224,6 +225,7 @@ class PretrainMethod(Method):
     #: (e.g. MoCo's shuffled BN) sets it False.
     sync_batchnorm: ClassVar[bool] = True
     Config: ClassVar[type[MethodConfig]] = PretrainSettings
+    config: PretrainSettings
 
     def view_config(self) -> Any:
         """The two-view augmentation (:class:`harness.data.views.ViewAugmentConfig`)."""
@@ -234,7 +236,7 @@ class PretrainMethod(Method):
     def pretrain_seed(self, seed: int) -> int:
         """The seed of the pretraining chain of cells of ``seed``: the method's ``seed`` setting
         when given (one chain shared by every fine-tuning seed), else ``seed``."""
-        own = getattr(self.config, "seed", None)
+        own = self.config.seed
         return seed if own is None else own
 
     def key_settings(self) -> dict[str, Any]:
@@ -287,8 +289,9 @@ class PretrainMethod(Method):
         """Starting weights (random by default; PRICon can start from ImageNet)."""
 
 
-class SemiSupervisedSettings(MethodConfig):
-    """Settings shared by semi-supervised methods (thesis §A.2 defaults)."""
+class SemiSupervisedSettings(MethodConfig, GradClipSettings):
+    """Settings shared by semi-supervised methods (thesis §A.2 defaults); ``grad_clip_norm``
+    comes from :class:`GradClipSettings` (precision and memory format: ``finetune:``)."""
 
     iterations: int = Field(80_000, ge=1, le=10**8, description="training iterations (cosine lr to 0)")
     batch_size: int = Field(4, ge=1, le=65_536, description="labeled images per iteration")
@@ -317,6 +320,7 @@ class SemiSupervisedMethod(Method):
     #: make the batch statistics, and the teacher's train-mode pseudo-labels, noisy).
     sync_batchnorm: ClassVar[bool] = True
     Config: ClassVar[type[MethodConfig]] = SemiSupervisedSettings
+    config: SemiSupervisedSettings
 
     def build_model(self, unet: torch.nn.Module) -> torch.nn.Module:
         """The student network around ``unet`` (a randomly initialised smp U-Net): the U-Net

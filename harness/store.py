@@ -8,6 +8,11 @@ after a crash; the work folder is removed once the stage is committed. While a w
 a stage it holds a claim on it (``<root>/claims/<kind>/<key>.json``, :mod:`harness.claims`), so
 that workers sharing the store compute each stage once; correctness never depends on the claim.
 
+Only this module knows the layout: other code asks the store for a stage's folder
+(:meth:`ArtifactStore.stage_dir`) or one of its files (:meth:`ArtifactStore.stage_file`, e.g. the
+per-epoch log its kind declares as ``log_file``), the published stages of a kind
+(:meth:`ArtifactStore.stages_of`) and a published stage's meta (:func:`stage_meta`).
+
 Location: ``--store PATH`` on the command line, else ``$HARNESS_STORE``, else the user's cache
 directory (``~/.cache/harness/store`` on Linux).
 """
@@ -26,6 +31,9 @@ from typing import Any
 import platformdirs
 
 STORE_ENV = "HARNESS_STORE"
+
+#: A published stage's own record, written last into its folder (:meth:`ArtifactStore.commit`).
+META_FILE = "meta.json"
 
 
 def default_store_root() -> Path:
@@ -103,6 +111,18 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         raise
 
 
+def stage_meta(folder: Path) -> dict[str, Any]:
+    """The meta (kind, key, result, seconds, provenance...) of the published stage in ``folder``
+    (a stage's input folder, :meth:`ArtifactStore.stage_dir`)."""
+    return json.loads((Path(folder) / META_FILE).read_text())
+
+
+def stage_of_folder(folder: Path) -> tuple[str, str] | None:
+    """``(kind, key)`` when ``folder`` is laid out as a stage folder of a store, else None."""
+    folder = Path(folder)
+    return (folder.parent.name, folder.name) if folder.parent.parent.name == "stages" else None
+
+
 class ArtifactStore:
     def __init__(self, root: Path | str | None = None):
         self.root = Path(root).expanduser() if root else default_store_root()
@@ -110,6 +130,10 @@ class ArtifactStore:
     # --- locations ---------------------------------------------------------------------------
     def stage_dir(self, kind: str, key: str) -> Path:
         return self.root / "stages" / kind / key
+
+    def stage_file(self, kind: str, key: str, name: str) -> Path:
+        """A file of a stage's artifact (e.g. its kind's ``log_file``)."""
+        return self.stage_dir(kind, key) / name
 
     def work_dir(self, kind: str, key: str) -> Path:
         return self.root / "work" / kind / key
@@ -129,13 +153,22 @@ class ArtifactStore:
 
     # --- state -------------------------------------------------------------------------------
     def is_done(self, kind: str, key: str) -> bool:
-        return (self.stage_dir(kind, key) / "meta.json").exists()
+        return (self.stage_dir(kind, key) / META_FILE).exists()
+
+    def stages_of(self, kind: str) -> list[str]:
+        """Keys of the published stages of ``kind``, sorted."""
+        return sorted(p.parent.name for p in (self.root / "stages" / kind).glob(f"*/{META_FILE}"))
+
+    def stages_holding(self, name: str) -> list[tuple[str, str]]:
+        """``(kind, key)`` of every stage folder holding a file ``name``, sorted."""
+        return sorted((p.parent.parent.name, p.parent.name)
+                      for p in (self.root / "stages").glob(f"*/*/{name}"))
 
     def has_checkpoint(self, kind: str, key: str) -> bool:
         return any(self.work_dir(kind, key).glob("*.pt"))
 
     def meta(self, kind: str, key: str) -> dict[str, Any]:
-        return json.loads((self.stage_dir(kind, key) / "meta.json").read_text())
+        return stage_meta(self.stage_dir(kind, key))
 
     # --- writing -----------------------------------------------------------------------------
     def new_tmp(self, kind: str, key: str) -> Path:
@@ -146,7 +179,7 @@ class ArtifactStore:
     def commit(self, kind: str, key: str, tmp: Path, meta: dict[str, Any]) -> Path:
         """Write ``meta.json`` last and rename ``tmp`` into place; drop the work folder."""
         meta = {**meta, "kind": kind, "key": key, "committed_at": time.time()}
-        atomic_write_json(tmp / "meta.json", meta)
+        atomic_write_json(tmp / META_FILE, meta)
         final = self.stage_dir(kind, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         try:  # one atomic rename publishes it (fails if the folder exists and is not empty)

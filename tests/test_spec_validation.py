@@ -12,7 +12,7 @@ import pytest
 
 from harness.errors import PluginError, SpecError
 from harness.hookspecs import hookimpl
-from harness.methods import Method, MethodConfig
+from harness.methods import Method, MethodConfig, SemiSupervisedSettings
 from harness.plugins import build_registry
 from harness.spec import ResolvedSpec, apply_overrides, load_spec
 from harness_builtin.datasets.synthetic import SyntheticDataset
@@ -337,7 +337,7 @@ class _SizedSynthetic(SyntheticDataset):
 class _FakeSemi(Method):
     name: ClassVar[str] = "fakesemi"
     kind: ClassVar[str] = "semisupervised"
-    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    Config: ClassVar[type[MethodConfig]] = SemiSupervisedSettings  # what its kind's engine reads
 
     def mix(self, images, labels, confidence):  # its kind's contract method (checked at load)
         return images, labels, confidence

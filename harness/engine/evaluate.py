@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -20,7 +19,7 @@ from harness.heads import out_channels, readers
 from harness.metrics.family import MetricFamily
 from harness.metrics.stream import auto_workers
 from harness.safeload import STAGE_FIX, load_state_dict_file
-from harness.store import atomic_write_json
+from harness.store import atomic_write_json, stage_meta
 
 
 #: Images per scoring chunk that ``eval_workers: auto`` sizes the pool by (the metric chunk).
@@ -82,10 +81,9 @@ def predict(model: torch.nn.Module, images: np.ndarray, rows: Sequence[int], nor
 
 def load_model(path, encoder_name: str, num_classes: int,
                build: Callable[[str, int], torch.nn.Module] = build_unet) -> tuple[torch.nn.Module, Normalizer]:
-    """A fine-tuned model artifact (``model.pt`` + the normalisation in its ``meta.json``), into
+    """A fine-tuned model artifact (``model.pt`` + the normalisation in its stage meta), into
     ``build(encoder_name, num_classes)`` (a U-Net by default; a protocol's ``build_model``)."""
-    meta = json.loads((path / "meta.json").read_text())
-    norm = meta["result"]["normalization"]
+    norm = stage_meta(path)["result"]["normalization"]
     model = build(encoder_name, num_classes)
     model.load_state_dict(load_state_dict_file(path / "model.pt", fix=STAGE_FIX))
     return model, Normalizer({"mean": norm["mean"], "std": norm["std"]}, norm["mode"])

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 
@@ -37,6 +37,9 @@ from harness.heads import out_channels
 from harness.heads.train import batch_loss, train_samples
 from harness.safeload import STAGE_FIX, load_state_dict_file
 from harness.store import atomic_torch_save
+
+if TYPE_CHECKING:
+    from harness.spec.models import FinetuneSettings
 
 
 def load_encoder_artifact(path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -60,7 +63,7 @@ def _initial_model(ctx: StageContext, encoder: str, num_classes: int, protocol: 
 
 
 def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[str], num_classes: int,
-             settings: Any, protocol: Any, seed: int) -> dict[str, Any]:
+             settings: FinetuneSettings, protocol: Any, seed: int) -> dict[str, Any]:
     """Train ``protocol``'s model (:class:`harness.protocols.base.TrainingProtocol`) from the
     encoder artifact in ``ctx.inputs['encoder']``; write ``model.pt`` and ``train_log.json``
     into ``ctx.out``; return a summary."""
@@ -75,7 +78,7 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
 
     data, augment = _training_data(head, arrays, train_ids, settings, device)
     # the reference keeps the last partial batch; drop_last (opt-in) never drops a whole epoch
-    drop_last = getattr(settings, "drop_last", False) and len(data) >= settings.batch_size
+    drop_last = settings.drop_last and len(data) >= settings.batch_size
     _check_one_image_per_process(len(data), settings, drop_last, arrays.images.shape[1:3])
     loader = epoch_loader(data, batch_size=settings.batch_size, drop_last=drop_last,
                           num_workers=resolve_num_workers(settings.num_workers, device), device=device,
@@ -85,7 +88,7 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
         net.follow()
 
     source = EpochSource(loader, settings.epochs, seed, begin=begin)
-    accumulation = getattr(settings, "grad_accumulation", 1)
+    accumulation = settings.grad_accumulation
     total_steps = optimizer_steps(source.total, source.period, accumulation)
 
     optimizer, scheduler = _adam_cosine(model, settings, total_steps)
@@ -100,7 +103,7 @@ def finetune(ctx: StageContext, *, arrays: LabeledArrays, train_ids: Sequence[st
         scaler=precision.scaler(), step_fn=step_fn, source=source,
         checkpoint=Checkpoint(ctx.work), checkpoint_every_s=ctx.checkpoint_every_s,
         hooks=[EpochLog(ctx, scheduler, "train", per_image=True)], weight_of=lambda batch: len(batch[0]),
-        grad_clip_norm=getattr(settings, "grad_clip_norm", None), accumulation=accumulation,
+        grad_clip_norm=settings.grad_clip_norm, accumulation=accumulation,
         quiet=ctx.quiet, progress_fields=lambda period, step: {"epoch": period + 1},
         ddp=net if net.distributed else None)
     started = time.time()
@@ -133,12 +136,12 @@ def _summary(history: list[dict[str, Any]], normalizer: Normalizer, settings: An
     }
 
 
-def _training_data(head: str, arrays: LabeledArrays, train_ids: Sequence[str], settings: Any,
+def _training_data(head: str, arrays: LabeledArrays, train_ids: Sequence[str], settings: FinetuneSettings,
                    device: torch.device) -> tuple[torch.utils.data.Dataset, DeviceAugment | None]:
     """The training samples and, with ``augment_pipeline`` resolving to ``device``, the batched
     augmentation the step applies (:mod:`harness.data.device_augment`; the samples are then
     uint8 and un-augmented)."""
-    pipeline = resolve_augment_pipeline(getattr(settings, "augment_pipeline", "cpu"), device, head)
+    pipeline = resolve_augment_pipeline(settings.augment_pipeline, device, head)
     if pipeline == "device":
         return UInt8Samples(arrays, train_ids, settings.image_size), DeviceAugment(settings.augment)
     return train_samples(head, arrays, train_ids,

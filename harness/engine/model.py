@@ -4,13 +4,16 @@ Every architecture maps ``(B, 3, H, W)`` to logits ``(B, out_channels, H, W)``."
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
 from harness.errors import DataError
+
+if TYPE_CHECKING:
+    from harness.spec.models import FinetuneSettings
 
 #: Dense heads for ViT encoders; ``unet`` takes CNN pyramids (harness.models.names).
 VIT_ARCHITECTURES = ("dpt", "unetr")
@@ -64,12 +67,12 @@ def build_model(encoder_name: str, num_classes: int, architecture: str = "unet",
     return UNETR(encoder, num_classes)
 
 
-def describe_network(model: nn.Module, settings: Any) -> dict[str, Any]:
+def describe_network(model: nn.Module, settings: FinetuneSettings) -> dict[str, Any]:
     """What the report shows of a row's network: architecture, encoder, parameter counts (all,
     the encoder's, the trained ones) and a ViT's patch size."""
     count = lambda ps: sum(p.numel() for p in ps)  # noqa: E731
-    return {"architecture": getattr(model, "architecture", None) or getattr(settings, "architecture", "unet"),
-            "encoder": getattr(settings, "encoder", None),
+    return {"architecture": getattr(model, "architecture", None) or settings.architecture,
+            "encoder": settings.encoder,
             "params": count(model.parameters()), "encoder_params": count(model.encoder.parameters()),
             "patch_size": getattr(model.encoder, "patch_size", None)}
 

@@ -71,11 +71,11 @@ def pretrain(ctx: StageContext, *, method: PretrainMethod, images: np.ndarray,
     cfg = method.config
     device = ctx.device
     model = _initial_model(method, encoder_name, seed, start_from, encoder_args).to(device)
-    precision = Precision(device, getattr(cfg, "amp", True))
-    channels_last = getattr(cfg, "channels_last", True) and device.type == "cuda"
+    precision = Precision(device, cfg.amp)
+    channels_last = cfg.channels_last and device.type == "cuda"
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    if getattr(cfg, "compile", False):  # in place (state_dict keys unchanged); methods call
+    if cfg.compile:  # in place (state_dict keys unchanged); methods call
         getattr(model, "encoder", model).compile()  # model.encoder, so compile that
     data, make_views = _views_data(method, images, masks, seed, device)
     batch_size = min(cfg.batch_size, len(data))
@@ -83,7 +83,7 @@ def pretrain(ctx: StageContext, *, method: PretrainMethod, images: np.ndarray,
                           num_workers=resolve_num_workers(cfg.num_workers, device),
                           device=device, worker_init_fn=worker_init_fn, shard=True)
     source = EpochSource(loader, cfg.epochs, seed, begin=lambda epoch: model.train())
-    accumulation = getattr(cfg, "grad_accumulation", 1)
+    accumulation = cfg.grad_accumulation
     total_steps = optimizer_steps(source.total, source.period, accumulation)
     optimizer = _optimizer(method, model)
     scheduler = _cosine_schedule(optimizer, total_steps)
@@ -96,7 +96,7 @@ def pretrain(ctx: StageContext, *, method: PretrainMethod, images: np.ndarray,
         scaler=precision.scaler(), step_fn=step_fn, source=source, checkpoint=Checkpoint(ctx.work),
         checkpoint_every_s=ctx.checkpoint_every_s,
         hooks=[MethodHook(method, model), EpochLog(ctx, scheduler, "pretrain")],
-        grad_clip_norm=getattr(cfg, "grad_clip_norm", None), accumulation=accumulation,
+        grad_clip_norm=cfg.grad_clip_norm, accumulation=accumulation,
         quiet=ctx.quiet, progress_fields=lambda period, step: {"epoch": period + 1},
         ddp=net if net is not model else None)
     started = time.time()
@@ -129,7 +129,7 @@ def _views_data(method: PretrainMethod, images: np.ndarray, masks: np.ndarray | 
     cfg = method.config
     rows = _image_rows(len(images), cfg.max_images, seed)
     view_cfg = method.view_config()
-    if resolve_view_pipeline(getattr(cfg, "view_pipeline", "auto"), device) == "device":
+    if resolve_view_pipeline(cfg.view_pipeline, device) == "device":
         # the loader streams uint8 tiles; the views are made where the model runs
         return TileDataset(images, masks, indices=rows), DeviceViews(view_cfg)
     return TwoViewDataset(images, masks, view_cfg, indices=rows), None
@@ -137,7 +137,7 @@ def _views_data(method: PretrainMethod, images: np.ndarray, masks: np.ndarray | 
 
 def _warn_compile_with_syncbn(ctx: StageContext, method: PretrainMethod, ddp: bool,
                               device: torch.device) -> None:
-    if getattr(method.config, "compile", False) and ddp and device.type == "cuda" \
+    if method.config.compile and ddp and device.type == "cuda" \
             and getattr(method, "sync_batchnorm", True):
         console.log(f"warning: {ctx.label}: compile: true with SyncBatchNorm (DDP on CUDA): "
                     f"torch.compile breaks the graph at every SyncBatchNorm layer, so it may be "

@@ -344,7 +344,7 @@ def train_semisupervised(ctx: StageContext, *, method: SemiSupervisedMethod, arr
         checkpoint_every_s=ctx.checkpoint_every_s, quiet=ctx.quiet,
         hooks=[TeacherEMA(teacher, student, cfg.ema_decay), MethodHook(method, student),
                IntervalLog(ctx, scheduler)],
-        grad_clip_norm=getattr(cfg, "grad_clip_norm", None))
+        grad_clip_norm=cfg.grad_clip_norm)
     started = time.time()
     history = loop.run()
     seconds = time.time() - started

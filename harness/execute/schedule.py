@@ -17,7 +17,6 @@ from __future__ import annotations
 import heapq
 import json
 import statistics
-from pathlib import Path
 from typing import Any
 
 from harness.execute.calibrate import saved
@@ -42,9 +41,9 @@ def published(store: Any, kinds: set[str]) -> dict[str, list[dict[str, Any]]]:
     """The metas of the store's published stages of these kinds."""
     out: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     for kind in kinds:
-        for meta_file in (Path(store.root) / "stages" / kind).glob("*/meta.json"):
+        for key in store.stages_of(kind):
             try:
-                meta = json.loads(meta_file.read_text())
+                meta = store.meta(kind, key)
             except (OSError, ValueError):
                 continue
             if isinstance(meta.get("seconds"), (int, float)):

@@ -24,11 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-def stage_logs(registry: Any) -> dict[str, str]:
-    """Stage kind -> the per-epoch log it writes (each of ``registry``'s kinds' ``log_file``)."""
-    return {name: info.cls.log_file for name, info in registry.stage_kinds.items()
-            if getattr(info.cls, "log_file", None)}
-
+from harness.store import ArtifactStore  # noqa: E402
 
 DPI = 110
 
@@ -99,14 +95,17 @@ def loss_curves(records: list[dict[str, Any]], store_roots: list[Path],
     """One curve per distinct training stage: {kind, label, group, epochs, loss, source}; the
     group (method / protocol, or the method for pretraining) picks the colour."""
     curves: dict[str, dict[str, Any]] = {}
-    logs = stage_logs(registry)
+    kinds = registry.stage_kinds
+    stores = [ArtifactStore(root) for root in store_roots]
     for r in records:
         for s in r.get("stages") or []:
-            if s["kind"] not in logs or s["key"] in curves:
+            # the kind's own ``log_file`` (StageKind: None when it keeps no per-epoch log)
+            log_file = getattr(kinds[s["kind"]].cls, "log_file", None) if s["kind"] in kinds else None
+            if not log_file or s["key"] in curves:
                 continue
             group = r["method"] if s["kind"] == "pretrain" else f"{r['method']} / {r['protocol']}"
             base = {"kind": s["kind"], "label": s.get("label", s["key"]), "group": group}
-            history = _read_log(store_roots, s["kind"], s["key"], logs[s["kind"]])
+            history = _read_log([store.stage_file(s["kind"], s["key"], log_file) for store in stores])
             # the record's own summary of the stage: `train` (fine-tuning) or `upstream[kind]`
             summary = (r.get("train") if s["kind"] == "finetune" else
                        (r.get("upstream") or {}).get(s["kind"])) or {}
@@ -120,9 +119,9 @@ def loss_curves(records: list[dict[str, Any]], store_roots: list[Path],
     return list(curves.values())
 
 
-def _read_log(roots: list[Path], kind: str, key: str, name: str) -> list[dict[str, Any]] | None:
-    for root in roots:
-        path = Path(root) / "stages" / kind / key / name
+def _read_log(paths: list[Path]) -> list[dict[str, Any]] | None:
+    """The first of ``paths`` that holds a non-empty per-epoch log."""
+    for path in paths:
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):

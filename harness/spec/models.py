@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from harness.protocols import check_protocol_name
+from harness.training_settings import TrainingSettings
 from harness.workers import WorkerCount
 
 #: A protocol name; which ones exist comes from the protocol registry (harness/protocols).
@@ -34,8 +35,9 @@ class HoverLossWeights(_Strict):
     nc_dice: float = Field(1.0, ge=0, description="nucleus class Dice loss")
 
 
-class FinetuneSettings(_Strict):
-    """Fine-tuning recipe shared by all methods (thesis §4.1.3 and A.1 defaults)."""
+class FinetuneSettings(_Strict, TrainingSettings):
+    """Fine-tuning recipe shared by all methods (thesis §4.1.3 and A.1 defaults); gradient
+    clipping and accumulation, ``amp`` and ``channels_last`` come from :class:`TrainingSettings`."""
 
     architecture: Literal["unet", "dpt", "unetr"] = Field(
         "unet", description="segmentation model: 'unet' (smp U-Net, CNN encoders), 'dpt' (smp's "
@@ -92,8 +94,6 @@ class FinetuneSettings(_Strict):
         "auto", description="data-loader workers; auto: from the CPUs this process may use on "
         "CUDA, 0 on CPU (not part of result keys)")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    amp: bool = Field(True, description="mixed precision on CUDA for training (bf16 where the GPU "
-                      "has it natively, else fp16 with a grad scaler)")
     eval_precision: Literal["fp32", "amp"] = Field(
         "fp32", description="precision of the evaluation's predictions: fp32 (default, TF32 off, "
         "as the reference evaluated) or amp (mixed precision on CUDA, faster); not part of "
@@ -101,7 +101,6 @@ class FinetuneSettings(_Strict):
     pseudolabel_amp: bool = Field(
         False, description="pseudo-labels under mixed precision on CUDA; false (default): fp32, "
         "as the reference labeled")
-    channels_last: bool = Field(True, description="channels_last memory format on CUDA")
 
     @field_validator("device")
     @classmethod

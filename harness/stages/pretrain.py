@@ -7,7 +7,7 @@ from typing import Any
 
 from harness.hookspecs import hookimpl
 from harness.inputs import check_input_files
-from harness.keying import ENGINE_VERSION, RUNTIME_ONLY, MethodRef, encoder_args
+from harness.keying import ENGINE_VERSION, MethodRef, encoder_args, method_settings
 from harness.stages.base import StageKind, StageParams
 
 
@@ -32,8 +32,7 @@ class PretrainStage(StageKind):
         when given, continuing ``previous`` (the stage of cycle ``cycle - 1``)."""
         settings = settings or plan.spec.finetune
         deps = {name: s for name, s in (("masks", masks), ("previous", previous)) if s is not None}
-        keyed, info = plan.keyed(method, {k: v for k, v in method.key_settings().items()
-                                          if k not in RUNTIME_ONLY})
+        keyed, info = plan.keyed(method, method_settings(method.key_settings()))
         label = f"{method.name} pretrain seed {seed}{label_suffix}" + (f" cycle {cycle}" if cycle else "")
         return cls.make(
             label=label,

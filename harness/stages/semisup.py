@@ -7,7 +7,8 @@ from typing import Any
 
 from harness.hookspecs import hookimpl
 from harness.inputs import check_input_files
-from harness.keying import ENGINE_VERSION, PROTOCOL_SETTINGS, RUNTIME_ONLY, MethodRef, flat, result_settings
+from harness.keying import (ENGINE_VERSION, PROTOCOL_SETTINGS, MethodRef, flat, method_settings,
+                            result_settings)
 from harness.spec.models import FinetuneSettings
 from harness.stages.base import StageKind, StageParams
 from harness.store import hash_key
@@ -18,6 +19,11 @@ class SemisupParams(StageParams):
     dataset: str | None  # None: the spec's own dataset
     train_ids: list[str]
     settings: FinetuneSettings
+
+
+#: Fine-tuning settings the semi-supervised engine does not read (its gradient clipping is the
+#: method's ``grad_clip_norm``; it accumulates no gradients): in none of its keys.
+_UNREAD = ("drop_last", "pseudolabel_amp", "grad_accumulation", "grad_clip_norm") + PROTOCOL_SETTINGS
 
 
 class SemisupStage(StageKind):
@@ -34,12 +40,11 @@ class SemisupStage(StageKind):
         ``dataset`` and the unlabeled images; the evaluation stage reads it like a fine-tuned one."""
         train_ids = flat(chosen)
         settings = plan.spec.finetune
-        method_settings, files = plan.keyed(method, {
-            k: v for k, v in method.config.model_dump(mode="json").items() if k not in RUNTIME_ONLY})
+        keyed, files = plan.keyed(method, method_settings(method.config.model_dump(mode="json")))
         return cls.make(
             label=label,
-            config={"method": method.name, "settings": method_settings,
-                    "finetune": result_settings(settings, ("drop_last", "pseudolabel_amp") + PROTOCOL_SETTINGS),
+            config={"method": method.name, "settings": keyed,
+                    "finetune": result_settings(settings, _UNREAD),
                     "dataset": dataset.fingerprint(),
                     "unlabeled": plan.resources.unlabeled_dataset().fingerprint(), "seed": seed,
                     "train_ids": hash_key(train_ids), **(extra or {})},

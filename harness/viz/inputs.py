@@ -47,19 +47,22 @@ def resolve_encoder(arg: str, store_root: Path) -> Path:
                         f"pretraining stage folder, or the file itself)")
     if arg.endswith((".pt", ".pth")) or arg.startswith((".", "~", "/")) or arg.count("/") > 1:
         raise DataError(f"--encoder {arg}: no such file")
-    stages = sorted(p.parent for p in (Path(store_root) / "stages").glob(f"*/*/{ARTIFACT}"))
+    from harness.store import ArtifactStore
+
+    store = ArtifactStore(store_root)
+    stages = store.stages_holding(ARTIFACT)
     kind, _, key = arg.rpartition("/")
-    found = [s for s in stages if s.name.startswith(key) and (not kind or s.parent.name == kind)]
+    found = [(k, s) for k, s in stages if s.startswith(key) and (not kind or k == kind)]
     if len(found) == 1:
-        return found[0] / ARTIFACT
+        return store.stage_file(*found[0], ARTIFACT)
     if found:
-        names = ", ".join(f"{s.parent.name}/{s.name[:12]}" for s in found[:4])
+        names = ", ".join(f"{k}/{s[:12]}" for k, s in found[:4])
         raise DataError(f"--encoder {arg}: {len(found)} stages in the store match ({names}"
                         f"{', ...' if len(found) > 4 else ''}); give more of the key")
-    keys = [s.name for s in stages]
+    keys = [s for _, s in stages]
     close = difflib.get_close_matches(key, [k[:max(len(key), 6)] for k in keys], n=1, cutoff=0.6)
     hint = (f" (did you mean '{close[0]}'?)" if close else
-            f"; {len(keys)} stages there hold an encoder, e.g. {stages[0].parent.name}/{keys[0][:12]}"
+            f"; {len(keys)} stages there hold an encoder, e.g. {stages[0][0]}/{keys[0][:12]}"
             if keys else "; it holds no encoder stage")
     raise DataError(f"--encoder {arg}: no such file, and no stage key in the store "
                     f"{store_root} starts with it{hint}")
@@ -88,8 +91,10 @@ def read_artifact(weights: Path) -> EncoderArtifact:
 
 
 def _label(weights: Path, meta: dict[str, Any]) -> str:
+    from harness.store import stage_of_folder
+
     folder = weights.parent.name
-    where = folder[:10] if weights.parent.parent.parent.name == "stages" else (folder or weights.stem)
+    where = folder[:10] if stage_of_folder(weights.parent) else (folder or weights.stem)
     return f"{meta.get('method') or meta['encoder']} ({where})"
 
 
