@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from harness.spec.models import HoverLossWeights
+from harness.spec.models import FinetuneSettings, HoverLossWeights
 
 #: Bump when the shared loops change results: part of the keys of the stages they compute.
 ENGINE_VERSION = "1"
@@ -55,7 +55,7 @@ def result_settings(model: Any, unread: tuple[str, ...] = ()) -> dict[str, Any]:
             and not (k in ADDED_SETTINGS and v == ADDED_SETTINGS[k])}
 
 
-def encoder_args(settings: Any) -> dict[str, Any]:
+def encoder_args(settings: FinetuneSettings) -> dict[str, Any]:
     """``{"encoder_args": ...}`` for an encoder stage's config: only when some are set (they
     change the encoder's shapes), so that no existing key changed; for a foundation model
     (``fm:NAME``) also its registry entry's architecture (``fm_architecture``), so that a

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -24,7 +24,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-def stage_logs(registry: Any) -> dict[str, str]:
+if TYPE_CHECKING:
+    from harness.plugins import Registry
+
+
+def stage_logs(registry: Registry) -> dict[str, str]:
     """Stage kind -> the per-epoch log it writes (each of ``registry``'s kinds' ``log_file``)."""
     return {name: info.cls.log_file for name, info in registry.stage_kinds.items()
             if getattr(info.cls, "log_file", None)}
@@ -95,7 +99,7 @@ def fraction_chart(report: dict[str, Any], path: Path) -> Path | None:
 
 
 def loss_curves(records: list[dict[str, Any]], store_roots: list[Path],
-                registry: Any) -> list[dict[str, Any]]:
+                registry: Registry) -> list[dict[str, Any]]:
     """One curve per distinct training stage: {kind, label, group, epochs, loss, source}; the
     group (method / protocol, or the method for pretraining) picks the colour."""
     curves: dict[str, dict[str, Any]] = {}
@@ -161,7 +165,7 @@ def loss_chart(curves: list[dict[str, Any]], path: Path) -> Path | None:
 
 
 def make_figures(report: dict[str, Any], records: list[dict[str, Any]], folder: Path,
-                 store_roots: list[Path], registry: Any) -> dict[str, Path]:
+                 store_roots: list[Path], registry: Registry) -> dict[str, Path]:
     """Every figure that has data, as ``{name: png path}`` (names: bars, fractions, loss)."""
     out = {}
     for name, fn in (("bars", lambda p: bar_chart(report, p)),
