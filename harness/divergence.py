@@ -10,9 +10,13 @@ stage (its kind, label, method and settings) is known. Light: imports no torch.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING
 
 from harness.errors import PluginError
+
+if TYPE_CHECKING:
+    from harness.plan import Stage
+    from harness.plugins import Registry
 
 #: the distribution of the harness and its built-in plugins
 OWN_DISTRIBUTION = "pathbench-harness"
@@ -27,7 +31,7 @@ def _step(message: str) -> str:
     return f"is {found.group(1)} at step {found.group(2)}" if found else "is not finite"
 
 
-def loss_not_finite(stage: Any, exc: FloatingPointError, registry: Any) -> LossNotFinite:
+def loss_not_finite(stage: Stage, exc: FloatingPointError, registry: Registry) -> LossNotFinite:
     """The one-line error for ``exc`` raised while computing ``stage``."""
     what = _step(str(exc))
     where = f"{stage.kind} stage '{stage.label}' ({stage.key[:12]})"

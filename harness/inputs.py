@@ -23,11 +23,14 @@ import os
 import time
 import typing
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel
 
 from harness.errors import DataError
+
+if TYPE_CHECKING:
+    from harness.plan import Stage
 
 
 class _InputFileMarker:
@@ -144,7 +147,7 @@ def keyed_settings(model: BaseModel, dumped: dict[str, Any], cache_dir: Path | N
     return keyed, info
 
 
-def check_input_files(stage: Any, cache_dir: Path | None) -> dict[str, dict[str, str]]:
+def check_input_files(stage: Stage, cache_dir: Path | None) -> dict[str, dict[str, str]]:
     """The stage's input files (``info['input_files']``), each checked to still hold the bytes
     its key was computed from; a DataError (exit 3) names a file that changed since planning."""
     files = stage.info.get("input_files") or {}

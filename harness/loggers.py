@@ -106,13 +106,15 @@ def enabled(spec_loggers: dict[str, Any] | None, names: Iterable[str]) -> dict[s
     return chosen
 
 
-def logger_problems(spec: Any, registry: Registry, source: str, lines: Any) -> list[str]:
-    """Spec problems of ``loggers:``: an unknown name (with a did-you-mean) or a bad setting."""
+def logger_problems(spec_loggers: dict[str, dict[str, Any] | None], registry: Registry,
+                    source: str, lines: Any) -> list[str]:
+    """Spec problems of its ``loggers:`` (``spec_loggers``): an unknown name (with a
+    did-you-mean) or a bad setting."""
     from harness.plugins import did_you_mean
     from harness.spec.problems import where
 
     problems = []
-    for name, options in (getattr(spec, "loggers", None) or {}).items():
+    for name, options in spec_loggers.items():
         at = where(source, lines, ("loggers", name))
         info = registry.loggers.get(name)
         if info is None:
@@ -220,6 +222,8 @@ in other processes reach it through the driver (:mod:`harness.execute.stage_even
         self._dispatch("harness_run_finished", event)
 
 
-def session_for(registry: Registry, rspec: Any, names: Iterable[str], run_dir: Path) -> LoggerSession:
-    """The loggers a run enables (spec ``loggers:`` and ``--logger`` names), checked now."""
-    return LoggerSession(registry, enabled(getattr(rspec.spec, "loggers", None), names), run_dir)
+def session_for(registry: Registry, spec_loggers: dict[str, dict[str, Any] | None],
+                names: Iterable[str], run_dir: Path) -> LoggerSession:
+    """The loggers a run enables (the spec's ``loggers:``, ``spec_loggers``, and ``--logger``
+    names), checked now."""
+    return LoggerSession(registry, enabled(spec_loggers, names), run_dir)

@@ -21,6 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 if TYPE_CHECKING:  # the contract imports without torch: `harness validate` and `list` load it
     import torch
 
+    from harness.plan import Planning
+    from harness.plugins import Registry
+    from harness.spec.models import FinetuneSettings, Spec
+
 from harness.plan import EncoderChain
 from harness.training_settings import GradClipSettings, TrainingSettings
 from harness.workers import WorkerCount
@@ -123,27 +127,27 @@ class Method:
     #: Encoder families the method can train (``cnn``, ``vit``; harness.models.names).
     encoder_families: ClassVar[tuple[str, ...]] = ("cnn",)
 
-    def preflight(self, spec: Any) -> None:
+    def preflight(self, spec: Spec) -> None:
         """Raise :class:`harness.errors.DataError` if something the method needs (a weights
         file, a dataset) is missing. Called before any work starts."""
 
-    def needed_datasets(self, spec: Any) -> list[tuple[str, str]]:
+    def needed_datasets(self, spec: Spec) -> list[tuple[str, str]]:
         """Datasets beyond the spec's that the method's chain reads, as ``(plugin name, role)``
         (the role names it in the missing-input message). Default: none."""
         return []
 
     @classmethod
-    def spec_problems(cls, row: str, config: MethodConfig, spec: Any, registry: Any,
+    def spec_problems(cls, row: str, config: MethodConfig, spec: Spec, registry: Registry,
                       locate: Callable[[tuple[Any, ...]], str]) -> list[str]:
         """Problems of row ``row``'s settings ``config`` that only the whole spec shows (e.g. a
         dataset its chain reads), one line each; ``locate(path)`` gives the ``file:line`` of a
         field path (``("methods", row, field, ...)``). Default: none."""
         return []
 
-    def encoder_chains(self, plan: Any, *, version: str, seed: int, splits: list[Any],
-                       settings: Any) -> list[EncoderChain]:
+    def encoder_chains(self, plan: Planning, *, version: str, seed: int, splits: list[Any],
+                       settings: FinetuneSettings) -> list[EncoderChain]:
         """The stages that produce the row's encoder(s), created through ``plan.create``
-        (:class:`harness.planner.PlanBuilder`): one chain per encoder the row fine-tunes (each
+        (:class:`harness.plan.Planning`): one chain per encoder the row fine-tunes (each
         reported under its ``suffix``). ``version``: the plugin's version (part of its stages'
         keys); ``splits``: the splits of the seed's cells; ``settings``: the row's fine-tuning
         settings, whose encoder it builds."""
@@ -165,8 +169,8 @@ class InitMethod(Method):
         """
         raise NotImplementedError
 
-    def encoder_chains(self, plan: Any, *, version: str, seed: int, splits: list[Any],
-                       settings: Any) -> list[EncoderChain]:
+    def encoder_chains(self, plan: Planning, *, version: str, seed: int, splits: list[Any],
+                       settings: FinetuneSettings) -> list[EncoderChain]:
         """One ``encoder`` stage."""
         return [EncoderChain(plan.create("encoder", method=self, version=version, seed=seed,
                                          settings=settings), splits)]
@@ -245,8 +249,8 @@ class PretrainMethod(Method):
         ``seed: 0`` shares stages with cells of seed 0)."""
         return {k: v for k, v in self.config.model_dump(mode="json").items() if k != "seed"}
 
-    def encoder_chains(self, plan: Any, *, version: str, seed: int, splits: list[Any],
-                       settings: Any) -> list[EncoderChain]:
+    def encoder_chains(self, plan: Planning, *, version: str, seed: int, splits: list[Any],
+                       settings: FinetuneSettings) -> list[EncoderChain]:
         """One ``pretrain`` stage. A method that ``needs_masks`` composes its own chain that
         gives the stage its ``masks`` (PRICon's: ``plugins/methods/pricon/chain.py``)."""
         if self.needs_masks:

@@ -14,9 +14,14 @@ that builds it from the same resolved spec and store gets the same stages.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from harness.store import hash_key
+
+if TYPE_CHECKING:
+    from harness.data.open import Resources
+    from harness.plugins import Registry
+    from harness.spec.models import Spec
 
 
 @dataclass
@@ -123,3 +128,18 @@ class Plan:
         """The stages whose key starts with ``key`` (or ``kind/key``)."""
         kind, _, prefix = key.rpartition("/")
         return [s for s in self.stages() if s.key.startswith(prefix) and (not kind or s.kind == kind)]
+
+
+class Planning(Protocol):
+    """What stage kinds' ``create``, methods' ``encoder_chains`` and protocols' ``cell_stages``
+    build a plan with (:class:`harness.planner.PlanBuilder`, which imports this module): the
+    spec, the registry, the opened datasets, a stage of a registered kind (:meth:`create`)
+    and a method's settings as they enter a key (:meth:`keyed`)."""
+
+    spec: Spec
+    registry: Registry
+    resources: Resources
+
+    def create(self, kind: str, **kwargs: Any) -> Stage: ...
+
+    def keyed(self, method: Any, settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]: ...

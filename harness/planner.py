@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from harness.data.open import Resources
     from harness.methods import Method
     from harness.plugins import Registry
-    from harness.spec.models import ResolvedSpec
+    from harness.spec.models import FinetuneSettings, ResolvedSpec
 
 
 class Split(NamedTuple):
@@ -120,7 +120,7 @@ def _semisup_cells(plan: PlanBuilder, row: str, plugin: str, method: Method, ver
 
 
 def _encoder_cells(plan: PlanBuilder, row: str, plugin: str, chain: EncoderChain, seed: int,
-                   settings: Any) -> list[Cell]:
+                   settings: FinetuneSettings) -> list[Cell]:
     cells = []
     for split in chain.splits:
         for name in plan.spec.protocols_of(row):  # the spec's, or the row's own subset

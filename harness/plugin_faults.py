@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import traceback
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import PluginError
+
+if TYPE_CHECKING:
+    from harness.plugins import PluginInfo, Registry
 
 _CONTRACT_MODULES = ("harness.methods", "harness.data.base")
 
@@ -32,7 +35,7 @@ def _registry() -> Any:
     return plugins._cached
 
 
-def _packages(registry: Any) -> dict[str, str]:
+def _packages(registry: Registry) -> dict[str, str]:
     """Top-level package of every loaded plugin's code -> its distribution."""
     packages: dict[str, str] = {}
     for table in (registry.methods, registry.datasets, registry.metric_families,
@@ -55,7 +58,7 @@ def _top(frame: FrameType) -> str:
     return str(frame.f_globals.get("__name__", "")).split(".")[0]
 
 
-def _info_for(registry: Any, frame: FrameType) -> Any | None:
+def _info_for(registry: Registry, frame: FrameType) -> PluginInfo | None:
     """The registered plugin a frame runs for: its ``self``/``cls``, else its module's class."""
     owner = frame.f_locals.get("self", frame.f_locals.get("cls"))
     owner_cls = owner if isinstance(owner, type) else type(owner) if owner is not None else None
@@ -90,7 +93,7 @@ def describe_object(obj: Any, fallback: str) -> str:
     return fallback
 
 
-def plugin_fault(exc: BaseException, registry: Any = None) -> PluginFault | None:
+def plugin_fault(exc: BaseException, registry: Registry | None = None) -> PluginFault | None:
     """The plugin error ``exc`` is, or None when it is not raised by plugin code (``registry``:
     the plugins that loaded; default the one the command built)."""
     registry = registry if registry is not None else _registry()
@@ -117,7 +120,7 @@ def plugin_fault(exc: BaseException, registry: Any = None) -> PluginFault | None
     return _fault(f"{who}: {frame.f_code.co_name} raised {_exception(exc)}", exc)
 
 
-def _unimplemented(registry: Any, exc: BaseException, frame: FrameType) -> PluginFault | None:
+def _unimplemented(registry: Registry, exc: BaseException, frame: FrameType) -> PluginFault | None:
     if not isinstance(exc, NotImplementedError) or \
             frame.f_globals.get("__name__") not in _CONTRACT_MODULES:
         return None

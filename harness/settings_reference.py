@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.contract import Setting, setting_origins
+
+if TYPE_CHECKING:
+    from harness.plugins import Registry
 
 BUILTIN = "pathbench-harness"
 
@@ -91,7 +94,7 @@ def render_markdown(infos: list[Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def builtin_reference(registry: Any = None) -> str:
+def builtin_reference(registry: Registry | None = None) -> str:
     if registry is None:
         from harness.plugins import build_registry
 

@@ -117,7 +117,7 @@ def run(spec: Annotated[Path, typer.Argument(help="spec file")],
     if not dry_run:
         _check_output(output_dir, "--output" if output is not None else f"{spec}: output:")
     runner = Runner(rspec, registry, _store(store), output_dir, quiet=True if quiet else None)
-    loggers = session_for(registry, rspec, logger or [], output_dir)  # checked before any work
+    loggers = session_for(registry, rspec.spec.loggers, logger or [], output_dir)  # checked before any work
     chosen = pick(runner, executor, nproc)
     # A dry run runs no stage, but a generated (auto-prepared) dataset is generated: the plan's
     # stage keys depend on its sample ids, so without it a dry run on a fresh store cannot plan.

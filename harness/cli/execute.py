@@ -3,12 +3,17 @@ in :mod:`harness.execute`; this module only connects them to the command line)."
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from harness.cli.common import out
+
+if TYPE_CHECKING:
+    from harness.execute.base import Executor
+    from harness.plan import Plan
+    from harness.runner import Runner
 
 ExecutorOpt = Annotated[Optional[str], typer.Option(
     "--executor", help="where stages run: local (default), pool (one worker per GPU or CPU "
@@ -20,7 +25,7 @@ NprocOpt = Annotated[Optional[int], typer.Option(
     "execution.gpus_per_stage")]
 
 
-def pick(runner: Any, name: str | None, nproc: int | None = None) -> Any:
+def pick(runner: Runner, name: str | None, nproc: int | None = None) -> Executor:
     """The executor (instance) of this run: ``--executor`` or the spec's ``execution:``;
     ``nproc`` replaces its ``gpus_per_stage``. Its slots are computed once here, so that a
     setting this machine cannot meet (more GPUs than visible) stops the run before any work."""
@@ -42,14 +47,14 @@ CalibrateStepsOpt = Annotated[int, typer.Option(
     "(after one untimed)")]
 
 
-def device_name(runner: Any) -> str:
+def device_name(runner: Runner) -> str:
     from harness.engine.runtime import describe_device, resolve_device
     from harness.execute.schedule import device_kind
 
     return device_kind(describe_device(resolve_device(runner.rspec.spec.finetune.device)))
 
 
-def calibrate(runner: Any, plan: Any, steps: int) -> None:
+def calibrate(runner: Runner, plan: Plan, steps: int) -> None:
     """Calibration runs of the pending stages without a same-config record on this device."""
     from harness.execute.calibrate import calibrate as run, to_calibrate
     from harness.execute.schedule import same_config_known
@@ -59,7 +64,7 @@ def calibrate(runner: Any, plan: Any, steps: int) -> None:
     run(runner, stages, steps, device)
 
 
-def show_schedule(runner: Any, plan: Any, executor: Any) -> None:
+def show_schedule(runner: Runner, plan: Plan, executor: Executor) -> None:
     from harness.execute.schedule import fmt_seconds, schedule
 
     slots = executor.slots(runner)

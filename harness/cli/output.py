@@ -28,12 +28,17 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from harness.cli.common import out
 from harness.spec.problems import printable
+
+if TYPE_CHECKING:
+    from harness.plan import Plan
+    from harness.plugins import Registry
+    from harness.runner import Runner
 
 #: columns of ``harness list``; the last one (description) is never cut
 LIST_COLUMNS = ("name", "type", "kind", "distribution", "version", "description")
@@ -55,7 +60,7 @@ EXTENSION_POINTS = {
     "loggers": ("loggers", "logger")}
 
 
-def plugin_rows(registry: Any, what: str) -> list[dict[str, str]]:
+def plugin_rows(registry: Registry, what: str) -> list[dict[str, str]]:
     points = EXTENSION_POINTS.values() if what == "all" else [EXTENSION_POINTS[what]]
     return [{"name": name, "type": category,
              # a method's or dataset's kind, a metric family's metrics; "-" where there is none
@@ -67,7 +72,7 @@ def plugin_rows(registry: Any, what: str) -> list[dict[str, str]]:
             for name, info in sorted(getattr(registry, table).items())]
 
 
-def list_plugins(registry: Any, what: str, as_json: bool) -> None:
+def list_plugins(registry: Registry, what: str, as_json: bool) -> None:
     """Print the plugins; exit 4 when any plugin is broken or two share a name."""
     rows = plugin_rows(registry, what)
     broken = [{"entry_point": b.entry_point, "distribution": b.distribution, "error": b.error}
@@ -114,7 +119,7 @@ def validate_json(results: list[dict[str, Any]]) -> None:
 
 # --- harness run --dry-run --json ----------------------------------------------------------------
 
-def plan_json(runner: Any, plan: Any, spec_path: str) -> dict[str, Any]:
+def plan_json(runner: Runner, plan: Plan, spec_path: str) -> dict[str, Any]:
     stages = []
     counts = {"stored": 0, "to_compute": 0}
     for stage in plan.stages():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from harness.metrics.family import MetricFamily
 from harness.metrics.stream import auto_workers
 from harness.safeload import STAGE_FIX, load_state_dict_file
 from harness.store import atomic_write_json, stage_meta
+
+if TYPE_CHECKING:
+    from harness.spec.models import FinetuneSettings
 
 
 #: Images per scoring chunk that ``eval_workers: auto`` sizes the pool by (the metric chunk).
@@ -90,7 +93,7 @@ def load_model(path, encoder_name: str, num_classes: int,
 
 
 def evaluate(ctx: StageContext, *, arrays: LabeledArrays, test_ids: Sequence[str], num_classes: int,
-             class_names: Sequence[str], metric_family: MetricFamily, settings: Any,
+             class_names: Sequence[str], metric_family: MetricFamily, settings: FinetuneSettings,
              build: Callable[[str, int], torch.nn.Module] = build_unet,
              head: str = "semantic") -> dict[str, Any]:
     """Predict the test fold, score it with the metric family (batches scored in its worker

@@ -38,6 +38,7 @@ import torch
 from harness.engine import calibration
 from harness.engine import distributed as dist
 from harness.console import console, progress_bar
+from harness.engine.context import StageContext
 from harness.engine.runtime import Checkpoint, set_rng_state
 
 _SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
@@ -140,7 +141,7 @@ class EpochLog(Hook):
     """Per-epoch history entry ``{epoch, loss, lr, ...means}`` and lifecycle metrics under
     ``prefix/`` (fine-tuning: ``train/loss``, ``train/lr``, ``epoch``)."""
 
-    def __init__(self, ctx: Any, scheduler: Any, prefix: str, per_image: bool = False):
+    def __init__(self, ctx: StageContext, scheduler: Any, prefix: str, per_image: bool = False):
         self.ctx, self.scheduler, self.prefix, self.per_image = ctx, scheduler, prefix, per_image
 
     def after_period(self, loop: TrainLoop, period: int, means: dict[str, float]) -> None:

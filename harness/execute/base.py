@@ -28,15 +28,33 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.errors import PluginError, SpecError
 
 if TYPE_CHECKING:
+    from harness.data.open import Resources
+    from harness.execute.stage_events import EventForwarder
+    from harness.plan import Stage
     from harness.plugins import Registry
+    from harness.spec.models import ResolvedSpec
+    from harness.spec.models import Spec
     from harness.store import ArtifactStore
+
+
+class RunView(Protocol):
+    """What an executor reads of the run it computes for (:class:`harness.runner.Runner`,
+    which this module cannot import: the runner imports the executor contract): the resolved
+    spec, the registry, the store, the output folder and, once planned, the opened datasets."""
+
+    rspec: ResolvedSpec
+    registry: Registry
+    store: ArtifactStore
+    output_dir: Path
+    quiet: bool | None
+    resources: Resources | None
 
 
 class ExecutorConfig(BaseModel):
@@ -59,7 +77,8 @@ class StageOutcome:
     result: dict[str, Any] = field(default_factory=dict)
 
 
-def outcomes_from_store(store: ArtifactStore, stages: list[Any], computed: Any) -> dict[str, StageOutcome]:
+def outcomes_from_store(store: ArtifactStore, stages: list[Stage], computed: Any
+                        ) -> dict[str, StageOutcome]:
     """The outcome of ``stages`` that the store holds: computed for the keys in ``computed`` (by
     this run's workers or jobs), cached for the others; seconds and summary from its meta."""
     computed, found = set(computed), {}
@@ -78,12 +97,13 @@ class Executor:
     def __init__(self, config: BaseModel):
         self.config = config
 
-    def run(self, runner: Any, stages: list[Any], events: Any) -> dict[str, StageOutcome]:
+    def run(self, runner: RunView, stages: list[Stage], events: EventForwarder
+            ) -> dict[str, StageOutcome]:
         """Put every one of ``stages`` (dependencies first) in the store; stage key -> its
         outcome. ``events`` forwards the events of stages computed in other processes."""
         raise NotImplementedError
 
-    def slots(self, runner: Any) -> list[str]:
+    def slots(self, runner: RunView) -> list[str]:
         """Where stages run side by side (for ``--dry-run``): one name per slot. Also called
         before any work, to check settings against this machine (its GPUs)."""
         return ["this process"]
@@ -93,17 +113,17 @@ class Executor:
         """``gpus_per_stage`` (1 for a Config that does not derive from ExecutorConfig)."""
         return int(getattr(self.config, "gpus_per_stage", 1))
 
-    def processes(self, runner: Any, stage: Any) -> int:
+    def processes(self, runner: RunView, stage: Stage) -> int:
         """Processes that compute ``stage``: ``gpus_per_stage`` for a training stage, else 1."""
         return stage_processes(runner, stage, self.nproc)
 
-    def where(self, runner: Any, stage: Any, slot: str) -> str:
+    def where(self, runner: RunView, stage: Stage, slot: str) -> str:
         """The dry run's ``where`` of ``stage`` placed on ``slot``: with its processes."""
         n = self.processes(runner, stage)
         return slot if n == 1 else f"{slot}, {n} processes"
 
 
-def stage_processes(runner: Any, stage: Any, nproc: int) -> int:
+def stage_processes(runner: RunView, stage: Stage, nproc: int) -> int:
     """``nproc`` for a stage whose kind trains with the shared loop (``distributed``), else 1."""
     if nproc <= 1:
         return 1
@@ -111,7 +131,7 @@ def stage_processes(runner: Any, stage: Any, nproc: int) -> int:
     return nproc if getattr(kind, "distributed", False) else 1
 
 
-def executor_config(spec: Any, registry: Registry, name: str | None, source: str = "",
+def executor_config(spec: Spec, registry: Registry, name: str | None, source: str = "",
                     lines: dict | None = None, nproc: int | None = None
                     ) -> tuple[str, BaseModel]:
     """The executor's name and its validated settings: ``name`` (``--executor``) or the spec's
@@ -138,7 +158,7 @@ def executor_config(spec: Any, registry: Registry, name: str | None, source: str
                                    prefix=("execution",))
 
 
-def execution_problems(spec: Any, registry: Registry, source: str, lines: dict) -> list[str]:
+def execution_problems(spec: Spec, registry: Registry, source: str, lines: dict) -> list[str]:
     """Spec-load check of the ``execution:`` section (unknown executor, bad settings); settings
     without ``executor:`` are checked when ``--executor`` has chosen one."""
     if "executor" not in spec.execution.model_fields_set:
@@ -152,7 +172,7 @@ def execution_problems(spec: Any, registry: Registry, source: str, lines: dict) 
     return []
 
 
-def stage_command(runner: Any, stage: Any, absolute: bool = False, nproc: int = 1) -> list[str]:
+def stage_command(runner: RunView, stage: Stage, absolute: bool = False, nproc: int = 1) -> list[str]:
     """``harness stage run SPEC KEY --store S --quiet [--set ...] [--nproc N]`` for one stage,
     with this interpreter (so a worker runs the very installation the driver runs)."""
     spec = Path(runner.rspec.source)

@@ -23,11 +23,16 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.console import console
 from harness.execute.graph import pending
 from harness.store import ArtifactStore, atomic_write_json, hash_key
+
+if TYPE_CHECKING:
+    from harness.execute.base import RunView
+    from harness.plan import Plan, Stage
+    from harness.store import ArtifactStore
 
 #: Timed batches per loop (after the first, untimed one).
 DEFAULT_STEPS = 5
@@ -49,11 +54,11 @@ class ScratchStore(ArtifactStore):
         return self.real.dataset_dir(name, fingerprint)
 
 
-def record_path(store: Any, kind: str, key: str, device: str) -> Path:
+def record_path(store: ArtifactStore, kind: str, key: str, device: str) -> Path:
     return Path(store.root) / "calibration" / kind / key / f"{hash_key(device, 12)}.json"
 
 
-def saved(store: Any, kind: str, key: str, device: str) -> dict[str, Any] | None:
+def saved(store: ArtifactStore, kind: str, key: str, device: str) -> dict[str, Any] | None:
     """The stored calibration of a stage on this device kind, if any (JSON only)."""
     path = record_path(store, kind, key, device)
     if not path.exists():
@@ -68,7 +73,7 @@ def saved(store: Any, kind: str, key: str, device: str) -> dict[str, Any] | None
     return data
 
 
-def to_calibrate(plan: Any, store: Any, device: str, has_same_config: Any) -> list[Any]:
+def to_calibrate(plan: Plan, store: ArtifactStore, device: str, has_same_config: Any) -> list[Stage]:
     """The pending stages to run cut short, dependencies first: those without a same-config
     record or a calibration on ``device``, and the pending stages upstream of them (the
     calibration needs their artifacts)."""
@@ -82,7 +87,7 @@ def to_calibrate(plan: Any, store: Any, device: str, has_same_config: Any) -> li
     return [s for s in todo if s.key in needed]
 
 
-def calibrate(runner: Any, stages: list[Any], steps: int, device: str) -> list[dict[str, Any]]:
+def calibrate(runner: RunView, stages: list[Stage], steps: int, device: str) -> list[dict[str, Any]]:
     """Run ``stages`` (dependencies first) cut short in a scratch store; save and return each
     one's calibration."""
     from harness.engine.calibration import calibrating

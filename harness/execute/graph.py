@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from harness.console import console
 from harness.plan import Plan, Stage
 
+if TYPE_CHECKING:
+    from harness.execute.stage_events import EventForwarder
+    from harness.store import ArtifactStore
 
-def pending(plan: Plan, store: Any) -> list[Stage]:
+
+def pending(plan: Plan, store: ArtifactStore) -> list[Stage]:
     """The plan's stages the store does not hold, dependencies first."""
     return [s for s in plan.stages() if not store.is_done(s.kind, s.key)]
 
@@ -68,7 +72,7 @@ class Outcome:
         return "; ".join(parts)
 
 
-def drive(stages: list[Stage], store: Any, launcher: Launcher, events: Any,
+def drive(stages: list[Stage], store: ArtifactStore, launcher: Launcher, events: EventForwarder,
           running: dict[str, Any] | None = None, poll_s: float = 0.2, on_start: Any = None
           ) -> Outcome:
     """Run every one of ``stages`` (dependencies first) that the store does not hold through

@@ -21,7 +21,10 @@ from harness.provenance import provenance
 from harness.stages.base import StageEnv
 
 if TYPE_CHECKING:
+    from harness.execute.base import RunView
+    from harness.plan import Plan
     from harness.plugins import Registry
+    from harness.spec.models import Spec
     from harness.store import ArtifactStore
 
 
@@ -35,7 +38,7 @@ def run_provenance(registry: Registry, device: Any) -> dict[str, Any]:
     return provenance(describe_device(device), plugins)
 
 
-def checkpoint_every_s(spec: Any) -> float:
+def checkpoint_every_s(spec: Spec) -> float:
     """Seconds between a stage's checkpoints: ``$HARNESS_CHECKPOINT_EVERY_S`` when set (one
     invocation's override, e.g. a test or a cluster job), else the spec's
     ``execution.checkpoint_every_s``, else 300 s. A runtime setting: in no stage key."""
@@ -131,7 +134,7 @@ class InProcessStage:
         return StageOutcome(False, seconds, stage_result)
 
 
-def in_process(runner: Any, dispatch: Dispatch | None = None) -> InProcessStage:
+def in_process(runner: RunView, dispatch: Dispatch | None = None) -> InProcessStage:
     """The :class:`InProcessStage` of ``runner``'s spec, on the spec's device (under torchrun:
     this rank's, its process group joined); ``dispatch``: see :class:`InProcessStage`."""
     from harness.data.open import Resources
@@ -148,7 +151,7 @@ def in_process(runner: Any, dispatch: Dispatch | None = None) -> InProcessStage:
 
 # --- one stage by its key: `harness stage run` and a pool worker's child ----------------------
 
-def find_stage(plan: Any, key: str, spec: Any) -> Stage:
+def find_stage(plan: Plan, key: str, spec: str) -> Stage:
     """The one stage of ``plan`` that ``key`` (a key, a prefix, or ``KIND/PREFIX``) names."""
     from harness.errors import UsageError
 
@@ -163,7 +166,7 @@ def find_stage(plan: Any, key: str, spec: Any) -> Stage:
                      f"{', ...' if len(found) > 4 else ''}); give more of the key")
 
 
-def stage_to_compute(runner: Any, plan: Any, key: str, spec: Any, again: str = "") -> Stage | None:
+def stage_to_compute(runner: RunView, plan: Plan, key: str, spec: str, again: str = "") -> Stage | None:
     """The stage ``key`` names, its upstream stages in the store (else a data error, exit 3,
     with ``again``: how to compute them); None, said on stdout, when the store holds it (not
     under torchrun, where rank 0 decides for every rank)."""
@@ -186,7 +189,7 @@ def stage_to_compute(runner: Any, plan: Any, key: str, spec: Any, again: str = "
     return stage
 
 
-def compute_stage(runner: Any, stage: Stage) -> StageOutcome:
+def compute_stage(runner: RunView, stage: Stage) -> StageOutcome:
     """Compute (or reuse) ``stage`` in this process, its events to its ``events.jsonl``; rank 0
     says where it is."""
     from harness.cli.common import out

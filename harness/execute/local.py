@@ -7,11 +7,16 @@ in-process machinery (:mod:`harness.execute.in_process`) is imported when a run 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from harness.console import console
 from harness.execute.base import Executor, StageOutcome
 from harness.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from harness.execute.base import RunView
+    from harness.execute.stage_events import EventForwarder
+    from harness.plan import Stage
 
 
 class LocalExecutor(Executor):
@@ -20,12 +25,12 @@ class LocalExecutor(Executor):
     name = "local"
     description = "every stage in this process, one at a time (the default)"
 
-    def slots(self, runner: Any) -> list[str]:
+    def slots(self, runner: RunView) -> list[str]:
         if self.nproc > 1:
             self._gpus(runner)  # the check
         return ["this process"]
 
-    def where(self, runner: Any, stage: Any, slot: str) -> str:
+    def where(self, runner: RunView, stage: Stage, slot: str) -> str:
         n = self.processes(runner, stage)
         if n == 1:
             return slot
@@ -33,7 +38,7 @@ class LocalExecutor(Executor):
         on = "GPUs " + ",".join(gpus[:n]) if gpus else "gloo, CPU"
         return f"{n} processes ({on})"
 
-    def _gpus(self, runner: Any) -> list[str]:
+    def _gpus(self, runner: RunView) -> list[str]:
         from harness.execute.pool import visible_gpus
         from harness.execute.stage_process import check_gpus
 
@@ -41,7 +46,8 @@ class LocalExecutor(Executor):
         check_gpus(self.nproc, gpus)
         return gpus
 
-    def run(self, runner: Any, stages: list[Any], events: Any) -> dict[str, StageOutcome]:
+    def run(self, runner: RunView, stages: list[Stage], events: EventForwarder
+            ) -> dict[str, StageOutcome]:
         from harness.execute.in_process import in_process
         from harness.execute.stage_process import StageProcesses
 

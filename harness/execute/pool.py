@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
@@ -29,6 +29,11 @@ from harness.execute.base import Executor, ExecutorConfig, StageOutcome, outcome
 from harness.execute.graph import drive
 from harness.execute.pool_launch import WorkerLauncher, describe_slot
 from harness.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from harness.execute.base import RunView
+    from harness.execute.stage_events import EventForwarder
+    from harness.plan import Stage
 
 
 class PoolConfig(ExecutorConfig):
@@ -132,11 +137,12 @@ class PoolExecutor(Executor):
     description = "worker processes on this machine: one per GPU, or CPU workers with a thread budget"
     Config = PoolConfig
 
-    def slots(self, runner: Any) -> list[str]:
+    def slots(self, runner: RunView) -> list[str]:
         envs = worker_slots(self.config, runner.rspec.spec.finetune.device)
         return [describe_slot(env, i) for i, env in enumerate(envs)]
 
-    def run(self, runner: Any, stages: list[Any], events: Any) -> dict[str, StageOutcome]:
+    def run(self, runner: RunView, stages: list[Stage], events: EventForwarder
+            ) -> dict[str, StageOutcome]:
         envs = worker_slots(self.config, runner.rspec.spec.finetune.device)
         console.log(f"pool: {len(envs)} workers: {', '.join(self.slots(runner))}")
         omp = os.environ.get("OMP_NUM_THREADS")

@@ -15,14 +15,18 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from harness.console import console
+
+if TYPE_CHECKING:
+    from harness.execute.base import RunView
+    from harness.plan import Stage
 
 
 @dataclass
 class _Job:
-    stage: Any
+    stage: Stage
     slot: int
     log: Path
     started: float
@@ -87,7 +91,7 @@ def last_line(log: Path) -> str:
 class WorkerLauncher:
     """Stages on persistent workers, one stage at a time per worker (slot)."""
 
-    def __init__(self, runner: Any, slots: list[dict[str, str]], logs: Path, grace_s: float,
+    def __init__(self, runner: RunView, slots: list[dict[str, str]], logs: Path, grace_s: float,
                  nproc: int = 1):
         self.runner, self.slots, self.logs, self.grace_s = runner, slots, logs, grace_s
         self.nproc = nproc  # processes of a training stage (gpus_per_stage)
@@ -110,7 +114,7 @@ class WorkerLauncher:
                                              self.logs / f"worker-{slot}.log")
         return w
 
-    def start(self, stages: list[Any]) -> list[_Job]:
+    def start(self, stages: list[Stage]) -> list[_Job]:
         self.logs.mkdir(parents=True, exist_ok=True)
         jobs = []
         for stage in stages:

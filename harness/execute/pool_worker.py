@@ -30,7 +30,11 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness.plan import Plan
+    from harness.runner import Runner
 
 _child_pid = 0
 _stopping = False
@@ -94,7 +98,7 @@ def pin_cpus() -> None:
             pass
 
 
-def _child(runner: Any, plan: Any, job: dict, proto: int, safe: bool, argv: list[str]) -> None:
+def _child(runner: Runner, plan: Plan, job: dict, proto: int, safe: bool, argv: list[str]) -> None:
     """In the forked child: the stage, its output to its log, then ``os._exit``."""
     code = 1
     try:

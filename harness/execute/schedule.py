@@ -17,10 +17,14 @@ from __future__ import annotations
 import heapq
 import json
 import statistics
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.execute.calibrate import saved
 from harness.execute.graph import pending, waves
+
+if TYPE_CHECKING:
+    from harness.plan import Plan, Stage
+    from harness.store import ArtifactStore
 
 
 def device_kind(description: str | None) -> str:
@@ -37,7 +41,7 @@ def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): json.dumps(data, sort_keys=True, default=str)}
 
 
-def published(store: Any, kinds: set[str]) -> dict[str, list[dict[str, Any]]]:
+def published(store: ArtifactStore, kinds: set[str]) -> dict[str, list[dict[str, Any]]]:
     """The metas of the store's published stages of these kinds."""
     out: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     for kind in kinds:
@@ -55,7 +59,7 @@ def _world(meta: dict[str, Any]) -> int:
     return int(meta.get("provenance", {}).get("world_size") or 1)
 
 
-def estimate(stage: Any, metas: list[dict[str, Any]], device: str, procs: int = 1
+def estimate(stage: Stage, metas: list[dict[str, Any]], device: str, procs: int = 1
              ) -> tuple[float | None, str]:
     """Seconds and the basis of the estimate, or ``(None, "no record")``. Records of stages
     trained on as many processes as ``procs`` are preferred; others are scaled by their process
@@ -78,13 +82,13 @@ def estimate(stage: Any, metas: list[dict[str, Any]], device: str, procs: int = 
     return seconds, f"{basis}, {sum(d == best for d, _, _ in scored)} record(s){scaled}"
 
 
-def same_config_known(store: Any, plan: Any, device: str) -> Any:
+def same_config_known(store: ArtifactStore, plan: Plan, device: str) -> Any:
     """``f(stage)``: whether the store has a record of the stage's config on ``device``."""
     metas = published(store, {s.kind for s in plan.stages()})
     return lambda s: estimate(s, metas[s.kind], device)[1].startswith("same config")
 
 
-def simulate(stages: list[Any], seconds: dict[str, float], slots: int) -> tuple[float, dict[str, int]]:
+def simulate(stages: list[Stage], seconds: dict[str, float], slots: int) -> tuple[float, dict[str, int]]:
     """List scheduling as the drivers do it: of the stages whose dependencies are scheduled, the
     one ready first (then plan order) starts on the slot free first. Returns the makespan and
     each stage's slot."""
@@ -107,7 +111,7 @@ def simulate(stages: list[Any], seconds: dict[str, float], slots: int) -> tuple[
     return max(end.values(), default=0.0), where
 
 
-def schedule(plan: Any, store: Any, slot_names: list[str], device: str,
+def schedule(plan: Plan, store: ArtifactStore, slot_names: list[str], device: str,
              procs: Any = lambda stage: 1) -> dict[str, Any]:
     """``procs(stage)``: the processes the executor trains the stage on (``gpus_per_stage``)."""
     todo = pending(plan, store)

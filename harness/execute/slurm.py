@@ -25,7 +25,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -35,6 +35,11 @@ from harness.execute.base import Executor, ExecutorConfig, StageOutcome, outcome
 from harness.execute.graph import drive
 from harness.hookspecs import hookimpl
 from harness.store import atomic_write_json, hash_key
+
+if TYPE_CHECKING:
+    from harness.execute.base import RunView
+    from harness.execute.stage_events import EventForwarder
+    from harness.plan import Stage
 
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING",
           "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "UNKNOWN"}
@@ -82,7 +87,7 @@ class SlurmExecutor(Executor):
     description = "each stage a SLURM job via submitit; requeue on time limit/preemption"
     Config = SlurmConfig
 
-    def gpus(self, runner: Any, nproc: int) -> int:
+    def gpus(self, runner: RunView, nproc: int) -> int:
         """GPUs of the job of a stage in ``nproc`` processes."""
         c = self.config
         gpus = c.gpus_per_job if c.gpus_per_job is not None else (
@@ -95,14 +100,14 @@ class SlurmExecutor(Executor):
         return f"job ({c.cpus_per_job} CPUs{f', {gpus} GPUs' if gpus else ''}" \
                f"{f', {c.partition}' if c.partition else ''})"
 
-    def slots(self, runner: Any) -> list[str]:
+    def slots(self, runner: RunView) -> list[str]:
         return [self._where(self.gpus(runner, 1))] * self.config.max_jobs
 
-    def where(self, runner: Any, stage: Any, slot: str) -> str:
+    def where(self, runner: RunView, stage: Stage, slot: str) -> str:
         n = self.processes(runner, stage)
         return slot if n == 1 else f"{self._where(self.gpus(runner, n))}, {n} processes"
 
-    def submitit_executor(self, runner: Any, gpus: int = 0) -> Any:
+    def submitit_executor(self, runner: RunView, gpus: int = 0) -> Any:
         try:
             import submitit
         except ImportError:
@@ -134,7 +139,8 @@ class SlurmExecutor(Executor):
         ex.update_parameters(**params)
         return ex
 
-    def run(self, runner: Any, stages: list[Any], events: Any) -> dict[str, StageOutcome]:
+    def run(self, runner: RunView, stages: list[Stage], events: EventForwarder
+            ) -> dict[str, StageOutcome]:
         state = JobState(runner)
         launcher = JobLauncher(self, runner, state)
         outcome = drive(stages, runner.store, launcher, events, running=launcher.reattach(stages),
@@ -148,7 +154,7 @@ class SlurmExecutor(Executor):
 class JobState:
     """``<store>/executors/slurm/<run>.json``: stage key -> job id and folder (JSON only)."""
 
-    def __init__(self, runner: Any):
+    def __init__(self, runner: RunView):
         ident = hash_key({"spec": str(Path(runner.rspec.source).resolve()),
                           "overrides": runner.rspec.overrides, "output": str(runner.output_dir)}, 12)
         self.path = Path(runner.store.root) / "executors" / "slurm" / f"{runner.rspec.name}-{ident}.json"
@@ -174,7 +180,7 @@ class JobState:
 
 
 class JobLauncher:
-    def __init__(self, executor: SlurmExecutor, runner: Any, state: JobState):
+    def __init__(self, executor: SlurmExecutor, runner: RunView, state: JobState):
         self.executor, self.runner, self.state = executor, runner, state
         self.capacity = executor.config.max_jobs
         self._ex: dict[int, Any] = {}  # GPUs per job -> its submitit executor
@@ -184,7 +190,7 @@ class JobLauncher:
             self._ex[gpus] = self.executor.submitit_executor(self.runner, gpus)
         return self._ex[gpus]
 
-    def _job(self, stage: Any, nproc: int) -> Any:
+    def _job(self, stage: Stage, nproc: int) -> Any:
         from harness.execute.slurm_job import StageJob
 
         c = self.executor.config
@@ -192,7 +198,7 @@ class JobLauncher:
         return StageJob(stage_command(self.runner, stage, absolute=True, nproc=nproc), stage.label,
                         threads=c.cpus_per_job, grace_s=max(10.0, c.signal_delay_s * 0.75))
 
-    def start(self, stages: list[Any]) -> list[Any]:
+    def start(self, stages: list[Stage]) -> list[Any]:
         groups: dict[int, list[tuple[int, Any, int]]] = {}  # GPUs -> (position, stage, nproc)
         for i, stage in enumerate(stages):
             n = self.executor.processes(self.runner, stage)
@@ -209,14 +215,14 @@ class JobLauncher:
                 jobs[i] = job
         return [(s, j) for s, j in zip(stages, jobs)]
 
-    def started(self, stages: list[Any], handles: list[Any]) -> None:
+    def started(self, stages: list[Stage], handles: list[Any]) -> None:
         for stage, (_, job) in zip(stages, handles):
             console.log(f"  submitted {stage.kind} {stage.label}: job {job.job_id}")
             self.state.jobs[stage.key] = {"job_id": str(job.job_id), "folder": str(job.paths.folder),
                                           "cluster": self.executor.config.cluster}
         self.state.save()
 
-    def reattach(self, stages: list[Any]) -> dict[str, Any]:
+    def reattach(self, stages: list[Stage]) -> dict[str, Any]:
         """Jobs of a previous driver that are still queued or running: waited for, not resubmitted."""
         found = {}
         for stage in stages:

@@ -18,7 +18,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from harness.plan import Stage
+    from harness.store import ArtifactStore
 
 EVENTS_FILE = "events.jsonl"
 #: The hooks a stage's process writes (and the driver forwards).
@@ -83,11 +87,11 @@ class EventForwarder:
     """The driver's side: forwards the events of the stages it watches to the plugins' hooks as
     they arrive, and remembers which stages' finished event it has passed on."""
 
-    def __init__(self, hook: Any, store: Any,
+    def __init__(self, hook: Any, store: ArtifactStore,
                  on_finished: Callable[[dict[str, Any]], None] | None = None):
         self.hook, self.store, self.on_finished = hook, store, on_finished
         self.finished: set[str] = set()  # keys whose finished event reached the hooks
-        self._watched: dict[str, tuple[Any, int]] = {}  # key -> (stage, offset read to)
+        self._watched: dict[str, tuple[Stage, int]] = {}  # key -> (stage, offset read to)
         self._held: dict[str, dict[str, Any]] = {}  # finished events of stages not yet ended
 
     def dispatch(self, hook: str, kwargs: dict[str, Any]) -> None:
@@ -102,10 +106,10 @@ class EventForwarder:
         if hook == "harness_stage_finished" and self.on_finished is not None:
             self.on_finished(kwargs["stage"])  # e.g. the driver writes the cells it completes
 
-    def _work_file(self, stage: Any) -> Path:
+    def _work_file(self, stage: Stage) -> Path:
         return self.store.work_dir(stage.kind, stage.key) / EVENTS_FILE
 
-    def watch(self, stage: Any) -> None:
+    def watch(self, stage: Stage) -> None:
         """Follow ``stage``'s events from now on (what an earlier attempt wrote is skipped)."""
         path = self._work_file(stage)
         self._watched[stage.key] = (stage, path.stat().st_size if path.exists() else 0)
@@ -115,7 +119,7 @@ class EventForwarder:
         for key, (stage, offset) in list(self._watched.items()):
             self._forward(stage, self._work_file(stage), offset)
 
-    def done(self, stage: Any) -> None:
+    def done(self, stage: Stage) -> None:
         """The stage ended: forward the rest (from its published folder once it is in the
         store, where the file has moved) and stop following it. Its finished event goes last,
         and only when the store holds the stage (a stage that failed to publish has none)."""
@@ -131,7 +135,7 @@ class EventForwarder:
                 self.dispatch("harness_stage_finished", held)
         self._held.pop(stage.key, None)
 
-    def _forward(self, stage: Any, path: Path, offset: int) -> int:
+    def _forward(self, stage: Stage, path: Path, offset: int) -> int:
         events, offset = _read_lines(path, offset)
         if stage.key in self._watched:
             self._watched[stage.key] = (stage, offset)

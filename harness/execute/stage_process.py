@@ -18,11 +18,16 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.console import console
 from harness.errors import SpecError, StagesFailed
 from harness.execute.base import shown, stage_command, stage_processes
+
+if TYPE_CHECKING:
+    from harness.execute.base import RunView
+    from harness.execute.stage_events import EventForwarder
+    from harness.plan import Stage
 
 
 def check_gpus(nproc: int, gpus: list[str]) -> None:
@@ -44,13 +49,13 @@ class StageProcesses:
     """The ``local`` executor's training stages in ``nproc`` processes (:meth:`wants` says
     which stages); their events forwarded as they arrive."""
 
-    def __init__(self, runner: Any, nproc: int, grace_s: float = 120.0):
+    def __init__(self, runner: RunView, nproc: int, grace_s: float = 120.0):
         self.runner, self.nproc, self.grace_s = runner, nproc, grace_s
 
-    def wants(self, stage: Any) -> bool:
+    def wants(self, stage: Stage) -> bool:
         return stage_processes(self.runner, stage, self.nproc) > 1
 
-    def compute(self, stage: Any, events: Any) -> Any:
+    def compute(self, stage: Stage, events: EventForwarder) -> Any:
         """Run ``stage`` as ``harness stage run --nproc N``; its outcome, read from the store."""
         from harness.execute.base import outcomes_from_store
 

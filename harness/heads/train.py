@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -11,6 +11,9 @@ from torchvision import tv_tensors
 
 from harness.data.torchdata import SegmentationSamples
 from harness.heads.hover_targets import HV_MIN_AREA, hv_maps
+
+if TYPE_CHECKING:
+    from harness.spec.models import FinetuneSettings
 
 __all__ = ["HoverSamples", "train_samples", "batch_loss"]
 
@@ -44,7 +47,7 @@ def train_samples(head: str, arrays: Any, ids: Sequence[str], transform: Any
     return SegmentationSamples(arrays, ids, transform)
 
 
-def batch_loss(head: str, settings: Any) -> Callable[[torch.Tensor, tuple], torch.Tensor]:
+def batch_loss(head: str, settings: FinetuneSettings) -> Callable[[torch.Tensor, tuple], torch.Tensor]:
     """``loss(logits, targets)`` for a batch's targets (everything after the images):
     unweighted pixel cross-entropy (``semantic``), HoVer-Net's loss (``hover``)."""
     if head == "hover":

@@ -11,10 +11,14 @@ stages, of a kind it may register itself.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:  # no torch at import: `harness validate` and `list` load every protocol
     from torch import nn
+
+    from harness.plan import Planning, Stage
+    from harness.planner import Split
+    from harness.spec.models import FinetuneSettings
 
 
 class TrainingProtocol:
@@ -35,15 +39,15 @@ class TrainingProtocol:
     encoder_families: ClassVar[tuple[str, ...] | None] = None
 
     @classmethod
-    def settings_problem(cls, settings: Any) -> str | None:
+    def settings_problem(cls, settings: FinetuneSettings) -> str | None:
         """Why the fine-tuning ``settings`` make no sense for this protocol (validation), or None."""
         return None
 
-    def cell_stages(self, plan: Any, *, encoder: Any, split: Any, seed: int, settings: Any,
-                    label: str) -> tuple[Any, Any]:
+    def cell_stages(self, plan: Planning, *, encoder: Stage, split: Split, seed: int,
+                    settings: FinetuneSettings, label: str) -> tuple[Stage, Stage]:
         """``(model, evaluation)``: the stages that turn the ``encoder`` stage into the cell's
         result on ``split`` (:class:`harness.planner.Split`) with fine-tuning ``settings`` (the
-        row's), created through ``plan.create`` (:class:`harness.planner.PlanBuilder`).
+        row's), created through ``plan.create`` (:class:`harness.plan.Planning`).
         ``label``: the cell's model stage's label. Default: ``finetune -> evaluate``."""
         dataset = plan.resources.dataset
         model = plan.create("finetune", encoder=encoder, dataset=dataset, chosen=split.chosen,
@@ -52,7 +56,8 @@ class TrainingProtocol:
         return model, plan.create("evaluate", model=model, dataset=dataset, test_ids=split.test_ids,
                                   fold=split.fold, settings=settings)
 
-    def build_model(self, encoder_name: str, num_classes: int, settings: Any = None) -> nn.Module:
+    def build_model(self, encoder_name: str, num_classes: int,
+                    settings: FinetuneSettings | None = None) -> nn.Module:
         """A randomly initialised model whose ``.encoder`` takes the encoder artifact's weights
         and whose forward returns logits ``(B, num_classes, H, W)`` at the input's size: the
         ``finetune.architecture`` of ``settings`` (a U-Net without settings)."""
@@ -61,7 +66,7 @@ class TrainingProtocol:
         return build_model(encoder_name, num_classes, getattr(settings, "architecture", "unet"),
                            getattr(settings, "encoder_args", None))
 
-    def prepare(self, model: nn.Module, settings: Any = None) -> None:
+    def prepare(self, model: nn.Module, settings: FinetuneSettings | None = None) -> None:
         """After the encoder weights are loaded: e.g. freeze them."""
         if self.frozen_encoder:
             from harness.engine.model import freeze_encoder

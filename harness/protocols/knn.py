@@ -36,7 +36,7 @@ about 4e11 each, seconds on a GPU.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.hookspecs import hookimpl
 from harness.keying import flat
@@ -44,6 +44,11 @@ from harness.protocols.base import TrainingProtocol
 from harness.spec.models import FinetuneSettings
 from harness.stages.base import StageKind, StageParams
 from harness.store import hash_key
+
+if TYPE_CHECKING:
+    from harness.data.base import Dataset
+    from harness.plan import Planning, Stage
+    from harness.spec.models import FinetuneSettings
 
 #: Finest feature stride used (px): the patch size of the bank and of the test images' queries.
 STRIDE = 4
@@ -61,7 +66,7 @@ class KNN(TrainingProtocol):
     frozen_encoder = True
 
     @classmethod
-    def settings_problem(cls, settings: Any) -> str | None:
+    def settings_problem(cls, settings: FinetuneSettings) -> str | None:
         if settings.head != "semantic":
             return f"it predicts class maps only: finetune.head '{settings.head}' needs a trained head"
         return None
@@ -73,7 +78,8 @@ class KNN(TrainingProtocol):
         return bank, plan.create("evaluate", model=bank, dataset=dataset, test_ids=split.test_ids,
                                  fold=split.fold, settings=settings)
 
-    def build_model(self, encoder_name: str, num_classes: int, settings: Any = None):
+    def build_model(self, encoder_name: str, num_classes: int,
+                    settings: FinetuneSettings | None = None):
         return _segmenter_class()(encoder_name, num_classes, getattr(settings, "encoder_args", None))
 
 
@@ -89,8 +95,9 @@ class KnnBankStage(StageKind):
     Params = KnnBankParams
 
     @classmethod
-    def create(cls, plan: Any, *, encoder: Any, dataset: Any, chosen: dict[str, list[str]], seed: int,
-               settings: Any, label: str, extra: dict[str, Any] | None = None) -> Any:
+    def create(cls, plan: Planning, *, encoder: Stage, dataset: Dataset, chosen: dict[str, list[str]],
+               seed: int, settings: FinetuneSettings, label: str,
+               extra: dict[str, Any] | None = None) -> Stage:
         train_ids = flat(chosen)
         return cls.make(
             label=label,

@@ -5,7 +5,7 @@ the last feature map is its last block's patch tokens (after the final norm) as 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from harness.hookspecs import hookimpl
 from harness.protocols.base import TrainingProtocol
@@ -13,13 +13,16 @@ from harness.protocols.base import TrainingProtocol
 if TYPE_CHECKING:  # no torch at import: `harness validate` and `list` load every protocol
     from torch import nn
 
+    from harness.spec.models import FinetuneSettings
+
 
 class Linear(TrainingProtocol):
     name = "linear"
     description = "frozen encoder, 1x1-conv head on its last feature map, upsampled"
     frozen_encoder = True
 
-    def build_model(self, encoder_name: str, num_classes: int, settings: Any = None) -> nn.Module:
+    def build_model(self, encoder_name: str, num_classes: int,
+                    settings: FinetuneSettings | None = None) -> nn.Module:
         from harness.engine.model import build_encoder, no_grad_when_frozen
         from harness.protocols.linear_probe import LinearProbe
 

@@ -8,13 +8,15 @@ THUNDER adapts pathology foundation models this way with rank 16 (its
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from harness.hookspecs import hookimpl
 from harness.protocols.base import TrainingProtocol
 
 if TYPE_CHECKING:  # no torch at import: `harness validate` and `list` load every protocol
     from torch import nn
+
+    from harness.spec.models import FinetuneSettings
 
 #: The attention projections adapted (timm ViTs' fused qkv Linear).
 TARGET_MODULES = ["qkv"]
@@ -26,7 +28,7 @@ class LoRA(TrainingProtocol):
     reads = ("lora_rank", "lora_alpha")
     encoder_families = ("vit",)
 
-    def prepare(self, model: nn.Module, settings: Any = None) -> None:
+    def prepare(self, model: nn.Module, settings: FinetuneSettings | None = None) -> None:
         from peft import LoraConfig, inject_adapter_in_model
 
         from harness.engine.model import freeze_encoder

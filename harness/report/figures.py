@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -25,6 +25,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from harness.store import ArtifactStore  # noqa: E402
+
+if TYPE_CHECKING:
+    from harness.plugins import Registry
+
 
 DPI = 110
 
@@ -91,7 +95,7 @@ def fraction_chart(report: dict[str, Any], path: Path) -> Path | None:
 
 
 def loss_curves(records: list[dict[str, Any]], store_roots: list[Path],
-                registry: Any) -> list[dict[str, Any]]:
+                registry: Registry) -> list[dict[str, Any]]:
     """One curve per distinct training stage: {kind, label, group, epochs, loss, source}; the
     group (method / protocol, or the method for pretraining) picks the colour."""
     curves: dict[str, dict[str, Any]] = {}
@@ -160,7 +164,7 @@ def loss_chart(curves: list[dict[str, Any]], path: Path) -> Path | None:
 
 
 def make_figures(report: dict[str, Any], records: list[dict[str, Any]], folder: Path,
-                 store_roots: list[Path], registry: Any) -> dict[str, Path]:
+                 store_roots: list[Path], registry: Registry) -> dict[str, Path]:
     """Every figure that has data, as ``{name: png path}`` (names: bars, fractions, loss)."""
     out = {}
     for name, fn in (("bars", lambda p: bar_chart(report, p)),

@@ -6,7 +6,7 @@ them all at once.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -16,6 +16,9 @@ from harness.spec.models import ROW_KEYS, DatasetRef, RowSettings, Spec
 from harness.spec.problems import format_errors, printable, where
 from harness.spec.source import Lines
 from harness.spec.values import SAFE_NAME
+
+if TYPE_CHECKING:
+    from harness.data.base import DatasetConfig
 
 
 def plugin_problem(at: str, path: str, name: str, category: str, registry: Registry,
@@ -120,7 +123,7 @@ def check_row(spec: Spec, name: str, settings: dict[str, Any], source: str, line
     return True
 
 
-def fold_problems(spec: Any, registry: Registry, dataset_config: Any, source: str,
+def fold_problems(spec: Spec, registry: Registry, dataset_config: DatasetConfig, source: str,
                   lines: Lines) -> list[str]:
     """Folds the spec names that the dataset does not have."""
     info = registry.datasets.get(spec.dataset.name)
@@ -135,7 +138,7 @@ def fold_problems(spec: Any, registry: Registry, dataset_config: Any, source: st
             for i, f in enumerate(spec.folds) if f not in folds and SAFE_NAME.match(f)]
 
 
-def method_problems(spec: Any, method_configs: dict[str, Any], registry: Registry,
+def method_problems(spec: Spec, method_configs: dict[str, Any], registry: Registry,
                     source: str, lines: Lines) -> list[str]:
     """What each row's method finds wrong with its settings given the whole spec (its
     ``spec_problems``: e.g. a dataset its chain reads that is not installed)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from harness.plugins import Registry, did_you_mean
-from harness.spec.models import ROW_KEYS, Spec
+from harness.spec.models import ROW_KEYS, FinetuneSettings, Spec
 from harness.spec.problems import where
 from harness.spec.source import Lines
 
@@ -83,8 +83,9 @@ def encoder_problems(spec: Spec, registry: Registry, at) -> list[str]:
     return problems
 
 
-def _row_encoder_problems(spec: Spec, registry: Registry, name: str, cls: type, settings: Any,
-                          encoders: list[str], at, seen: set[str] | None = None) -> list[str]:
+def _row_encoder_problems(spec: Spec, registry: Registry, name: str, cls: type,
+                          settings: FinetuneSettings, encoders: list[str], at,
+                          seen: set[str] | None = None) -> list[str]:
     from harness.models.names import architecture_problem, encoder_family
 
     family = encoder_family(settings.encoder, encoders)

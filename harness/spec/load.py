@@ -81,7 +81,7 @@ def settings_checks(spec: Spec, registry: Registry, source: str, lines: Lines,
     problems.extend(method_problems(spec, method_configs, registry, source, lines))
     problems.extend(number_problems({(): spec, ("dataset",): dataset_config, ("unlabeled",): unlabeled_config,
                                      **{("methods", m): c for m, c in method_configs.items()}}, source, lines))
-    problems.extend(logger_problems(spec, registry, source, lines))
+    problems.extend(logger_problems(spec.loggers, registry, source, lines))
     metric = metric_problems(spec, registry, source, lines)  # reported, but blocks nothing
     from harness.execute.base import execution_problems
 

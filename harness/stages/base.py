@@ -27,8 +27,10 @@ from harness.plan import Stage
 
 if TYPE_CHECKING:
     from harness.data.open import Resources
+    from harness.engine.context import StageContext
     from harness.keying import MethodRef
     from harness.methods import Method
+    from harness.plan import Cell, Planning
     from harness.plugins import Registry
     from harness.protocols.base import TrainingProtocol
     from harness.spec.models import ResolvedSpec, Spec
@@ -90,9 +92,9 @@ class StageKind:
             cls.name = cls.kind
 
     @classmethod
-    def create(cls, plan: Any, **kwargs: Any) -> Stage:
+    def create(cls, plan: Planning, **kwargs: Any) -> Stage:
         """The stage of this kind for ``kwargs`` (each kind names its own); ``plan`` (a
-        :class:`harness.planner.PlanBuilder`) gives the spec, the datasets and the registry."""
+        :class:`harness.plan.Planning`) gives the spec, the datasets and the registry."""
         raise NotImplementedError(f"stage kind '{cls.kind}' has no constructor")
 
     @classmethod
@@ -104,18 +106,20 @@ class StageKind:
                      info=info or {}, params={k: v for k, v in data.items() if k in params.model_fields_set})
 
     @classmethod
-    def params_of(cls, stage: Any) -> Any:
+    def params_of(cls, stage: Stage) -> Any:
         """``stage``'s params, typed (:attr:`Params`)."""
         return cls.Params.model_validate(stage.params)
 
-    def run(self, stage: Any, inputs: dict[str, Path], ctx: Any, env: StageEnv) -> dict[str, Any]:
+    def run(self, stage: Stage, inputs: dict[str, Path], ctx: StageContext, env: StageEnv
+            ) -> dict[str, Any]:
         raise NotImplementedError
 
-    def record_summary(self, stage: Any, result: dict[str, Any], path: Path, env: StageEnv) -> dict[str, Any]:
+    def record_summary(self, stage: Stage, result: dict[str, Any], path: Path, env: StageEnv
+                       ) -> dict[str, Any]:
         """What a record's ``upstream`` shows of this stage (``path``: its committed folder)."""
         return dict(result or {})
 
-    def record_facts(self, stage: Any, cell: Any, dataset: str) -> dict[str, Any]:
+    def record_facts(self, stage: Stage, cell: Cell, dataset: str) -> dict[str, Any]:
         """Top-level facts for the record of ``cell`` (``stage`` is the first of this kind
         upstream of its model; ``dataset``: the spec's dataset name). Default: none."""
         return {}

@@ -4,12 +4,17 @@ scratch inside a method's chain starts from it)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from harness.hookspecs import hookimpl
 from harness.inputs import check_input_files
 from harness.keying import ENGINE_VERSION, MethodRef, encoder_args
 from harness.stages.base import StageKind, StageParams
+
+if TYPE_CHECKING:
+    from harness.methods import Method
+    from harness.plan import Planning, Stage
+    from harness.spec.models import FinetuneSettings
 
 
 class EncoderParams(StageParams):
@@ -23,8 +28,8 @@ class EncoderStage(StageKind):
     Params = EncoderParams
 
     @classmethod
-    def create(cls, plan: Any, *, seed: int, method: Any = None, version: str = "",
-               settings: Any = None) -> Any:
+    def create(cls, plan: Planning, *, seed: int, method: Method | None = None, version: str = "",
+               settings: FinetuneSettings | None = None) -> Stage:
         """``method``'s encoder (an ``init`` method) for fine-tuning ``settings`` (the row's,
         default the spec's), or without ``method`` a random one for the spec's encoder."""
         settings = settings or plan.spec.finetune

@@ -5,13 +5,18 @@ e.g. a labeler's score) evaluate alike under their own name."""
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from harness.hookspecs import hookimpl
 from harness.keying import ENGINE_VERSION
 from harness.spec.models import FinetuneSettings
 from harness.stages.base import StageKind, StageParams
 from harness.store import hash_key
+
+if TYPE_CHECKING:
+    from harness.data.base import Dataset
+    from harness.plan import Planning, Stage
+    from harness.spec.models import FinetuneSettings
 
 
 class EvaluateParams(StageParams):
@@ -27,8 +32,9 @@ class EvaluateStage(StageKind):
     Params = EvaluateParams
 
     @classmethod
-    def create(cls, plan: Any, *, model: Any, dataset: Any, test_ids: Sequence[str], fold: str,
-               source: str | None = None, settings: Any = None) -> Any:
+    def create(cls, plan: Planning, *, model: Stage, dataset: Dataset, test_ids: Sequence[str],
+               fold: str, source: str | None = None, settings: FinetuneSettings | None = None
+               ) -> Stage:
         """The ``model`` stage (its config names its ``protocol``, default ``full``) on
         ``test_ids`` of ``dataset`` (``source``: its plugin name, None for the spec's own)."""
         head = model.config.get("settings", {}).get("head", "semantic")

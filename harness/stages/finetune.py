@@ -4,13 +4,18 @@ name."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.hookspecs import hookimpl
 from harness.keying import FINETUNE_VERSION, PROTOCOL_SETTINGS, flat, result_settings
 from harness.spec.models import FinetuneSettings
 from harness.stages.base import StageKind, StageParams
 from harness.store import hash_key
+
+if TYPE_CHECKING:
+    from harness.data.base import Dataset
+    from harness.plan import Planning, Stage
+    from harness.spec.models import FinetuneSettings
 
 
 class FinetuneParams(StageParams):
@@ -27,9 +32,9 @@ class FinetuneStage(StageKind):
     Params = FinetuneParams
 
     @classmethod
-    def create(cls, plan: Any, *, encoder: Any, dataset: Any, chosen: dict[str, list[str]],
-               protocol: str, seed: int, settings: Any, label: str,
-               extra: dict[str, Any] | None = None, source: str | None = None) -> Any:
+    def create(cls, plan: Planning, *, encoder: Stage, dataset: Dataset, chosen: dict[str, list[str]],
+               protocol: str, seed: int, settings: FinetuneSettings, label: str,
+               extra: dict[str, Any] | None = None, source: str | None = None) -> Stage:
         """``protocol``'s model from the ``encoder`` stage, trained on the ``chosen`` ids (by
         group) of ``dataset`` (``source``: its plugin name, None for the spec's own dataset)."""
         train_ids = flat(chosen)

@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from harness.hookspecs import hookimpl
 from harness.inputs import check_input_files
 from harness.keying import ENGINE_VERSION, MethodRef, encoder_args, method_settings
 from harness.stages.base import StageKind, StageParams
+
+if TYPE_CHECKING:
+    from harness.methods import Method
+    from harness.plan import Planning, Stage
+    from harness.spec.models import FinetuneSettings
 
 
 class PretrainParams(StageParams):
@@ -24,9 +29,10 @@ class PretrainStage(StageKind):
     Params = PretrainParams
 
     @classmethod
-    def create(cls, plan: Any, *, method: Any, version: str, seed: int, settings: Any = None,
-               masks: Any = None, num_classes: int | None = None, previous: Any = None,
-               cycle: int | None = None, label_suffix: str = "") -> Any:
+    def create(cls, plan: Planning, *, method: Method, version: str, seed: int,
+               settings: FinetuneSettings | None = None, masks: Stage | None = None,
+               num_classes: int | None = None, previous: Stage | None = None,
+               cycle: int | None = None, label_suffix: str = "") -> Stage:
         """``method``'s pretraining for the encoder of fine-tuning ``settings`` (the row's,
         default the spec's): on pseudo-label ``masks`` (a stage, with their ``num_classes``)
         when given, continuing ``previous`` (the stage of cycle ``cycle - 1``)."""

@@ -3,12 +3,15 @@ argmax over every unlabeled image: the masks a mask-guided pretraining learns fr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from harness.hookspecs import hookimpl
 from harness.keying import ENGINE_VERSION
 from harness.spec.models import FinetuneSettings
 from harness.stages.base import StageKind, StageParams
+
+if TYPE_CHECKING:
+    from harness.plan import Planning, Stage
 
 
 class PseudolabelParams(StageParams):
@@ -21,7 +24,8 @@ class PseudolabelStage(StageKind):
     Params = PseudolabelParams
 
     @classmethod
-    def create(cls, plan: Any, *, labeler: Any, labeler_eval: Any, num_classes: int) -> Any:
+    def create(cls, plan: Planning, *, labeler: Stage, labeler_eval: Stage, num_classes: int
+               ) -> Stage:
         """The masks the ``labeler`` stage's model predicts (``labeler_eval``: its score, a
         dependency so that it is computed first), with ``num_classes`` classes."""
         finetune = plan.spec.finetune

@@ -3,7 +3,7 @@ and the unlabeled images."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.hookspecs import hookimpl
 from harness.inputs import check_input_files
@@ -12,6 +12,11 @@ from harness.keying import (ENGINE_VERSION, PROTOCOL_SETTINGS, MethodRef, flat, 
 from harness.spec.models import FinetuneSettings
 from harness.stages.base import StageKind, StageParams
 from harness.store import hash_key
+
+if TYPE_CHECKING:
+    from harness.data.base import Dataset
+    from harness.methods import Method
+    from harness.plan import Planning, Stage
 
 
 class SemisupParams(StageParams):
@@ -34,8 +39,9 @@ class SemisupStage(StageKind):
     Params = SemisupParams
 
     @classmethod
-    def create(cls, plan: Any, *, method: Any, version: str, dataset: Any, chosen: dict[str, list[str]],
-               seed: int, label: str, extra: dict[str, Any] | None = None) -> Any:
+    def create(cls, plan: Planning, *, method: Method, version: str, dataset: Dataset,
+               chosen: dict[str, list[str]], seed: int, label: str,
+               extra: dict[str, Any] | None = None) -> Stage:
         """``method``'s whole model from the ``chosen`` labeled ids (by group) of the spec's
         ``dataset`` and the unlabeled images; the evaluation stage reads it like a fine-tuned one."""
         train_ids = flat(chosen)
