@@ -60,6 +60,22 @@ def imagenet_weights(torch_home) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def finished_runs(tmp_path_factory):
+    """Tiny finished runs shared by the session's tests, each run when a test first asks for it
+    (tests/finished_runs.py): ``finished_runs.get("demo")``."""
+    from finished_runs import FinishedRuns
+
+    return FinishedRuns(tmp_path_factory.mktemp("finished_runs"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(finished_runs):
+    """TINY_SPEC with ``--set finetune.epochs=1``, run once in this process: a frozen and a full
+    cell (a session fixture, so the run is done before a test's own fixtures change anything)."""
+    return finished_runs.get("tiny")
+
+
 def write_spec(tmp_path: Path, text: str = TINY_SPEC, name: str = "spec.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text)

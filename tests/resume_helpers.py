@@ -38,3 +38,15 @@ def pretrain_result(runner: Any, monkeypatch: Any, method_cls: type, interrupt_a
         runner.run(runner.plan()[0])
     meta = runner.store.meta("pretrain", stage.key)
     return meta["result"], torch.load(runner.store.stage_dir("pretrain", stage.key) / "encoder.pt")
+
+
+def resumed_and_fresh(make_runner: Any, tmp_path: Any, monkeypatch: Any, method_cls: type,
+                      interrupt_at: int, check_checkpoint: Any = None) -> list[tuple[Any, Any]]:
+    """:func:`pretrain_result` of a run interrupted at ``interrupt_at`` and resumed (a runner
+    from ``make_runner(tmp_path / "a")``), then of an uninterrupted one (``tmp_path / "b"``)."""
+    results = []
+    for name, at in (("a", interrupt_at), ("b", None)):
+        (tmp_path / name).mkdir()
+        results.append(pretrain_result(make_runner(tmp_path / name), monkeypatch, method_cls, at,
+                                       check_checkpoint))
+    return results

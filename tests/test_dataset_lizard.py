@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli
-from dataset_fixtures import dataset_fixtures
-from harness.errors import DataError
+from conftest import REPO
+from dataset_fixtures import assert_prepare_fails_in_one_line, dataset_fixtures
+from finished_runs import cli_prepare, cli_run, one_scratch_cell
 from harness.metrics import evaluate_segmentation
 from harness_builtin.datasets import lizard
 from harness_builtin.datasets.lizard import CLASS_NAMES, LizardDataset
@@ -239,14 +239,7 @@ def _corrupt(kind: str, root: Path) -> str:
 def test_corrupt_input_is_a_one_line_data_error(tmp_path, kind):
     src = write_fixture(tmp_path / "src")
     fname = _corrupt(kind, src)
-    ds = make(tmp_path / "cache" / "lizard")
-    with pytest.raises(DataError) as exc:
-        ds.prepare(src)
-    msg = str(exc.value)
-    assert "\n" not in msg and fname in msg, msg
-    assert not ds.is_prepared() and not ds.root.exists()
-    cache = tmp_path / "cache"
-    assert not cache.exists() or list(cache.iterdir()) == []  # no half-written folder left
+    assert_prepare_fails_in_one_line(make(tmp_path / "cache" / "lizard"), src, fname)
 
 
 def test_interrupted_prepare_leaves_nothing(tmp_path, fixture_dir, monkeypatch):
@@ -309,23 +302,13 @@ def test_known_perturbation(prepared):
 # --- end to end -------------------------------------------------------------------------------------
 
 def test_cli_prepare_verify_and_run(tmp_path, fixture_dir):
-    # cwd outside the checkout: `python -m` puts the cwd first on sys.path, where a stale
-    # *.egg-info from an old build would hide the installed entry points
-    store, out, cwd = tmp_path / "store", tmp_path / "out", dict(cwd=tmp_path)
-    res = run_cli("data", "prepare", "lizard", "--source", str(fixture_dir), "--store", str(store),
-                  **cwd)
-    assert res.returncode == 0, res.stderr
+    store = cli_prepare(tmp_path, "lizard", fixture_dir)
     from harness.data.base import dataset_root
     from harness.store import ArtifactStore
 
     ds = LizardDataset(None, dataset_root(LizardDataset, None, ArtifactStore(store)))
     assert ds.is_prepared() and ds.verify() == []  # what `harness data verify lizard` runs
-    res = run_cli("run", str(REPO / "specs" / "lizard.yaml"), "--store", str(store), "--output", str(out),
-                  "--quiet", "--set", "methods=[scratch]", "--set", "protocols=[full]",
-                  "--set", "folds=[fold1]", "--set", "finetune.epochs=1",
-                  "--set", "finetune.batch_size=4", "--set", "finetune.eval_batch_size=4",
-                  "--set", "finetune.num_workers=0", "--set", "finetune.device=cpu", **cwd)
-    assert res.returncode == 0, res.stderr
+    out = cli_run(tmp_path, REPO / "specs" / "lizard.yaml", *one_scratch_cell(4), "--set", "folds=[fold1]")
     rows = json.loads((out / "report.json").read_text())["rows"]
     assert [(r["method"], r["protocol"]) for r in rows] == [("scratch", "full")]
     m = json.loads(next(store.rglob("metrics.json")).read_text())

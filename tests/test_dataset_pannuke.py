@@ -19,8 +19,8 @@ from harness.metrics import evaluate_segmentation
 from harness_builtin.datasets import _pannuke_io
 from harness_builtin.datasets.pannuke import PanNukeDataset
 
-from conftest import run_cli
-from dataset_fixtures import dataset_fixtures
+from dataset_fixtures import assert_interrupted_prepare_leaves_nothing, dataset_fixtures
+from finished_runs import cli_prepare, cli_run
 
 CLASS_NAMES = ("neoplastic", "inflammatory", "connective", "dead", "epithelial")
 LUT = np.array([1, 2, 3, 4, 5, 0], dtype=np.uint8)  # argmax channel -> class (reference L54)
@@ -359,21 +359,8 @@ def test_source_must_be_a_folder(tmp_path):
 
 def test_interrupted_prepare_leaves_nothing_finished(tmp_path, monkeypatch):
     src = write_fixture(tmp_path / "src", size=64)
-    calls = {"n": 0}
-    real = _pannuke_io.convert_masks
-
-    def flaky(*args, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kw)
-
-    monkeypatch.setattr(_pannuke_io, "convert_masks", flaky)
-    ds = make(tmp_path / "store" / "data")
-    with pytest.raises(KeyboardInterrupt):
-        ds.prepare(src)
-    assert not ds.is_prepared() and not ds.root.exists()
-    assert list((tmp_path / "store").iterdir()) == []
+    ds, real = make(tmp_path / "store" / "data"), _pannuke_io.convert_masks
+    assert_interrupted_prepare_leaves_nothing(ds, src, monkeypatch, _pannuke_io, "convert_masks", 2)
     monkeypatch.setattr(_pannuke_io, "convert_masks", real)
     ds.prepare(src)
     assert ds.verify() == []
@@ -487,20 +474,10 @@ def test_cli_prepare_then_run(tmp_path, torch_home):
     from harness.data.base import dataset_root
     from harness.store import ArtifactStore
 
-    source = write_fixture(tmp_path / "src", size=64)  # 64 px patches keep the CPU run short
-    store = tmp_path / "store"
-    # cwd outside the repository: a stale ./pathbench_harness.egg-info there would shadow the
-    # installed entry points for `python -m`
-    r = run_cli("data", "prepare", "pannuke", "--source", str(source), "--store", str(store),
-                cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+    # 64 px patches keep the CPU run short
+    store = cli_prepare(tmp_path, "pannuke", write_fixture(tmp_path / "src", size=64))
     ds = make(dataset_root(PanNukeDataset, None, ArtifactStore(store)))
     assert ds.is_prepared() and ds.verify() == []
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC)
-    out = tmp_path / "run"
-    r = run_cli("run", str(spec), "--store", str(store), "--output", str(out), "--quiet",
-                cwd=tmp_path)
-    assert r.returncode == 0, r.stdout + r.stderr
+    out = cli_run(tmp_path, SPEC)
     assert len(list((out / "records").glob("*.json"))) == 1
     assert "| scratch |" in (out / "report.md").read_text()

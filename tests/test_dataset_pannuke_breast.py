@@ -15,9 +15,10 @@ from harness.metrics import evaluate_segmentation
 from harness_builtin.datasets.pannuke_breast import (PanNukeBreastDataset, breast_split,
                                                      canonical_breast, split_counts)
 
-from conftest import run_cli
 from dataset_fixtures import dataset_fixtures
+from finished_runs import cli_prepare, cli_run
 from test_dataset_pannuke import CLASS_NAMES, FIXTURE, fixture_arrays, write_fixture, zip_fixture
+from test_dataset_pannuke import SPEC as PANNUKE_SPEC
 
 # Breast patches of the fixture in canonical order (fold 1, 2, 3, then index)
 CANONICAL = [("fold1", 0), ("fold1", 2), ("fold1", 3), ("fold2", 1), ("fold2", 2),
@@ -167,37 +168,14 @@ def test_pq_is_a_plain_mean_over_test_images(prepared):
 
 # --- end to end -----------------------------------------------------------------------------------
 
-SPEC = """
-name: breast_tiny
-reference: pannuke_breast
-dataset: pannuke_breast
-methods: [scratch]
-protocols: [frozen]
-seeds: [0]
-finetune:
-  epochs: 1
-  batch_size: 4
-  eval_batch_size: 4
-  image_size: 32
-  device: cpu
-  augment: false
-metric:
-  name: mpq
-  pq_variant: thesis
-"""
+#: test_dataset_pannuke.py's one-cell spec on this dataset (its default folds, no normalisation quirk)
+SPEC = (PANNUKE_SPEC.replace("name: pannuke_tiny\nreference: pannuke\ndataset: pannuke\n",
+                             "name: breast_tiny\nreference: pannuke_breast\ndataset: pannuke_breast\n")
+        .replace("folds: [fold3]\n", "").replace("  normalization: thesis_quirk\n", ""))
 
 
 def test_cli_prepare_then_run(source, tmp_path, torch_home):
-    store = tmp_path / "store"
-    # cwd outside the repository (see test_dataset_pannuke.test_cli_prepare_then_run)
-    r = run_cli("data", "prepare", "pannuke_breast", "--source", str(source), "--store",
-                str(store), cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC)
-    out = tmp_path / "run"
-    r = run_cli("run", str(spec), "--store", str(store), "--output", str(out), "--quiet",
-                cwd=tmp_path)
-    assert r.returncode == 0, r.stdout + r.stderr
+    cli_prepare(tmp_path, "pannuke_breast", source)
+    out = cli_run(tmp_path, SPEC)
     records = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
     assert len(records) == 1

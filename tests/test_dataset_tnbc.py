@@ -13,8 +13,10 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from conftest import REPO, run_cli
-from dataset_fixtures import dataset_fixtures
+from conftest import REPO
+from dataset_fixtures import (assert_interrupted_prepare_leaves_nothing,
+                              assert_prepare_fails_in_one_line, dataset_fixtures)
+from finished_runs import cli_prepare, cli_run, one_scratch_cell
 from harness.errors import DataError
 from harness.metrics import evaluate_dice
 from harness_builtin.datasets import tnbc
@@ -220,14 +222,7 @@ def _corrupt(kind: str, src: Path) -> str:
 def test_corrupt_input_is_a_one_line_data_error(tmp_path, kind):
     src = write_fixture(tmp_path / "src")
     where = _corrupt(kind, src)
-    ds = make(tmp_path / "cache" / "tnbc")
-    with pytest.raises(DataError) as exc:
-        ds.prepare(src)
-    msg = str(exc.value)
-    assert "\n" not in msg and where in msg, msg
-    assert not ds.is_prepared() and not ds.root.exists()
-    cache = tmp_path / "cache"
-    assert not cache.exists() or list(cache.iterdir()) == []
+    assert_prepare_fails_in_one_line(make(tmp_path / "cache" / "tnbc"), src, where)
 
 
 def test_corrupt_zip_member_names_the_member(tmp_path):
@@ -243,20 +238,8 @@ def test_corrupt_zip_member_names_the_member(tmp_path):
 
 
 def test_interrupted_prepare_leaves_nothing(tmp_path, fixture_dir, monkeypatch):
-    real = tnbc.mask_array
-    calls = []
-
-    def interrupt(*args, **kw):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kw)
-
-    monkeypatch.setattr(tnbc, "mask_array", interrupt)
-    ds = make(tmp_path / "cache" / "tnbc")
-    with pytest.raises(KeyboardInterrupt):
-        ds.prepare(fixture_dir)
-    assert not ds.is_prepared() and list((tmp_path / "cache").iterdir()) == []
+    assert_interrupted_prepare_leaves_nothing(make(tmp_path / "cache" / "tnbc"), fixture_dir,
+                                              monkeypatch, tnbc, "mask_array", 3)
 
 
 # --- metric ---------------------------------------------------------------------------------------
@@ -275,18 +258,8 @@ def test_dice_of_ground_truth_and_a_known_perturbation(prepared):
 # --- end to end -------------------------------------------------------------------------------------
 
 def test_cli_prepare_and_run(tmp_path, fixture_dir):
-    # cwd outside the checkout: `python -m` puts the cwd first on sys.path, where a stale
-    # *.egg-info from an old build would hide the installed entry points
-    store, out, cwd = tmp_path / "store", tmp_path / "out", dict(cwd=tmp_path)
-    res = run_cli("data", "prepare", "tnbc", "--source", str(fixture_dir), "--store", str(store),
-                  **cwd)
-    assert res.returncode == 0, res.stderr
-    res = run_cli("run", str(REPO / "specs" / "tnbc.yaml"), "--store", str(store), "--output",
-                  str(out), "--quiet", "--set", "methods=[scratch]", "--set", "protocols=[full]",
-                  "--set", "seeds=[0]", "--set", "finetune.epochs=1",
-                  "--set", "finetune.batch_size=2", "--set", "finetune.eval_batch_size=2",
-                  "--set", "finetune.num_workers=0", "--set", "finetune.device=cpu", **cwd)
-    assert res.returncode == 0, res.stderr
+    store = cli_prepare(tmp_path, "tnbc", fixture_dir)
+    out = cli_run(tmp_path, REPO / "specs" / "tnbc.yaml", *one_scratch_cell(2), "--set", "seeds=[0]")
     rows = json.loads((out / "report.json").read_text())["rows"]
     assert [(r["method"], r["protocol"]) for r in rows] == [("scratch", "full")]
     m = json.loads(next(store.rglob("metrics.json")).read_text())

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
-
-TINY = ["--set", "finetune.epochs=1", "--set", "dataset.images_per_fold=8",
-        "--set", "dataset.image_size=32", "--set", "dataset.unlabeled_images=8",
-        "--set", "dataset.unlabeled_size=32", "--set", "finetune.batch_size=8",
-        "--set", "folds=[fold1]"]
-for _m in ("simclr", "pricon"):
-    TINY += ["--set", f"methods.{_m}.epochs=1", "--set", f"methods.{_m}.batch_size=4",
-             "--set", f"methods.{_m}.augment.crop_size=32"]
-TINY += ["--set", "methods.pricon.labeler.epochs=1", "--set", "methods.pricon.labeler.batch_size=8",
-         "--set", "methods.pricon.resolution=4"]
-
+from conftest import REPO, run_cli
+from finished_runs import DEMO_TINY
 
 #: (spec, protocols, stages computed): the fast demo (one fold, probe and frozen) and its
 #: thesis-shaped variant (frozen and full). Stages: one encoder per method shared by the
@@ -28,27 +20,27 @@ DEMOS = [("specs/demo.yaml", ("probe", "frozen"), 16), ("specs/demo_full.yaml", 
 
 
 @pytest.mark.parametrize(("spec", "protocols", "stages"), DEMOS, ids=["demo", "demo_full"])
-def test_demo_end_to_end_via_cli(spec, protocols, stages, tmp_path):
-    out = tmp_path / "out"
-    res = run_cli("run", spec, *TINY, "--store", str(tmp_path / "store"),
-                  "--output", str(out), "--quiet")
-    assert res.returncode == 0, res.stderr
-    report = (out / "report.md").read_text()
+def test_demo_end_to_end_via_cli(spec, protocols, stages, finished_runs, tmp_path):
+    run = finished_runs.get(Path(spec).stem)  # `harness run SPEC` with DEMO_TINY, on a fresh store
+    assert run.spec == REPO / spec
+    report = (run.out / "report.md").read_text()
     assert "| scratch |" in report and "| simclr |" in report and "| pricon |" in report
     assert "n=1" in report
-    rows = json.loads((out / "report.json").read_text())["rows"]
+    rows = json.loads((run.out / "report.json").read_text())["rows"]
     assert {(r["method"], r["protocol"]) for r in rows} == {
         (m, p) for m in ("scratch", "simclr", "pricon") for p in protocols}
-    assert f"{3 * len(protocols)} cells; {stages} stages computed, 0 reused" in res.stdout
+    assert f"{3 * len(protocols)} cells; {stages} stages computed, 0 reused" in run.stdout
 
     # `harness report` rebuilds the same table from the records alone
+    out = tmp_path / "out"
+    shutil.copytree(run.out, out)
     (out / "report.md").unlink()
     rebuilt = run_cli("report", str(out))
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert (out / "report.md").read_text() == report
 
     # dry run on the finished store: everything done
-    dry = run_cli("run", spec, *TINY, "--store", str(tmp_path / "store"), "--dry-run")
+    dry = run_cli("run", spec, *DEMO_TINY, "--store", str(run.store), "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "to do" not in dry.stdout and dry.stdout.count("done") >= stages
 

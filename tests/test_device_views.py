@@ -13,7 +13,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from resume_helpers import pretrain_result
+from resume_helpers import resumed_and_fresh
 from harness.data.device_views import (DeviceViews, TileDataset, color_jitter_per_sample,
                                        crop_boxes, draw_view_params, gaussian_blur_per_sample,
                                        reference_blur_params, resolve_view_pipeline)
@@ -221,13 +221,7 @@ def test_pretraining_on_the_device_pipeline_resumes_mid_epoch_to_the_same_encode
     def mid_epoch(saved):
         assert saved["position"] == 4  # epoch 2, batch 1 of 3
 
-    def encoder_after(root, interrupt_at=None):
-        return pretrain_result(_runner(root, TOY, overrides), monkeypatch, SimCLR, interrupt_at,
-                               mid_epoch)
-
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    resumed_meta, resumed = encoder_after(tmp_path / "a", interrupt_at=5)
-    fresh_meta, fresh = encoder_after(tmp_path / "b")
+    (resumed_meta, resumed), (fresh_meta, fresh) = resumed_and_fresh(
+        lambda root: _runner(root, TOY, overrides), tmp_path, monkeypatch, SimCLR, 5, mid_epoch)
     assert resumed_meta["final_loss"] == fresh_meta["final_loss"]
     assert all(torch.equal(resumed[k], fresh[k]) for k in fresh)

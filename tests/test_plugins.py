@@ -109,62 +109,59 @@ def make_package(root: Path, dist: str, module: str, entry: str, source: str) ->
 
 # --- session fixtures: each package is built and installed once ----------------------------------
 
+def installed_site(tmp_path_factory, name: str, *package: str) -> Path:
+    """A site folder holding the package ``make_package(..., *package)`` (without ``package``:
+    the example package), installed with pip."""
+    base = tmp_path_factory.mktemp(name)
+    pip_install(make_package(base / "pkg", *package) if package else EXAMPLE, base / "site", base)
+    return base / "site"
+
+
 @pytest.fixture(scope="session")
 def example_site(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("example_plugin")
-    pip_install(EXAMPLE, base / "site", base)
-    return base / "site"
+    return installed_site(tmp_path_factory, "example_plugin")
 
 
 @pytest.fixture(scope="session")
 def broken_site(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("broken_plugin")
-    pkg = make_package(base / "pkg", "harness-broken-plugin", "harness_broken", "broken_method",
-                       """\
-                       raise ImportError("harness_broken needs 'nonexistent_dependency_xyz'")
-                       """)
-    pip_install(pkg, base / "site", base)
-    return base / "site"
+    return installed_site(tmp_path_factory, "broken_plugin", "harness-broken-plugin", "harness_broken",
+                          "broken_method", """\
+                          raise ImportError("harness_broken needs 'nonexistent_dependency_xyz'")
+                          """)
 
 
 @pytest.fixture(scope="session")
 def typo_site(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("typo_plugin")
-    pkg = make_package(base / "pkg", "harness-typo-logger", "harness_typo_logger", "typo_logger",
-                       """\
-                       from harness.hookspecs import hookimpl
+    return installed_site(tmp_path_factory, "typo_plugin", "harness-typo-logger", "harness_typo_logger",
+                          "typo_logger", """\
+                          from harness.hookspecs import hookimpl
 
 
-                       @hookimpl
-                       def harness_cell_finshed(cell, record):
-                           print(record["cell_id"])
-                       """)
-    pip_install(pkg, base / "site", base)
-    return base / "site"
+                          @hookimpl
+                          def harness_cell_finshed(cell, record):
+                              print(record["cell_id"])
+                          """)
 
 
 @pytest.fixture(scope="session")
 def duplicate_site(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("duplicate_plugin")
-    pkg = make_package(base / "pkg", "harness-other-scratch", "harness_other_scratch", "scratch",
-                       """\
-                       from harness.hookspecs import hookimpl
-                       from harness.methods import HALF_NORMALIZATION, InitMethod
+    return installed_site(tmp_path_factory, "duplicate_plugin", "harness-other-scratch",
+                          "harness_other_scratch", "scratch", """\
+                          from harness.hookspecs import hookimpl
+                          from harness.methods import HALF_NORMALIZATION, InitMethod
 
 
-                       class OtherScratch(InitMethod):
-                           name = "scratch"
+                          class OtherScratch(InitMethod):
+                              name = "scratch"
 
-                           def init_encoder(self, encoder, encoder_name, seed):
-                               return HALF_NORMALIZATION
+                              def init_encoder(self, encoder, encoder_name, seed):
+                                  return HALF_NORMALIZATION
 
 
-                       @hookimpl
-                       def harness_register_methods():
-                           return [OtherScratch]
-                       """)
-    pip_install(pkg, base / "site", base)
-    return base / "site"
+                          @hookimpl
+                          def harness_register_methods():
+                              return [OtherScratch]
+                          """)
 
 
 # --- 1. the example package ----------------------------------------------------------------------
@@ -337,23 +334,26 @@ def test_duplicate_names_are_a_plugin_error(duplicate_site, tmp_path):
 
 # --- 5. a method that is not installed, and one that is misspelled -------------------------------
 
-def test_method_not_installed_is_exit_4(tmp_path):
-    result = harness("validate", DEMO, "--set", "methods=[nonexistent_method_xyz]", site=None,
+def validate_methods_error(tmp_path, methods: str, code: int) -> str:
+    """The one stderr line, without a traceback, of ``harness validate DEMO --set
+    methods=[METHODS]``, which exits ``code``."""
+    result = harness("validate", DEMO, "--set", f"methods=[{methods}]", site=None,
                      store=tmp_path / "store")
-    assert result.returncode == 4, (result.stdout, result.stderr)
+    assert result.returncode == code, (result.stdout, result.stderr)
     lines = error_lines(result.stderr)
     assert len(lines) == 1, result.stderr
-    assert "nonexistent_method_xyz" in lines[0] and "not installed" in lines[0]
-    assert "did you mean" not in lines[0] and "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_method_not_installed_is_exit_4(tmp_path):
+    line = validate_methods_error(tmp_path, "nonexistent_method_xyz", 4)
+    assert "nonexistent_method_xyz" in line and "not installed" in line
+    assert "did you mean" not in line
 
 
 def test_misspelled_method_is_exit_2_with_suggestion(tmp_path):
-    result = harness("validate", DEMO, "--set", "methods=[scrach]", site=None,
-                     store=tmp_path / "store")
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = error_lines(result.stderr)
-    assert len(lines) == 1, result.stderr
-    assert "did you mean 'scratch'" in lines[0] and "Traceback" not in result.stderr
+    assert "did you mean 'scratch'" in validate_methods_error(tmp_path, "scrach", 2)
 
 
 # --- 6. the registry in-process ------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Pretraining chains: stage sharing, the pseudo-label stage's resume, the three methods end to
-end at toy scale, and (slow) learning checks."""
+"""Pretraining chains: the pseudo-label stage's resume, the three methods end to end at toy
+scale, and (slow) learning checks. How the chains are planned and shared: test_planner.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import write_spec
-from resume_helpers import pretrain_result
+from resume_helpers import resumed_and_fresh
 from harness.plugins import build_registry
 from harness.runner import Runner
 from harness.spec import load_spec
@@ -34,19 +34,6 @@ def _runner(tmp_path, text=TOY, overrides=()):
     registry = build_registry()
     rspec = load_spec(write_spec(tmp_path, text), list(overrides), registry=registry)
     return Runner(rspec, registry, ArtifactStore(tmp_path / "store"), tmp_path / "out", quiet=True)
-
-
-def test_pretraining_chain_is_computed_once_for_all_cells(tmp_path):
-    runner = _runner(tmp_path)
-    plan, _, _ = runner.plan()
-    kinds = [s.kind for s in plan.stages()]
-    assert len(plan.cells) == 3 * 2 * 2 * 2
-    assert kinds.count("pretrain") == 3  # one per method, shared by folds/protocols/fractions
-    assert kinds.count("labeler") == kinds.count("labeler_eval") == kinds.count("pseudolabel") == 1
-    assert kinds.count("finetune") == 3 * 8
-    pricon_cells = [c for c in plan.cells if c.method == "pricon"]
-    chain = [s.kind for s in pricon_cells[0].stages()]
-    assert chain == ["encoder", "labeler", "labeler_eval", "pseudolabel", "pretrain", "finetune", "evaluate"]
 
 
 def test_three_methods_run_end_to_end(tmp_path):
@@ -112,55 +99,12 @@ def test_pretraining_killed_mid_run_resumes_to_the_same_encoder(tmp_path, monkey
     def in_epoch_three(saved):
         assert saved["epoch"] == 2  # 2 steps per epoch: killed in epoch 3
 
-    def encoder_after(root, interrupt_at=None):
-        return pretrain_result(_runner(root, text, overrides), monkeypatch, SimCLR, interrupt_at,
-                               in_epoch_three)
-
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    resumed_meta, resumed = encoder_after(tmp_path / "a", interrupt_at=6)
-    fresh_meta, fresh = encoder_after(tmp_path / "b")
+    (resumed_meta, resumed), (fresh_meta, fresh) = resumed_and_fresh(
+        lambda root: _runner(root, text, overrides), tmp_path, monkeypatch, SimCLR, 6, in_epoch_three)
     assert resumed_meta["resumed_from_epoch"] == 2 and fresh_meta["resumed_from_epoch"] == 0
     assert resumed_meta["final_loss"] == fresh_meta["final_loss"]
     assert resumed.keys() == fresh.keys()
     assert all(torch.equal(resumed[k], fresh[k]) for k in fresh)
-
-
-def test_pretrain_state_continues_across_cycles(tmp_path):
-    text = TOY.replace("  simclr: {epochs: 2, batch_size: 8, augment: {crop_size: 32}}\n", "") \
-              .replace("  simsiam: {epochs: 2, batch_size: 8, augment: {crop_size: 32, jitter: [0.4, 0.4, 0.4, 0.1]}}\n", "") \
-              .replace("labeler: {epochs: 1, batch_size: 8}}", "labeler: {epochs: 1, batch_size: 8}, cycles: 2}")
-    runner = _runner(tmp_path, text, ["folds=[fold1]", "fractions=[1.0]", "protocols=[frozen]"])
-    plan, _, _ = runner.plan()
-    assert [c.method for c in plan.cells] == ["pricon@cycle1", "pricon@cycle2"]
-    kinds = [s.kind for s in plan.stages()]
-    assert kinds.count("pretrain") == 2 and kinds.count("labeler") == 2 and kinds.count("pseudolabel") == 2
-    cycle2 = next(s for s in plan.stages() if s.kind == "pretrain" and s.config["cycle"] == 2)
-    assert set(cycle2.deps) == {"masks", "previous"}
-
-
-def test_pretrain_seed_shares_one_chain_across_finetuning_seeds(tmp_path):
-    """`seed: 0` on a pretraining row: one labeler/pseudo-label/pretrain chain for every spec
-    seed (the thesis's five TNBC runs), keyed like a seed-0 cell, so stages are shared."""
-    per_cell = _runner(tmp_path, overrides=["seeds=[0, 1]", "folds=[fold1]", "fractions=[1.0]"])
-    kinds = [s.kind for s in per_cell.plan()[0].stages()]
-    assert kinds.count("pretrain") == 3 * 2 and kinds.count("labeler") == 2
-    shared_text = TOY.replace("simclr: {epochs: 2,", "simclr: {seed: 0, epochs: 2,") \
-                     .replace("pricon: {epochs: 2,", "pricon: {seed: 0, epochs: 2,")
-    shared = _runner(tmp_path, shared_text, ["seeds=[0, 1]", "folds=[fold1]", "fractions=[1.0]"])
-    plan = shared.plan()[0]
-    stages = plan.stages()
-    pre = {s.config["method"]: [] for s in stages if s.kind == "pretrain"}
-    for s in stages:
-        if s.kind == "pretrain":
-            pre[s.config["method"]].append(s)
-    assert {m: len(v) for m, v in pre.items()} == {"simclr": 1, "simsiam": 2, "pricon": 1}
-    assert [s.kind for s in stages].count("labeler") == 1
-    assert len(plan.cells) == 3 * 2 * 2
-    # seed 0's chain has the same keys with or without the explicit `seed: 0`
-    seed0 = {s.key for s in per_cell.plan()[0].stages() if s.kind in ("pretrain", "labeler", "pseudolabel")
-             and s.config.get("seed", 0) in (0, None)}
-    assert {s.key for s in stages if s.kind == "pretrain"} <= seed0 | {s.key for s in pre["simsiam"]}
 
 
 SIMSIAM_LEARNS = """

@@ -101,10 +101,8 @@ def test_frozen_bn_fixed_keeps_running_stats(tmp_path, imagenet_weights):
         assert same is unchanged, mode
 
 
-def test_records_and_report(tmp_path):
-    spec = write_spec(tmp_path)
-    _, result = _run(spec, tmp_path / "store", tmp_path / "out", ["finetune.epochs=1"])
-    out = tmp_path / "out"
+def test_records_and_report(tiny_run):
+    out = tiny_run.out  # TINY_SPEC, --set finetune.epochs=1
     records = sorted((out / "records").glob("*.json"))
     assert len(records) == 2
     rec = json.loads(records[0].read_text())

@@ -11,14 +11,13 @@ import sys
 import pytest
 import torch
 
-from conftest import TINY_SPEC, run_cli, write_spec
+from conftest import run_cli, write_spec
+from finished_runs import CHAIN_SPEC as CHAIN
 from harness.plugins import build_registry
 from harness.runner import Runner
 from harness.spec import load_spec
 from harness.stages.base import StageEnv
 from harness.store import ArtifactStore
-
-CHAIN = TINY_SPEC.replace("protocols: [frozen, full]", "protocols: [full]").replace("epochs: 2", "epochs: 1")
 
 MANY = """
 name: many
@@ -80,12 +79,11 @@ def test_rebuilt_plan_has_equal_stages_as_json_data(tmp_path):
                 stage.params["method"]["config"]
 
 
-def test_stage_run_in_fresh_processes_stores_what_harness_run_stores(tmp_path, monkeypatch, capsys):
+def test_stage_run_in_fresh_processes_stores_what_harness_run_stores(tmp_path, monkeypatch, capsys,
+                                                                     tiny_run):
     spec = write_spec(tmp_path, CHAIN)
-    ref = _runner(spec, tmp_path / "ref")
-    plan = ref.plan()[0]
-    ref.run(plan)
-    stages = plan.stages()
+    ref = tiny_run.store  # a run of CHAIN's cell and one more
+    stages = _runner(spec, tmp_path / "plan", tmp_path / "out").plan()[0].stages()
     assert [s.kind for s in stages] == ["encoder", "finetune", "evaluate"]
 
     store = tmp_path / "fresh"
@@ -100,7 +98,7 @@ def test_stage_run_in_fresh_processes_stores_what_harness_run_stores(tmp_path, m
                       "--quiet", env=env)
         assert res.returncode == 0, res.stderr
         assert "done" in res.stdout
-    expected = _hashes(tmp_path / "ref", stages)
+    expected = _hashes(ref, stages)
     assert any(k.endswith("model.pt") for k in expected) and any(k.endswith("metrics.json") for k in expected)
     assert _hashes(store, stages) == expected
 

@@ -16,11 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, TINY_SPEC
+from conftest import REPO
+from finished_runs import CHAIN_SPEC as SPEC
 from hostile import assert_one_line_error, cli, plant_payload
-
-SPEC = (TINY_SPEC.replace("protocols: [frozen, full]", "protocols: [full]")
-        .replace("epochs: 2", "epochs: 1"))
 
 
 @pytest.fixture(autouse=True)
@@ -29,22 +27,13 @@ def wide(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A tiny spec run to the end once: (spec, store, {kind: stage key}, record)."""
-    from harness.plugins import get_registry
-    from harness.runner import Runner
-    from harness.spec import load_spec
-    from harness.store import ArtifactStore
-
-    root = tmp_path_factory.mktemp("finished")
-    spec = root / "spec.yaml"
+def finished(tiny_run, tmp_path_factory):
+    """The full cell of the session's finished tiny run, and a spec of that cell alone:
+    (spec, store, {kind: stage key}, record)."""
+    [record] = [r for r in tiny_run.records().values() if r["protocol"] == "full"]
+    spec = tmp_path_factory.mktemp("finished") / "spec.yaml"
     spec.write_text(SPEC)
-    runner = Runner(load_spec(spec), get_registry(), ArtifactStore(root / "store"), root / "out",
-                    quiet=True)
-    plan, _, _ = runner.plan()
-    result = runner.run(plan)
-    keys = {s.kind: s.key for s in plan.stages()}
-    return spec, root / "store", keys, result.records[0]
+    return spec, tiny_run.store, {s["kind"]: s["key"] for s in record["stages"]}, record
 
 
 def _copy(finished, tmp_path, *recompute: str):
