@@ -16,13 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness.methods import PretrainSettings, SemiSupervisedSettings
-
 METHOD_KINDS = ("init", "pretrain", "semisupervised")
 
-#: The shared settings a method kind's ``Config`` derives from: the engine of that kind reads
-#: them (``batch_size``, ``grad_clip_norm``...) as attributes.
-SHARED_SETTINGS = {"pretrain": PretrainSettings, "semisupervised": SemiSupervisedSettings}
+
+def shared_settings(cls: type) -> type | None:
+    """The shared settings a method class must derive its ``Config`` from, as its kind's base
+    class (``PretrainMethod``, ``SemiSupervisedMethod``) declares them in ``settings_base``: the
+    engine of that kind reads them (``batch_size``, ``grad_clip_norm``...) as attributes."""
+    return next((vars(base)["settings_base"] for base in cls.__mro__ if "settings_base" in vars(base)), None)
+
 
 #: Contract methods a class of each method kind must implement itself (the harness's base
 #: classes only raise NotImplementedError).
@@ -160,7 +162,7 @@ def method_problems(cls: type) -> list[str]:
                 problems.append(f"`{method}` is not implemented (a {kind} method must define "
                                 f"it; see docs/writing-plugins.md)")
     problems += _config_problems(cls, "MethodConfig (harness.methods)")
-    shared = SHARED_SETTINGS.get(kind)
+    shared = shared_settings(cls)
     config = getattr(cls, "Config", None)
     if shared is not None and isinstance(config, type) and not issubclass(config, shared):
         problems.append(f"`Config` does not derive from {shared.__name__} (harness.methods), "

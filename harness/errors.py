@@ -6,6 +6,9 @@ shown only with ``--debug``.
 
 from __future__ import annotations
 
+import difflib
+from typing import Iterable
+
 
 class HarnessError(Exception):
     """Base class: a problem the user can act on. The message must name the file/field and the fix."""
@@ -87,3 +90,9 @@ def one_line(exc: BaseException, with_type: bool = False) -> str:
     if with_type or not message:
         return " ".join(f"{type(exc).__name__}: {message}".split()) if message else type(exc).__name__
     return message
+
+
+def did_you_mean(name: str, options: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the option closest to ``name``, or an empty string."""
+    close = difflib.get_close_matches(str(name), list(options), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -110,7 +110,7 @@ def logger_problems(spec_loggers: dict[str, dict[str, Any] | None], registry: Re
                     source: str, lines: Any) -> list[str]:
     """Spec problems of its ``loggers:`` (``spec_loggers``): an unknown name (with a
     did-you-mean) or a bad setting."""
-    from harness.plugins import did_you_mean
+    from harness.errors import did_you_mean
     from harness.spec.problems import where
 
     problems = []

@@ -229,6 +229,8 @@ class PretrainMethod(Method):
     #: (e.g. MoCo's shuffled BN) sets it False.
     sync_batchnorm: ClassVar[bool] = True
     Config: ClassVar[type[MethodConfig]] = PretrainSettings
+    #: What a subclass's ``Config`` must derive from (the engine reads these settings).
+    settings_base: ClassVar[type[MethodConfig]] = PretrainSettings
     config: PretrainSettings
 
     def view_config(self) -> Any:
@@ -324,6 +326,8 @@ class SemiSupervisedMethod(Method):
     #: make the batch statistics, and the teacher's train-mode pseudo-labels, noisy).
     sync_batchnorm: ClassVar[bool] = True
     Config: ClassVar[type[MethodConfig]] = SemiSupervisedSettings
+    #: What a subclass's ``Config`` must derive from (the engine reads these settings).
+    settings_base: ClassVar[type[MethodConfig]] = SemiSupervisedSettings
     config: SemiSupervisedSettings
 
     def build_model(self, unet: torch.nn.Module) -> torch.nn.Module:

@@ -9,7 +9,6 @@ and the others keep working.
 
 from __future__ import annotations
 
-import difflib
 import importlib.metadata as md
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -18,7 +17,7 @@ import pluggy
 
 from harness import events, hookspecs
 from harness.contract import class_problems
-from harness.errors import PluginError
+from harness.errors import PluginError, did_you_mean
 
 ENTRY_POINT_GROUP = "harness"
 
@@ -184,11 +183,6 @@ class Hooks:
             return caller(**kwargs)
 
         return call
-
-
-def did_you_mean(name: str, options: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(name), list(options), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _dist_of(ep: md.EntryPoint) -> tuple[str, str]:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from conftest import run_cli, write_spec
 from harness.protocols import ridge
-from harness.protocols.probe import RIDGE
+from harness.protocols.probe import RIDGE, STRIDES
 
 SPEC = """
 name: probe_toy
@@ -26,7 +26,7 @@ finetune: {epochs: 1, batch_size: 4, device: cpu, num_workers: 0}
 
 
 def _fit(x_tr, y_tr, x_te, y_te, batches: int = 1) -> tuple[float, list]:
-    fit = ridge.Ridge(y_tr.shape[1])
+    fit = ridge.Ridge(y_tr.shape[1], RIDGE)
     for xs, ys in zip(x_tr.chunk(batches), y_tr.chunk(batches)):
         fit.add_train(xs, ys)
     fit.solve()
@@ -67,8 +67,8 @@ def test_streamed_fit_equals_the_one_shot_fit_and_separates_signal_from_noise():
 
 def test_levels_probed_are_strides_8_and_16_else_the_deepest_map():
     maps = [torch.zeros(1, c, 64 // s, 64 // s) for c, s in ((3, 1), (0, 2), (64, 4), (128, 8), (256, 16), (512, 32))]
-    assert [m.shape[1] for m in ridge.probe_levels(maps, 64)] == [128, 256]
-    assert [m.shape[1] for m in ridge.probe_levels([torch.zeros(1, 384, 4, 4)], 56)] == [384]  # a ViT, patch 14
+    assert [m.shape[1] for m in ridge.probe_levels(maps, 64, STRIDES)] == [128, 256]
+    assert [m.shape[1] for m in ridge.probe_levels([torch.zeros(1, 384, 4, 4)], 56, STRIDES)] == [384]  # a ViT, patch 14
 
 
 def test_batch_norm_adapts_to_the_training_images():

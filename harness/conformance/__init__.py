@@ -65,7 +65,7 @@ def check(name: str, registry: Registry | None = None, folder: Path | None = Non
         report.failures.append(Failure(f"plugin '{name}' (from {b.distribution})", "load", b.error))
     infos = [t[name] for t in (registry.methods, registry.datasets) if name in t]
     if not infos and not broken:
-        from harness.plugins import did_you_mean
+        from harness.errors import did_you_mean
 
         known = sorted({*registry.methods, *registry.datasets})
         report.failures.append(Failure(

@@ -66,7 +66,7 @@ def foundation_models() -> dict[str, FoundationModel]:
 
 
 def foundation_model(name: str) -> FoundationModel:
-    from harness.plugins import did_you_mean
+    from harness.errors import did_you_mean
 
     known = foundation_models()
     if name not in known:

@@ -11,7 +11,7 @@ def check_protocol_name(name: str, info: Any) -> str:
     """A spec's protocol name, checked against the installed protocols (a ValueError naming
     them otherwise); used by the spec models' validation, whose pydantic validation context
     (``info.context``) holds the registry (``{"registry": ...}``, :func:`harness.spec.load_spec`)."""
-    from harness.plugins import did_you_mean
+    from harness.errors import did_you_mean
 
     registry = (info.context or {}).get("registry")
     if registry is None:  # a caller's mistake, not a spec problem: not a ValueError

@@ -115,7 +115,8 @@ class ProbeStage(StageKind):
         params = self.params_of(stage)
         dataset, arrays = env.labeled(params.dataset)
         return probe_encoder(ctx, arrays, params.train_ids, params.test_ids, dataset.num_classes,
-                             list(dataset.class_names), params.settings)
+                             list(dataset.class_names), params.settings, ridge=stage.config["ridge"],
+                             strides=stage.config["strides"])
 
 
 @hookimpl

@@ -12,13 +12,14 @@ from harness.data.torchdata import Normalizer
 from harness.engine.finetune import load_encoder_artifact
 from harness.engine.model import build_encoder
 from harness.protocols.knn import patch_labels
-from harness.protocols.probe import RIDGE, STRIDES
 
 
 def probe_encoder(ctx: Any, arrays: Any, train_ids: Sequence[str], test_ids: Sequence[str],
-                  num_classes: int, class_names: list[str], settings: Any) -> dict[str, Any]:
-    """Fit on ``train_ids``, score on ``test_ids``; writes ``metrics.json`` and returns the
-    stage's result (what the record's ``train``/``evaluation`` summaries show)."""
+                  num_classes: int, class_names: list[str], settings: Any, *, ridge: float,
+                  strides: Sequence[int]) -> dict[str, Any]:
+    """Fit on ``train_ids`` (penalty ``ridge``, feature maps of ``strides``), score on
+    ``test_ids``; writes ``metrics.json`` and returns the stage's result (what the record's
+    ``train``/``evaluation`` summaries show)."""
     from harness.store import atomic_write_json
 
     state, meta = load_encoder_artifact(ctx.inputs["encoder"])
@@ -28,12 +29,12 @@ def probe_encoder(ctx: Any, arrays: Any, train_ids: Sequence[str], test_ids: Seq
     normalizer = Normalizer(meta["normalization"], settings.normalization)
     index = arrays.index_of()
     train, test = [index[s] for s in train_ids], [index[s] for s in test_ids]
-    batches = _Batches(arrays, normalizer, ctx.device, settings.eval_batch_size, num_classes)
+    batches = _Batches(arrays, normalizer, ctx.device, settings.eval_batch_size, num_classes, strides)
     if settings.frozen_bn == "adapt":
         adapt_batch_norm(encoder, batches, train)
     encoder.eval()
     grids = [f"{g}x{g}" for g in levels_of(encoder, batches, train[:1])]
-    fits = [Ridge(num_classes) for _ in grids]
+    fits = [Ridge(num_classes, ridge) for _ in grids]
     for levels in batches.features(encoder, train):
         for fit, (x, y) in zip(fits, levels):
             fit.add_train(x, y)
@@ -50,15 +51,16 @@ def probe_encoder(ctx: Any, arrays: Any, train_ids: Sequence[str], test_ids: Seq
                "per_class": per_class}
     atomic_write_json(ctx.out / "metrics.json", metrics)
     return {"train_images": len(train), "test_images": len(test), "levels": grids,
-            "probe_r2": overall, "ridge": RIDGE}
+            "probe_r2": overall, "ridge": ridge}
 
 
 class _Batches:
     """Normalised image batches of some rows, and their class maps."""
 
-    def __init__(self, arrays: Any, normalizer: Normalizer, device: torch.device, size: int, num_classes: int):
+    def __init__(self, arrays: Any, normalizer: Normalizer, device: torch.device, size: int,
+                 num_classes: int, strides: Sequence[int]):
         self.arrays, self.normalizer, self.device, self.size = arrays, normalizer, device, size
-        self.num_classes = num_classes
+        self.num_classes, self.strides = num_classes, tuple(strides)
 
     def images(self, rows: list[int]):
         for start in range(0, len(rows), self.size):
@@ -71,7 +73,7 @@ class _Batches:
         """Per batch, per level: the cell features ``(n, D)`` and the class fractions ``(n, C)``
         of those cells (float64)."""
         for idx, x in self.images(rows):
-            maps = probe_levels(encoder(x), x.shape[-1])
+            maps = probe_levels(encoder(x), x.shape[-1], self.strides)
             y = torch.from_numpy(self.arrays.classes[idx].astype("int64")).to(self.device)
             yield [(m.permute(0, 2, 3, 1).flatten(0, 2).double(),
                     patch_labels(y, self.num_classes, m.shape[-2:]).double()) for m in maps]
@@ -81,14 +83,14 @@ def levels_of(encoder: torch.nn.Module, batches: _Batches, rows: list[int]) -> l
     """The grid sizes of the probed levels on the images of ``rows``."""
     with torch.no_grad():
         _, x = next(batches.images(rows))
-        return [m.shape[-1] for m in probe_levels(encoder(x), x.shape[-1])]
+        return [m.shape[-1] for m in probe_levels(encoder(x), x.shape[-1], batches.strides)]
 
 
-def probe_levels(out: Any, width: int) -> list[torch.Tensor]:
-    """The encoder outputs probed: maps of stride in :data:`STRIDES` (``width`` / map width),
-    else the deepest map."""
+def probe_levels(out: Any, width: int, strides: Sequence[int]) -> list[torch.Tensor]:
+    """The encoder outputs probed: maps whose stride (``width`` / map width) is one of
+    ``strides``, else the deepest map."""
     maps = [m for m in (out if isinstance(out, (list, tuple)) else [out]) if m.shape[1] > 0]
-    chosen = [m for m in maps if width % m.shape[-1] == 0 and width // m.shape[-1] in STRIDES]
+    chosen = [m for m in maps if width % m.shape[-1] == 0 and width // m.shape[-1] in strides]
     return chosen or maps[-1:]
 
 
@@ -111,8 +113,8 @@ class Ridge:
     """Ridge regression of targets ``y`` ``(n, C)`` on standardised features ``x`` ``(n, D)``,
     from sums accumulated batch by batch (float64)."""
 
-    def __init__(self, num_classes: int):
-        self.c = num_classes
+    def __init__(self, num_classes: int, penalty: float):
+        self.c, self.penalty = num_classes, penalty
         self.n = 0
         self.sx = self.sxx = self.sxy = self.sy = None
         self.res = self.tot = None
@@ -135,7 +137,7 @@ class Ridge:
         self.sd = (cov.diagonal().clamp_min(0) / max(n - 1, 1)).sqrt() + 1e-6
         self.y_mean = self.sy / n
         xy = (self.sxy - n * torch.outer(self.mu, self.y_mean)) / self.sd[:, None]
-        gram = cov / torch.outer(self.sd, self.sd) + RIDGE * torch.eye(len(self.mu), dtype=cov.dtype,
+        gram = cov / torch.outer(self.sd, self.sd) + self.penalty * torch.eye(len(self.mu), dtype=cov.dtype,
                                                                         device=cov.device)
         self.w = torch.linalg.solve(gram, xy)
         self.res, self.tot = self.w.new_zeros(self.c), self.w.new_zeros(self.c)

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from harness.errors import SpecError
-from harness.plugins import Registry, did_you_mean
+from harness.errors import did_you_mean
+from harness.plugins import Registry
 from harness.spec.models import ROW_KEYS, DatasetRef, RowSettings, Spec
 from harness.spec.problems import format_errors, printable, where
 from harness.spec.source import Lines

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from harness.plugins import Registry, did_you_mean
+from harness.errors import did_you_mean
+from harness.plugins import Registry
 from harness.spec.models import ROW_KEYS, FinetuneSettings, Spec
 from harness.spec.problems import where
 from harness.spec.source import Lines

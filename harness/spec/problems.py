@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from harness.plugins import did_you_mean
+from harness.errors import did_you_mean
 
 
 def where(source: str, lines: dict[tuple, Any], loc: tuple) -> str:

@@ -21,7 +21,7 @@ from harness.errors import SpecError
 from harness.keying import flat
 from harness.methods import MethodConfig
 from harness.plan import EncoderChain
-from harness.plugins import did_you_mean
+from harness.errors import did_you_mean
 from harness.spec.checks import dataset_groups
 from harness.spec.problems import printable
 from harness.stages.evaluate import EvaluateStage
