@@ -85,7 +85,7 @@ def test_protocol_outside_the_spec_is_rejected(tmp_path):
 
 @pytest.mark.parametrize("value,expected", [
     ("[froze]", "methods.cutmix.protocols.0: unknown protocol 'froze' (did you mean 'frozen'?); "
-                "installed protocols: 'frozen', 'full', 'knn', 'linear', 'lora', 'unfreeze' (got 'froze')"),
+                "installed protocols: 'frozen', 'full', 'knn', 'linear', 'lora', 'probe', 'unfreeze' (got 'froze')"),
     ("[]", "methods.cutmix.protocols: List should have at least 1 item"),
     ("[full, full]", "methods.cutmix.protocols: duplicate entries: full"),
     ("full", "methods.cutmix.protocols: Input should be a valid list"),
