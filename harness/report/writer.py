@@ -67,7 +67,11 @@ def write_report(output_dir: Path, records: list[dict[str, Any]], run_info: dict
     for run in runs:
         for method in run.get("rows") or []:
             order.setdefault(method, len(order))
-    records = sorted(records, key=lambda r: order.get(r["method"], len(order)))  # stable
+    for r in records:  # methods no run lists: in the order they come
+        order.setdefault(r["method"], len(order))
+    # the methods' order, then the cell ids: the same order whether the records come from the
+    # run (plan order) or from a run folder (file names), so a rebuilt report is identical
+    records = sorted(records, key=lambda r: (order[r["method"]], r["cell_id"]))
     report = build_report(records, runs, baseline, registry=registry).dump()
     if report.get("warnings"):
         from harness.console import console

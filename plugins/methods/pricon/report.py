@@ -16,9 +16,9 @@ from harness.report.facts import group_rows
 from harness.report.tables import Table, column_name, columns, mean_text
 
 
-def _labeler_score(record: dict[str, Any], metric_of: Callable[..., float | None]) -> float | None:
+def _labeler_score(record: dict[str, Any], metric: dict[str, Any],
+                   metric_of: Callable[..., float | None]) -> float | None:
     ev = (record.get("upstream") or {}).get("labeler_eval") or {}
-    metric = record["metric"]
     value = metric_of({"metrics": ev.get("metrics") or {}}, metric["name"], metric.get("variant"))
     return value if value is not None else ev.get("value")
 
@@ -28,12 +28,16 @@ def labeler_rows(records: list[dict[str, Any]],
     """One entry per (method, protocol, fraction) with a labeler upstream (see the module doc);
     ``metric_of(record, name, variant)`` reads a metric as its family does."""
     out = []
+    # a labeler is scored by the spec's headline metric, which a cell of a protocol that scores
+    # itself (its own metric in its record, e.g. a probe) does not carry
+    headline = next((r["metric"] for r in records if not r["metric"].get("protocol_metric")), None)
     for (method, protocol, fraction), recs in group_rows(records).items():
         cells = [r for r in recs if r.get("labeler") or "labeler_eval" in (r.get("upstream") or {})]
         if not cells:
             continue
+        metric = headline or cells[0]["metric"]
         known = [r["labeler"] for r in cells if r.get("labeler")]
-        scores = [_labeler_score(r, metric_of) for r in cells]
+        scores = [_labeler_score(r, metric, metric_of) for r in cells]
         mean, std = stats.mean_std(scores)
         beyond = [k["images_beyond_cell"] for k in known if k.get("images_beyond_cell") is not None]
         out.append({
@@ -41,12 +45,13 @@ def labeler_rows(records: list[dict[str, Any]],
             "protocols": sorted({k.get("protocol", "thesis") for k in known}
                                 | ({"thesis?"} if len(known) < len(cells) else set())),
             "score_mean": mean, "score_std": std, "score_n": len(stats.clean(scores)),
-            "metric": cells[0]["metric"]["name"], "variant": cells[0]["metric"].get("variant"),
+            "metric": metric["name"], "variant": metric.get("variant"),
             "cells_test_labels": sum(1 for k in known if k.get("test_images_seen")),
             "cells_unknown": len(cells) - len(known),
             "labeler_images": max((k.get("images") or 0 for k in known), default=None),
             "images_beyond_cell": max(beyond) if beyond else None})
-    return out
+    # the same order whether the records come from a run (plan order) or a folder (file names)
+    return sorted(out, key=lambda e: (e["method"], e["protocol"], -e["fraction"]))
 
 
 def labeler_table(report: dict[str, Any]) -> Table:
