@@ -100,15 +100,11 @@ def cell_text(r: dict[str, Any]) -> str:
     return text + ")"
 
 
-def main_table(report: dict[str, Any], registry: Registry | None = None) -> Table:
-    """The main results (``registry``: the plugins whose stage kinds mark cells; None: the
-    installed ones)."""
-    rows = report["rows"]
-    cols, several = columns(rows)
-    by_key = {(r["method"], r["protocol"], r["fraction"]): r for r in rows}
+def cell_marks(report: dict[str, Any], registry: Registry | None) -> tuple[dict, list[str]]:
+    """Each (method, protocol, fraction) cell's marks (▲/▼ against the baseline, a stage kind's
+    own marks, ⚠ single class) and the notes the stage kinds add."""
     marks = {(c["method"], c["protocol"], c["fraction"]): ("▲" if c["mean_diff"] > 0 else "▼")
              for c in report.get("comparisons", []) if c["significant"] and c["mean_diff"]}
-    outside = {(p["method"], p["protocol"], p["fraction"]): p["outside_ci"] for p in report.get("paper", [])}
     kind_notes = []
     for kind in section_kinds(installed(registry)):  # a stage kind's marks (e.g. a labeler that saw test labels)
         kind_marks, note = kind.report_marks(report)
@@ -118,6 +114,17 @@ def main_table(report: dict[str, Any], registry: Registry | None = None) -> Tabl
     for e in report.get("single_class", []):  # ⚠ a single class predicted on every test image
         key = (e["method"], e["protocol"], e["fraction"])
         marks[key] = (marks.get(key, "") + " ⚠").strip()
+    return marks, kind_notes
+
+
+def main_table(report: dict[str, Any], registry: Registry | None = None) -> Table:
+    """The main results (``registry``: the plugins whose stage kinds mark cells; None: the
+    installed ones)."""
+    rows = report["rows"]
+    cols, several = columns(rows)
+    by_key = {(r["method"], r["protocol"], r["fraction"]): r for r in rows}
+    marks, kind_notes = cell_marks(report, registry)
+    outside = {(p["method"], p["protocol"], p["fraction"]): p["outside_ci"] for p in report.get("paper", [])}
     with_paper = any(r["paper"] is not None for r in rows)
     metric = report.get("metric") or "?"
     other = column_metrics(report)
@@ -143,22 +150,7 @@ def main_table(report: dict[str, Any], registry: Registry | None = None) -> Tabl
                 cells += ["-" if not r or r["paper"] is None else f"{r['paper']:.4f}",
                           diff + (" °" if outside.get(key) else "")]
         table.rows.append(cells)
-    variant = f" (PQ variant `{report['variant']}`)" if report.get("variant") else ""
-    table.notes.append(f"{metric}{variant}: mean ± sample std over folds and seeds; n = runs; "
-                       "CI = 95% t-interval of the mean; bold = best mean of the column."
-                       + (" n = 1: a single run, no spread." if any(r["n"] == 1 for r in rows) else ""))
-    if other:
-        table.notes.append(f"A column named with a metric in brackets reports that metric, its "
-                           f"protocol's own measure, instead of {metric}: "
-                           + "; ".join(f"{m}: {d}" for m, d in metric_descriptions(other.values(), installed(registry))) + ".")
-    if missing:
-        table.notes.append("-: no result for the method in this column (e.g. a row restricted "
-                           "to `protocols: [full]`: semi-supervised methods have no frozen encoder).")
-    if report.get("baseline"):
-        table.notes.append(f"▲/▼: differs from the baseline `{report['baseline']}` on identical "
-                           "(fold, seed) pairs (exact paired sign-flip test, Holm-corrected "
-                           "p < 0.05). " + power_text(report))
-    table.notes += kind_notes
+    table.notes += main_notes(report, rows, other, missing, registry) + kind_notes
     if report.get("single_class"):
         table.notes.append("⚠: the model predicts a single class on every test image in at least "
                            "one cell of this row (see Warnings).")
@@ -166,6 +158,28 @@ def main_table(report: dict[str, Any], registry: Registry | None = None) -> Tabl
         table.notes.append("paper/Δ: the thesis's value and ours minus it (like for like); "
                            "° = the published value lies outside our 95% CI.")
     return table
+
+
+def main_notes(report: dict[str, Any], rows: list[dict], other: dict, missing: bool,
+               registry: Registry | None) -> list[str]:
+    """The main table's notes on its metric, its columns, missing cells and the baseline."""
+    metric = report.get("metric") or "?"
+    variant = f" (PQ variant `{report['variant']}`)" if report.get("variant") else ""
+    notes = [f"{metric}{variant}: mean ± sample std over folds and seeds; n = runs; "
+             "CI = 95% t-interval of the mean; bold = best mean of the column."
+             + (" n = 1: a single run, no spread." if any(r["n"] == 1 for r in rows) else "")]
+    if other:
+        notes.append(f"A column named with a metric in brackets reports that metric, its "
+                     f"protocol's own measure, instead of {metric}: "
+                     + "; ".join(f"{m}: {d}" for m, d in metric_descriptions(other.values(), installed(registry))) + ".")
+    if missing:
+        notes.append("-: no result for the method in this column (e.g. a row restricted "
+                     "to `protocols: [full]`: semi-supervised methods have no frozen encoder).")
+    if report.get("baseline"):
+        notes.append(f"▲/▼: differs from the baseline `{report['baseline']}` on identical "
+                     "(fold, seed) pairs (exact paired sign-flip test, Holm-corrected "
+                     "p < 0.05). " + power_text(report))
+    return notes
 
 
 def power_text(report: dict[str, Any]) -> str:
