@@ -7,11 +7,14 @@ changes stage keys (``tests/test_stage_keys.py`` pins them).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
 from harness.spec.models import FinetuneSettings, HoverLossWeights
+
+if TYPE_CHECKING:
+    from harness.plugins import Registry
 
 #: Bump when the shared loops change results: part of the keys of the stages they compute.
 ENGINE_VERSION = "1"
@@ -68,7 +71,7 @@ def result_settings(model: Any, unread: tuple[str, ...] = ()) -> dict[str, Any]:
             and not (k in ADDED_SETTINGS and v == ADDED_SETTINGS[k])}
 
 
-def encoder_args(settings: FinetuneSettings) -> dict[str, Any]:
+def encoder_args(settings: FinetuneSettings, registry: Registry) -> dict[str, Any]:
     """``{"encoder_args": ...}`` for an encoder stage's config: only when some are set (they
     change the encoder's shapes), so that no existing key changed; for a foundation model
     (``fm:NAME``) also its registry entry's architecture (``fm_architecture``), so that a
@@ -78,7 +81,7 @@ def encoder_args(settings: FinetuneSettings) -> dict[str, Any]:
     if settings.encoder.startswith("fm:"):
         from harness.models.foundation import foundation_model
 
-        entry = foundation_model(settings.encoder[3:])
+        entry = foundation_model(settings.encoder[3:], registry)
         out["fm_architecture"] = {"timm": entry.timm, "kwargs": entry.kwargs}
     return out
 

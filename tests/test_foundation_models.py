@@ -28,9 +28,7 @@ def registry(monkeypatch):
     """The installed plugins plus the test plugin's Tiny-FM entry."""
     reg = plugins.build_registry(extra_plugins=[fm_fixture_plugin])
     monkeypatch.setattr(plugins, "_cached", reg)
-    foundation_models.cache_clear()
     yield reg
-    foundation_models.cache_clear()
 
 
 def tiny_state(seed: int = 0) -> dict:
@@ -188,7 +186,6 @@ def test_shipped_fm_spec_lists_every_missing_weights_folder(tmp_path, monkeypatc
     from pathlib import Path
 
     monkeypatch.setenv("HOME", str(tmp_path))
-    foundation_models.cache_clear()
     spec = Path(__file__).resolve().parent.parent / "specs" / "pannuke_foundation_models.yaml"
     registry = plugins.get_registry()
     rspec = load_spec(spec, registry=registry)
@@ -196,7 +193,7 @@ def test_shipped_fm_spec_lists_every_missing_weights_folder(tmp_path, monkeypatc
     fm_rows = [r for r in rspec.spec.methods if rspec.spec.plugin_of(r) == "foundation"]
     assert len(fm_rows) == 8
     for row in fm_rows:
-        entry = foundation_models()[rspec.method_configs[row].model]
+        entry = foundation_models(registry)[rspec.method_configs[row].model]
         (line,) = [x for x in lines if f"huggingface.co/{entry.repo} " in x]
         assert str(tmp_path / "weights") in line and entry.access in line
     assert any("resnet18" in x for x in lines) and any("pannuke" in x for x in lines)

@@ -5,14 +5,16 @@ torch: validation and ``harness show`` read it."""
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness.errors import PluginError, SpecError
+
+if TYPE_CHECKING:
+    from harness.plugins import Registry
 
 
 class Normalization(BaseModel):
@@ -45,13 +47,25 @@ def read_entries(path: Path) -> list[dict[str, Any]]:
     return [{"name": name, **entry} for name, entry in data.items()]
 
 
-@lru_cache(maxsize=1)
-def foundation_models() -> dict[str, FoundationModel]:
-    """Every registered entry by name (a later plugin may not redefine a name)."""
-    from harness.plugins import get_registry
+_READ: dict[int, tuple[Registry, dict[str, FoundationModel]]] = {}
 
+
+def foundation_models(registry: Registry | None = None) -> dict[str, FoundationModel]:
+    """Every entry ``registry``'s plugins register, by name (a later plugin may not redefine a
+    name); read once per registry. Without one (a stage process building an ``fm:`` encoder
+    from its stage's config): the installed plugins'."""
+    if registry is None:
+        from harness.plugins import get_registry
+
+        registry = get_registry()
+    if id(registry) not in _READ or _READ[id(registry)][0] is not registry:
+        _READ[id(registry)] = (registry, _read(registry))
+    return _READ[id(registry)][1]
+
+
+def _read(registry: Registry) -> dict[str, FoundationModel]:
     out: dict[str, FoundationModel] = {}
-    for entries in get_registry().pm.hook.harness_register_foundation_models():
+    for entries in registry.pm.hook.harness_register_foundation_models():
         for raw in entries or []:
             try:
                 entry = FoundationModel.model_validate(raw)
@@ -65,20 +79,20 @@ def foundation_models() -> dict[str, FoundationModel]:
     return out
 
 
-def foundation_model(name: str) -> FoundationModel:
+def foundation_model(name: str, registry: Registry | None = None) -> FoundationModel:
     from harness.errors import did_you_mean
 
-    known = foundation_models()
+    known = foundation_models(registry)
     if name not in known:
         raise SpecError(f"unknown foundation model {name!r}{did_you_mean(name, known)}; "
                         f"registered: {', '.join(sorted(known)) or 'none'}")
     return known[name]
 
 
-def table() -> str:
+def table(registry: Registry | None = None) -> str:
     """The registry as text (``harness show method foundation``)."""
     lines = ["Foundation models (fm:NAME, or the foundation method's model: NAME):"]
-    for e in sorted(foundation_models().values(), key=lambda e: e.name.lower()):
+    for e in sorted(foundation_models(registry).values(), key=lambda e: e.name.lower()):
         lines.append(f"  {e.name}: {e.timm} patch {e.patch_size}, width {e.embed_dim}; "
                      f"{e.where()}")
     return "\n".join(lines)

@@ -93,7 +93,7 @@ def _row_encoder_problems(spec: Spec, registry: Registry, name: str, cls: type,
     if settings.encoder.startswith("fm:"):
         from harness.models.foundation import foundation_models
 
-        known = foundation_models()
+        known = foundation_models(registry)
         fm = settings.encoder[3:]
         if fm not in known:
             return [f"{at('methods', name)}: methods.{name}: unknown foundation model '{fm}'"

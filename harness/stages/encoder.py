@@ -36,14 +36,14 @@ class EncoderStage(StageKind):
         if method is None:
             return cls.make(label=f"random encoder seed {seed}",
                             config={"init": "random", "encoder": settings.encoder, "seed": seed,
-                                    **encoder_args(settings)},
+                                    **encoder_args(settings, plan.registry)},
                             version=ENGINE_VERSION, params=EncoderParams(seed=seed))
         enc_seed = seed if method.seed_dependent else None
         keyed, info = plan.keyed(method, method.config.model_dump(mode="json"))
         return cls.make(
             label=f"{method.name} encoder" + (f" seed {seed}" if enc_seed is not None else ""),
             config={"method": method.name, "settings": keyed, "encoder": settings.encoder,
-                    "seed": enc_seed, **encoder_args(settings)},
+                    "seed": enc_seed, **encoder_args(settings, plan.registry)},
             version=version, info=info, params=EncoderParams(method=MethodRef.of(method), seed=seed))
 
     def run(self, stage, inputs, ctx, env):

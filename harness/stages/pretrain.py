@@ -44,7 +44,7 @@ class PretrainStage(StageKind):
             label=label,
             config={"method": method.name, "settings": keyed, "encoder": settings.encoder, "seed": seed,
                     "unlabeled": plan.resources.unlabeled_dataset().fingerprint(), "cycle": cycle,
-                    **encoder_args(settings)},
+                    **encoder_args(settings, plan.registry)},
             version=f"{version}/engine{ENGINE_VERSION}", deps=deps, info=info,
             params=PretrainParams(method=MethodRef.of(method),
                                   num_classes=num_classes if masks is not None else None))
