@@ -151,6 +151,14 @@ class ArtifactStore:
     def dataset_dir(self, name: str, fingerprint: Any) -> Path:
         return self.root / "datasets" / name / hash_key(fingerprint, 16)
 
+    def prepared_datasets(self, name: str) -> list[Path]:
+        """The folders of dataset ``name`` prepared in this store (each holds its ``READY``)."""
+        return sorted(p.parent for p in (self.root / "datasets" / name).glob("*/READY"))
+
+    def calibration_file(self, kind: str, key: str, device: str) -> Path:
+        """Where a stage's measured cost on ``device`` is kept (``harness.execute.calibrate``)."""
+        return self.root / "calibration" / kind / key / f"{hash_key(device, 12)}.json"
+
     # --- state -------------------------------------------------------------------------------
     def is_done(self, kind: str, key: str) -> bool:
         return (self.stage_dir(kind, key) / META_FILE).exists()
@@ -172,9 +180,14 @@ class ArtifactStore:
 
     # --- writing -----------------------------------------------------------------------------
     def new_tmp(self, kind: str, key: str) -> Path:
+        return self.scratch_dir(f"{kind}-{key}-")
+
+    def scratch_dir(self, prefix: str) -> Path:
+        """A new empty folder under the store's ``tmp/`` (on the store's file system, so that
+        a finished one can be renamed into place)."""
         base = self.root / "tmp"
         base.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f"{kind}-{key}-", dir=base))
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
 
     def commit(self, kind: str, key: str, tmp: Path, meta: dict[str, Any]) -> Path:
         """Write ``meta.json`` last and rename ``tmp`` into place; drop the work folder."""

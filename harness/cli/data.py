@@ -105,20 +105,20 @@ def data_list(store: StoreOpt = None) -> None:
     from harness.plugins import get_registry
 
     registry = get_registry()
-    root = _store(store).root / "datasets"
+    prepared = _store(store).prepared_datasets
     table = Table()
     for col in ("dataset", "prepared", "where", "source / options"):
         table.add_column(col, overflow="fold")
     for name in sorted(registry.datasets):
-        caches = sorted((root / name).glob("*/READY")) if (root / name).is_dir() else []
-        for ready in caches:
+        caches = prepared(name)
+        for folder in caches:
             try:
-                info = json.loads(ready.read_text() or "{}")
+                info = json.loads((folder / "READY").read_text() or "{}")
             except json.JSONDecodeError:
                 info = {}
             what = info.get("source") or json.dumps(info.get("config", {}), sort_keys=True) \
                 if isinstance(info, dict) else ""
-            table.add_row(name, "yes", escape(str(ready.parent)), escape(str(what or "")))
+            table.add_row(name, "yes", escape(str(folder)), escape(str(what or "")))
         if not caches:
             table.add_row(name, "no", "", escape(registry.dataset(name).cls.source_hint or ""))
     out.print(table)

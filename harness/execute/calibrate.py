@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.console import console
 from harness.execute.graph import pending
-from harness.store import ArtifactStore, atomic_write_json, hash_key
+from harness.store import ArtifactStore, atomic_write_json
 
 if TYPE_CHECKING:
     from harness.execute.base import RunView
@@ -55,7 +54,7 @@ class ScratchStore(ArtifactStore):
 
 
 def record_path(store: ArtifactStore, kind: str, key: str, device: str) -> Path:
-    return Path(store.root) / "calibration" / kind / key / f"{hash_key(device, 12)}.json"
+    return store.calibration_file(kind, key, device)
 
 
 def saved(store: ArtifactStore, kind: str, key: str, device: str) -> dict[str, Any] | None:
@@ -95,9 +94,7 @@ def calibrate(runner: RunView, stages: list[Stage], steps: int, device: str) -> 
     if not stages:
         return []
     store = runner.store
-    base = Path(store.root) / "tmp"
-    base.mkdir(parents=True, exist_ok=True)
-    scratch_root = Path(tempfile.mkdtemp(prefix="calibration-", dir=base))
+    scratch_root = store.scratch_dir("calibration-")
     from harness.execute.in_process import in_process
 
     # no dispatch: plugins and loggers never see a calibration (its events stay in the scratch store)
