@@ -1,4 +1,4 @@
-"""The ``lizard`` dataset plugin (CoNIC patch format + Lizard info.csv, reference §3): prepare
+"""The ``lizard`` dataset plugin (CoNIC patch format + Lizard info.csv, CoNIC's ``extract_patches.py``): prepare
 from the official layout, verify, load, fold rule, policies, corrupt input, PQ on the fixture and
 a short CLI run."""
 

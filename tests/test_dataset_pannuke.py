@@ -27,7 +27,7 @@ LUT = np.array([1, 2, 3, 4, 5, 0], dtype=np.uint8)  # argmax channel -> class (r
 
 # --- the fixture --------------------------------------------------------------------------------
 # Discs (channel, id, cy, cx, r) on a 64-pixel grid, scaled to the patch size. Ids are
-# non-contiguous, repeat across channels, and the anomalies of reference §1.2 are present:
+# non-contiguous, repeat across channels, and the anomalies of the released arrays are present:
 # fold1/00003 fully void, fold2/00000 two overlapping discs of different classes, fold2/00002 a
 # void block inside the background, fold3/00002 one id (3512) in two separate discs, fold3/00004
 # no nuclei at all. Tissues are in non-sorted, interleaved order.

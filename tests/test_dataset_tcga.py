@@ -1,7 +1,7 @@
 """The ``tcga`` unlabeled-tiles dataset: a folder of pre-cut tiles (sizes, colour modes, corrupt
 files, ids, subsets) and whole-slide images tiled with the automatic tissue mask (pyramidal TIFFs
-written with tifffile as reference §5.4 describes; needs OpenSlide, skipped without it), the
-numpy tissue-mask helpers, verification, atomicity and the command line."""
+written with tifffile as generic-tiff pyramids in the main IFD chain; needs OpenSlide, skipped
+without it), the numpy tissue-mask helpers, verification, atomicity and the command line."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ``tnbc`` dataset plugin (reference §4): the Zenodo layout as a folder and as the zip,
+"""The ``tnbc`` dataset plugin (Naylor et al. 2019, Zenodo record 1175282; torch-em's ``tnbc.py``): the Zenodo layout as a folder and as the zip,
 the 43/7 split rule and its patient-grouped variant, mask policies, corrupt input, Dice on the
 fixture and a short CLI run."""
 

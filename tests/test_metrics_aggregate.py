@@ -219,7 +219,7 @@ def test_thesis_variant_treats_a_class_as_one_segment() -> None:
 
 
 def test_thesis_pq_is_thresholded_iou() -> None:
-    # G = 86 px, P = 75 px inside G: IoU = 75/86 = 0.872093 -> PQ 0.8720922 (reference §6.3)
+    # G = 86 px, P = 75 px inside G: IoU = 75/86 = 0.872093 -> PQ 0.8720922 (``pricon:segmentation/train.py`` L63-94)
     true = np.zeros((1, 12, 12), np.uint8)
     true[0, :8, :10] = 1
     true[0, 8, :6] = 1

@@ -1,5 +1,5 @@
 """Mixing masks of the semi-supervised baselines (CutMix box, ClassMix classes) and the mixing of
-image, pseudo-label and confidence by one mask (reference §7.5)."""
+image, pseudo-label and confidence by one mask (thesis §A.2; ReCo's ``train_semisup.py``)."""
 
 from __future__ import annotations
 

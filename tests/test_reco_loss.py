@@ -1,5 +1,5 @@
-"""The ReCo loss (reference §7.5) against a slow, literal per-pixel / per-query implementation
-that follows the same draw protocol (per class with hard queries: ``randint`` for the queries,
+"""The ReCo loss (ReCo's ``module_list.py``, ``compute_reco_loss``) against a slow, literal
+per-pixel / per-query implementation that follows the same draw protocol (per class with hard queries: ``randint`` for the queries,
 one ``multinomial`` for the negatives' classes, one ``rand`` for their pixels)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Two augmented views per image for self-supervised pretraining, with optional aligned masks.
 
-The augmentations follow thesis Table A.1 / ``pricon:src/data.py`` (reference §7.4):
+The augmentations follow thesis Table A.1 / ``pricon:src/data.py`` (thesis §4.1.2):
 
 * geometric ops, shared by the image and its class map: ``RandomResizedCrop`` to 224 with scale
   (0.2, 1.0) and ratio (3/4, 4/3) (antialiased bicubic for the image, nearest for the mask:

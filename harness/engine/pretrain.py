@@ -39,7 +39,7 @@ def _optimizer(method: PretrainMethod, model: torch.nn.Module) -> torch.optim.Op
         from timm.optim import Lars
 
         # timm adapts only groups with weight decay != 0; biases and norm parameters sit in a
-        # zero-decay group, so they get neither LARS scaling nor decay (reference §7.9).
+        # zero-decay group, so they get neither LARS scaling nor decay (``pricon:src/optim.py``, Lightning-Bolts' LARS with ``exclude_bias_n_norm``; timm's ``param_groups_weight_decay``).
         return Lars(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                     trust_coeff=cfg.lars_trust_coeff, trust_clip=True)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)

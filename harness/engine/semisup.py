@@ -1,7 +1,7 @@
 """The semi-supervised loop shared by every ``semisupervised`` method: a mean teacher.
 
 The mechanics follow the reference implementation of the thesis's semi-supervised baselines
-(reference §7.5; ReCo's ``train_semisup.py``). Per iteration:
+(thesis §A.2; ReCo's ``train_semisup.py``). Per iteration:
 
 1. a labeled batch (``batch_size`` images of ``train_ids``, thesis augmentations: Gaussian noise
    with variance in [0, 25] on the 0-255 scale, rot90, horizontal flip, p = 0.5 each) and an

@@ -1,5 +1,5 @@
 """``pricon``: pseudo-label guided joint point, region and image-level contrastive learning
-(thesis §3, §4.1.2; reference §7.4).
+(thesis §3, §4.1.2; ``pricon:src/``).
 
 ResNet-18 -> dense projection head of 1x1 convolutions (512 -> 2048 -> ReLU -> 128) on the
 un-pooled encoder map (7x7 for a 224 crop, optionally bilinearly upsampled to 14/28/56 as in
