@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # the contract imports without torch: `harness validate` and 
 
 from harness.plan import EncoderChain
 from harness.training_settings import GradClipSettings, TrainingSettings
-from harness.workers import WorkerCount
+from harness.num_workers import WorkerCount
 
 #: What a kind implies for a class that declares only its ``kind`` (and for the base classes
 #: below); a class may set any of these itself. Validation asks the class, never its kind.

@@ -14,7 +14,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from harness.contract import Setting, setting_origins
+from harness.setting_origins import Setting, setting_origins
 
 if TYPE_CHECKING:
     from harness.plugins import Registry
@@ -23,7 +23,7 @@ BUILTIN = "pathbench-harness"
 
 
 def settings_of(config: type, prefix: str = "") -> list[Setting]:
-    """:func:`harness.contract.setting_origins`, nested models expanded after their field."""
+    """:func:`harness.setting_origins.setting_origins`, nested models expanded after their field."""
     out = []
     for s in setting_origins(config):
         s = Setting(prefix + s.name, s.type, s.default, s.description, s.origin, s.defined_in,

@@ -1,5 +1,5 @@
 """``harness run SPEC --dry-run --calibrate``: stages cut short after a few timed batches, their
-durations extrapolated, nothing published (harness/engine/calibration.py, harness/execute/calibrate.py).
+durations extrapolated, nothing published (harness/engine/metering.py, harness/execute/calibrate.py).
 How close the estimates come is a benchmark (benchmarks/test_calibration_accuracy.py)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from executor_specs import harness, one_cell
-from harness.engine import calibration
-from harness.engine.calibration import Calibration, Meter, calibrating
+from harness.engine import metering
+from harness.engine.metering import Calibration, Meter, calibrating
 
 
 class _Clock:
@@ -28,7 +28,7 @@ class _Clock:
 
 def test_meter_times_the_first_batch_apart_and_extrapolates_the_rest(monkeypatch):
     clock = _Clock(3.0, 1.0, 1.0, 2.0)  # a slow first batch (loader start), then 1-2 s
-    monkeypatch.setattr(calibration.time, "perf_counter", clock)
+    monkeypatch.setattr(metering.time, "perf_counter", clock)
     m = Meter("x", "train", total=101, steps=3)
     stops = []
     for _ in range(4):
@@ -48,10 +48,10 @@ def test_a_loop_shorter_than_the_budget_runs_whole():
 
 
 def test_no_meter_outside_a_calibration():
-    assert calibration.meter("x", "train", 10) is None
+    assert metering.meter("x", "train", 10) is None
     with calibrating(2):
-        assert calibration.meter("x", "train", 10) is not None
-    assert calibration.meter("x", "train", 10) is None
+        assert metering.meter("x", "train", 10) is not None
+    assert metering.meter("x", "train", 10) is None
 
 
 def test_cut_short_inference_yields_background_for_the_images_it_skips():

@@ -79,7 +79,7 @@ def test_encoder_kept_as_backbone_is_a_plugin_error(registry):
 
 
 def test_a_bug_in_the_core_is_not_a_plugin_fault(registry):
-    from harness.contract import setting_origins
+    from harness.setting_origins import setting_origins
 
     exc = raised(setting_origins, 42)  # harness code failing on its own
     assert plugin_fault(exc, registry) is None

@@ -10,7 +10,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from harness.cli.plugin import show
-from harness.contract import setting_origins, shadowing_problems
+from harness.setting_origins import setting_origins, shadowing_problems
 from harness.hookspecs import hookimpl
 from harness.methods import PretrainSettings, SemiSupervisedSettings
 from harness.plugins import build_registry

@@ -10,7 +10,7 @@ import torch.nn.functional as nnf
 
 from harness.data.base import LabeledArrays
 from harness.data.torchdata import Normalizer
-from harness.engine import calibration
+from harness.engine import metering
 from harness.engine.context import StageContext
 from harness.engine.model import build_unet
 from harness.console import progress_bar
@@ -61,7 +61,7 @@ def predict(model: torch.nn.Module, images: np.ndarray, rows: Sequence[int], nor
                                          pin_memory=device.type == "cuda", num_workers=workers,
                                          prefetch_factor=prefetch if workers else None)
     start, rows = 0, np.asarray(rows)
-    meter = calibration.meter(label, "predict", len(loader))
+    meter = metering.meter(label, "predict", len(loader))
     with progress_bar(label, len(loader), quiet) as advance:
         for batch in loader:
             h, w = batch.shape[-2:]

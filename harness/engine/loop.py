@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
-from harness.engine import calibration
+from harness.engine import metering
 from harness.engine import distributed as dist
 from harness.console import console, progress_bar
 from harness.engine.context import StageContext
@@ -251,7 +251,7 @@ class TrainLoop:
         self.resume()
         step = optimizer_steps(self.position, self.source.period, self.accumulation)
         self._last_write = time.monotonic()
-        meter = calibration.meter(self.label, "train", self.source.total - self.position)
+        meter = metering.meter(self.label, "train", self.source.total - self.position)
         try:
             self._train(step, meter)
         finally:
@@ -284,7 +284,7 @@ class TrainLoop:
                 if boundary:
                     self._maybe_checkpoint()
                 if meter is not None and meter.tick() and boundary:
-                    break  # a calibration run: timed enough steps (harness.engine.calibration)
+                    break  # a calibration run: timed enough steps (harness.engine.metering)
             if self.position > self.start or dist.world_size() > 1 or not self.checkpoint.exists():
                 self.save()  # the end state: a crash before the commit does not retrain
 

@@ -1,6 +1,6 @@
 """Calibration runs for ``harness run SPEC --dry-run --calibrate``: each pending stage that the
 store has no record of the same config for (on this kind of device) is run for a few batches of
-each of its loops (:mod:`harness.engine.calibration`) and its full duration extrapolated.
+each of its loops (:mod:`harness.engine.metering`) and its full duration extrapolated.
 
 A calibration never touches the stages of the store: it computes into a scratch store (a
 temporary folder beside the store's own ``tmp/``, removed afterwards) that reads the stages the
@@ -89,7 +89,7 @@ def to_calibrate(plan: Plan, store: ArtifactStore, device: str, has_same_config:
 def calibrate(runner: RunView, stages: list[Stage], steps: int, device: str) -> list[dict[str, Any]]:
     """Run ``stages`` (dependencies first) cut short in a scratch store; save and return each
     one's calibration."""
-    from harness.engine.calibration import calibrating
+    from harness.engine.metering import calibrating
 
     if not stages:
         return []

@@ -17,7 +17,7 @@ from harness.engine.context import StageContext
 from harness.execute.base import StageOutcome
 from harness.execute.stage_events import Dispatch, StageEvents
 from harness.plan import Stage
-from harness.provenance import provenance
+from harness.environment import provenance
 from harness.stages.base import StageEnv
 
 if TYPE_CHECKING:

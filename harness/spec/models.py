@@ -14,7 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from harness.protocols import check_protocol_name
 from harness.training_settings import TrainingSettings
-from harness.workers import WorkerCount
+from harness.num_workers import WorkerCount
 
 #: A protocol name; which ones exist comes from the protocol registry (harness/protocols).
 Protocol = Annotated[str, AfterValidator(check_protocol_name)]
