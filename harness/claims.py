@@ -25,6 +25,10 @@ reliably exclude across NFS clients):
   moved is the stale one it saw (same token); then it deletes it and takes a fresh claim by the
   ``link`` above (so a newcomer in between wins, and the renamer waits for it). If the moved
   file is a fresh claim (a second taker raced in the milliseconds between), it is linked back.
+  A claim whose holder ran on this host and whose process is gone (``kill(pid, 0)`` finds no
+  such process: SIGKILL, out of memory) is stale at once: a rerun after a killed run does not
+  wait out the timeout. Two machines that share a store and a host name fall back to duplicate
+  work, never to a wrong result.
 * **Waiting**: a worker that finds a live claim polls every ``HARNESS_CLAIM_POLL_S`` (default
   1 s) until the stage is in the store (then it reuses it), the claim goes away (it tries to
   take it: the holder failed) or the claim goes stale (takeover).
@@ -150,6 +154,36 @@ def _age(path: Path) -> float | None:
         probe.unlink(missing_ok=True)
 
 
+def _holder_gone(path: Path) -> bool:
+    """True when the claim's holder ran on this host and its process no longer exists (killed
+    with SIGKILL, out of memory): no need to wait for its heartbeat to go stale. A live pid, a
+    zombie not yet reaped, another host or an unreadable claim: False (the timeout decides)."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    pid = info.get("pid") if isinstance(info, dict) else None
+    if info.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's live process
+        return False
+    return False
+
+
+def _stale(path: Path, timeout: float) -> str | None:
+    """Why the claim at ``path`` may be taken over (None: its holder may still be computing)."""
+    age = _age(path)
+    if age is None:
+        return None
+    if age > timeout:
+        return f"silent for over {timeout:.0f} s ({TIMEOUT_ENV})"
+    return "no longer running" if _holder_gone(path) else None
+
+
 def _take_over(path: Path, timeout: float) -> bool:
     """Move a stale claim aside (one renamer wins); True if this worker removed it."""
     stale = _token(path)
@@ -158,7 +192,8 @@ def _take_over(path: Path, timeout: float) -> bool:
         os.rename(path, aside)
     except FileNotFoundError:
         return False
-    if _token(aside) != stale or (_age(aside) or 0) <= timeout:
+    reason = _stale(aside, timeout) if _token(aside) == stale else None
+    if reason is None:
         try:  # a fresh claim raced in: give it back
             os.link(aside, path)
         except OSError:
@@ -167,8 +202,8 @@ def _take_over(path: Path, timeout: float) -> bool:
         return False
     holder = _describe(aside)
     aside.unlink(missing_ok=True)
-    console.log(f"claim {path.parent.name}/{path.stem}: holder {holder} silent for over "
-                f"{timeout:.0f} s ({TIMEOUT_ENV}); taking the stage over")
+    console.log(f"claim {path.parent.name}/{path.stem}: holder {holder} {reason}; "
+                "taking the stage over")
     return True
 
 
@@ -183,10 +218,10 @@ def claimed(path: Path, done: Callable[[], bool], label: str = "") -> Iterator[C
         claim = try_claim(path, timeout)
         if claim is not None:
             break
-        age = _age(path)
-        if age is not None and age > timeout:
+        if _stale(path, timeout):
             _take_over(path, timeout)
             continue
+        age = _age(path)
         if not waiting and age is not None:
             console.log(f"  waiting for {label or path.stem}: computed by {_describe(path)}")
             waiting = True

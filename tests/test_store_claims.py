@@ -71,6 +71,29 @@ def test_heartbeat_keeps_a_claim_fresh_and_a_dead_one_is_taken_over_once(tmp_pat
         assert claim is not None and claim.owned()
 
 
+def test_a_claim_whose_process_is_gone_is_stale_at_once_on_its_own_host(tmp_path):
+    """A holder killed on this host (SIGKILL, out of memory) leaves a fresh claim that no
+    heartbeat will refresh: a rerun takes it over at once instead of waiting out the timeout.
+    A live holder, one on another host and an unreadable claim still wait for the timeout."""
+    import socket
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # reaped: its pid names no process now
+    path = tmp_path / "k.json"
+    for host, pid, stale in ((socket.gethostname(), gone.pid, True),
+                             (socket.gethostname(), os.getpid(), False),
+                             ("another-host", gone.pid, False)):
+        path.write_text(json.dumps({"host": host, "pid": pid, "started": 0, "heartbeat": 15,
+                                    "token": "t"}))
+        assert (claims._stale(path, 90.0) is not None) is stale, (host, pid)
+    path.write_text("{not json")
+    assert claims._stale(path, 90.0) is None
+    path.write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid, "started": 0,
+                                "heartbeat": 15, "token": "t"}))
+    assert claims._take_over(path, 90.0) and not path.exists()
+
+
 def test_commit_of_a_second_finisher_keeps_the_first(tmp_path):
     store = ArtifactStore(tmp_path)
     a, b = store.new_tmp("k", "key"), store.new_tmp("k", "key")
