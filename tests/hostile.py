@@ -40,6 +40,16 @@ def cli(capsys, *args: str) -> Result:
                   captured.out, captured.err)
 
 
+def wide_console(monkeypatch, columns: int = 2000) -> None:
+    """Rich wraps log lines at the console's width, read from ``COLUMNS`` at each line unless
+    the console was created while ``COLUMNS`` was set (then fixed at that value: whichever
+    test of this process imported it first decides, so it differs under pytest-xdist)."""
+    from harness.console import console
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    monkeypatch.setattr(console, "_width", None)
+
+
 def assert_one_line_error(result: Result, code: int, *needles: str) -> str:
     """Exactly one ``error:`` line (progress logs of a run may come before it), no traceback,
     the documented exit code, and each needle (file, field, option, fix) in the line."""

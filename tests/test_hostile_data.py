@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from hostile import assert_one_line_error, cli, listing
+from hostile import assert_one_line_error, cli, listing, wide_console
 from test_dataset_lizard import write_fixture
 
 DRY = ["--dry-run", "--set", "methods=[scratch]", "--set", "protocols=[full]", "--set",
@@ -19,7 +19,7 @@ DRY = ["--dry-run", "--set", "methods=[scratch]", "--set", "protocols=[full]", "
 
 @pytest.fixture(autouse=True)
 def wide(monkeypatch):
-    monkeypatch.setenv("COLUMNS", "2000")
+    wide_console(monkeypatch)
 
 
 @pytest.fixture

@@ -18,12 +18,12 @@ import torch
 
 from conftest import REPO
 from finished_runs import CHAIN_SPEC as SPEC
-from hostile import assert_one_line_error, cli, plant_payload
+from hostile import assert_one_line_error, cli, plant_payload, wide_console
 
 
 @pytest.fixture(autouse=True)
 def wide(monkeypatch):
-    monkeypatch.setenv("COLUMNS", "2000")  # rich wraps log lines at the terminal width
+    wide_console(monkeypatch)
 
 
 @pytest.fixture(scope="module")
