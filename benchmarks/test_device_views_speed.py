@@ -16,9 +16,7 @@ Tiles are 256 px H&E-like (PanNuke's size), views 224 px, in a read-only memory 
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,8 +26,6 @@ from harness.data.device_views import DeviceViews, TileDataset
 from harness.data.view_config import ViewAugmentConfig
 from harness.data.views import TwoViewDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from conftest import one_torch_thread  # noqa: E402,F401 - the fixture, shared with the tests
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.usefixtures("one_torch_thread")]
 

@@ -19,9 +19,7 @@ size and dtypes). The device pipeline's ops *run on the CPU* are reported too (w
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,8 +30,6 @@ from harness.data.base import LabeledArrays
 from harness.data.device_augment import DeviceAugment, UInt8Samples, draw_augment_params
 from harness.data.torchdata import SegmentationSamples
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from conftest import one_torch_thread  # noqa: E402,F401 - the fixture, shared with the tests
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.usefixtures("one_torch_thread")]
 

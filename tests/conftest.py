@@ -11,6 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+
 TINY_SPEC = """
 name: tiny
 dataset:
@@ -80,19 +81,6 @@ def write_spec(tmp_path: Path, text: str = TINY_SPEC, name: str = "spec.yaml") -
     path = tmp_path / name
     path.write_text(text)
     return path
-
-
-@pytest.fixture
-def one_torch_thread():
-    """Torch's intra-op threads set to 1 for the test, as in a DataLoader worker: on tiny
-    tensors more threads only add synchronisation, which stalls badly on a busy machine (used
-    by tests and benchmarks: ``pytest.mark.usefixtures("one_torch_thread")``)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
