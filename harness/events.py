@@ -2,16 +2,17 @@
 
 Each lifecycle hook (:mod:`harness.hookspecs`) receives its event beside the dict arguments it
 has always had (``run=``, ``stage=``, ``metrics=``, ``cell=``, ``record=``...); pluggy passes an
-implementation only the arguments it names, so one written against the dicts keeps working and
-a new one can take ``event`` alone::
+implementation only the arguments it names, so one written against the dicts keeps working until
+harness 0.2 (registering it warns, :data:`harness.hookspecs.DICT_ARGUMENTS_END`) and a new one
+takes ``event`` alone::
 
     @hookimpl
     def harness_stage_finished(event):
         print(event.kind, event.label, "cached" if event.cached else f"{event.seconds:.0f} s")
 
 Events are frozen dataclasses of plain values; ``to_dict()`` is JSON-serialisable (a logger can
-``json.dumps`` it as is). The harness adds them to every lifecycle call it makes
-(:meth:`harness.plugins.Registry.hook`), so the callers keep passing the dicts only.
+``json.dumps`` it as is). Until the dicts go, the harness builds each call's event from them
+(:class:`harness.plugins.Hooks`); then the callers pass ``event`` only and that relay goes.
 """
 
 from __future__ import annotations

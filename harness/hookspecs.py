@@ -16,7 +16,9 @@ and implements any of the hooks below with :data:`hookimpl`::
 Registration hooks return plugin *classes*; the harness instantiates them. Lifecycle hooks are
 called during ``harness run`` so that a plugin can observe a run (loggers such as wandb,
 mlflow or tensorboard attach here); each gets its typed event (:mod:`harness.events`) as
-``event`` beside the dict arguments; their return values are ignored, and an exception raised
+``event``, and until harness 0.2 the dict arguments beside it (deprecated: an implementation
+that names one gets a ``DeprecationWarning`` when it is registered); their return values are
+ignored, and an exception raised
 in one stops the run, so observers should be defensive. Loggers registered through
 ``harness_register_loggers`` (:mod:`harness.loggers`) are called inside a guard instead: one that
 fails warns once and is off for the rest of the run.
@@ -38,6 +40,18 @@ from harness.events import (CellFinished, MetricsLogged, RunFinished, RunStarted
 PROJECT = "harness"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+#: The release that drops the lifecycle hooks' dict arguments (and the relay that builds each
+#: call's event from them, :class:`harness.plugins.Hooks`): the callers then pass ``event`` only.
+DICT_ARGUMENTS_END = "0.2"
+
+
+def _retired(*names: str) -> dict[str, Warning]:
+    """pluggy's per-argument deprecation for the dict arguments ``names`` of a lifecycle hook:
+    an implementation that takes one is warned once, when its plugin is registered."""
+    return {name: DeprecationWarning(
+        f"the `{name}` argument of the harness's lifecycle hooks is deprecated and goes in "
+        f"harness {DICT_ARGUMENTS_END}; take `event` (harness.events) instead") for name in names}
 
 
 # --- registration -----------------------------------------------------------------------------
@@ -61,45 +75,45 @@ def harness_register_metric_families() -> list[type]:
 
 
 # --- lifecycle (observers) -------------------------------------------------------------------
-# Each lifecycle hook also receives ``event``, the call as a typed, documented dataclass of
-# :mod:`harness.events` (``event.to_dict()`` is JSON-serialisable). An implementation names the
-# arguments it wants: the dicts, ``event``, or both.
+# Each lifecycle hook receives ``event``, the call as a typed, documented dataclass of
+# :mod:`harness.events` (``event.to_dict()`` is JSON-serialisable). The dict arguments beside it
+# are deprecated until harness 0.2 (``warn_on_impl_args``): take ``event``.
 
-@hookspec
+@hookspec(warn_on_impl_args=_retired("run"))
 def harness_run_started(run: dict[str, Any], event: RunStarted) -> None:
     """A run begins. ``run`` holds ``name``, ``spec`` (resolved, as a dict), ``overrides``,
     ``output_dir``, ``store`` and ``cells`` (the number of cells); ``event``:
     :class:`~harness.events.RunStarted`."""
 
 
-@hookspec
+@hookspec(warn_on_impl_args=_retired("stage"))
 def harness_stage_started(stage: dict[str, Any], event: StageStarted) -> None:
     """A stage starts computing (wherever it runs; a stage reused from the store does not
     start). ``stage`` holds ``kind``, ``key`` and ``label``; ``event``:
     :class:`~harness.events.StageStarted`."""
 
 
-@hookspec
+@hookspec(warn_on_impl_args=_retired("stage"))
 def harness_stage_finished(stage: dict[str, Any], event: StageFinished) -> None:
     """A stage finished. ``stage`` holds ``kind``, ``key``, ``label``, ``cached`` (True when it
     was reused from the store rather than computed), ``path``, ``seconds`` and ``result`` (the
     kind's summary); ``event``: :class:`~harness.events.StageFinished`."""
 
 
-@hookspec
+@hookspec(warn_on_impl_args=_retired("stage", "step", "metrics"))
 def harness_metrics_logged(stage: dict[str, Any], step: int, metrics: dict[str, float],
                            event: MetricsLogged) -> None:
     """Training metrics of a running stage (``kind``, ``key``, ``label``) at ``step`` (global
     iteration); called at least once per epoch. ``event``: :class:`~harness.events.MetricsLogged`."""
 
 
-@hookspec
+@hookspec(warn_on_impl_args=_retired("cell", "record"))
 def harness_cell_finished(cell: dict[str, Any], record: dict[str, Any], event: CellFinished) -> None:
     """One cell (method x protocol x fraction x fold x seed) has its result ``record``;
     ``event``: :class:`~harness.events.CellFinished`."""
 
 
-@hookspec
+@hookspec(warn_on_impl_args=_retired("run", "records"))
 def harness_run_finished(run: dict[str, Any], records: list[dict[str, Any]],
                          event: RunFinished) -> None:
     """All cells are done; ``records`` are the result records of the run; ``event``:

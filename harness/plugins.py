@@ -166,8 +166,9 @@ class Registry:
 
 class Hooks:
     """``pm.hook`` whose lifecycle calls also pass ``event``, the typed event of the call
-    (:mod:`harness.events`), built from the dict arguments the caller gives, so that callers
-    keep passing the documented dicts and every implementation can take either."""
+    (:mod:`harness.events`), built from the dict arguments the caller gives. It goes with those
+    deprecated arguments in harness 0.2 (:data:`harness.hookspecs.DICT_ARGUMENTS_END`): the
+    callers then build and pass ``event`` alone."""
 
     def __init__(self, relay: Any):
         self._relay = relay

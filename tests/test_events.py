@@ -1,12 +1,16 @@
 """Typed lifecycle events and misspelled hook implementations.
 
 Every lifecycle call carries its event (a documented dataclass, JSON-serialisable) beside the
-dict arguments that implementations written against the old API take; a hook implementation
-that matches no hook makes its plugin BROKEN instead of being silently ignored."""
+dict arguments that implementations written against the old API take (deprecated: registering
+one warns, naming the argument and the release that drops it); a hook implementation that
+matches no hook makes its plugin BROKEN instead of being silently ignored."""
 
 from __future__ import annotations
 
 import json
+import re
+
+import pytest
 
 from harness.events import CellFinished, MetricsLogged, RunFinished, RunStarted, StageFinished
 from harness.hookspecs import hookimpl
@@ -21,7 +25,7 @@ RECORD = {"cell_id": "scratch__full__1.0__fold1__0", "metric": {"name": "mpq", "
 
 
 class OldStyle:
-    """An observer written against the dict arguments (today's documented API)."""
+    """An observer written against the dict arguments (deprecated until harness 0.2)."""
 
     def __init__(self):
         self.calls = []
@@ -54,7 +58,7 @@ class NewStyle:
         self.events.append(event)
 
     @hookimpl
-    def harness_cell_finished(self, event, record):
+    def harness_cell_finished(self, event):
         self.events.append(event)
 
     @hookimpl
@@ -64,7 +68,11 @@ class NewStyle:
 
 def test_old_and_new_observers_get_their_arguments():
     old, new = OldStyle(), NewStyle()
-    registry = build_registry(extra_plugins=[old, new])
+    with pytest.warns(DeprecationWarning) as caught:
+        registry = build_registry(extra_plugins=[old, new])
+    retired = [re.search(r"the `(\w+)` argument .* goes in harness 0\.2; take `event`",
+                         str(w.message)) for w in caught if w.category is DeprecationWarning]
+    assert sorted(m.group(1) for m in retired if m) == ["metrics", "run", "stage", "step"]
     assert not [b for b in registry.broken if b.distribution == "local"]
     hook = registry.hook
     hook.harness_run_started(run=RUN)

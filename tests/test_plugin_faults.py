@@ -154,7 +154,7 @@ def test_fault_in_a_lifecycle_hook_names_the_hook():
     module = types.ModuleType("flaky_logger")  # a logger plugin: lifecycle hooks only
     exec(compile("from harness.hookspecs import hookimpl\n\n"
                  "@hookimpl\n"
-                 "def harness_cell_finished(cell, record):\n"
+                 "def harness_cell_finished(event):\n"
                  "    raise ConnectionError('tracking server down')\n", "flaky_logger.py", "exec"),
          module.__dict__)
     registry = build_registry([module])

@@ -22,24 +22,24 @@ class Observer:
         self.calls: list[tuple[str, object]] = []
 
     @hookimpl
-    def harness_run_started(self, run):
-        self.calls.append(("run_started", run["name"]))
+    def harness_run_started(self, event):
+        self.calls.append(("run_started", event.name))
 
     @hookimpl
-    def harness_stage_finished(self, stage):
-        self.calls.append(("stage_finished", (stage["kind"], stage["cached"])))
+    def harness_stage_finished(self, event):
+        self.calls.append(("stage_finished", (event.kind, event.cached)))
 
     @hookimpl
-    def harness_metrics_logged(self, stage, step, metrics):
-        self.calls.append(("metrics_logged", (stage["kind"], step, metrics["train/loss"])))
+    def harness_metrics_logged(self, event):
+        self.calls.append(("metrics_logged", (event.kind, event.step, event.metrics["train/loss"])))
 
     @hookimpl
-    def harness_cell_finished(self, cell, record):
-        self.calls.append(("cell_finished", record["cell_id"]))
+    def harness_cell_finished(self, event):
+        self.calls.append(("cell_finished", event.cell_id))
 
     @hookimpl
-    def harness_run_finished(self, run, records):
-        self.calls.append(("run_finished", len(records)))
+    def harness_run_finished(self, event):
+        self.calls.append(("run_finished", len(event.records)))
 
 
 def _run(spec_path, store_root, out, overrides=(), registry=None):
