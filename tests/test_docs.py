@@ -36,15 +36,25 @@ def test_every_python_block_is_run_or_marked():
     assert len(CASES) >= 5
 
 
+def _define_module(page: str, line: int, info: str, code: str) -> None:
+    module = types.ModuleType(info.split("=", 1)[1])
+    sys.modules[module.__name__] = module
+    exec(compile(code, f"{DOCS / page}:{line}", "exec"), module.__dict__)
+
+
 @pytest.mark.parametrize("page,line,info,code", CASES, ids=[f"{p}:{n}" for p, n, _, _ in CASES])
 def test_python_block_runs(page, line, info, code):
-    compiled = compile(code, f"{DOCS / page}:{line}", "exec")
+    """Each block runs as a reader runs the page: the ``python module=NAME`` blocks above it
+    are defined first (a later block imports them), so a block also passes alone, e.g. in
+    another pytest-xdist worker than the block that defines its module."""
+    for p, earlier, i, c in CASES:
+        if p == page and earlier < line and i.startswith("python module=") \
+                and i.split("=", 1)[1] not in sys.modules:
+            _define_module(p, earlier, i, c)
     if info.startswith("python module="):
-        module = types.ModuleType(info.split("=", 1)[1])
-        sys.modules[module.__name__] = module
-        exec(compiled, module.__dict__)
+        _define_module(page, line, info, code)
     else:
-        exec(compiled, {"__name__": f"docs_block_{line}"})
+        exec(compile(code, f"{DOCS / page}:{line}", "exec"), {"__name__": f"docs_block_{line}"})
 
 
 EXAMPLE = DOCS.parent / "examples" / "harness-example-plugin"
