@@ -162,8 +162,10 @@ def _holder_gone(path: Path) -> bool:
         info = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    pid = info.get("pid") if isinstance(info, dict) else None
-    if info.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+    if not isinstance(info, dict) or info.get("host") != socket.gethostname():
+        return False
+    pid = info.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
         return False
     try:
         os.kill(pid, 0)
@@ -174,9 +176,9 @@ def _holder_gone(path: Path) -> bool:
     return False
 
 
-def _stale(path: Path, timeout: float) -> str | None:
-    """Why the claim at ``path`` may be taken over (None: its holder may still be computing)."""
-    age = _age(path)
+def _stale(path: Path, timeout: float, age: float | None) -> str | None:
+    """Why the claim at ``path``, last touched ``age`` seconds ago (:func:`_age`; None: gone),
+    may be taken over (None: its holder may still be computing)."""
     if age is None:
         return None
     if age > timeout:
@@ -192,7 +194,7 @@ def _take_over(path: Path, timeout: float) -> bool:
         os.rename(path, aside)
     except FileNotFoundError:
         return False
-    reason = _stale(aside, timeout) if _token(aside) == stale else None
+    reason = _stale(aside, timeout, _age(aside)) if _token(aside) == stale else None
     if reason is None:
         try:  # a fresh claim raced in: give it back
             os.link(aside, path)
@@ -218,10 +220,10 @@ def claimed(path: Path, done: Callable[[], bool], label: str = "") -> Iterator[C
         claim = try_claim(path, timeout)
         if claim is not None:
             break
-        if _stale(path, timeout):
+        age = _age(path)
+        if _stale(path, timeout, age):
             _take_over(path, timeout)
             continue
-        age = _age(path)
         if not waiting and age is not None:
             console.log(f"  waiting for {label or path.stem}: computed by {_describe(path)}")
             waiting = True

@@ -86,9 +86,9 @@ def test_a_claim_whose_process_is_gone_is_stale_at_once_on_its_own_host(tmp_path
                              ("another-host", gone.pid, False)):
         path.write_text(json.dumps({"host": host, "pid": pid, "started": 0, "heartbeat": 15,
                                     "token": "t"}))
-        assert (claims._stale(path, 90.0) is not None) is stale, (host, pid)
+        assert (claims._stale(path, 90.0, claims._age(path)) is not None) is stale, (host, pid)
     path.write_text("{not json")
-    assert claims._stale(path, 90.0) is None
+    assert claims._stale(path, 90.0, claims._age(path)) is None
     path.write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid, "started": 0,
                                 "heartbeat": 15, "token": "t"}))
     assert claims._take_over(path, 90.0) and not path.exists()
