@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from conftest import run_cli
+from support import run_cli
 
 #: A random encoder, then 4 independent fine-tunes (frozen/full x 2 folds) and their evaluations.
 FOUR_FINETUNES = """

@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import REPO, TINY_SPEC, run_cli
+from support import REPO, TINY_SPEC, run_cli
 
 
 def sets(*overrides: str) -> list[str]:

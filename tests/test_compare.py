@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from support import run_cli
 from test_report import RUN_INFO, grid
 from harness.errors import DataError
 from harness.plugins import get_registry

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO
+from support import REPO
 from dataset_fixtures import assert_prepare_fails_in_one_line, dataset_fixtures
 from finished_runs import cli_prepare, cli_run, one_scratch_cell
 from harness.metrics import evaluate_segmentation

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from conftest import REPO
+from support import REPO
 from dataset_fixtures import (assert_interrupted_prepare_leaves_nothing,
                               assert_prepare_fails_in_one_line, dataset_fixtures)
 from finished_runs import cli_prepare, cli_run, one_scratch_cell

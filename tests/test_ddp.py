@@ -28,7 +28,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, write_spec
+from support import REPO, write_spec
 from harness.execute.in_process import in_process
 
 pytestmark = pytest.mark.slow  # several torchrun launches (~1 min each on a shared 2-core CPU)

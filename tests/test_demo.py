@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli
+from support import REPO, run_cli
 from finished_runs import DEMO_TINY
 
 #: (spec, protocols, stages computed): the fast demo (one fold, probe and frozen) and its

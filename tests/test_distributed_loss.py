@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from conftest import spawn_ranks
+from support import spawn_ranks
 from harness.engine import distributed as D
 from harness_builtin.methods.simclr.loss import nt_xent
 from harness_builtin.methods.supcon import supcon_loss

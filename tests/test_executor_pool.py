@@ -78,7 +78,7 @@ def test_sigterm_reaches_the_workers_and_finished_stages_stay(tmp_path):
     import sys
     import time
 
-    from conftest import REPO
+    from support import REPO
 
     spec = tmp_path / "four.yaml"
     spec.write_text(FOUR_FINETUNES.replace("epochs: 1", "epochs: 400") + POOL)

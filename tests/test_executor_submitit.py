@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from support import REPO
 from executor_specs import harness, one_cell, records, stage_count, train_summary
 
 pytestmark = pytest.mark.slow

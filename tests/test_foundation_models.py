@@ -11,7 +11,7 @@ import timm
 import torch
 
 import fm_fixture_plugin
-from conftest import write_spec
+from support import write_spec
 from harness import plugins
 from harness.errors import DataError, SpecError
 from harness.inputs import file_sha256

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import REPO
+from support import REPO
 from hostile import assert_one_line_error, cli, listing, wide_console
 from test_dataset_lizard import write_fixture
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from conftest import REPO
+from support import REPO
 from hostile import assert_one_line_error, cli, listing
 
 BASE = {"name": "t", "dataset": {"name": "synthetic", "image_size": 32, "images_per_fold": 8,

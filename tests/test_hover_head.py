@@ -7,7 +7,7 @@ import json
 import numpy as np
 import torch
 
-from conftest import TINY_SPEC, run_cli, write_spec
+from support import TINY_SPEC, run_cli, write_spec
 from harness.heads import hover_slices, out_channels
 from harness.heads.hover_loss import hover_loss
 from harness.plugins import build_registry

@@ -27,7 +27,7 @@ import json
 
 import pytest
 
-from conftest import run_cli, write_spec
+from support import run_cli, write_spec
 
 MARGIN = 0.02
 

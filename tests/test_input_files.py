@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_spec
+from support import write_spec
 from harness.errors import DataError
 from harness.inputs import check_input_files, file_sha256, input_files
 from harness.plugins import build_registry

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from conftest import write_spec
+from support import write_spec
 from harness.errors import SpecError
 from harness.plugins import build_registry
 from harness.report.build import build_report

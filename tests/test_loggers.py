@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, write_spec
+from support import run_cli, write_spec
 
 SPEC = """
 name: tiny_logged

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, write_spec
+from support import run_cli, write_spec
 from executor_specs import records
 
 SPEC = """

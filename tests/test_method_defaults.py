@@ -7,7 +7,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from conftest import REPO, write_spec
+from support import REPO, write_spec
 from harness import methods as shared
 from harness.plugins import build_registry
 from harness.spec import load_spec

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_SPEC, run_cli, write_spec
+from support import REPO, TINY_SPEC, run_cli, write_spec
 
 
 def _missing_lines(stderr: str) -> list[str]:

@@ -72,7 +72,7 @@ def test_gpus_per_stage_errors_are_one_line_spec_errors(tmp_path):
 
 
 def run_cli_gpus(spec, tmp_path, *args):
-    from conftest import run_cli
+    from support import run_cli
 
     env = {"HARNESS_STORE": str(tmp_path / "s"), "CUDA_VISIBLE_DEVICES": "0", "COLUMNS": "250"}
     return run_cli("run", str(spec), "--dry-run", *args, env=env)
@@ -146,7 +146,7 @@ def test_sigterm_to_the_driver_checkpoints_the_training_processes(tmp_path):
     import time
     from pathlib import Path
 
-    from conftest import REPO
+    from support import REPO
 
     spec = one_cell(tmp_path, epochs=400)
     store = tmp_path / "s"

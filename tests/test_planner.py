@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from conftest import write_spec
+from support import write_spec
 from harness.errors import PluginError
 from harness.hookspecs import hookimpl
 from harness.methods import InitMethod, PretrainMethod

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from conftest import REPO
+from support import REPO
 from executor_specs import one_cell
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_spec
+from support import write_spec
 from resume_helpers import resumed_and_fresh
 from harness.plugins import build_registry
 from harness.runner import Runner

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli, write_spec
+from support import run_cli, write_spec
 from harness.protocols import knn
 
 SPEC = """

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from conftest import run_cli, write_spec
+from support import run_cli, write_spec
 from harness.protocols import ridge
 from harness.protocols.probe import RIDGE, STRIDES
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from conftest import REPO
+from support import REPO
 from harness.engine.runtime import Precision
 from harness.plugins import build_registry
 from harness.runner import Runner

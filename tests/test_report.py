@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from support import run_cli
 from harness.errors import DataError, SpecError
 from harness.plugins import get_registry
 from harness.report import stats

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, run_cli
+from support import REPO, run_cli
 from harness.report.compare import DEFAULT_FLOOR
 from harness.report.schema import load_report
 from harness.spec import load_spec

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import REPO, TINY_SPEC, run_cli, write_spec
+from support import REPO, TINY_SPEC, run_cli, write_spec
 
 SPEC = TINY_SPEC.replace("protocols: [frozen, full]", "protocols: [full]").replace(
     "epochs: 2", "epochs: 6")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import TINY_SPEC, write_spec
+from support import TINY_SPEC, write_spec
 from harness.cli.commands import _cell_count
 from harness.errors import SpecError
 from harness.plugins import build_registry

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import TINY_SPEC, write_spec
+from support import TINY_SPEC, write_spec
 from harness.hookspecs import hookimpl
 from harness.plugins import build_registry
 from harness.runner import Runner

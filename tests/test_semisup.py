@@ -25,7 +25,7 @@ from harness_builtin.methods.classmix import ClassMix
 from harness_builtin.methods.cutmix import CutMix
 from harness_builtin.methods.reco import ReCo
 
-from conftest import run_cli, write_spec
+from support import run_cli, write_spec
 
 
 # --- EMA and losses ----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from conftest import REPO
+from support import REPO
 from executor_specs import harness, one_cell, records, stage_count, train_summary
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from support import REPO
 from harness.plugins import build_registry
 from harness.runner import Runner
 from harness.spec import load_spec
@@ -43,7 +43,7 @@ metric: {name: mpq, pq_variant: thesis}
 
 def pannuke_fixture_keys(tmp: Path) -> list[list[str]]:
     """Stage keys of :data:`PANNUKE_SPEC` with the fixture prepared as a user would."""
-    from conftest import run_cli
+    from support import run_cli
     from test_dataset_pannuke import write_fixture
 
     store = tmp / "store"

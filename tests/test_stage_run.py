@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import run_cli, write_spec
+from support import run_cli, write_spec
 from finished_runs import CHAIN_SPEC as CHAIN
 from harness.plugins import build_registry
 from harness.runner import Runner

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_SPEC, write_spec
+from support import REPO, TINY_SPEC, write_spec
 from harness import claims
 from harness.store import ArtifactStore
 

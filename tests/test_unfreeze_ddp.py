@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from conftest import spawn_ranks
+from support import spawn_ranks
 from harness.engine import distributed as D
 from harness.engine.model import no_grad_when_frozen
 from harness.protocols.unfreeze import Unfreeze

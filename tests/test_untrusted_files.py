@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
+from support import REPO
 from finished_runs import CHAIN_SPEC as SPEC
 from hostile import assert_one_line_error, cli, plant_payload, wide_console
 

@@ -126,7 +126,7 @@ finetune: {architecture: unetr, encoder: vit_tiny_patch16_224, encoder_args: {im
 @pytest.mark.slow
 def test_simclr_and_pricon_pretrain_a_tiny_vit_that_then_finetunes(tmp_path):
     """~40 s on one CPU thread: labeler, pseudo-labels, two pretrainings, fine-tuning."""
-    from conftest import write_spec
+    from support import write_spec
     from harness.plugins import build_registry
     from harness.runner import Runner
     from harness.spec import load_spec

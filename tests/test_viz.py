@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from support import run_cli
 from harness.errors import DataError, SpecError
 from harness.viz import similarity as sim
 from harness.viz.inputs import resolve_encoder

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import write_spec
+from support import write_spec
 from harness.errors import SpecError
 from harness.plugins import build_registry
 from harness.spec import load_spec
