@@ -333,7 +333,10 @@ def test_each_method_learns_on_synthetic(tmp_path):
     of those minima."""
     out, store = tmp_path / "out", tmp_path / "store"
     spec = write_spec(tmp_path, LEARN.replace("ITER", str(LEARN_ITERATIONS)))
-    res = run_cli("run", str(spec), "--store", str(store), "--output", str(out), "--quiet")
+    # a deadlock guard, not a speed limit: 465 s at 1 thread and over 600 s at 2 threads on 2
+    # cores at a load of 7 (idle: a few minutes); the demo and hover checks allow as long
+    res = run_cli("run", str(spec), "--store", str(store), "--output", str(out), "--quiet",
+                  timeout=1800)
     assert res.returncode == 0, res.stderr
     rows = {r["method"]: r["mean"] for r in json.loads((out / "report.json").read_text())["rows"]}
     results = {}
