@@ -2,7 +2,7 @@
 repository root, a tiny spec, writing a spec, running the CLI, spawning distributed ranks.
 
 A plain module rather than ``conftest.py``: two ``conftest`` modules exist (the repository
-root's and tests/'), and ``from support import ...`` finds whichever pytest imported last.
+root's and tests/'), and ``from conftest import ...`` finds whichever pytest imported last.
 """
 
 from __future__ import annotations
